@@ -1,0 +1,200 @@
+"""The one typed configuration every stage reads.
+
+`CgcConfig` is the root; each stage reads only its own section, and the stage's cache key hashes
+only that section (see `section_hash`), so changing a training setting never invalidates
+calibration. A config is built from defaults, then a YAML file, then command-line overrides of
+the form ``section.field=value`` (the value is parsed as YAML, so ``calibrate.min_registered_share=0.8``
+and ``synthetic.preset=hard`` both work).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override is malformed: the message names the source and the key."""
+
+
+@dataclass
+class SyntheticConfig:
+    """The embedded synthetic tabletop scene (`cgc_core.scene.synthetic`)."""
+
+    preset: Literal["demo", "hard", "tiny"] = "demo"
+    """Object layout and size: `demo` for `make demo`, `hard` for the difficult cases, `tiny` for fast tests."""
+    seed: int = 0
+    """Everything (layout jitter, textures, camera jitter) is deterministic in this seed."""
+    n_views: int | None = None
+    """Number of orbiting cameras; None takes the preset's value (40–80)."""
+    width: int | None = None
+    """Image width in pixels; None takes the preset's value."""
+    height: int | None = None
+    """Image height in pixels; None takes the preset's value."""
+    test_every: int = 8
+    """Every `test_every`-th view is held out as a test view with ground-truth masks."""
+
+
+@dataclass
+class CalibrateConfig:
+    """Camera calibration with COLMAP through pycolmap (`cgc_core.calibrate`)."""
+
+    mode: Literal["auto", "sfm", "known_poses"] = "sfm"
+    """`sfm` estimates poses from the images alone; `known_poses` keeps the dataset's poses and
+    only triangulates points; `auto` uses known poses when the dataset ships them."""
+    camera_model: str = "SIMPLE_RADIAL"
+    """COLMAP camera model for SfM. Models with distortion are undistorted to PINHOLE afterwards."""
+    single_camera: bool = True
+    """All images share one camera (true for one phone or one synthetic camera)."""
+    max_num_features: int = 4096
+    """SIFT features per image."""
+    sequential_matching_above: int = 200
+    """Exhaustive matching up to this many images, sequential matching beyond it."""
+    min_registered_share: float = 0.9
+    """Fail when fewer than this share of the images registers."""
+    num_threads: int = -1
+    """Threads for COLMAP (-1: all cores)."""
+    seed: int = 0
+    """COLMAP's random seed, for repeatable reconstructions."""
+
+
+@dataclass
+class StageConfig:
+    """Orchestration settings shared by every stage's task."""
+
+    retries: int = 1
+    """How often Prefect retries a failed stage."""
+    retry_delay_seconds: float = 2.0
+    """Pause before a retry."""
+
+
+@dataclass
+class CgcConfig:
+    """Root config: one section per stage."""
+
+    data_dir: str = "data"
+    """Where stage outputs go: `<data_dir>/<scene>/<stage>/`."""
+    reports_dir: str = "reports"
+    """Where generated reports go."""
+    device: str = "auto"
+    """Torch device for rendering and training: `auto` picks CUDA when present, else CPU."""
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    calibrate: CalibrateConfig = field(default_factory=CalibrateConfig)
+    stage: StageConfig = field(default_factory=StageConfig)
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """Plain nested dict of a config dataclass (for YAML, JSON and hashing)."""
+    return dataclasses.asdict(config)
+
+
+def section_hash(section: Any) -> str:
+    """Stable hex digest of one config section, for stage cache keys."""
+    payload = json.dumps(to_dict(section), sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _check_type(value: Any, annotation: Any, where: str) -> Any:
+    """Validate (and gently coerce) a value read from YAML against a field annotation."""
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        allowed = typing.get_args(annotation)
+        if value not in allowed:
+            raise ConfigError(f"{where}: {value!r} is not one of {list(allowed)}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(annotation)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check_type(value, arg, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{where}: invalid value {value!r}")
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (item_type, *_) = typing.get_args(annotation) or (Any,)
+        return [_check_type(v, item_type, f"{where}[{i}]") for i, v in enumerate(value)]
+    if annotation is Any:
+        return value
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if annotation in (int, float, str, bool):
+        if not isinstance(value, annotation) or (annotation is int and isinstance(value, bool)):
+            raise ConfigError(f"{where}: expected {annotation.__name__}, got {value!r}")
+        return value
+    return value
+
+
+def _merge(config: Any, updates: dict[str, Any], source: str, prefix: str = "") -> None:
+    """Apply a nested dict of updates onto a config dataclass in place, checking every key."""
+    hints = typing.get_type_hints(type(config))
+    known = {f.name for f in dataclasses.fields(config)}
+    for key, value in updates.items():
+        where = f"{source}: {prefix}{key}"
+        if key not in known:
+            raise ConfigError(f"{where}: unknown key (known: {sorted(known)})")
+        current = getattr(config, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: expected a mapping of {type(current).__name__} fields")
+            _merge(current, value, source, prefix=f"{prefix}{key}.")
+        else:
+            setattr(config, key, _check_type(value, hints[key], where))
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> CgcConfig:
+    """Build the root config: defaults, then a YAML file, then ``section.field=value`` overrides.
+
+    Args:
+        path: Optional YAML file whose nested mapping mirrors `CgcConfig`.
+        overrides: Strings like ``"calibrate.camera_model=PINHOLE"``; values are parsed as YAML.
+
+    Returns:
+        The validated `CgcConfig`.
+
+    Raises:
+        ConfigError: the file is missing or not YAML, a key is unknown, or a value has the wrong type.
+    """
+    config = CgcConfig()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of config sections")
+        _merge(config, data, str(path))
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected section.field=value")
+        dotted, raw = item.split("=", 1)
+        nested: dict[str, Any] = {}
+        cursor = nested
+        *parents, leaf = dotted.strip().split(".")
+        for part in parents:
+            cursor = cursor.setdefault(part, {})
+        cursor[leaf] = yaml.safe_load(raw) if raw.strip() else None
+        _merge(config, nested, f"override {item!r}")
+    return config
+
+
+def save_config(config: CgcConfig, path: str | Path) -> None:
+    """Write a config as YAML (readable back by `load_config`)."""
+    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))

@@ -1,0 +1,181 @@
+"""The Scene model every stage shares: cameras, images, split, prompts, ground truth, points.
+
+Conventions (the same as COLMAP and gsplat, so poses pass between them untouched):
+- `world_to_camera` is a 4×4 matrix in the OpenCV camera frame: x right, y down, z forward.
+- `K` is the 3×3 pinhole matrix with the centre of the top-left pixel at (0.5, 0.5): a pixel
+  (row i, column j) is seen along the ray through (j + 0.5, i + 0.5).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".JPG", ".JPEG", ".PNG")
+
+
+class SceneError(ValueError):
+    """A dataset file is missing or malformed; the message names the file and what is wrong."""
+
+
+@dataclass(frozen=True)
+class Camera:
+    """One calibrated view.
+
+    Attributes:
+        K: [3, 3] pinhole intrinsics (pixel-centre-at-0.5 convention).
+        world_to_camera: [4, 4] rigid transform, OpenCV camera axes.
+        width: Image width in pixels.
+        height: Image height in pixels.
+        image_name: File name of the image, relative to the scene's image folder.
+        distortion_model: COLMAP model name when the intrinsics carry lens distortion (the
+            calibrate stage undistorts such views); None for a pinhole camera.
+        distortion_params: The full COLMAP parameter vector of `distortion_model`.
+    """
+
+    K: np.ndarray
+    world_to_camera: np.ndarray
+    width: int
+    height: int
+    image_name: str
+    distortion_model: str | None = None
+    distortion_params: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        K = np.asarray(self.K, dtype=np.float64)
+        w2c = np.asarray(self.world_to_camera, dtype=np.float64)
+        if K.shape != (3, 3) or w2c.shape != (4, 4):
+            raise SceneError(
+                f"camera of {self.image_name}: K must be 3x3 and world_to_camera 4x4, "
+                f"got {K.shape} and {w2c.shape}"
+            )
+        rotation = w2c[:3, :3]
+        if not np.allclose(rotation @ rotation.T, np.eye(3), atol=1e-5) or np.linalg.det(rotation) < 0:
+            raise SceneError(f"camera of {self.image_name}: world_to_camera rotation is not a proper rotation")
+        object.__setattr__(self, "K", K)
+        object.__setattr__(self, "world_to_camera", w2c)
+
+    @property
+    def camera_to_world(self) -> np.ndarray:
+        """[4, 4] inverse of `world_to_camera`."""
+        rotation, translation = self.world_to_camera[:3, :3], self.world_to_camera[:3, 3]
+        c2w = np.eye(4)
+        c2w[:3, :3] = rotation.T
+        c2w[:3, 3] = -rotation.T @ translation
+        return c2w
+
+    @property
+    def center(self) -> np.ndarray:
+        """[3] camera centre in world coordinates."""
+        return self.camera_to_world[:3, 3]
+
+    def project(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Project world points [N, 3] to pixel coordinates [N, 2] and camera depths [N]."""
+        cam = points @ self.world_to_camera[:3, :3].T + self.world_to_camera[:3, 3]
+        depth = cam[:, 2]
+        uvw = cam @ self.K.T
+        with np.errstate(divide="ignore", invalid="ignore"):
+            uv = uvw[:, :2] / uvw[:, 2:3]
+        return uv, depth
+
+    def scaled(self, width: int, height: int) -> "Camera":
+        """The same view at another image resolution (intrinsics rescaled)."""
+        sx, sy = width / self.width, height / self.height
+        K = self.K.copy()
+        K[0] *= sx
+        K[1] *= sy
+        return Camera(K, self.world_to_camera, width, height, self.image_name,
+                      self.distortion_model, self.distortion_params)
+
+
+@dataclass
+class Scene:
+    """A dataset as every stage sees it.
+
+    Attributes:
+        name: Scene name (used for the data folder).
+        root: Dataset folder.
+        image_dir: Folder the image names are relative to.
+        image_names: All images, sorted by file name.
+        cameras: Camera per image name; empty until calibrated for a plain photo folder.
+        train_names: Images used for training.
+        test_names: Held-out images (evaluation views).
+        prompts: Object prompts of the dataset (text names of the objects).
+        gt_masks: test image name -> prompt -> path of the ground-truth mask PNG.
+        points: [N, 3] sparse points, or None.
+        point_colors: [N, 3] uint8 colours of `points`, or None.
+        background: For RGBA datasets, the RGB colour in [0, 1] that images are composited on;
+            the alpha channel stays available through `load_alpha`.
+        layout: Which reader produced the scene (`colmap`, `lerf_mask`, `ovs3d`, `blender`, `photos`).
+    """
+
+    name: str
+    root: Path
+    image_dir: Path
+    image_names: list[str]
+    cameras: dict[str, Camera] = field(default_factory=dict)
+    train_names: list[str] = field(default_factory=list)
+    test_names: list[str] = field(default_factory=list)
+    prompts: list[str] = field(default_factory=list)
+    gt_masks: dict[str, dict[str, Path]] = field(default_factory=dict)
+    points: np.ndarray | None = None
+    point_colors: np.ndarray | None = None
+    background: tuple[float, float, float] | None = None
+    layout: str = "colmap"
+
+    @property
+    def has_poses(self) -> bool:
+        """True when every image has a camera."""
+        return bool(self.cameras) and all(n in self.cameras for n in self.image_names)
+
+    def image_path(self, name: str) -> Path:
+        return self.image_dir / name
+
+    def load_image(self, name: str) -> np.ndarray:
+        """[H, W, 3] float32 RGB in [0, 1]; RGBA images are composited on `background`."""
+        path = self.image_path(name)
+        rgba = _read_image(path)
+        rgb = rgba[..., :3]
+        if rgba.shape[-1] == 4 and self.background is not None:
+            alpha = rgba[..., 3:4]
+            rgb = rgb * alpha + np.asarray(self.background, dtype=np.float32) * (1.0 - alpha)
+        return rgb.astype(np.float32)
+
+    def load_alpha(self, name: str) -> np.ndarray | None:
+        """[H, W] float32 foreground alpha of an RGBA image, or None for RGB images."""
+        rgba = _read_image(self.image_path(name))
+        return rgba[..., 3] if rgba.shape[-1] == 4 else None
+
+    def load_gt_mask(self, test_name: str, prompt: str) -> np.ndarray:
+        """Boolean ground-truth mask, binarised at > 128 as the LERF-Mask protocol does."""
+        path = self.gt_masks[test_name][prompt]
+        try:
+            gray = np.asarray(Image.open(path).convert("L"))
+        except (OSError, ValueError) as exc:
+            raise SceneError(f"{path}: cannot read ground-truth mask: {exc}") from exc
+        return gray > 128
+
+
+def _read_image(path: Path) -> np.ndarray:
+    """[H, W, 3|4] float32 in [0, 1]; a missing or unreadable file raises SceneError naming it."""
+    if not path.is_file():
+        raise SceneError(f"{path}: image file not found")
+    try:
+        with Image.open(path) as img:
+            mode = "RGBA" if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info else "RGB"
+            return np.asarray(img.convert(mode), dtype=np.float32) / 255.0
+    except (OSError, ValueError) as exc:
+        raise SceneError(f"{path}: cannot read image: {exc}") from exc
+
+
+def list_images(folder: Path) -> list[str]:
+    """Sorted image file names in a folder; raises SceneError when the folder is missing or empty."""
+    if not folder.is_dir():
+        raise SceneError(f"{folder}: image folder not found")
+    names = sorted(p.name for p in folder.iterdir() if p.suffix in IMAGE_SUFFIXES and p.is_file())
+    if not names:
+        raise SceneError(f"{folder}: no images (.png/.jpg) in folder")
+    return names

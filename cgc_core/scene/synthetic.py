@@ -1,0 +1,470 @@
+"""The embedded synthetic scene: a textured tabletop of named objects, ray cast in numpy.
+
+Independent of the Gaussian renderer on purpose: the ground truth (per-pixel instance ids, depth,
+the analytic object shapes) comes from exact ray-surface intersection, so scoring a trained model
+against it tests the whole pipeline rather than the renderer against itself.
+
+Geometry: world z is up, the table is the plane z = 0, a textured cylindrical backdrop of radius
+`WALL_RADIUS` surrounds it, and the objects stand on the table. Objects are signed distance
+functions (exact ones, so sphere tracing never overshoots) intersected by sphere tracing inside
+their bounding spheres; the table and the backdrop are intersected in closed form. Shading is
+Lambertian with one directional light (view-independent, as SfM likes it) over procedural 3D
+value-noise textures evaluated at the world hit point (view-consistent features for COLMAP).
+
+The scene is written in the LERF-Mask layout (`write_synthetic_scene`), so one reader and one
+evaluator serve both.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..config import SyntheticConfig
+from .model import Camera
+
+WALL_RADIUS = 4.0
+LIGHT_DIR = np.array([0.45, 0.3, 1.0]) / np.linalg.norm([0.45, 0.3, 1.0])
+AMBIENT = 0.35
+BACKGROUND_ID = 0
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One named object. Parameters are in the object's local frame (z up, yaw about z).
+
+    kinds and their `size` entries:
+      sphere (radius,), box (half_x, half_y, half_z), cylinder (radius, half_height),
+      cone (base_radius, half_height), torus (major_radius, minor_radius),
+      capsule (radius, half_segment).
+    """
+
+    name: str
+    kind: str
+    center: tuple[float, float, float]
+    size: tuple[float, ...]
+    color: tuple[float, float, float]
+    yaw_deg: float = 0.0
+    texture_scale: float = 6.0
+
+    def to_local(self, p: np.ndarray) -> np.ndarray:
+        yaw = math.radians(self.yaw_deg)
+        c, s = math.cos(yaw), math.sin(yaw)
+        d = p - np.asarray(self.center)
+        # Rotate world offsets by -yaw about z into the object frame.
+        return np.stack([c * d[:, 0] + s * d[:, 1], -s * d[:, 0] + c * d[:, 1], d[:, 2]], axis=1)
+
+    def sdf(self, p: np.ndarray) -> np.ndarray:
+        """Exact signed distance from world points [N, 3] to the surface (negative inside)."""
+        q = self.to_local(p)
+        return _SDF[self.kind](q, self.size)
+
+    @property
+    def bounding_radius(self) -> float:
+        s = self.size
+        if self.kind == "sphere":
+            extent = s[0]
+        elif self.kind == "box":
+            extent = math.sqrt(sum(v * v for v in s))
+        elif self.kind in ("cylinder", "cone"):
+            extent = math.hypot(s[0], s[1])
+        else:  # torus, capsule
+            extent = s[0] + s[1]
+        return extent * 1.01 + 1e-3
+
+
+def _sdf_sphere(q, size):
+    return np.linalg.norm(q, axis=1) - size[0]
+
+
+def _sdf_box(q, size):
+    d = np.abs(q) - np.asarray(size)
+    outside = np.linalg.norm(np.maximum(d, 0.0), axis=1)
+    inside = np.minimum(d.max(axis=1), 0.0)
+    return outside + inside
+
+
+def _sdf_cylinder(q, size):
+    radius, half_h = size
+    d = np.stack([np.linalg.norm(q[:, :2], axis=1) - radius, np.abs(q[:, 2]) - half_h], axis=1)
+    return np.minimum(d.max(axis=1), 0.0) + np.linalg.norm(np.maximum(d, 0.0), axis=1)
+
+
+def _sdf_cone(q, size):
+    # Capped cone with base radius r1 at z = -h and apex (r2 = 0) at z = +h (Quilez's exact form).
+    r1, h = size
+    r2 = 0.0
+    qx, qy = np.linalg.norm(q[:, :2], axis=1), q[:, 2]
+    k1 = np.array([r2, h])
+    k2 = np.array([r2 - r1, 2.0 * h])
+    ca = np.stack([qx - np.minimum(qx, np.where(qy < 0, r1, r2)), np.abs(qy) - h], axis=1)
+    qq = np.stack([qx, qy], axis=1)
+    t = np.clip(((k1 - qq) @ k2) / (k2 @ k2), 0.0, 1.0)
+    cb = qq - k1 + k2 * t[:, None]
+    sign = np.where((cb[:, 0] < 0) & (ca[:, 1] < 0), -1.0, 1.0)
+    return sign * np.sqrt(np.minimum((ca * ca).sum(1), (cb * cb).sum(1)))
+
+
+def _sdf_torus(q, size):
+    major, minor = size
+    ring = np.stack([np.linalg.norm(q[:, :2], axis=1) - major, q[:, 2]], axis=1)
+    return np.linalg.norm(ring, axis=1) - minor
+
+
+def _sdf_capsule(q, size):
+    radius, half = size
+    nearest = np.zeros_like(q)
+    nearest[:, 2] = np.clip(q[:, 2], -half, half)
+    return np.linalg.norm(q - nearest, axis=1) - radius
+
+
+_SDF = {
+    "sphere": _sdf_sphere, "box": _sdf_box, "cylinder": _sdf_cylinder,
+    "cone": _sdf_cone, "torus": _sdf_torus, "capsule": _sdf_capsule,
+}
+
+
+def _demo_objects() -> list[Shape]:
+    # Resting on z = 0; the capsule touches the sphere and the box, the cone stands close behind
+    # the cylinder so that they occlude each other from one side.
+    return [
+        Shape("red sphere", "sphere", (-0.45, 0.25, 0.25), (0.25,), (0.85, 0.15, 0.12), texture_scale=7),
+        Shape("blue box", "box", (0.42, 0.38, 0.2), (0.2, 0.15, 0.2), (0.15, 0.3, 0.85), yaw_deg=30),
+        Shape("green cylinder", "cylinder", (0.05, -0.42, 0.22), (0.15, 0.22), (0.15, 0.7, 0.2)),
+        Shape("yellow cone", "cone", (0.48, -0.34, 0.24), (0.2, 0.24), (0.92, 0.8, 0.1)),
+        Shape("purple torus", "torus", (-0.5, -0.38, 0.07), (0.2, 0.07), (0.55, 0.2, 0.75)),
+        Shape("white capsule", "capsule", (0.0, 0.3, 0.28), (0.12, 0.16), (0.92, 0.92, 0.9)),
+    ]
+
+
+def _hard_objects() -> list[Shape]:
+    # The difficult cases: a thin pole, two same-coloured cubes side by side, and a small ball
+    # tucked behind a tall panel so that few views see it.
+    return _demo_objects() + [
+        Shape("thin black pole", "cylinder", (-0.1, -0.05, 0.35), (0.015, 0.35), (0.08, 0.08, 0.08)),
+        Shape("left orange cube", "box", (-0.95, 0.55, 0.1), (0.1, 0.1, 0.1), (0.95, 0.5, 0.1)),
+        Shape("right orange cube", "box", (-0.72, 0.62, 0.1), (0.1, 0.1, 0.1), (0.95, 0.5, 0.1), yaw_deg=10),
+        Shape("grey panel", "box", (0.95, 0.0, 0.35), (0.03, 0.45, 0.35), (0.55, 0.55, 0.58)),
+        Shape("hidden pink ball", "sphere", (1.1, 0.0, 0.08), (0.08,), (0.95, 0.45, 0.7)),
+    ]
+
+
+PRESETS = {
+    # name: (objects, n_views, width, height)
+    "tiny": (_demo_objects, 24, 128, 96),
+    "demo": (_demo_objects, 48, 320, 240),
+    "hard": (_hard_objects, 64, 320, 240),
+}
+
+
+@dataclass
+class SyntheticScene:
+    """The scene description: objects, cameras and the seed of its textures."""
+
+    objects: list[Shape]
+    cameras: list[Camera]
+    seed: int
+    test_every: int
+    target: np.ndarray = field(default_factory=lambda: np.array([0.0, 0.0, 0.2]))
+
+    @property
+    def prompts(self) -> list[str]:
+        return [o.name for o in self.objects]
+
+    @property
+    def radius(self) -> float:
+        """Scene radius: the largest distance of a camera centre from the look-at target."""
+        return float(max(np.linalg.norm(c.center - self.target) for c in self.cameras))
+
+    @property
+    def test_names(self) -> list[str]:
+        return [c.image_name for i, c in enumerate(self.cameras) if i % self.test_every == self.test_every // 2]
+
+    def nearest_object(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Id (1-based, 0 for table/backdrop) of the surface nearest to each world point, and its distance."""
+        distances = [np.abs(points[:, 2])]  # the table
+        distances.append(np.abs(WALL_RADIUS - np.linalg.norm(points[:, :2], axis=1)))
+        background = np.minimum(*distances)
+        per_object = np.stack([np.abs(o.sdf(points)) for o in self.objects], axis=1)
+        best = per_object.argmin(axis=1)
+        best_d = per_object[np.arange(len(points)), best]
+        ids = np.where(best_d < background, best + 1, BACKGROUND_ID)
+        return ids, np.minimum(best_d, background)
+
+
+def look_at(eye: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """OpenCV world-to-camera 4×4 for a camera at `eye` looking at `target` with world z up."""
+    forward = target - eye
+    forward /= np.linalg.norm(forward)
+    right = np.cross(forward, [0.0, 0.0, 1.0])
+    right /= np.linalg.norm(right)
+    down = np.cross(forward, right)
+    rotation = np.stack([right, down, forward])
+    w2c = np.eye(4)
+    w2c[:3, :3] = rotation
+    w2c[:3, 3] = -rotation @ eye
+    return w2c
+
+
+def build_scene(cfg: SyntheticConfig) -> SyntheticScene:
+    """The deterministic scene description for a config (objects, orbiting cameras)."""
+    if cfg.preset not in PRESETS:
+        raise ValueError(f"unknown synthetic preset {cfg.preset!r} (known: {sorted(PRESETS)})")
+    make_objects, n_views, width, height = PRESETS[cfg.preset]
+    n_views = cfg.n_views or n_views
+    width, height = cfg.width or width, cfg.height or height
+    rng = np.random.default_rng(cfg.seed)
+    target = np.array([0.0, 0.0, 0.2])
+    focal = 0.85 * width
+    K = np.array([[focal, 0, width / 2], [0, focal, height / 2], [0, 0, 1]])
+    cameras = []
+    for i in range(n_views):
+        azimuth = 2 * math.pi * i / n_views + rng.uniform(-0.04, 0.04)
+        # Heights sweep twice between low and high views as the orbit goes round.
+        height_m = 1.0 + 0.45 * math.sin(4 * math.pi * i / n_views) + rng.uniform(-0.05, 0.05)
+        radius = 2.2 + rng.uniform(-0.1, 0.1)
+        eye = np.array([radius * math.cos(azimuth), radius * math.sin(azimuth), height_m])
+        look = target + rng.uniform(-0.05, 0.05, size=3)
+        cameras.append(Camera(K, look_at(eye, look), width, height, f"view_{i:03d}.png"))
+    return SyntheticScene(make_objects(), cameras, cfg.seed, cfg.test_every, target)
+
+
+# --- procedural texture --------------------------------------------------------------------------
+
+def _hash(ix: np.ndarray, iy: np.ndarray, iz: np.ndarray, seed: int) -> np.ndarray:
+    """Deterministic pseudo-random value in [0, 1) per integer lattice point."""
+    h = (ix * 73856093) ^ (iy * 19349663) ^ (iz * 83492791) ^ (seed * 2654435761 + 12345)
+    h = h & 0xFFFFFFFF
+    h = ((h ^ (h >> 16)) * 0x45D9F3B) & 0xFFFFFFFF
+    h = ((h ^ (h >> 16)) * 0x45D9F3B) & 0xFFFFFFFF
+    h = h ^ (h >> 16)
+    return (h & 0xFFFF).astype(np.float64) / 65536.0
+
+
+def value_noise(p: np.ndarray, seed: int) -> np.ndarray:
+    """Smooth 3D value noise in [0, 1) at points [N, 3] (lattice spacing 1)."""
+    cell = np.floor(p).astype(np.int64)
+    frac = p - cell
+    w = frac * frac * (3.0 - 2.0 * frac)  # smoothstep: continuous gradient across cells
+    out = np.zeros(len(p))
+    for dx in (0, 1):
+        for dy in (0, 1):
+            for dz in (0, 1):
+                weight = (
+                    (w[:, 0] if dx else 1 - w[:, 0]) * (w[:, 1] if dy else 1 - w[:, 1]) * (w[:, 2] if dz else 1 - w[:, 2])
+                )
+                out += weight * _hash(cell[:, 0] + dx, cell[:, 1] + dy, cell[:, 2] + dz, seed)
+    return out
+
+
+def fbm(p: np.ndarray, seed: int, octaves: int = 4) -> np.ndarray:
+    """Fractal sum of value noise, normalised to [0, 1)."""
+    total, amplitude, norm = np.zeros(len(p)), 1.0, 0.0
+    for octave in range(octaves):
+        total += amplitude * value_noise(p * (2.0**octave), seed + 101 * octave)
+        norm += amplitude
+        amplitude *= 0.5
+    return total / norm
+
+
+def _albedo(points: np.ndarray, ids: np.ndarray, surface: np.ndarray, scene: SyntheticScene) -> np.ndarray:
+    """Albedo [N, 3] at hit points. `surface`: 0 table, 1 backdrop, 2 object (then `ids` says which)."""
+    seed = scene.seed
+    albedo = np.zeros((len(points), 3))
+    table = surface == 0
+    if table.any():
+        p = points[table]
+        tiles = (np.floor(p[:, 0] / 0.15) + np.floor(p[:, 1] / 0.15)) % 2
+        grain = fbm(p * np.array([4.0, 24.0, 4.0]), seed + 1)
+        detail = value_noise(p * 45.0, seed + 2)
+        base = np.where(tiles[:, None] > 0, [0.62, 0.46, 0.3], [0.78, 0.66, 0.48])
+        albedo[table] = base * (0.65 + 0.35 * grain[:, None]) + 0.12 * (detail[:, None] - 0.5)
+    wall = surface == 1
+    if wall.any():
+        p = points[wall]
+        hue = fbm(p * 1.2, seed + 3)
+        palette = np.array([[0.3, 0.55, 0.7], [0.8, 0.75, 0.55], [0.45, 0.65, 0.4], [0.7, 0.45, 0.5]])
+        index = np.clip(hue * len(palette), 0, len(palette) - 1e-6)
+        low = np.floor(index).astype(int)
+        high = np.minimum(low + 1, len(palette) - 1)
+        mix = (index - low)[:, None]
+        colour = palette[low] * (1 - mix) + palette[high] * mix
+        detail = fbm(p * 9.0, seed + 4, octaves=3)
+        albedo[wall] = colour * (0.55 + 0.6 * detail[:, None])
+    for k, obj in enumerate(scene.objects, start=1):
+        sel = (surface == 2) & (ids == k)
+        if not sel.any():
+            continue
+        p = obj.to_local(points[sel])
+        pattern = fbm(p * obj.texture_scale, seed + 10 + k)
+        detail = value_noise(p * obj.texture_scale * 6.0, seed + 50 + k)
+        shade = 0.62 + 0.38 * pattern + 0.18 * (detail - 0.5)
+        albedo[sel] = np.asarray(obj.color) * shade[:, None]
+    return np.clip(albedo, 0.0, 1.0)
+
+
+# --- ray casting ---------------------------------------------------------------------------------
+
+def camera_rays(camera: Camera) -> tuple[np.ndarray, np.ndarray]:
+    """World-space origin [3] and unit directions [H*W, 3] through every pixel centre."""
+    j, i = np.meshgrid(np.arange(camera.width) + 0.5, np.arange(camera.height) + 0.5)
+    pix = np.stack([j.ravel(), i.ravel(), np.ones(j.size)], axis=1)
+    dirs_cam = pix @ np.linalg.inv(camera.K).T
+    c2w = camera.camera_to_world
+    dirs = dirs_cam @ c2w[:3, :3].T
+    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    return c2w[:3, 3], dirs
+
+
+def _sphere_trace(shape: Shape, origin: np.ndarray, dirs: np.ndarray, max_steps: int = 128,
+                  eps: float = 2e-5) -> np.ndarray:
+    """Distance along each ray to the shape's surface, inf where the ray misses."""
+    t_hit = np.full(len(dirs), np.inf)
+    oc = origin - np.asarray(shape.center)
+    b = dirs @ oc
+    c = oc @ oc - shape.bounding_radius**2
+    disc = b * b - c
+    candidates = np.nonzero(disc > 0)[0]
+    if candidates.size == 0:
+        return t_hit
+    root = np.sqrt(disc[candidates])
+    t = np.maximum(-b[candidates] - root, 0.0)
+    t_exit = -b[candidates] + root
+    active = np.arange(candidates.size)
+    for _ in range(max_steps):
+        if active.size == 0:
+            break
+        rays = candidates[active]
+        d = shape.sdf(origin + t[active, None] * dirs[rays])
+        hit = d < eps
+        t_hit[rays[hit]] = t[active[hit]]
+        t[active] += d
+        active = active[~hit & (t[active] < t_exit[active])]
+    return t_hit
+
+
+def _normals(shape: Shape, points: np.ndarray, h: float = 1e-4) -> np.ndarray:
+    """Unit surface normals from the SDF gradient (tetrahedral finite differences)."""
+    k = np.array([[1, -1, -1], [-1, -1, 1], [-1, 1, -1], [1, 1, 1]], dtype=np.float64)
+    grad = sum(kk * shape.sdf(points + h * kk)[:, None] for kk in k)
+    return grad / np.maximum(np.linalg.norm(grad, axis=1, keepdims=True), 1e-12)
+
+
+def render_view(scene: SyntheticScene, camera: Camera) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Ray cast one view.
+
+    Returns:
+        rgb [H, W, 3] float in [0, 1]; instance ids [H, W] uint8 (0 = table/backdrop, k = k-th
+        object); depth [H, W] float32 (camera z, OpenCV axes).
+    """
+    origin, dirs = camera_rays(camera)
+    n = len(dirs)
+    t_best = np.full(n, np.inf)
+    surface = np.full(n, -1)
+    ids = np.zeros(n, dtype=np.int64)
+    # Table plane z = 0 (rays going down only).
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t_table = np.where(dirs[:, 2] < 0, -origin[2] / dirs[:, 2], np.inf)
+    # Backdrop: the inside of the vertical cylinder |xy| = WALL_RADIUS (origin is inside).
+    a = (dirs[:, :2] ** 2).sum(1)
+    b = dirs[:, :2] @ origin[:2]
+    c = origin[:2] @ origin[:2] - WALL_RADIUS**2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t_wall = np.where(a > 1e-12, (-b + np.sqrt(np.maximum(b * b - a * c, 0))) / a, np.inf)
+    for t_surface, code in ((t_table, 0), (t_wall, 1)):
+        closer = t_surface < t_best
+        t_best[closer], surface[closer] = t_surface[closer], code
+    for k, obj in enumerate(scene.objects, start=1):
+        t_obj = _sphere_trace(obj, origin, dirs)
+        closer = t_obj < t_best
+        t_best[closer], surface[closer], ids[closer] = t_obj[closer], 2, k
+    ids[surface != 2] = BACKGROUND_ID
+    points = origin + t_best[:, None] * dirs
+    normals = np.zeros((n, 3))
+    normals[surface == 0] = [0, 0, 1]
+    wall = surface == 1
+    normals[wall, :2] = -points[wall, :2] / WALL_RADIUS
+    for k, obj in enumerate(scene.objects, start=1):
+        sel = (surface == 2) & (ids == k)
+        if sel.any():
+            normals[sel] = _normals(obj, points[sel])
+    albedo = _albedo(points, ids, surface, scene)
+    lambert = np.clip(normals @ LIGHT_DIR, 0.0, 1.0)
+    rgb = np.clip(albedo * (AMBIENT + (1 - AMBIENT) * lambert)[:, None], 0.0, 1.0)
+    depth = (points - origin) @ camera.camera_to_world[:3, 2]
+    shape = (camera.height, camera.width)
+    return rgb.reshape(*shape, 3), ids.reshape(shape).astype(np.uint8), depth.reshape(shape).astype(np.float32)
+
+
+# --- writing the dataset -------------------------------------------------------------------------
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def write_synthetic_scene(cfg: SyntheticConfig, out_dir: str | Path, min_mask_pixels: int = 20) -> Path:
+    """Render the scene and write it in the LERF-Mask layout, atomically.
+
+    Layout written under `out_dir`:
+        images/view_XXX.png, images_train/ (the training subset), sparse/0/ (COLMAP model of the
+        true poses, PINHOLE), test_mask/<i>/<prompt>.png (a mask per object visible with at least
+        `min_mask_pixels` pixels), and ground_truth/ (instance id maps, depth maps, scene.json with
+        the objects and the scene radius) for checks that only a synthetic scene allows.
+
+    The folder is built beside `out_dir` and renamed into place when complete.
+    """
+    from .colmap import write_model
+
+    out_dir = Path(out_dir)
+    scene = build_scene(cfg)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        for sub in ("images", "images_train", "test_mask", "ground_truth"):
+            (tmp / sub).mkdir()
+        test_names = scene.test_names
+        visible_views = {o.name: 0 for o in scene.objects}
+        for camera in scene.cameras:
+            rgb, ids, depth = render_view(scene, camera)
+            name = camera.image_name
+            Image.fromarray((rgb * 255 + 0.5).astype(np.uint8)).save(tmp / "images" / name)
+            Image.fromarray(ids).save(tmp / "ground_truth" / f"instance_{name}")
+            np.save(tmp / "ground_truth" / f"depth_{Path(name).stem}.npy", depth)
+            for k, obj in enumerate(scene.objects, start=1):
+                if (ids == k).sum() >= min_mask_pixels:
+                    visible_views[obj.name] += 1
+            if name in test_names:
+                mask_dir = tmp / "test_mask" / str(test_names.index(name))
+                mask_dir.mkdir()
+                for k, obj in enumerate(scene.objects, start=1):
+                    mask = ids == k
+                    if mask.sum() >= min_mask_pixels:
+                        Image.fromarray(mask.astype(np.uint8) * 255).save(mask_dir / f"{obj.name}.png")
+            else:
+                _link_or_copy(tmp / "images" / name, tmp / "images_train" / name)
+        write_model(scene.cameras, tmp / "sparse" / "0")
+        meta = {
+            "preset": cfg.preset, "seed": cfg.seed, "radius": scene.radius,
+            "target": scene.target.tolist(), "wall_radius": WALL_RADIUS,
+            "objects": [dict(asdict(o), id=k) for k, o in enumerate(scene.objects, start=1)],
+            "visible_views": visible_views, "test_names": test_names,
+        }
+        (tmp / "ground_truth" / "scene.json").write_text(json.dumps(meta, indent=2))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
