@@ -9,8 +9,9 @@ from .colmap import read_colmap_scene
 from .lerf_mask import is_lerf_mask, read_lerf_mask_scene
 from .model import Camera, Scene, SceneError, list_images
 from .ovs3d import is_ovs3d, read_ovs3d_scene
+from .synthetic import is_synthetic, read_synthetic_scene
 
-LAYOUTS = ("auto", "lerf_mask", "ovs3d", "blender", "colmap", "photos")
+LAYOUTS = ("auto", "synthetic", "lerf_mask", "ovs3d", "blender", "colmap", "photos")
 
 
 def read_photos(root: Path, name: str | None = None) -> Scene:
@@ -27,6 +28,8 @@ def detect_layout(root: Path) -> str:
     root = Path(root)
     if not root.is_dir():
         raise SceneError(f"{root}: dataset folder not found")
+    if is_synthetic(root):
+        return "synthetic"
     if is_lerf_mask(root):
         return "lerf_mask"
     if is_ovs3d(root):
@@ -55,7 +58,7 @@ def load_scene(root: str | Path, layout: str = "auto", name: str | None = None) 
     if layout == "auto":
         layout = detect_layout(root)
     readers = {
-        "lerf_mask": read_lerf_mask_scene, "ovs3d": read_ovs3d_scene, "blender": read_blender_scene,
+        "synthetic": read_synthetic_scene, "lerf_mask": read_lerf_mask_scene, "ovs3d": read_ovs3d_scene, "blender": read_blender_scene,
         "colmap": read_colmap_scene, "photos": read_photos,
     }
     return readers[layout](root, name=name)

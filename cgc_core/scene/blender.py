@@ -70,5 +70,5 @@ def read_blender_scene(root: Path, name: str | None = None,
     return Scene(
         name=name or root.name, root=root, image_dir=root, image_names=sorted(cameras), cameras=cameras,
         train_names=train, test_names=split_names.get("test", []), background=tuple(background),
-        layout="blender",
+        layout="blender", pinhole_images=True,
     )

@@ -64,28 +64,43 @@ def points_from_model(rec: pycolmap.Reconstruction) -> tuple[np.ndarray, np.ndar
     return xyz, rgb
 
 
-def write_model(cameras: list[Camera], model_dir: Path, points: np.ndarray | None = None,
-                colors: np.ndarray | None = None, text: bool = False) -> pycolmap.Reconstruction:
-    """Write pinhole cameras (one COLMAP camera per distinct intrinsics) as a COLMAP model.
+def colmap_intrinsics(cam: Camera) -> tuple[str, list[float]]:
+    """COLMAP model name and parameter vector of a camera: PINHOLE, or its own distortion model."""
+    if cam.distortion_model is not None:
+        return cam.distortion_model, list(cam.distortion_params)
+    return "PINHOLE", [cam.K[0, 0], cam.K[1, 1], cam.K[0, 2], cam.K[1, 2]]
 
-    Points, if given, are written without tracks (they carry position and colour only).
+
+def build_reconstruction(cameras: list[Camera], image_ids: dict[str, int] | None = None,
+                         camera_ids: dict[str, int] | None = None) -> pycolmap.Reconstruction:
+    """A pycolmap reconstruction holding the given posed cameras (no points).
+
+    One COLMAP camera per distinct intrinsics (`colmap_intrinsics`). `image_ids` and
+    `camera_ids` fix the image (and frame) and camera id per image name, e.g. to match a feature
+    database.
     """
     rec = pycolmap.Reconstruction()
-    intrinsics_ids: dict[tuple, int] = {}
-    for image_id, cam in enumerate(cameras, start=1):
-        key = (cam.width, cam.height, *np.round(cam.K[[0, 1, 0, 1], [0, 1, 2, 2]], 9))
-        if key not in intrinsics_ids:
-            camera_id = len(intrinsics_ids) + 1
-            colmap_cam = pycolmap.Camera.create_from_model_name(camera_id, "PINHOLE", 1.0, cam.width, cam.height)
-            colmap_cam.params = [cam.K[0, 0], cam.K[1, 1], cam.K[0, 2], cam.K[1, 2]]
+    shared_ids: dict[tuple, int] = {}
+    for order, cam in enumerate(cameras, start=1):
+        model, params = colmap_intrinsics(cam)
+        key = (model, cam.width, cam.height, *np.round(params, 9))
+        if camera_ids is not None:
+            camera_id = camera_ids[cam.image_name]
+        else:
+            camera_id = shared_ids.setdefault(key, len(shared_ids) + 1)
+        if not rec.exists_camera(camera_id):
+            colmap_cam = pycolmap.Camera.create_from_model_name(camera_id, model, 1.0, cam.width, cam.height)
+            colmap_cam.params = params
             rec.add_camera_with_trivial_rig(colmap_cam)
-            intrinsics_ids[key] = camera_id
-        image = pycolmap.Image(name=cam.image_name, camera_id=intrinsics_ids[key], image_id=image_id)
+        image_id = image_ids[cam.image_name] if image_ids is not None else order
+        image = pycolmap.Image(name=cam.image_name, camera_id=camera_id, image_id=image_id)
         rec.add_image_with_trivial_frame(image, pycolmap.Rigid3d(cam.world_to_camera[:3, :]))
-    if points is not None:
-        colors = np.zeros_like(points, dtype=np.uint8) if colors is None else colors
-        for xyz, rgb in zip(points, colors):
-            rec.add_point3D(np.asarray(xyz, np.float64), pycolmap.Track(), np.asarray(rgb, np.uint8))
+    return rec
+
+
+def write_model(cameras: list[Camera], model_dir: Path, text: bool = False) -> pycolmap.Reconstruction:
+    """Write posed cameras as a COLMAP model folder (binary by default)."""
+    rec = build_reconstruction(cameras)
     model_dir.mkdir(parents=True, exist_ok=True)
     (rec.write_text if text else rec.write_binary)(str(model_dir))
     return rec

@@ -109,7 +109,10 @@ class Scene:
         point_colors: [N, 3] uint8 colours of `points`, or None.
         background: For RGBA datasets, the RGB colour in [0, 1] that images are composited on;
             the alpha channel stays available through `load_alpha`.
-        layout: Which reader produced the scene (`colmap`, `lerf_mask`, `ovs3d`, `blender`, `photos`).
+        layout: Which reader produced the scene (`colmap`, `lerf_mask`, `ovs3d`, `blender`, `photos`,
+            `synthetic`).
+        pinhole_images: The images come from an ideal pinhole camera (rendered datasets), so
+            calibration need not model lens distortion.
     """
 
     name: str
@@ -125,6 +128,7 @@ class Scene:
     point_colors: np.ndarray | None = None
     background: tuple[float, float, float] | None = None
     layout: str = "colmap"
+    pinhole_images: bool = False
 
     @property
     def has_poses(self) -> bool:

@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image
 
 from ..config import SyntheticConfig
-from .model import Camera
+from .model import Camera, Scene
 
 WALL_RADIUS = 4.0
 LIGHT_DIR = np.array([0.45, 0.3, 1.0]) / np.linalg.norm([0.45, 0.3, 1.0])
@@ -468,3 +468,17 @@ def write_synthetic_scene(cfg: SyntheticConfig, out_dir: str | Path, min_mask_pi
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+def is_synthetic(root: Path) -> bool:
+    return (Path(root) / "ground_truth" / "scene.json").is_file()
+
+
+def read_synthetic_scene(root: str | Path, name: str | None = None) -> Scene:
+    """Read a scene written by `write_synthetic_scene` (LERF-Mask layout, rendered by a pinhole camera)."""
+    from .lerf_mask import read_lerf_mask_scene
+
+    scene = read_lerf_mask_scene(Path(root), name=name)
+    scene.layout = "synthetic"
+    scene.pinhole_images = True
+    return scene

@@ -1,0 +1,261 @@
+"""Camera calibration with COLMAP (through pycolmap): SfM from images, or triangulation from known poses.
+
+Output of `calibrate` in `out_dir`:
+    sparse/0/          the PINHOLE COLMAP model (binary) that every later stage reads
+    images/            undistorted images, only when SfM estimated lens distortion
+    points3D.ply       the coloured sparse points (for viewers; loaders read sparse/0)
+    calibration.json   what happened: mode, camera model, registration counts, image folder, timings
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pycolmap
+
+from .config import CalibrateConfig
+from .scene.colmap import PINHOLE_MODELS, build_reconstruction, colmap_intrinsics, cameras_from_model, points_from_model, read_model
+from .scene.model import Scene
+
+SUMMARY_FILE = "calibration.json"
+
+
+class CalibrationError(RuntimeError):
+    """Calibration failed in a way the user can act on; the message says what to try."""
+
+
+@dataclass
+class CalibrationSummary:
+    """What the calibrate stage produced (stored as calibration.json)."""
+
+    mode: str
+    camera_model: str
+    n_images: int
+    registered: list[str]
+    image_dir: str
+    """Folder of the images the model refers to: the scene's own, or the undistorted copies ("images")."""
+    n_points: int
+    timings: dict[str, float]
+
+    @property
+    def registered_share(self) -> float:
+        return len(self.registered) / max(self.n_images, 1)
+
+
+def _feature_options(cfg: CalibrateConfig) -> pycolmap.FeatureExtractionOptions:
+    options = pycolmap.FeatureExtractionOptions()
+    options.num_threads = cfg.num_threads
+    options.use_gpu = False  # the CPU SIFT is deterministic and available everywhere
+    options.sift.max_num_features = cfg.max_num_features
+    return options
+
+
+def _extract_and_match(scene: Scene, database: Path, cfg: CalibrateConfig, reader: pycolmap.ImageReaderOptions,
+                       camera_mode: pycolmap.CameraMode, timings: dict[str, float]) -> None:
+    start = time.perf_counter()
+    pycolmap.extract_features(
+        database, scene.image_dir, image_names=scene.image_names, camera_mode=camera_mode,
+        reader_options=reader, extraction_options=_feature_options(cfg), device=pycolmap.Device.cpu,
+    )
+    timings["features_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    matching = pycolmap.FeatureMatchingOptions()
+    matching.num_threads = cfg.num_threads
+    matching.use_gpu = False
+    if len(scene.image_names) <= cfg.sequential_matching_above:
+        pycolmap.match_exhaustive(database, matching_options=matching, device=pycolmap.Device.cpu)
+    else:
+        pycolmap.match_sequential(database, matching_options=matching, device=pycolmap.Device.cpu)
+    timings["matching_s"] = time.perf_counter() - start
+
+
+def resolve_camera_model(scene: Scene, cfg: CalibrateConfig) -> str:
+    """The COLMAP camera model for SfM: `auto` means no distortion for rendered (pinhole) images."""
+    if cfg.camera_model != "auto":
+        return cfg.camera_model
+    return "SIMPLE_PINHOLE" if scene.pinhole_images else "SIMPLE_RADIAL"
+
+
+def run_sfm(scene: Scene, work_dir: Path, cfg: CalibrateConfig, timings: dict[str, float]) -> pycolmap.Reconstruction:
+    """Feature extraction, matching and incremental mapping; returns the largest reconstruction."""
+    database = work_dir / "database.db"
+    reader = pycolmap.ImageReaderOptions()
+    reader.camera_model = resolve_camera_model(scene, cfg)
+    mode = pycolmap.CameraMode.SINGLE if cfg.single_camera else pycolmap.CameraMode.AUTO
+    _extract_and_match(scene, database, cfg, reader, mode, timings)
+    start = time.perf_counter()
+    options = pycolmap.IncrementalPipelineOptions()
+    options.num_threads = cfg.num_threads
+    options.random_seed = cfg.seed
+    maps = pycolmap.incremental_mapping(database, scene.image_dir, work_dir / "sfm", options=options)
+    timings["mapping_s"] = time.perf_counter() - start
+    if not maps:
+        raise CalibrationError(
+            f"{scene.image_dir}: COLMAP registered none of the {len(scene.image_names)} images (no initial pair). "
+            "Try photos with more overlap and texture, or more features (calibrate.max_num_features)."
+        )
+    return max(maps.values(), key=lambda r: r.num_reg_images())
+
+
+def triangulate_known_poses(scene: Scene, work_dir: Path, cfg: CalibrateConfig,
+                            timings: dict[str, float]) -> pycolmap.Reconstruction:
+    """Keep the dataset's poses and intrinsics; match features and triangulate points only."""
+    if not scene.has_poses:
+        raise CalibrationError(f"{scene.root}: calibrate.mode=known_poses but the dataset has no poses for every image")
+    database = work_dir / "database.db"
+    _extract_and_match(scene, database, cfg, pycolmap.ImageReaderOptions(), pycolmap.CameraMode.PER_IMAGE, timings)
+    # The database got one guessed camera per image: overwrite each with the dataset's intrinsics
+    # so the database and the posed reconstruction agree camera by camera.
+    db = pycolmap.Database.open(str(database))
+    try:
+        images = {image.name: image for image in db.read_all_images()}
+        for name, image in images.items():
+            model, params = colmap_intrinsics(scene.cameras[name])
+            camera = pycolmap.Camera.create_from_model_name(image.camera_id, model, 1.0,
+                                                            scene.cameras[name].width, scene.cameras[name].height)
+            camera.params = params
+            db.update_camera(camera)
+    finally:
+        db.close()
+    rec = build_reconstruction(
+        [scene.cameras[n] for n in scene.image_names],
+        image_ids={n: im.image_id for n, im in images.items()},
+        camera_ids={n: im.camera_id for n, im in images.items()},
+    )
+    start = time.perf_counter()
+    (work_dir / "triangulated").mkdir()
+    rec = pycolmap.triangulate_points(rec, database, scene.image_dir, work_dir / "triangulated",
+                                      clear_points=True, refine_intrinsics=False)
+    rec.extract_colors_for_all_images(str(scene.image_dir))
+    timings["triangulation_s"] = time.perf_counter() - start
+    return rec
+
+
+def calibrate(scene: Scene, out_dir: str | Path, cfg: CalibrateConfig) -> CalibrationSummary:
+    """Calibrate a scene's cameras into `out_dir` (see the module docstring for its layout).
+
+    Args:
+        scene: The dataset. Its image folder is read, never written.
+        out_dir: An empty or missing folder for the outputs.
+        cfg: The calibrate config section. `mode="auto"` triangulates with the dataset's poses
+            when it has them and runs SfM otherwise.
+
+    Returns:
+        The `CalibrationSummary` also written to `calibration.json`.
+
+    Raises:
+        CalibrationError: fewer than `cfg.min_registered_share` of the images registered; the
+            message says how many did and what to try.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work_dir = out_dir / "colmap"
+    if work_dir.exists():
+        shutil.rmtree(work_dir)
+    work_dir.mkdir()
+    mode = cfg.mode if cfg.mode != "auto" else ("known_poses" if scene.has_poses else "sfm")
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    pycolmap.set_random_seed(cfg.seed)
+    if mode == "sfm":
+        rec = run_sfm(scene, work_dir, cfg, timings)
+    else:
+        rec = triangulate_known_poses(scene, work_dir, cfg, timings)
+
+    registered = sorted(rec.images[i].name for i in rec.reg_image_ids())
+    share = len(registered) / len(scene.image_names)
+    if share < cfg.min_registered_share:
+        raise CalibrationError(
+            f"{scene.image_dir}: COLMAP registered {len(registered)} of {len(scene.image_names)} images "
+            f"({share:.0%}, need {cfg.min_registered_share:.0%}). Try: more overlap between neighbouring photos, "
+            f"more features (calibrate.max_num_features={cfg.max_num_features}), exhaustive matching "
+            f"(raise calibrate.sequential_matching_above), or lowering calibrate.min_registered_share."
+        )
+
+    model_dir = out_dir / "sparse" / "0"
+    model_dir.mkdir(parents=True, exist_ok=True)
+    image_dir = str(scene.image_dir.resolve())
+    camera_models = {rec.cameras[i].model_name for i in rec.cameras}
+    if camera_models - set(PINHOLE_MODELS):
+        # Lens distortion was modelled: resample the images to PINHOLE as 3DGS expects.
+        start_u = time.perf_counter()
+        raw_dir = work_dir / "raw_model"
+        raw_dir.mkdir()
+        rec.write_binary(str(raw_dir))
+        undistorted = work_dir / "undistorted"
+        pycolmap.undistort_images(undistorted, raw_dir, scene.image_dir, image_names=registered)
+        rec = read_model(undistorted / "sparse")
+        shutil.move(str(undistorted / "images"), out_dir / "images")
+        image_dir = "images"
+        timings["undistortion_s"] = time.perf_counter() - start_u
+    rec.write_binary(str(model_dir))
+    rec.export_PLY(str(out_dir / "points3D.ply"))
+    shutil.rmtree(work_dir)
+    timings["total_s"] = time.perf_counter() - start
+
+    summary = CalibrationSummary(
+        mode=mode, camera_model=",".join(sorted(camera_models)), n_images=len(scene.image_names),
+        registered=registered, image_dir=image_dir, n_points=rec.num_points3D(), timings=timings,
+    )
+    (out_dir / SUMMARY_FILE).write_text(json.dumps(asdict(summary), indent=2))
+    return summary
+
+
+def read_summary(calib_dir: str | Path) -> CalibrationSummary:
+    """Read calibration.json of a finished calibrate stage."""
+    path = Path(calib_dir) / SUMMARY_FILE
+    try:
+        return CalibrationSummary(**json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError) as exc:
+        raise CalibrationError(f"{path}: missing or malformed calibration summary ({exc})") from exc
+
+
+def apply_calibration(scene: Scene, calib_dir: str | Path) -> Scene:
+    """The scene with the calibrated cameras, sparse points and (if undistorted) image folder.
+
+    Images that did not register keep no camera and leave the training set.
+    """
+    calib_dir = Path(calib_dir)
+    summary = read_summary(calib_dir)
+    rec = read_model(calib_dir / "sparse" / "0")
+    cameras = cameras_from_model(rec)
+    points, colors = points_from_model(rec)
+    image_dir = Path(summary.image_dir)
+    if not image_dir.is_absolute():
+        image_dir = calib_dir / image_dir
+    return Scene(
+        name=scene.name, root=scene.root, image_dir=image_dir, image_names=scene.image_names,
+        cameras=cameras, train_names=[n for n in scene.train_names if n in cameras],
+        test_names=list(scene.test_names), prompts=list(scene.prompts), gt_masks=dict(scene.gt_masks),
+        points=points, point_colors=colors, background=scene.background, layout=scene.layout,
+        pinhole_images=scene.pinhole_images,
+    )
+
+
+def camera_center_error(estimated: dict, truth: dict) -> tuple[float, np.ndarray]:
+    """Align estimated camera centres to the true ones with a similarity (pycolmap.estimate_sim3d).
+
+    Args:
+        estimated: image name -> estimated `Camera`.
+        truth: image name -> true `Camera`.
+
+    Returns:
+        The mean centre error after alignment (in the truth's units) and the per-image errors
+        (images present in both, in sorted name order).
+    """
+    names = sorted(set(estimated) & set(truth))
+    if len(names) < 3:
+        raise CalibrationError(f"need at least 3 common images to align, got {len(names)}")
+    src = np.stack([estimated[n].center for n in names])
+    tgt = np.stack([truth[n].center for n in names])
+    sim = pycolmap.estimate_sim3d(src, tgt)
+    if sim is None:
+        raise CalibrationError("could not estimate a similarity between estimated and true camera centres")
+    aligned = src @ sim.matrix()[:3, :3].T + sim.matrix()[:3, 3]
+    errors = np.linalg.norm(aligned - tgt, axis=1)
+    return float(errors.mean()), errors
