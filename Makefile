@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/cgc demo
+	$(PY) -m flows.benchmark --scenes synthetic
 
 test: $(STAMP)
 	$(PY) -m pytest -q

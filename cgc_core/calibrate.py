@@ -10,6 +10,7 @@ Output of `calibrate` in `out_dir`:
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -38,7 +39,8 @@ class CalibrationSummary:
     n_images: int
     registered: list[str]
     image_dir: str
-    """Folder of the images the model refers to: the scene's own, or the undistorted copies ("images")."""
+    """Folder of the images the model refers to, relative to the calibration folder: the scene's
+    own images, or the undistorted copies ("images")."""
     n_points: int
     timings: dict[str, float]
 
@@ -79,6 +81,13 @@ def resolve_camera_model(scene: Scene, cfg: CalibrateConfig) -> str:
     if cfg.camera_model != "auto":
         return cfg.camera_model
     return "SIMPLE_PINHOLE" if scene.pinhole_images else "SIMPLE_RADIAL"
+
+
+def resolve_mode(scene: Scene, cfg: CalibrateConfig) -> str:
+    """`sfm` or `known_poses`; `auto` keeps shipped poses, except the synthetic scene's (ground truth)."""
+    if cfg.mode != "auto":
+        return cfg.mode
+    return "known_poses" if scene.has_poses and scene.layout != "synthetic" else "sfm"
 
 
 def run_sfm(scene: Scene, work_dir: Path, cfg: CalibrateConfig, timings: dict[str, float]) -> pycolmap.Reconstruction:
@@ -142,8 +151,8 @@ def calibrate(scene: Scene, out_dir: str | Path, cfg: CalibrateConfig) -> Calibr
     Args:
         scene: The dataset. Its image folder is read, never written.
         out_dir: An empty or missing folder for the outputs.
-        cfg: The calibrate config section. `mode="auto"` triangulates with the dataset's poses
-            when it has them and runs SfM otherwise.
+        cfg: The calibrate config section (`resolve_mode` and `resolve_camera_model` say what
+            its `auto` values become for this scene).
 
     Returns:
         The `CalibrationSummary` also written to `calibration.json`.
@@ -158,10 +167,11 @@ def calibrate(scene: Scene, out_dir: str | Path, cfg: CalibrateConfig) -> Calibr
     if work_dir.exists():
         shutil.rmtree(work_dir)
     work_dir.mkdir()
-    mode = cfg.mode if cfg.mode != "auto" else ("known_poses" if scene.has_poses else "sfm")
+    mode = resolve_mode(scene, cfg)
     timings: dict[str, float] = {}
     start = time.perf_counter()
     pycolmap.set_random_seed(cfg.seed)
+    pycolmap.logging.minloglevel = cfg.colmap_log_level
     if mode == "sfm":
         rec = run_sfm(scene, work_dir, cfg, timings)
     else:
@@ -179,7 +189,8 @@ def calibrate(scene: Scene, out_dir: str | Path, cfg: CalibrateConfig) -> Calibr
 
     model_dir = out_dir / "sparse" / "0"
     model_dir.mkdir(parents=True, exist_ok=True)
-    image_dir = str(scene.image_dir.resolve())
+    # Relative to the output folder, which the stage renames within the same parent.
+    image_dir = os.path.relpath(scene.image_dir.resolve(), out_dir.resolve())
     camera_models = {rec.cameras[i].model_name for i in rec.cameras}
     if camera_models - set(PINHOLE_MODELS):
         # Lens distortion was modelled: resample the images to PINHOLE as 3DGS expects.

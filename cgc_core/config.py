@@ -41,17 +41,22 @@ class SyntheticConfig:
     """Image height in pixels; None takes the preset's value."""
     test_every: int = 8
     """Every `test_every`-th view is held out as a test view with ground-truth masks."""
+    supersample: int = 3
+    """Anti-aliasing: colour is the mean of supersample² rays per pixel (odd, so that the middle
+    ray passes through the pixel centre, where instance ids and depth are taken)."""
 
 
 @dataclass
 class CalibrateConfig:
     """Camera calibration with COLMAP through pycolmap (`cgc_core.calibrate`)."""
 
-    mode: Literal["auto", "sfm", "known_poses"] = "sfm"
+    mode: Literal["auto", "sfm", "known_poses"] = "auto"
     """`sfm` estimates poses from the images alone; `known_poses` keeps the dataset's poses and
-    only triangulates points; `auto` uses known poses when the dataset ships them."""
-    camera_model: str = "SIMPLE_RADIAL"
-    """COLMAP camera model for SfM. Models with distortion are undistorted to PINHOLE afterwards."""
+    only triangulates points; `auto` uses known poses when the dataset ships them, except for the
+    synthetic scene, whose true poses are ground truth to check SfM against, never an input."""
+    camera_model: str = "auto"
+    """COLMAP camera model for SfM; `auto` is SIMPLE_PINHOLE for rendered (pinhole) datasets and
+    SIMPLE_RADIAL for photos. Models with distortion are undistorted to PINHOLE afterwards."""
     single_camera: bool = True
     """All images share one camera (true for one phone or one synthetic camera)."""
     max_num_features: int = 4096
@@ -64,6 +69,8 @@ class CalibrateConfig:
     """Threads for COLMAP (-1: all cores)."""
     seed: int = 0
     """COLMAP's random seed, for repeatable reconstructions."""
+    colmap_log_level: int = 2
+    """COLMAP's own log threshold: 0 info, 1 warnings, 2 errors."""
 
 
 @dataclass

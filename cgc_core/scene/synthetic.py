@@ -147,19 +147,19 @@ def _demo_objects() -> list[Shape]:
 
 def _hard_objects() -> list[Shape]:
     # The difficult cases: a thin pole, two same-coloured cubes side by side, and a small ball
-    # tucked behind a tall panel so that few views see it.
+    # far out at the table edge behind a tall panel, so that few views see it.
     return _demo_objects() + [
         Shape("thin black pole", "cylinder", (-0.1, -0.05, 0.35), (0.015, 0.35), (0.08, 0.08, 0.08)),
         Shape("left orange cube", "box", (-0.95, 0.55, 0.1), (0.1, 0.1, 0.1), (0.95, 0.5, 0.1)),
         Shape("right orange cube", "box", (-0.72, 0.62, 0.1), (0.1, 0.1, 0.1), (0.95, 0.5, 0.1), yaw_deg=10),
         Shape("grey panel", "box", (0.95, 0.0, 0.35), (0.03, 0.45, 0.35), (0.55, 0.55, 0.58)),
-        Shape("hidden pink ball", "sphere", (1.1, 0.0, 0.08), (0.08,), (0.95, 0.45, 0.7)),
+        Shape("hidden pink ball", "sphere", (3.3, 0.0, 0.1), (0.1,), (0.95, 0.45, 0.7)),
     ]
 
 
 PRESETS = {
     # name: (objects, n_views, width, height)
-    "tiny": (_demo_objects, 24, 128, 96),
+    "tiny": (_demo_objects, 24, 192, 144),
     "demo": (_demo_objects, 48, 320, 240),
     "hard": (_hard_objects, 64, 320, 240),
 }
@@ -358,13 +358,26 @@ def _normals(shape: Shape, points: np.ndarray, h: float = 1e-4) -> np.ndarray:
     return grad / np.maximum(np.linalg.norm(grad, axis=1, keepdims=True), 1e-12)
 
 
-def render_view(scene: SyntheticScene, camera: Camera) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def render_view(scene: SyntheticScene, camera: Camera, supersample: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Ray cast one view.
+
+    Args:
+        supersample: Odd factor s: colour averages s×s rays per pixel (box filter, as a sensor
+            integrates over the pixel); ids and depth come from the middle ray, the pixel centre.
 
     Returns:
         rgb [H, W, 3] float in [0, 1]; instance ids [H, W] uint8 (0 = table/backdrop, k = k-th
         object); depth [H, W] float32 (camera z, OpenCV axes).
     """
+    if supersample < 1 or supersample % 2 == 0:
+        raise ValueError(f"supersample must be a positive odd integer, got {supersample}")
+    if supersample > 1:
+        s = supersample
+        fine = camera.scaled(camera.width * s, camera.height * s)
+        rgb, ids, depth = render_view(scene, fine)
+        h, w = camera.height, camera.width
+        rgb = rgb.reshape(h, s, w, s, 3).mean(axis=(1, 3))
+        return rgb, ids[s // 2::s, s // 2::s], depth[s // 2::s, s // 2::s]
     origin, dirs = camera_rays(camera)
     n = len(dirs)
     t_best = np.full(n, np.inf)
@@ -436,7 +449,7 @@ def write_synthetic_scene(cfg: SyntheticConfig, out_dir: str | Path, min_mask_pi
         test_names = scene.test_names
         visible_views = {o.name: 0 for o in scene.objects}
         for camera in scene.cameras:
-            rgb, ids, depth = render_view(scene, camera)
+            rgb, ids, depth = render_view(scene, camera, cfg.supersample)
             name = camera.image_name
             Image.fromarray((rgb * 255 + 0.5).astype(np.uint8)).save(tmp / "images" / name)
             Image.fromarray(ids).save(tmp / "ground_truth" / f"instance_{name}")

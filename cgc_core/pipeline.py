@@ -1,0 +1,108 @@
+"""The benchmark's stages as plain functions: what each reads, how it is keyed, where it writes.
+
+Each `*_stage` function takes the root config and returns a `StageResult` from `run_stage`, so any
+orchestrator (the Prefect flow in `flows/`, the `cgc` CLI, a notebook) runs the same cached,
+crash-safe stage. Stage outputs live in `<data_dir>/<scene>/<stage>/`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict
+from pathlib import Path
+
+from .calibrate import apply_calibration, calibrate, resolve_camera_model, resolve_mode
+from .config import CgcConfig, SyntheticConfig
+from .scene import Scene, load_scene
+from .scene.synthetic import read_synthetic_scene, write_synthetic_scene
+from .stage import StageResult, digest, hash_files, run_stage
+
+STAGES = ("scene", "calibrate")
+SYNTHETIC = "synthetic"
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_name(name: str) -> str:
+    """A scene or prompt name made safe as one path component (no separators, no '..')."""
+    cleaned = _SAFE.sub("_", name.strip()).strip("._")
+    if not cleaned:
+        raise ValueError(f"name {name!r} has no usable characters for a folder name")
+    return cleaned
+
+
+def scene_dir(cfg: CgcConfig, scene_name: str) -> Path:
+    """`<data_dir>/<scene>`: every stage output of one scene."""
+    return Path(cfg.data_dir) / safe_name(scene_name)
+
+
+def is_synthetic_source(source: str) -> bool:
+    """`synthetic` (preset from config) or `synthetic-<preset>` name the embedded scene."""
+    return source == SYNTHETIC or source.startswith(SYNTHETIC + "-")
+
+
+def scene_name_of(source: str) -> str:
+    """The data-folder name of a scene source: the synthetic name, or the dataset folder's name."""
+    return source if is_synthetic_source(source) else Path(source).name
+
+
+def synthetic_config(cfg: CgcConfig, source: str) -> SyntheticConfig:
+    if source == SYNTHETIC:
+        return cfg.synthetic
+    return SyntheticConfig(**{**asdict(cfg.synthetic), "preset": source.removeprefix(SYNTHETIC + "-")})
+
+
+def scene_stage(cfg: CgcConfig, source: str, force: bool = False) -> tuple[Scene, StageResult | None]:
+    """Load a scene; the synthetic one is first rendered into `<data>/<name>/scene/` (a cached stage).
+
+    Args:
+        cfg: Root config (reads `synthetic` for the embedded scene).
+        source: `synthetic`, `synthetic-<preset>`, or a dataset folder in a supported layout.
+        force: Re-render the synthetic scene even when cached.
+
+    Returns:
+        The `Scene`, and the stage result (None for a dataset folder, which is read in place).
+    """
+    if not is_synthetic_source(source):
+        return load_scene(source), None
+    syn_cfg = synthetic_config(cfg, source)
+    result = run_stage(
+        scene_dir(cfg, source) / "scene", "scene", inputs={}, config_section=syn_cfg,
+        compute=lambda tmp: _render_synthetic(syn_cfg, tmp), force=force,
+    )
+    return read_synthetic_scene(result.stage_dir, name=source), result
+
+
+def _render_synthetic(syn_cfg: SyntheticConfig, out_dir: Path) -> dict:
+    write_synthetic_scene(syn_cfg, out_dir)
+    scene = read_synthetic_scene(out_dir)
+    return {"n_images": len(scene.image_names), "n_test": len(scene.test_names), "prompts": scene.prompts}
+
+
+def calibrate_inputs(cfg: CgcConfig, scene: Scene) -> dict[str, str]:
+    """The calibrate stage's inputs: image contents, plus the shipped poses when they are used."""
+    inputs = {f"image:{k}": v for k, v in hash_files(scene.image_path(n) for n in scene.image_names).items()}
+    mode = resolve_mode(scene, cfg.calibrate)
+    inputs["resolved"] = digest({"mode": mode, "camera_model": resolve_camera_model(scene, cfg.calibrate)})
+    if mode == "known_poses":
+        inputs["poses"] = digest({
+            n: [c.K.round(9).tolist(), c.world_to_camera.round(12).tolist(), c.distortion_params]
+            for n, c in sorted(scene.cameras.items())
+        })
+    return inputs
+
+
+def calibrate_stage(cfg: CgcConfig, scene: Scene, force: bool = False) -> tuple[Scene, StageResult]:
+    """Calibrate (or reuse the calibration of) a scene; returns the calibrated scene and the stage result."""
+    def compute(tmp: Path) -> dict:
+        summary = calibrate(scene, tmp, cfg.calibrate)
+        return {
+            "mode": summary.mode, "camera_model": summary.camera_model, "n_images": summary.n_images,
+            "n_registered": len(summary.registered), "registered_share": summary.registered_share,
+            "n_points": summary.n_points, "timings": summary.timings,
+        }
+
+    result = run_stage(
+        scene_dir(cfg, scene.name) / "calibrate", "calibrate", calibrate_inputs(cfg, scene),
+        cfg.calibrate, compute, force=force,
+    )
+    return apply_calibration(scene, result.stage_dir), result

@@ -1,0 +1,31 @@
+"""What every stage task shares: logging the cache decision and turning it into a Prefect state."""
+
+from __future__ import annotations
+
+from prefect import get_run_logger
+from prefect.artifacts import create_markdown_artifact
+from prefect.states import Completed, State
+
+from cgc_core.stage import StageResult
+
+
+def stage_state(result: StageResult, scene_name: str, **extra) -> State:
+    """Completed state carrying the manifest; named `Cached` when the on-disk output was reused.
+
+    cgc caches on the content of a stage's inputs in its own manifests under the data folder (they
+    survive a deleted Prefect database), so the tasks opt out of Prefect's cache and report reuse
+    through the state name instead.
+    """
+    manifest = result.manifest
+    logger = get_run_logger()
+    logger.info("%s/%s: %s -> %s", scene_name, manifest.stage, result.reason, result.stage_dir)
+    payload = {"stage_dir": str(result.stage_dir), "cached": result.cached, "manifest": manifest.__dict__, **extra}
+    if result.cached:
+        return Completed(name="Cached", message=result.reason, data=payload)
+    rows = "\n".join(f"| {k} | {v} |" for k, v in manifest.info.items() if not isinstance(v, (dict, list)))
+    create_markdown_artifact(
+        key=f"{manifest.stage}-{scene_name}".lower().replace("_", "-").replace(".", "-"),
+        markdown=f"### {manifest.stage}: {scene_name}\n\n{result.reason}\n\n| field | value |\n|---|---|\n{rows}\n",
+        description=f"{manifest.stage} stage of {scene_name}",
+    )
+    return Completed(message=result.reason, data=payload)
