@@ -55,8 +55,8 @@ def cameras_from_model(rec: pycolmap.Reconstruction) -> dict[str, Camera]:
 
 
 def points_from_model(rec: pycolmap.Reconstruction) -> tuple[np.ndarray, np.ndarray]:
-    """[N, 3] float64 positions and [N, 3] uint8 colours of a reconstruction's 3D points."""
-    points = list(rec.points3D.values())
+    """[N, 3] float64 positions and [N, 3] uint8 colours of a reconstruction's 3D points, by id."""
+    points = [point for _, point in sorted(rec.points3D.items())]
     if not points:
         return np.zeros((0, 3)), np.zeros((0, 3), np.uint8)
     xyz = np.stack([p.xyz for p in points])

@@ -136,8 +136,8 @@ def _demo_objects() -> list[Shape]:
     # Resting on z = 0; the capsule touches the sphere and the box, the cone stands close behind
     # the cylinder so that they occlude each other from one side.
     return [
-        Shape("red sphere", "sphere", (-0.45, 0.25, 0.25), (0.25,), (0.85, 0.15, 0.12), texture_scale=7),
-        Shape("blue box", "box", (0.42, 0.38, 0.2), (0.2, 0.15, 0.2), (0.15, 0.3, 0.85), yaw_deg=30),
+        Shape("red sphere", "sphere", (-0.372, 0.27, 0.25), (0.25,), (0.85, 0.15, 0.12), texture_scale=7),
+        Shape("blue box", "box", (0.337, 0.364, 0.2), (0.2, 0.15, 0.2), (0.15, 0.3, 0.85), yaw_deg=30),
         Shape("green cylinder", "cylinder", (0.05, -0.42, 0.22), (0.15, 0.22), (0.15, 0.7, 0.2)),
         Shape("yellow cone", "cone", (0.48, -0.34, 0.24), (0.2, 0.24), (0.92, 0.8, 0.1)),
         Shape("purple torus", "torus", (-0.5, -0.38, 0.07), (0.2, 0.07), (0.55, 0.2, 0.75)),

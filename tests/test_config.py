@@ -1,0 +1,61 @@
+import pytest
+
+from cgc_core.config import CgcConfig, ConfigError, load_config, save_config, section_hash
+
+
+def test_defaults_file_and_overrides_apply_in_order(tmp_path):
+    path = tmp_path / "cfg.yaml"
+    path.write_text("calibrate:\n  max_num_features: 1000\n  camera_model: PINHOLE\nsynthetic:\n  preset: hard\n")
+    cfg = load_config(path, ["calibrate.max_num_features=2000", "synthetic.n_views=50"])
+    assert cfg.calibrate.max_num_features == 2000  # override beats file
+    assert cfg.calibrate.camera_model == "PINHOLE"  # file beats default
+    assert cfg.synthetic.preset == "hard"
+    assert cfg.synthetic.n_views == 50
+    assert cfg.calibrate.min_registered_share == 0.9  # untouched default
+
+
+def test_round_trip_through_yaml(tmp_path):
+    cfg = load_config(None, ["calibrate.min_registered_share=0.5", "synthetic.seed=3"])
+    save_config(cfg, tmp_path / "c.yaml")
+    again = load_config(tmp_path / "c.yaml")
+    assert again == cfg
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("calibrate:\n  bogus: 1\n", "calibrate.bogus: unknown key"),
+        ("calibrate:\n  max_num_features: many\n", "calibrate.max_num_features: expected int"),
+        ("synthetic:\n  preset: huge\n", "synthetic.preset: 'huge' is not one of"),
+        ("calibrate: 3\n", "calibrate: expected a mapping"),
+        ("- a\n- b\n", "top level must be a mapping"),
+        ("calibrate: [unclosed\n", "not valid YAML"),
+    ],
+)
+def test_bad_config_file_names_file_and_key(tmp_path, text, needle):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(path) in str(err.value)
+    assert needle in str(err.value)
+
+
+def test_missing_file_and_bad_override_are_errors(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="expected section.field=value"):
+        load_config(None, ["calibrate.seed"])
+
+
+def test_int_accepted_for_float_but_bool_not_for_int():
+    assert load_config(None, ["calibrate.min_registered_share=1"]).calibrate.min_registered_share == 1.0
+    with pytest.raises(ConfigError):
+        load_config(None, ["calibrate.seed=true"])
+
+
+def test_section_hash_tracks_only_its_section():
+    a, b = CgcConfig(), CgcConfig()
+    b.synthetic.seed = 7
+    assert section_hash(a.calibrate) == section_hash(b.calibrate)
+    assert section_hash(a.synthetic) != section_hash(b.synthetic)

@@ -1,0 +1,35 @@
+"""The cgc-benchmark Prefect flow: stages cached on content, forced reruns of one stage."""
+
+from __future__ import annotations
+
+import pytest
+
+from flows.benchmark import cgc_benchmark
+
+
+def _stages(result):
+    return {name: info["cached"] for name, info in result["stages"].items()}
+
+
+def test_flow_caches_stages_and_reruns_only_forced_ones(tmp_path, prefect_harness):
+    overrides = [f"data_dir={tmp_path / 'data'}", "synthetic.preset=tiny", "calibrate.mode=known_poses"]
+    (first,) = cgc_benchmark(["synthetic"], overrides=overrides)
+    assert _stages(first) == {"scene": False, "calibrate": False}
+    calib_dir = tmp_path / "data" / "synthetic" / "calibrate"
+    assert (calib_dir / "manifest.json").is_file() and (calib_dir / "sparse" / "0" / "images.bin").is_file()
+    assert first["stages"]["calibrate"]["info"]["registered_share"] == 1.0
+
+    (second,) = cgc_benchmark(["synthetic"], overrides=overrides)
+    assert _stages(second) == {"scene": True, "calibrate": True}
+
+    (third,) = cgc_benchmark(["synthetic"], overrides=overrides, force=["calibrate"])
+    assert _stages(third) == {"scene": True, "calibrate": False}
+
+    # a config change in the calibrate section recomputes calibrate only
+    (fourth,) = cgc_benchmark(["synthetic"], overrides=overrides + ["calibrate.max_num_features=2048"])
+    assert _stages(fourth) == {"scene": True, "calibrate": False}
+
+
+def test_flow_rejects_unknown_stage_names(prefect_harness):
+    with pytest.raises(ValueError, match="unknown stage"):
+        cgc_benchmark(["synthetic"], force=["trian"])

@@ -1,0 +1,119 @@
+"""The embedded scene: deterministic, ground truth consistent with its own geometry, presets as promised."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cgc_core.config import SyntheticConfig
+from cgc_core.scene import load_scene
+from cgc_core.scene.synthetic import PRESETS, build_scene, camera_rays, render_view
+
+
+def test_written_scene_reads_back_in_lerf_mask_layout(tiny_scene_dir):
+    scene = load_scene(tiny_scene_dir)
+    meta = json.loads((tiny_scene_dir / "ground_truth" / "scene.json").read_text())
+    assert scene.layout == "synthetic" and scene.pinhole_images
+    assert len(scene.image_names) == 24
+    assert set(scene.train_names).isdisjoint(scene.test_names)
+    assert sorted(scene.train_names + scene.test_names) == scene.image_names
+    assert scene.test_names == meta["test_names"]
+    assert sorted(scene.prompts) == sorted(o["name"] for o in meta["objects"])
+    # each ground-truth mask is exactly the object's pixels in the instance map
+    for name, masks in scene.gt_masks.items():
+        ids = np.asarray(Image.open(tiny_scene_dir / "ground_truth" / f"instance_{name}"))
+        for obj in meta["objects"]:
+            if obj["name"] in masks:
+                np.testing.assert_array_equal(scene.load_gt_mask(name, obj["name"]), ids == obj["id"])
+
+
+def test_demo_objects_are_varied_and_distinct():
+    scene = build_scene(SyntheticConfig(preset="demo"))
+    kinds = {o.kind for o in scene.objects}
+    assert len(scene.objects) >= 6 and {"sphere", "box", "cylinder", "cone", "torus"} <= kinds
+    colors = np.array([o.color for o in scene.objects])
+    pairwise = np.linalg.norm(colors[:, None] - colors[None], axis=-1)
+    assert pairwise[~np.eye(len(colors), dtype=bool)].min() > 0.3
+    assert 40 <= len(scene.cameras) <= 80
+    heights = np.array([c.center[2] for c in scene.cameras])
+    assert heights.max() - heights.min() > 0.6  # orbit at varied heights
+
+
+def test_some_objects_touch():
+    scene = build_scene(SyntheticConfig(preset="demo"))
+    by_name = {o.name: o for o in scene.objects}
+    rng = np.random.default_rng(0)
+    capsule = by_name["white capsule"]
+    samples = np.asarray(capsule.center) + rng.uniform(-1, 1, (200_000, 3)) * capsule.bounding_radius
+    surface = samples[np.abs(capsule.sdf(samples)) < 0.003]
+    # the capsule's surface comes within 5 mm of the sphere and the box (and never inside them)
+    for other in ("red sphere", "blue box"):
+        gap = by_name[other].sdf(surface)
+        assert -0.004 < gap.min() < 0.005, other
+
+
+def test_rendering_is_deterministic_and_depth_matches_geometry():
+    cfg = SyntheticConfig(preset="tiny", supersample=1)
+    scene = build_scene(cfg)
+    camera = scene.cameras[3]
+    rgb, ids, depth = render_view(scene, camera)
+    rgb2, ids2, depth2 = render_view(build_scene(cfg), camera)
+    np.testing.assert_array_equal(rgb, rgb2)
+    # A pixel's depth puts its ray's hit point on the surface its id names.
+    origin, dirs = camera_rays(camera)
+    forward = camera.camera_to_world[:3, 2]
+    t = depth.ravel() / (dirs @ forward)
+    hits = origin + t[:, None] * dirs
+    object_pixels = ids.ravel() > 0
+    nearest, dist = scene.nearest_object(hits[object_pixels])
+    assert (nearest == ids.ravel()[object_pixels]).mean() > 0.995
+    assert np.median(dist) < 1e-3
+    assert len(np.unique(ids)) == len(scene.objects) + 1
+
+
+def test_seed_changes_textures_not_layout():
+    a = build_scene(SyntheticConfig(preset="tiny", seed=0, supersample=1))
+    b = build_scene(SyntheticConfig(preset="tiny", seed=1, supersample=1))
+    rgb_a, ids_a, _ = render_view(a, a.cameras[0])
+    rgb_b, ids_b, _ = render_view(b, b.cameras[0])
+    assert np.abs(rgb_a - rgb_b).mean() > 0.01
+    assert a.objects == b.objects  # the layout is fixed; only textures and camera jitter vary
+    assert set(np.unique(ids_a)) == set(np.unique(ids_b))
+
+
+def test_hard_preset_has_its_difficult_cases(tmp_path):
+    scene = build_scene(SyntheticConfig(preset="hard", supersample=1, width=160, height=120))
+    by_name = {o.name: o for o in scene.objects}
+    pole = by_name["thin black pole"]
+    assert 2 * pole.size[0] < 0.05 * 2 * pole.size[1]  # diameter under 5% of its height
+    # two objects of the same colour side by side
+    left, right = by_name["left orange cube"], by_name["right orange cube"]
+    assert left.color == right.color
+    assert np.linalg.norm(np.subtract(left.center, right.center)) < 0.3
+    # an object seen in few views
+    hidden = scene.prompts.index("hidden pink ball") + 1
+    seen = sum((render_view(scene, c)[1] == hidden).sum() >= 5 for c in scene.cameras)
+    assert 0 < seen <= 0.25 * len(scene.cameras)
+
+
+def test_supersampling_keeps_centre_ids_and_smooths_edges():
+    scene = build_scene(SyntheticConfig(preset="tiny"))
+    camera = scene.cameras[0]
+    rgb1, ids1, depth1 = render_view(scene, camera, supersample=1)
+    rgb3, ids3, depth3 = render_view(scene, camera, supersample=3)
+    np.testing.assert_array_equal(ids1, ids3)
+    np.testing.assert_array_equal(depth1, depth3)
+    edges = np.zeros_like(ids1, dtype=bool)
+    edges[:, 1:] |= ids1[:, 1:] != ids1[:, :-1]
+    assert np.abs(rgb1 - rgb3)[edges].mean() > np.abs(rgb1 - rgb3)[~edges].mean()
+    with pytest.raises(ValueError, match="odd"):
+        render_view(scene, camera, supersample=2)
+
+
+def test_unknown_preset_is_rejected():
+    assert set(PRESETS) == {"tiny", "demo", "hard"}
+    with pytest.raises(ValueError, match="unknown synthetic preset"):
+        build_scene(SyntheticConfig(preset="huge"))  # type: ignore[arg-type]
