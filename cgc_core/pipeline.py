@@ -15,7 +15,7 @@ from .calibrate import apply_calibration, calibrate, resolve_camera_model, resol
 from .config import CgcConfig, SyntheticConfig
 from .scene import Scene, load_scene
 from .scene.synthetic import read_synthetic_scene, write_synthetic_scene
-from .stage import StageResult, digest, hash_files, run_stage
+from .stage import StageResult, digest, hash_file, run_stage
 
 STAGES = ("scene", "calibrate")
 SYNTHETIC = "synthetic"
@@ -80,7 +80,8 @@ def _render_synthetic(syn_cfg: SyntheticConfig, out_dir: Path) -> dict:
 
 def calibrate_inputs(cfg: CgcConfig, scene: Scene) -> dict[str, str]:
     """The calibrate stage's inputs: image contents, plus the shipped poses when they are used."""
-    inputs = {f"image:{k}": v for k, v in hash_files(scene.image_path(n) for n in scene.image_names).items()}
+    # Keyed by image name (which may hold sub-folders, e.g. Blender's train/r_0.png and test/r_0.png).
+    inputs = {f"image:{n}": hash_file(scene.image_path(n)) for n in scene.image_names}
     mode = resolve_mode(scene, cfg.calibrate)
     inputs["resolved"] = digest({"mode": mode, "camera_model": resolve_camera_model(scene, cfg.calibrate)})
     if mode == "known_poses":

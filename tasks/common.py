@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.states import Completed, State
@@ -24,7 +26,7 @@ def stage_state(result: StageResult, scene_name: str, **extra) -> State:
         return Completed(name="Cached", message=result.reason, data=payload)
     rows = "\n".join(f"| {k} | {v} |" for k, v in manifest.info.items() if not isinstance(v, (dict, list)))
     create_markdown_artifact(
-        key=f"{manifest.stage}-{scene_name}".lower().replace("_", "-").replace(".", "-"),
+        key=re.sub(r"[^a-z0-9-]+", "-", f"{manifest.stage}-{scene_name}".lower()),  # Prefect's key alphabet
         markdown=f"### {manifest.stage}: {scene_name}\n\n{result.reason}\n\n| field | value |\n|---|---|\n{rows}\n",
         description=f"{manifest.stage} stage of {scene_name}",
     )

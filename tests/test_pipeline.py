@@ -1,0 +1,54 @@
+"""Stage definitions: names that become paths, and what the calibrate stage is keyed on."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from cgc_core.config import CgcConfig
+from cgc_core.pipeline import calibrate_inputs, safe_name, scene_dir, scene_name_of
+from cgc_core.scene import load_scene
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [("rubber duck with red hat", "rubber_duck_with_red_hat"), ("../../etc", "etc"), ("a/b\\c", "a_b_c"),
+     ("synthetic-hard", "synthetic-hard"), ("..", None), ("  ", None)],
+)
+def test_safe_name_never_leaves_the_data_folder(name, expected, tmp_path):
+    if expected is None:
+        with pytest.raises(ValueError, match="no usable characters"):
+            safe_name(name)
+        return
+    assert safe_name(name) == expected
+    cfg = CgcConfig(data_dir=str(tmp_path))
+    assert scene_dir(cfg, name).resolve().parent == tmp_path.resolve()
+
+
+def test_scene_names_of_sources():
+    assert scene_name_of("synthetic") == "synthetic"
+    assert scene_name_of("synthetic-hard") == "synthetic-hard"
+    assert scene_name_of("/datasets/lerf_mask/figurines") == "figurines"
+
+
+def test_calibrate_inputs_follow_image_content_and_mode(tiny_scene_dir, tmp_path):
+    copy = Path(shutil.copytree(tiny_scene_dir, tmp_path / "scene"))
+    scene = load_scene(copy)
+    cfg = CgcConfig()
+    base = calibrate_inputs(cfg, scene)
+    assert sum(k.startswith("image:") for k in base) == len(scene.image_names)
+    assert "poses" not in base  # the synthetic scene's poses are never an input
+    cfg_known = CgcConfig()
+    cfg_known.calibrate.mode = "known_poses"
+    assert "poses" in calibrate_inputs(cfg_known, scene)
+    # same bytes under another folder: same key material; one changed byte: different
+    assert calibrate_inputs(cfg, load_scene(tiny_scene_dir)) == base
+    image = copy / "images" / scene.image_names[0]
+    data = bytearray(image.read_bytes())
+    data[-10] ^= 0xFF
+    image.write_bytes(bytes(data))
+    changed = calibrate_inputs(cfg, scene)
+    assert changed != base
+    assert {k for k in base if base[k] != changed[k]} == {f"image:{scene.image_names[0]}"}
