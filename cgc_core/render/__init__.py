@@ -1,0 +1,174 @@
+"""Differentiable rendering of Gaussians with features: one `render()`, three backends.
+
+- `torch`: tiles binned in torch and blended by a C++ extension, on CPU (any machine).
+- `gsplat`: `gsplat.rasterization` on CUDA.
+- `reference`: dense and slow, the oracle the tests hold the others to.
+
+Colour (from spherical harmonics), the feature vector and the depth are blended with the same
+weights in one pass, so the feature map is exactly "alpha-blended like colour" (CGC, Eq. 1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from ..scene.model import Camera
+from .projection import project_gaussians, sh_to_rgb
+
+Backend = Literal["auto", "torch", "gsplat", "reference"]
+BACKENDS = ("torch", "gsplat", "reference")
+
+
+@dataclass
+class Gaussians:
+    """Activated Gaussian parameters (what a rasterizer consumes).
+
+    Attributes:
+        means: [N, 3] world positions.
+        quats: [N, 4] rotations (w, x, y, z); normalised when projected.
+        scales: [N, 3] positive standard deviations.
+        opacities: [N] in (0, 1).
+        sh: [N, K, 3] spherical-harmonics colour coefficients, K = (degree + 1)² for some degree ≤ 3.
+    """
+
+    means: Tensor
+    quats: Tensor
+    scales: Tensor
+    opacities: Tensor
+    sh: Tensor
+
+    def __post_init__(self) -> None:
+        n = self.means.shape[0]
+        expected = {"means": (n, 3), "quats": (n, 4), "scales": (n, 3), "opacities": (n,)}
+        for name, shape in expected.items():
+            if tuple(getattr(self, name).shape) != shape:
+                raise ValueError(f"Gaussians.{name}: expected shape {shape}, got {tuple(getattr(self, name).shape)}")
+        if self.sh.ndim != 3 or self.sh.shape[0] != n or self.sh.shape[2] != 3:
+            raise ValueError(f"Gaussians.sh: expected shape ({n}, K, 3), got {tuple(self.sh.shape)}")
+
+    @classmethod
+    def from_params(cls, params: dict[str, Tensor]) -> "Gaussians":
+        """From a 3DGS parameter dict (`means`, `quats`, log `scales`, logit `opacities`, `sh0`, `shN`)."""
+        sh = params["sh0"] if "shN" not in params else torch.cat([params["sh0"], params["shN"]], dim=1)
+        return cls(params["means"], params["quats"], torch.exp(params["scales"]),
+                   torch.sigmoid(params["opacities"]), sh)
+
+    @property
+    def max_sh_degree(self) -> int:
+        return int(round(self.sh.shape[1] ** 0.5)) - 1
+
+
+@dataclass
+class RenderOutput:
+    """What `render` returns.
+
+    Attributes:
+        rgb: [H, W, 3] colour, background composited.
+        features: [H, W, D] alpha-blended features (background 0), or None.
+        alpha: [H, W] accumulated opacity.
+        depth: [H, W] expected depth (alpha-normalised; 0 where alpha is 0).
+        meta: gsplat-style info for densification: `means2d` [1, N, 2] (its gradient retained
+            when the strategy asks), `radii` [1, N, 2], `width`, `height`, `n_cameras`,
+            `gaussian_ids` (None: unpacked), `depths` [1, N], `backend`.
+    """
+
+    rgb: Tensor
+    features: Tensor | None
+    alpha: Tensor
+    depth: Tensor
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def available_backends() -> list[str]:
+    """Backends usable on this machine."""
+    out = ["torch", "reference"]
+    if torch.cuda.is_available():
+        try:
+            import gsplat  # noqa: F401
+
+            out.insert(0, "gsplat")
+        except ImportError:
+            pass
+    return out
+
+
+def resolve_backend(backend: str) -> str:
+    """`auto` -> gsplat on CUDA when importable, else torch; an unavailable choice raises."""
+    if backend == "auto":
+        return "gsplat" if "gsplat" in available_backends() else "torch"
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown render backend {backend!r} (choose from {('auto',) + BACKENDS})")
+    if backend not in available_backends():
+        raise RuntimeError(
+            f"render backend {backend!r} is not available here: it needs CUDA and the gsplat package "
+            f"(torch.cuda.is_available() = {torch.cuda.is_available()}); use backend='torch' on CPU"
+        )
+    return backend
+
+
+def camera_tensors(camera: Camera, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """World-to-camera [4, 4] and K [3, 3] as tensors."""
+    return (torch.as_tensor(camera.world_to_camera, dtype=dtype, device=device),
+            torch.as_tensor(camera.K, dtype=dtype, device=device))
+
+
+def render(gaussians: Gaussians, camera: Camera, *, features: Tensor | None = None, sh_degree: int | None = None,
+           background: Tensor | tuple[float, float, float] = (0.0, 0.0, 0.0), backend: Backend = "auto") -> RenderOutput:
+    """Render colour, features, alpha and depth of Gaussians seen by one camera.
+
+    Args:
+        gaussians: Activated parameters (`Gaussians.from_params` builds them from a parameter dict).
+        camera: The view (intrinsics, world-to-camera, size).
+        features: [N, D] per-Gaussian features blended with the colour weights, or None.
+        sh_degree: Spherical-harmonics degree to use (≤ the coefficients' degree); None uses all.
+        background: RGB behind the Gaussians.
+        backend: `auto`, `torch` (CPU C++ tiles), `gsplat` (CUDA) or `reference` (dense oracle).
+
+    Returns:
+        `RenderOutput`; everything is differentiable with respect to the Gaussians and features.
+    """
+    backend = resolve_backend(backend)
+    means = gaussians.means
+    device, dtype = means.device, means.dtype
+    degree = gaussians.max_sh_degree if sh_degree is None else sh_degree
+    viewmat, K = camera_tensors(camera, device, dtype)
+    width, height = camera.width, camera.height
+    bg = torch.as_tensor(background, dtype=dtype, device=device)
+    if features is not None and features.shape[0] != means.shape[0]:
+        raise ValueError(f"features: expected {means.shape[0]} rows (one per Gaussian), got {features.shape[0]}")
+    n_feat = 0 if features is None else features.shape[1]
+
+    if backend == "gsplat":
+        from .gsplat_backend import render_gsplat
+
+        return render_gsplat(gaussians, features, viewmat, K, width, height, degree, bg)
+
+    projected = project_gaussians(means, gaussians.quats, gaussians.scales, viewmat, K, width, height)
+    cam_center = torch.linalg.inv(viewmat)[:3, 3]
+    rgb = sh_to_rgb(gaussians.sh, means - cam_center, degree)
+    channels = [rgb] + ([features.to(dtype)] if features is not None else []) + [projected.depths[:, None]]
+    colors = torch.cat(channels, dim=1)
+    full_bg = torch.cat([bg, torch.zeros(n_feat + 1, dtype=dtype, device=device)])
+    means2d = projected.means2d[None]  # [1, N, 2]: the tensor the densification strategy reads
+    if backend == "torch":
+        from .torch_backend import rasterize_tiles as rasterize
+    else:
+        from .reference import rasterize_reference as rasterize
+    image, alpha = rasterize(means2d[0], projected.conics, gaussians.opacities, colors, projected.radii,
+                             projected.depths, width, height, full_bg)
+    depth = torch.where(alpha > 0, image[..., -1] / alpha.clamp_min(1e-10), torch.zeros_like(alpha))
+    meta = {
+        "means2d": means2d, "radii": projected.radii[None], "depths": projected.depths[None],
+        "width": width, "height": height, "n_cameras": 1, "gaussian_ids": None, "backend": backend,
+    }
+    return RenderOutput(
+        rgb=image[..., :3], features=image[..., 3:3 + n_feat] if features is not None else None,
+        alpha=alpha, depth=depth, meta=meta,
+    )
+
+
+__all__ = ["Gaussians", "RenderOutput", "render", "available_backends", "resolve_backend", "BACKENDS"]

@@ -1,0 +1,203 @@
+// Tile-based alpha blending of projected 2D Gaussians on the CPU: forward and backward.
+//
+// The maths is exactly that of render/reference.py (the oracle): per pixel, Gaussians in depth
+// order; a Gaussian counts only where the pixel centre lies inside its radius box, its power
+// sigma = 0.5 d^T conic d is non-negative and alpha = min(0.99, opacity * exp(-sigma)) >= 1/255;
+// blending stops before the Gaussian that would take the transmittance below 1e-4.
+// Tiles run in parallel (at::parallel_for); the backward pass accumulates per-Gaussian gradients
+// in one buffer per thread, summed at the end, so no atomics are needed.
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <cmath>
+#include <vector>
+
+namespace {
+
+constexpr double kAlphaMax = 0.99;
+constexpr double kAlphaMin = 1.0 / 255.0;
+constexpr double kTransmittanceMin = 1e-4;
+
+template <typename scalar_t>
+struct Splat {
+  scalar_t mx, my, a, b, c, opacity;
+  int32_t rx, ry;
+};
+
+// Returns alpha (0 when the Gaussian does not count at this pixel) and the unclamped value's
+// ingredients for the backward pass.
+template <typename scalar_t>
+inline bool splat_alpha(const Splat<scalar_t>& s, scalar_t px, scalar_t py, scalar_t& alpha,
+                        scalar_t& gauss, scalar_t& dx, scalar_t& dy, bool& clamped) {
+  dx = s.mx - px;
+  dy = s.my - py;
+  if (std::abs(dx) > s.rx || std::abs(dy) > s.ry) return false;
+  scalar_t sigma = scalar_t(0.5) * (s.a * dx * dx + s.c * dy * dy) + s.b * dx * dy;
+  if (sigma < 0) return false;
+  gauss = std::exp(-sigma);
+  scalar_t raw = s.opacity * gauss;
+  clamped = raw > scalar_t(kAlphaMax);
+  alpha = clamped ? scalar_t(kAlphaMax) : raw;
+  return alpha >= scalar_t(kAlphaMin);
+}
+
+template <typename scalar_t>
+std::vector<Splat<scalar_t>> gather_splats(const torch::Tensor& means2d, const torch::Tensor& conics,
+                                           const torch::Tensor& opacities, const torch::Tensor& radii) {
+  const int64_t n = means2d.size(0);
+  auto m = means2d.accessor<scalar_t, 2>();
+  auto q = conics.accessor<scalar_t, 2>();
+  auto o = opacities.accessor<scalar_t, 1>();
+  auto r = radii.accessor<int32_t, 2>();
+  std::vector<Splat<scalar_t>> splats(n);
+  for (int64_t g = 0; g < n; ++g) {
+    splats[g] = {m[g][0], m[g][1], q[g][0], q[g][1], q[g][2], o[g], r[g][0], r[g][1]};
+  }
+  return splats;
+}
+
+}  // namespace
+
+// Returns image [H, W, C] (background included), final transmittance [H, W] and, per pixel, the
+// number of tile-list entries visited before blending stopped [H, W] (int32).
+std::vector<torch::Tensor> rasterize_forward(torch::Tensor means2d, torch::Tensor conics, torch::Tensor opacities,
+                                             torch::Tensor colors, torch::Tensor radii, torch::Tensor background,
+                                             torch::Tensor tile_offsets, torch::Tensor sorted_ids, int64_t width,
+                                             int64_t height, int64_t tile_size) {
+  const int64_t channels = colors.size(1);
+  const int64_t tiles_x = (width + tile_size - 1) / tile_size;
+  const int64_t tiles_y = (height + tile_size - 1) / tile_size;
+  auto image = torch::empty({height, width, channels}, colors.options());
+  auto final_t = torch::empty({height, width}, colors.options());
+  auto n_visited = torch::zeros({height, width}, radii.options());
+
+  AT_DISPATCH_FLOATING_TYPES(colors.scalar_type(), "rasterize_forward", [&] {
+    const auto splats = gather_splats<scalar_t>(means2d, conics, opacities, radii);
+    const scalar_t* col = colors.data_ptr<scalar_t>();
+    const scalar_t* bg = background.data_ptr<scalar_t>();
+    const int64_t* offsets = tile_offsets.data_ptr<int64_t>();
+    const int64_t* ids = sorted_ids.data_ptr<int64_t>();
+    scalar_t* img = image.data_ptr<scalar_t>();
+    scalar_t* tout = final_t.data_ptr<scalar_t>();
+    int32_t* visited = n_visited.data_ptr<int32_t>();
+
+    at::parallel_for(0, tiles_x * tiles_y, 1, [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> acc(channels);
+      for (int64_t tile = begin; tile < end; ++tile) {
+        const int64_t ty = tile / tiles_x, tx = tile % tiles_x;
+        const int64_t start = offsets[tile], stop = offsets[tile + 1];
+        for (int64_t i = ty * tile_size; i < std::min(height, (ty + 1) * tile_size); ++i) {
+          for (int64_t j = tx * tile_size; j < std::min(width, (tx + 1) * tile_size); ++j) {
+            const scalar_t px = j + scalar_t(0.5), py = i + scalar_t(0.5);
+            std::fill(acc.begin(), acc.end(), scalar_t(0));
+            scalar_t T = 1;
+            int32_t last = 0;
+            for (int64_t k = start; k < stop; ++k) {
+              const int64_t g = ids[k];
+              scalar_t alpha, gauss, dx, dy;
+              bool clamped;
+              if (!splat_alpha(splats[g], px, py, alpha, gauss, dx, dy, clamped)) continue;
+              const scalar_t next_t = T * (1 - alpha);
+              if (next_t < scalar_t(kTransmittanceMin)) break;
+              const scalar_t w = alpha * T;
+              const scalar_t* cg = col + g * channels;
+              for (int64_t ch = 0; ch < channels; ++ch) acc[ch] += w * cg[ch];
+              T = next_t;
+              last = static_cast<int32_t>(k - start + 1);
+            }
+            scalar_t* out = img + (i * width + j) * channels;
+            for (int64_t ch = 0; ch < channels; ++ch) out[ch] = acc[ch] + T * bg[ch];
+            tout[i * width + j] = T;
+            visited[i * width + j] = last;
+          }
+        }
+      }
+    });
+  });
+  return {image, final_t, n_visited};
+}
+
+// Gradients of the loss with respect to means2d [N, 2], conics [N, 3], opacities [N] and
+// colors [N, C], given the gradients of the image [H, W, C] and of alpha = 1 - T_final [H, W].
+std::vector<torch::Tensor> rasterize_backward(torch::Tensor means2d, torch::Tensor conics, torch::Tensor opacities,
+                                              torch::Tensor colors, torch::Tensor radii, torch::Tensor background,
+                                              torch::Tensor tile_offsets, torch::Tensor sorted_ids,
+                                              torch::Tensor final_t, torch::Tensor n_visited,
+                                              torch::Tensor grad_image, torch::Tensor grad_alpha, int64_t width,
+                                              int64_t height, int64_t tile_size) {
+  const int64_t n = means2d.size(0);
+  const int64_t channels = colors.size(1);
+  const int64_t tiles_x = (width + tile_size - 1) / tile_size;
+  const int64_t tiles_y = (height + tile_size - 1) / tile_size;
+  const int64_t stride = 6 + channels;  // mx, my, a, b, c, opacity, colors...
+  const int64_t n_threads = at::get_num_threads();
+  auto buffers = torch::zeros({n_threads, n, stride}, colors.options());
+
+  AT_DISPATCH_FLOATING_TYPES(colors.scalar_type(), "rasterize_backward", [&] {
+    const auto splats = gather_splats<scalar_t>(means2d, conics, opacities, radii);
+    const scalar_t* col = colors.data_ptr<scalar_t>();
+    const scalar_t* bg = background.data_ptr<scalar_t>();
+    const int64_t* offsets = tile_offsets.data_ptr<int64_t>();
+    const int64_t* ids = sorted_ids.data_ptr<int64_t>();
+    const scalar_t* tfin = final_t.data_ptr<scalar_t>();
+    const int32_t* visited = n_visited.data_ptr<int32_t>();
+    const scalar_t* gimg = grad_image.data_ptr<scalar_t>();
+    const scalar_t* galpha = grad_alpha.data_ptr<scalar_t>();
+    scalar_t* buf = buffers.data_ptr<scalar_t>();
+
+    at::parallel_for(0, tiles_x * tiles_y, 1, [&](int64_t begin, int64_t end) {
+      scalar_t* grads = buf + at::get_thread_num() * n * stride;
+      for (int64_t tile = begin; tile < end; ++tile) {
+        const int64_t ty = tile / tiles_x, tx = tile % tiles_x;
+        const int64_t start = offsets[tile];
+        for (int64_t i = ty * tile_size; i < std::min(height, (ty + 1) * tile_size); ++i) {
+          for (int64_t j = tx * tile_size; j < std::min(width, (tx + 1) * tile_size); ++j) {
+            const int64_t p = i * width + j;
+            const scalar_t px = j + scalar_t(0.5), py = i + scalar_t(0.5);
+            const scalar_t* G = gimg + p * channels;
+            scalar_t g_bg = 0;
+            for (int64_t ch = 0; ch < channels; ++ch) g_bg += G[ch] * bg[ch];
+            const scalar_t t_final = tfin[p];
+            // Loss terms that scale with the transmittance after a Gaussian: background and alpha.
+            const scalar_t tail = t_final * (g_bg - galpha[p]);
+            scalar_t T = t_final;        // transmittance after the current Gaussian
+            scalar_t after = 0;          // sum over later Gaussians of w_j (G . c_j)
+            for (int64_t k = start + visited[p] - 1; k >= start; --k) {
+              const int64_t g = ids[k];
+              scalar_t alpha, gauss, dx, dy;
+              bool clamped;
+              if (!splat_alpha(splats[g], px, py, alpha, gauss, dx, dy, clamped)) continue;
+              T = T / (1 - alpha);  // transmittance before this Gaussian
+              const scalar_t w = alpha * T;
+              const scalar_t* cg = col + g * channels;
+              scalar_t g_dot_c = 0;
+              scalar_t* gg = grads + g * stride;
+              for (int64_t ch = 0; ch < channels; ++ch) {
+                g_dot_c += G[ch] * cg[ch];
+                gg[6 + ch] += w * G[ch];
+              }
+              const scalar_t d_alpha = T * g_dot_c - (after + tail) / (1 - alpha);
+              after += w * g_dot_c;
+              if (clamped) continue;  // alpha = 0.99 does not depend on the Gaussian's parameters
+              const auto& s = splats[g];
+              const scalar_t d_sigma = -alpha * d_alpha;  // d alpha / d sigma = -alpha
+              gg[0] += d_sigma * (s.a * dx + s.b * dy);
+              gg[1] += d_sigma * (s.c * dy + s.b * dx);
+              gg[2] += d_sigma * scalar_t(0.5) * dx * dx;
+              gg[3] += d_sigma * dx * dy;
+              gg[4] += d_sigma * scalar_t(0.5) * dy * dy;
+              gg[5] += d_alpha * gauss;
+            }
+          }
+        }
+      }
+    });
+  });
+  auto total = buffers.sum(0);
+  return {total.slice(1, 0, 2).contiguous(), total.slice(1, 2, 5).contiguous(), total.select(1, 5).contiguous(),
+          total.slice(1, 6, stride).contiguous()};
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("forward", &rasterize_forward, "tile rasterization forward (CPU)");
+  m.def("backward", &rasterize_backward, "tile rasterization backward (CPU)");
+}

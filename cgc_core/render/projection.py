@@ -1,0 +1,140 @@
+"""Projection of 3D Gaussians to screen-space splats, and spherical-harmonics colour (pure torch).
+
+Differentiable with ordinary autograd; shared by every backend, so that they differ only in how
+they blend. The maths follows 3DGS/gsplat (EWA splatting): camera-space covariance J W Σ Wᵀ Jᵀ
+with the Jacobian's x/z and y/z clamped to 1.3× the field of view, plus a 0.3-pixel low-pass term
+on the 2D covariance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+EPS_2D = 0.3
+"""Low-pass filter added to every 2D covariance (pixels²): no splat is smaller than a pixel."""
+NEAR_PLANE = 0.01
+RADIUS_SIGMA = 3.0
+"""A splat's radius per axis is ceil(RADIUS_SIGMA · σ_axis) pixels; beyond it, it does not count."""
+
+
+@dataclass
+class Projected:
+    """Screen-space splats of N Gaussians seen by one camera.
+
+    Attributes:
+        means2d: [N, 2] pixel coordinates (pixel centres at +0.5).
+        conics: [N, 3] upper triangle (a, b, c) of the inverse 2D covariance.
+        depths: [N] camera-space z.
+        radii: [N, 2] int32 radius per axis in pixels; 0 for culled Gaussians (behind the near
+            plane or entirely off screen).
+    """
+
+    means2d: Tensor
+    conics: Tensor
+    depths: Tensor
+    radii: Tensor
+
+
+def quat_to_rotmat(quats: Tensor) -> Tensor:
+    """[N, 4] quaternions (w, x, y, z; normalised here) to [N, 3, 3] rotation matrices."""
+    w, x, y, z = F.normalize(quats, dim=-1).unbind(-1)
+    return torch.stack([
+        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+    ], dim=-1).reshape(quats.shape[:-1] + (3, 3))
+
+
+def covariance_3d(quats: Tensor, scales: Tensor) -> Tensor:
+    """[N, 3, 3] world covariance R S Sᵀ Rᵀ from quaternions and (positive) scales."""
+    m = quat_to_rotmat(quats) * scales[..., None, :]
+    return m @ m.transpose(-1, -2)
+
+
+def project_gaussians(means: Tensor, quats: Tensor, scales: Tensor, viewmat: Tensor, K: Tensor,
+                      width: int, height: int, radius_sigma: float = RADIUS_SIGMA) -> Projected:
+    """Project Gaussians into one pinhole camera.
+
+    Args:
+        means: [N, 3] world positions.
+        quats: [N, 4] rotations (w, x, y, z), any norm.
+        scales: [N, 3] standard deviations along the rotated axes (positive).
+        viewmat: [4, 4] world-to-camera (OpenCV axes).
+        K: [3, 3] intrinsics.
+        width, height: image size in pixels.
+        radius_sigma: radius in standard deviations (3 here; gsplat uses 3.33).
+
+    Returns:
+        `Projected` splats; gradients flow to means, quats and scales.
+    """
+    rotation, translation = viewmat[:3, :3], viewmat[:3, 3]
+    means_c = means @ rotation.T + translation
+    cov_c = rotation @ covariance_3d(quats, scales) @ rotation.T
+    tx, ty, tz = means_c.unbind(-1)
+    fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
+    tan_fovx, tan_fovy = 0.5 * width / fx, 0.5 * height / fy
+    # Clamp the Jacobian's view angle (not the mean): far off-screen splats stay bounded.
+    lim_x_pos, lim_x_neg = (width - cx) / fx + 0.3 * tan_fovx, cx / fx + 0.3 * tan_fovx
+    lim_y_pos, lim_y_neg = (height - cy) / fy + 0.3 * tan_fovy, cy / fy + 0.3 * tan_fovy
+    txc = tz * torch.clamp(tx / tz, min=-lim_x_neg, max=lim_x_pos)
+    tyc = tz * torch.clamp(ty / tz, min=-lim_y_neg, max=lim_y_pos)
+    zeros = torch.zeros_like(tz)
+    J = torch.stack([fx / tz, zeros, -fx * txc / tz**2, zeros, fy / tz, -fy * tyc / tz**2], -1).reshape(-1, 2, 3)
+    cov2d = J @ cov_c @ J.transpose(-1, -2) + EPS_2D * torch.eye(2, dtype=means.dtype, device=means.device)
+    det = (cov2d[:, 0, 0] * cov2d[:, 1, 1] - cov2d[:, 0, 1] * cov2d[:, 1, 0]).clamp(min=1e-10)
+    conics = torch.stack([cov2d[:, 1, 1] / det, -(cov2d[:, 0, 1] + cov2d[:, 1, 0]) / 2 / det, cov2d[:, 0, 0] / det], -1)
+    means2d = torch.stack([fx * tx / tz + cx, fy * ty / tz + cy], -1)
+    with torch.no_grad():
+        radius = torch.ceil(radius_sigma * torch.sqrt(torch.stack([cov2d[:, 0, 0], cov2d[:, 1, 1]], -1)))
+        valid = (det > 0) & (tz > NEAR_PLANE)
+        inside = (
+            (means2d[:, 0] + radius[:, 0] > 0) & (means2d[:, 0] - radius[:, 0] < width)
+            & (means2d[:, 1] + radius[:, 1] > 0) & (means2d[:, 1] - radius[:, 1] < height)
+        )
+        radius[~(valid & inside)] = 0
+    return Projected(means2d, conics, tz, radius.to(torch.int32))
+
+
+# Real spherical-harmonics constants (as in 3DGS and gsplat).
+_C0 = 0.28209479177387814
+_C1 = 0.4886025119029199
+_C2 = (1.0925484305920792, -1.0925484305920792, 0.31539156525252005, -1.0925484305920792, 0.5462742152960396)
+_C3 = (-0.5900435899266435, 2.890611442640554, -0.4570457994644658, 0.3731763325901154,
+       -0.4570457994644658, 1.445305721320277, -0.5900435899266435)
+
+
+def sh_to_rgb(sh: Tensor, dirs: Tensor, degree: int) -> Tensor:
+    """Colour from spherical harmonics: [N, K, 3] coefficients, [N, 3] view directions -> [N, 3].
+
+    Uses the first (degree + 1)² coefficients; adds 0.5 and clamps at 0, as 3DGS does.
+    """
+    if not 0 <= degree <= 3 or sh.shape[1] < (degree + 1) ** 2:
+        raise ValueError(f"sh_degree {degree} needs (degree+1)^2 <= {sh.shape[1]} coefficients and degree in 0..3")
+    result = _C0 * sh[:, 0]
+    if degree > 0:
+        x, y, z = F.normalize(dirs, dim=-1).unbind(-1)
+        x, y, z = x[:, None], y[:, None], z[:, None]
+        result = result - _C1 * y * sh[:, 1] + _C1 * z * sh[:, 2] - _C1 * x * sh[:, 3]
+        if degree > 1:
+            xx, yy, zz, xy, yz, xz = x * x, y * y, z * z, x * y, y * z, x * z
+            result = (result + _C2[0] * xy * sh[:, 4] + _C2[1] * yz * sh[:, 5]
+                      + _C2[2] * (2 * zz - xx - yy) * sh[:, 6] + _C2[3] * xz * sh[:, 7]
+                      + _C2[4] * (xx - yy) * sh[:, 8])
+            if degree > 2:
+                result = (result + _C3[0] * y * (3 * xx - yy) * sh[:, 9] + _C3[1] * xy * z * sh[:, 10]
+                          + _C3[2] * y * (4 * zz - xx - yy) * sh[:, 11]
+                          + _C3[3] * z * (2 * zz - 3 * xx - 3 * yy) * sh[:, 12]
+                          + _C3[4] * x * (4 * zz - xx - yy) * sh[:, 13] + _C3[5] * z * (xx - yy) * sh[:, 14]
+                          + _C3[6] * x * (xx - 3 * yy) * sh[:, 15])
+    return torch.clamp_min(result + 0.5, 0.0)
+
+
+def depth_order(depths: Tensor, radii: Tensor) -> Tensor:
+    """Indices of the visible splats (radii > 0), nearest first; ties keep index order."""
+    visible = (radii > 0).all(-1)
+    keyed = torch.where(visible, depths, torch.full_like(depths, float("inf")))
+    return torch.argsort(keyed.detach(), stable=True)[: int(visible.sum())]
