@@ -1,0 +1,209 @@
+"""render(): the C++ tile backend against the dense reference, gradients, gsplat parity, densification."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from cgc_core.render import Gaussians, available_backends, render, resolve_backend
+from cgc_core.render.projection import project_gaussians, sh_to_rgb
+from cgc_core.scene.model import Camera
+from cgc_core.scene.synthetic import look_at
+
+PARAMS = ("means", "quats", "scales", "opacities", "sh", "features")
+
+
+def _camera(width=48, height=40, focal=45.0, eye=(0.0, -3.0, 0.6)):
+    K = np.array([[focal, 0, width / 2 + 0.3], [0, focal * 1.05, height / 2 - 0.2], [0, 0, 1.0]])
+    return Camera(K, look_at(np.array(eye), np.zeros(3)), width, height, "test")
+
+
+def _random_scene(n, seed, dtype=torch.float64, sh_coeffs=16, n_features=16):
+    """Random Gaussians, including some behind the camera, off screen, huge and tiny."""
+    g = torch.Generator().manual_seed(seed)
+    means = torch.randn(n, 3, generator=g, dtype=dtype) * 0.7
+    log_scales = torch.randn(n, 3, generator=g, dtype=dtype) * 0.4 - 2.2
+    k = max(n // 10, 1)
+    means[:k, 1] = -4.5  # behind the camera (the camera sits at y = -3 looking at +y)
+    means[k:2 * k, 0] = 6.0  # far off screen to the side
+    log_scales[2 * k:3 * k] = 0.5  # huge: covers much of the image
+    log_scales[3 * k:4 * k] = -7.0  # tiny: far below a pixel
+    params = {
+        "means": means,
+        "quats": torch.randn(n, 4, generator=g, dtype=dtype),
+        "scales": torch.exp(log_scales),
+        "opacities": torch.sigmoid(torch.randn(n, generator=g, dtype=dtype) * 2),
+        "sh": torch.randn(n, sh_coeffs, 3, generator=g, dtype=dtype) * 0.3,
+        "features": torch.rand(n, n_features, generator=g, dtype=dtype),
+    }
+    return {name: t.requires_grad_() for name, t in params.items()}
+
+
+def _render_with_grads(params, camera, backend, background=(0.1, 0.2, 0.3)):
+    for t in params.values():
+        t.grad = None
+    gaussians = Gaussians(*(params[k] for k in PARAMS[:5]))
+    out = render(gaussians, camera, features=params["features"], backend=backend, background=background)
+    # A loss that touches every output with distinct weights, so that no gradient term cancels.
+    h, w = out.alpha.shape
+    ramp = torch.linspace(0.5, 1.5, h * w, dtype=out.rgb.dtype).reshape(h, w, 1)
+    loss = ((out.rgb * ramp) ** 2).sum() + (out.features * ramp).sum() + 0.7 * out.alpha.sum() + 0.05 * out.depth.sum()
+    loss.backward()
+    return out, {k: t.grad.clone() for k, t in params.items()}
+
+
+def _rel_err(a, b):
+    a, b = a.detach(), b.detach()
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_torch_backend_equals_reference_values_and_gradients(seed):
+    params = _random_scene(200, seed)
+    camera = _camera()
+    ref, ref_grads = _render_with_grads(params, camera, "reference")
+    fast, fast_grads = _render_with_grads(params, camera, "torch")
+    for name in ("rgb", "features", "alpha", "depth"):
+        assert _rel_err(getattr(fast, name), getattr(ref, name)) < 1e-4, name
+    for name in PARAMS:
+        assert ref_grads[name].abs().max() > 0, f"the loss does not reach {name}"
+        assert _rel_err(fast_grads[name], ref_grads[name]) < 1e-4, name
+    # the special Gaussians were really exercised: some culled, some covering many pixels
+    radii = ref.meta["radii"][0]
+    assert (radii == 0).all(-1)[:20].sum() >= 20  # behind the camera and off screen: culled
+    assert (radii[40:60] > 10).all()  # huge ones
+    assert ref_grads["means"][:20].abs().max() == 0  # culled Gaussians get no gradient
+
+
+def test_float32_torch_backend_is_close_to_float64_reference():
+    params64 = _random_scene(300, 5)
+    params32 = {k: v.detach().float().requires_grad_() for k, v in params64.items()}
+    camera = _camera(64, 48)
+    ref, _ = _render_with_grads(params64, camera, "reference")
+    fast, _ = _render_with_grads(params32, camera, "torch")
+    assert (fast.rgb.double() - ref.rgb).abs().max() < 1e-3
+    assert (fast.features.double() - ref.features).abs().max() < 1e-3
+
+
+def test_gradcheck_float64_tiny_scene():
+    params = _random_scene(6, 11, sh_coeffs=4, n_features=2)
+    with torch.no_grad():
+        params["means"][:, 1] = torch.linspace(-0.3, 0.3, 6, dtype=torch.float64)  # all in front, spread in depth
+        params["scales"].fill_(0.15)
+    camera = _camera(12, 10, focal=12.0)
+    names = list(params)
+
+    def fn(*tensors):
+        p = dict(zip(names, tensors))
+        out = render(Gaussians(*(p[k] for k in PARAMS[:5])), camera, features=p["features"], backend="torch",
+                     background=(0.3, 0.1, 0.2))
+        return out.rgb, out.features, out.alpha
+
+    assert torch.autograd.gradcheck(fn, tuple(params[k] for k in names), eps=1e-6, atol=1e-5, rtol=1e-4)
+
+
+def test_single_gaussian_matches_closed_form():
+    # One round Gaussian straight ahead at depth 3: the centre pixel's colour is
+    # alpha·c + (1 - alpha)·background with alpha = opacity·exp(-sigma) at the pixel-centre offset.
+    width = height = 16
+    camera = Camera(np.array([[20.0, 0, 8], [0, 20.0, 8], [0, 0, 1]]), np.eye(4), width, height, "c")
+    dtype = torch.float64
+    gaussians = Gaussians(
+        means=torch.tensor([[0.0, 0.0, 3.0]], dtype=dtype), quats=torch.tensor([[1.0, 0, 0, 0]], dtype=dtype),
+        scales=torch.full((1, 3), 0.3, dtype=dtype), opacities=torch.tensor([0.6], dtype=dtype),
+        sh=torch.zeros(1, 1, 3, dtype=dtype),
+    )
+    out = render(gaussians, camera, background=(1.0, 1.0, 1.0), backend="torch")
+    variance = (20.0 * 0.3 / 3.0) ** 2 + 0.3  # (f·s/z)² plus the low-pass term
+    alpha = 0.6 * math.exp(-0.5 * (0.5**2 + 0.5**2) / variance)  # pixel (7,7) centre is 0.5 px off in x and y
+    np.testing.assert_allclose(out.alpha[7, 7].item(), alpha, rtol=1e-9)
+    np.testing.assert_allclose(out.rgb[7, 7].numpy(), 0.5 * alpha + (1 - alpha), rtol=1e-9)  # SH 0 -> colour 0.5
+    np.testing.assert_allclose(out.depth[7, 7].item(), 3.0, rtol=1e-9)
+
+
+def test_sh_degree_zero_is_view_independent_and_degree_one_is_not():
+    sh = torch.randn(5, 4, 3, dtype=torch.float64)
+    dirs = torch.randn(5, 3, dtype=torch.float64)
+    assert torch.equal(sh_to_rgb(sh, dirs, 0), sh_to_rgb(sh, -dirs, 0))
+    assert not torch.allclose(sh_to_rgb(sh, dirs, 1), sh_to_rgb(sh, -dirs, 1))
+    with pytest.raises(ValueError, match="sh_degree 2"):
+        sh_to_rgb(sh, dirs, 2)
+
+
+def test_projection_matches_gsplat_pure_torch_helpers():
+    torch_impl = pytest.importorskip("gsplat.cuda._torch_impl", reason="gsplat is not importable")
+    params = _random_scene(300, 3)
+    camera = _camera(64, 48)
+    viewmat = torch.as_tensor(camera.world_to_camera)
+    K = torch.as_tensor(camera.K)
+    ours = project_gaussians(params["means"], params["quats"], params["scales"], viewmat, K, 64, 48,
+                             radius_sigma=3.33)
+    covars, _ = torch_impl._quat_scale_to_covar_preci(params["quats"], params["scales"], compute_preci=False)
+    radii, means2d, depths, conics, _ = torch_impl._fully_fused_projection(
+        params["means"], covars, viewmat[None], K[None], 64, 48)
+    valid = (radii[0] > 0).all(-1)
+    assert torch.equal(valid, (ours.radii > 0).all(-1))
+    torch.testing.assert_close(ours.means2d[valid], means2d[0][valid])
+    torch.testing.assert_close(ours.conics[valid], conics[0][valid])
+    torch.testing.assert_close(ours.depths, depths[0])
+    assert torch.equal(ours.radii[valid], radii[0][valid])
+
+
+def test_backend_selection_and_errors():
+    assert resolve_backend("auto") == ("gsplat" if "gsplat" in available_backends() else "torch")
+    with pytest.raises(ValueError, match="unknown render backend 'vulkan'"):
+        resolve_backend("vulkan")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="needs CUDA and the gsplat package"):
+            resolve_backend("gsplat")
+
+
+def test_bad_shapes_are_clear_errors():
+    with pytest.raises(ValueError, match=r"Gaussians.scales: expected shape \(2, 3\)"):
+        Gaussians(torch.zeros(2, 3), torch.zeros(2, 4), torch.zeros(3, 3), torch.zeros(2), torch.zeros(2, 1, 3))
+    gaussians = Gaussians(torch.zeros(2, 3), torch.ones(2, 4), torch.ones(2, 3), torch.ones(2) * 0.5,
+                          torch.zeros(2, 1, 3))
+    with pytest.raises(ValueError, match="features: expected 2 rows"):
+        render(gaussians, _camera(), features=torch.zeros(3, 16), backend="torch")
+
+
+def test_gsplat_default_strategy_densifies_features_on_cpu():
+    from gsplat.strategy import DefaultStrategy
+
+    torch.manual_seed(0)
+    n = 400
+    params = torch.nn.ParameterDict({
+        "means": torch.randn(n, 3) * 0.5, "quats": torch.randn(n, 4), "scales": torch.full((n, 3), -2.5),
+        "opacities": torch.full((n,), 1.0), "sh0": torch.rand(n, 1, 3), "shN": torch.zeros(n, 15, 3),
+        "features": torch.rand(n, 16),
+    })
+    optimizers = {k: torch.optim.Adam([p], lr=1e-3) for k, p in params.items()}
+    strategy = DefaultStrategy(refine_start_iter=0, refine_every=1, grow_grad2d=1e-9, reset_every=10_000,
+                               prune_opa=0.0)
+    strategy.check_sanity(params, optimizers)
+    state = strategy.initialize_state()
+    camera = _camera(64, 48)
+    out = render(Gaussians.from_params(params), camera, features=params["features"], backend="torch")
+    strategy.step_pre_backward(params, optimizers, state, 1, out.meta)
+    (out.rgb.mean() + out.features.mean()).backward()
+    assert out.meta["means2d"].grad is not None  # the strategy's gradient statistic is there
+    strategy.step_post_backward(params, optimizers, state, 1, out.meta, packed=False)
+    grown = params["means"].shape[0]
+    assert grown > n
+    assert {p.shape[0] for p in params.values()} == {grown}  # features cloned/split with the rest
+    assert params["features"].shape == (grown, 16)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here: the gsplat backend needs one")
+def test_gsplat_backend_matches_torch_backend_on_cuda():
+    pytest.importorskip("gsplat")
+    params = _random_scene(500, 7, dtype=torch.float32)
+    camera = _camera(96, 80)
+    cpu, cpu_grads = _render_with_grads(params, camera, "torch")
+    cuda_params = {k: v.detach().cuda().requires_grad_() for k, v in params.items()}
+    gpu, gpu_grads = _render_with_grads(cuda_params, camera, "gsplat")
+    for name in ("rgb", "features", "alpha"):
+        assert (getattr(gpu, name).cpu() - getattr(cpu, name)).abs().max() < 1e-3, name
