@@ -77,6 +77,61 @@ class CalibrateConfig:
 
 
 @dataclass
+class SamConfig:
+    """segment-anything's automatic mask generator (`SamAutomaticMaskGenerator`)."""
+
+    model_type: Literal["vit_h", "vit_l", "vit_b"] = "vit_h"
+    checkpoint: str | None = None
+    """Path of the SAM weights (.pth). Nothing is downloaded: configure the file you have."""
+    allow_random_weights: bool = False
+    """Without a checkpoint, build the architecture with random weights (tests only: the masks
+    are meaningless)."""
+    device: str = "auto"
+    """`auto`: CUDA when present, else CPU."""
+    max_side: int = 1024
+    """Images are downscaled so that their long side is at most this before generation; masks
+    are stored at that resolution."""
+    points_per_side: int = 32
+    points_per_batch: int = 64
+    pred_iou_thresh: float = 0.88
+    stability_score_thresh: float = 0.95
+    box_nms_thresh: float = 0.7
+    crop_n_layers: int = 0
+    min_mask_region_area: int = 0
+
+
+@dataclass
+class ClassicalConfig:
+    """A weights-free CPU generator (scikit-image Felzenszwalb at several scales).
+
+    Like SAM's automatic masks, its masks overlap (coarse and fine levels) and are inconsistent
+    across views: each image draws its own scale jitter from a seed and the image name.
+    """
+
+    scales: list[float] = field(default_factory=lambda: [300.0, 1200.0])
+    """Felzenszwalb scale per level (larger: bigger segments)."""
+    sigma: float = 0.8
+    """Gaussian smoothing before segmenting."""
+    jitter: float = 0.3
+    """Per-image relative jitter of the scales (view inconsistency)."""
+    min_area_fraction: float = 0.001
+    """Drop segments smaller than this fraction of the image."""
+    max_side: int = 640
+    """Downscale so that the long side is at most this before segmenting."""
+    seed: int = 0
+
+
+@dataclass
+class MasksConfig:
+    """The mask stage: automatic 2D masks per training image, stored as COCO RLE in Parquet."""
+
+    generator: Literal["auto", "sam", "classical"] = "auto"
+    """`auto`: the classical generator for the synthetic scene, SAM otherwise."""
+    sam: SamConfig = field(default_factory=SamConfig)
+    classical: ClassicalConfig = field(default_factory=ClassicalConfig)
+
+
+@dataclass
 class StageConfig:
     """Orchestration settings shared by every stage's task."""
 
@@ -98,6 +153,7 @@ class CgcConfig:
     """Torch device for rendering and training: `auto` picks CUDA when present, else CPU."""
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     calibrate: CalibrateConfig = field(default_factory=CalibrateConfig)
+    masks: MasksConfig = field(default_factory=MasksConfig)
     stage: StageConfig = field(default_factory=StageConfig)
 
 

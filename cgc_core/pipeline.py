@@ -10,14 +10,17 @@ from __future__ import annotations
 import re
 from dataclasses import asdict
 from pathlib import Path
+from typing import Callable
 
 from .calibrate import apply_calibration, calibrate, resolve_camera_model, resolve_mode
 from .config import CgcConfig, SyntheticConfig
+from .masks.generators import generate_scene_masks, make_generator
+from .masks.store import MaskStore
 from .scene import Scene, load_scene
 from .scene.synthetic import read_synthetic_scene, write_synthetic_scene
 from .stage import StageResult, digest, hash_file, run_stage
 
-STAGES = ("scene", "calibrate")
+STAGES = ("scene", "calibrate", "masks")
 SYNTHETIC = "synthetic"
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -107,3 +110,23 @@ def calibrate_stage(cfg: CgcConfig, scene: Scene, force: bool = False) -> tuple[
         cfg.calibrate, compute, force=force,
     )
     return apply_calibration(scene, result.stage_dir), result
+
+
+def masks_stage(cfg: CgcConfig, scene: Scene, force: bool = False,
+                progress: Callable[[int, int, str], None] | None = None) -> tuple[MaskStore, StageResult]:
+    """Automatic masks of the training images in `<data>/<scene>/masks/store/` (resumable per image).
+
+    Keyed on the training images' content, the generator's name, version and config.
+    """
+    generator = make_generator(cfg.masks, scene)
+    inputs = {f"image:{n}": hash_file(scene.image_path(n)) for n in scene.train_names}
+    inputs["generator"] = digest({"name": generator.name, "version": generator.version,
+                                  "config": generator.config_hash})
+
+    def compute(work: Path) -> dict:
+        counts = generate_scene_masks(scene, MaskStore(work / "store"), generator, progress)
+        return {"generator": generator.name, "generator_version": generator.version, **counts}
+
+    result = run_stage(scene_dir(cfg, scene.name) / "masks", "masks", inputs, cfg.masks, compute,
+                       force=force, resumable=True)
+    return MaskStore(result.stage_dir / "store"), result

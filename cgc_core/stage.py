@@ -135,6 +135,7 @@ def run_stage(
     config_section: Any,
     compute: Callable[[Path], dict[str, Any] | None],
     force: bool = False,
+    resumable: bool = False,
 ) -> StageResult:
     """Reuse or compute one stage's output folder.
 
@@ -146,6 +147,10 @@ def run_stage(
         compute: Called with an empty temporary folder to fill; may return a JSON-able dict
             stored as the manifest's `info`.
         force: Recompute even when a valid output exists.
+        resumable: Work in a folder named after the key (`.<name>.partial-<key>`) that survives a
+            failure or a kill, so that `compute` can skip what a previous attempt finished; it
+            becomes the output folder only when `compute` returns. Without it, each attempt
+            starts from an empty temporary folder.
 
     Returns:
         A `StageResult`; `cached` says whether the existing folder was reused.
@@ -159,7 +164,17 @@ def run_stage(
         return StageResult(Manifest.read(stage_dir), stage_dir, cached=True, reason="cached: inputs, config and outputs unchanged")
 
     stage_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{stage_dir.name}.tmp-", dir=stage_dir.parent))
+    if resumable:
+        tmp = stage_dir.parent / f".{stage_dir.name}.partial-{key}"
+        if force and tmp.exists():
+            shutil.rmtree(tmp)
+        for stale in stage_dir.parent.glob(f".{stage_dir.name}.partial-*"):
+            if stale != tmp:  # left by a run with other inputs or config: never resumable now
+                shutil.rmtree(stale, ignore_errors=True)
+        tmp.mkdir(exist_ok=True)
+        (tmp / MANIFEST).unlink(missing_ok=True)
+    else:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{stage_dir.name}.tmp-", dir=stage_dir.parent))
     try:
         start = time.perf_counter()
         info = compute(tmp) or {}
@@ -180,6 +195,7 @@ def run_stage(
         else:
             os.replace(tmp, stage_dir)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if not resumable:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
     return StageResult(manifest, stage_dir, cached=False, reason=problem)

@@ -16,6 +16,7 @@ from prefect import flow, get_run_logger
 from cgc_core.config import CgcConfig, load_config
 from cgc_core.pipeline import STAGES, scene_dir, scene_name_of
 from tasks.calibrate import calibrate_task
+from tasks.masks import masks_task
 from tasks.scene import scene_task
 
 
@@ -42,6 +43,8 @@ def cgc_scene(source: str, config_path: str | None = None, overrides: list[str] 
     calibrated = _run(calibrate_task, cfg, cfg, loaded["scene"], force="calibrate" in force)
     stages["calibrate"] = {"dir": calibrated["stage_dir"], "cached": calibrated["cached"],
                            "info": calibrated["manifest"]["info"]}
+    masks = _run(masks_task, cfg, cfg, calibrated["scene"], force="masks" in force)
+    stages["masks"] = {"dir": masks["stage_dir"], "cached": masks["cached"], "info": masks["manifest"]["info"]}
     return {"scene": scene_name_of(source), "dir": str(scene_dir(cfg, scene_name_of(source))),
             "stages": stages, "seconds": round(time.perf_counter() - start, 2)}
 

@@ -1,0 +1,181 @@
+"""Automatic mask generators: SAM (segment-anything) and a weights-free classical one.
+
+Both return masks at a working resolution (the image downscaled to a configured long side) as a
+table in the store's schema. `generate_scene_masks` runs one over a scene's training images,
+image by image into a `MaskStore`, skipping images already stored (a killed run resumes).
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Protocol
+
+import numpy as np
+import pyarrow as pa
+from PIL import Image
+
+from ..config import ClassicalConfig, MasksConfig, SamConfig, section_hash
+from ..scene.model import Scene
+from .store import MaskStore, records_from_masks, records_from_sam
+
+
+class MaskGeneratorError(RuntimeError):
+    """A generator cannot be built or run (missing or corrupt weights, ...); the message says which file."""
+
+
+class MaskGenerator(Protocol):
+    """What the mask stage needs from a generator."""
+
+    name: str
+    version: str
+    config_hash: str
+
+    def generate(self, image: np.ndarray, image_name: str) -> tuple[pa.Table, tuple[int, int]]:
+        """Masks of one RGB uint8 image: the store table and the (height, width) they are at."""
+        ...
+
+
+def downscale(image: np.ndarray, max_side: int) -> np.ndarray:
+    """Resize so that the long side is at most `max_side` (area filter); unchanged if already small."""
+    height, width = image.shape[:2]
+    scale = max_side / max(height, width)
+    if scale >= 1:
+        return image
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BOX))
+
+
+@dataclass
+class ClassicalGenerator:
+    """Felzenszwalb segments at several scales (scikit-image): overlapping, view-inconsistent masks."""
+
+    config: ClassicalConfig
+    name: str = "classical"
+    version: str = "felzenszwalb-1"
+
+    @property
+    def config_hash(self) -> str:
+        return section_hash(self.config)
+
+    def generate(self, image: np.ndarray, image_name: str) -> tuple[pa.Table, tuple[int, int]]:
+        from skimage.segmentation import felzenszwalb
+
+        cfg = self.config
+        work = downscale(image, cfg.max_side)
+        height, width = work.shape[:2]
+        # A per-image draw of the scales: the same object splits differently in different views,
+        # as SAM's automatic masks do.
+        rng = np.random.default_rng([cfg.seed, zlib.crc32(image_name.encode())])
+        min_area = max(1, int(cfg.min_area_fraction * height * width))
+        masks = []
+        for scale in cfg.scales:
+            jittered = scale * (1 + rng.uniform(-cfg.jitter, cfg.jitter))
+            labels = felzenszwalb(work, scale=jittered, sigma=cfg.sigma, min_size=min_area)
+            counts = np.bincount(labels.ravel())
+            for label in np.nonzero(counts >= min_area)[0]:
+                masks.append(labels == label)
+        return records_from_masks(image_name, masks, self.name, self.version, self.config_hash), (height, width)
+
+
+class SamGenerator:
+    """segment-anything's `SamAutomaticMaskGenerator` with COCO-RLE output.
+
+    The model is built from `config.checkpoint` (never downloaded). With no checkpoint, it
+    refuses unless `config.allow_random_weights` (tests: the real architecture, random weights).
+    """
+
+    name = "sam"
+
+    def __init__(self, config: SamConfig):
+        self.config = config
+        self.version = f"segment-anything-1.0/{config.model_type}"
+        self._generator = None
+
+    @property
+    def config_hash(self) -> str:
+        return section_hash(self.config)
+
+    def _device(self) -> str:
+        import torch
+
+        if self.config.device != "auto":
+            return self.config.device
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def build(self):
+        """Build the model and the automatic mask generator (once)."""
+        if self._generator is not None:
+            return self._generator
+        from segment_anything import SamAutomaticMaskGenerator, sam_model_registry
+
+        cfg = self.config
+        checkpoint = cfg.checkpoint
+        if checkpoint is None:
+            if not cfg.allow_random_weights:
+                raise MaskGeneratorError(
+                    "masks.sam.checkpoint is not set: SAM needs its weights file (for example "
+                    f"sam_{cfg.model_type}_*.pth), which cgc never downloads. Set masks.sam.checkpoint=/path/to/file, "
+                    "or use masks.generator=classical."
+                )
+        elif not Path(checkpoint).is_file():
+            raise MaskGeneratorError(f"{checkpoint}: SAM checkpoint file not found (masks.sam.checkpoint)")
+        try:
+            sam = sam_model_registry[cfg.model_type](checkpoint=checkpoint)
+        except Exception as exc:  # torch.load / load_state_dict raise several types for a bad file
+            raise MaskGeneratorError(f"{checkpoint}: not a valid SAM {cfg.model_type} checkpoint ({exc})") from exc
+        sam.to(self._device()).eval()
+        self._generator = SamAutomaticMaskGenerator(
+            sam, points_per_side=cfg.points_per_side, points_per_batch=cfg.points_per_batch,
+            pred_iou_thresh=cfg.pred_iou_thresh, stability_score_thresh=cfg.stability_score_thresh,
+            box_nms_thresh=cfg.box_nms_thresh, crop_n_layers=cfg.crop_n_layers,
+            min_mask_region_area=cfg.min_mask_region_area, output_mode="coco_rle",
+        )
+        return self._generator
+
+    def generate(self, image: np.ndarray, image_name: str) -> tuple[pa.Table, tuple[int, int]]:
+        import torch
+
+        work = downscale(image, self.config.max_side)
+        with torch.inference_mode():
+            sam_masks = self.build().generate(work)
+        table = records_from_sam(image_name, sam_masks, self.name, self.version, self.config_hash)
+        return table, work.shape[:2]
+
+
+def make_generator(cfg: MasksConfig, scene: Scene) -> MaskGenerator:
+    """The configured generator; `auto` is classical for the synthetic scene and SAM otherwise."""
+    kind = cfg.generator
+    if kind == "auto":
+        kind = "classical" if scene.layout == "synthetic" else "sam"
+    return ClassicalGenerator(cfg.classical) if kind == "classical" else SamGenerator(cfg.sam)
+
+
+def generate_scene_masks(scene: Scene, store: MaskStore, generator: MaskGenerator,
+                         progress: Callable[[int, int, str], None] | None = None) -> dict[str, int]:
+    """Generate masks for every training image not yet in `store`, one atomic file per image.
+
+    Args:
+        scene: The (calibrated) scene; its training images are segmented.
+        store: Where masks go; images already there are skipped (resume after a kill).
+        generator: A `MaskGenerator`.
+        progress: Called as progress(done, total, image_name) after each image.
+
+    Returns:
+        Counts: images total, generated now, reused, and masks generated now.
+    """
+    names = scene.train_names
+    generated = reused = n_masks = 0
+    for done, name in enumerate(names, start=1):
+        if store.has_image(name):
+            reused += 1
+        else:
+            image = (scene.load_image(name) * 255 + 0.5).astype(np.uint8)
+            table, (height, width) = generator.generate(image, name)
+            store.write_image(name, height, width, table)
+            generated += 1
+            n_masks += table.num_rows
+        if progress is not None:
+            progress(done, len(names), name)
+    return {"images": len(names), "generated": generated, "reused": reused, "masks_generated": n_masks}

@@ -1,0 +1,212 @@
+"""Automatic masks stored as COCO RLE (pycocotools) in a Parquet dataset, one row per mask.
+
+A store is a folder holding one Parquet file per image (`<image stem>.parquet`, written to a temp
+name and renamed, so a file present is a file complete): together they form one Parquet dataset
+that pyarrow, pandas or DuckDB read as a single table. Columns (`SCHEMA`):
+
+    image, mask_index, height, width, rle (COCO compressed counts, binary), area,
+    bbox (x, y, w, h), predicted_iou, stability_score, point (x, y prompt), generator,
+    generator_version, config_hash
+
+Label maps (what CGC trains on) flatten an image's overlapping masks to one id per pixel:
+masks are painted largest first, so a smaller mask lies on top of any larger one it overlaps
+(a part stays visible inside its whole); pixel value k + 1 is mask_index k, 0 is unlabelled.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pycocotools import mask as coco_mask
+
+SCHEMA = pa.schema([
+    ("image", pa.string()),
+    ("mask_index", pa.int32()),
+    ("height", pa.int32()),
+    ("width", pa.int32()),
+    ("rle", pa.binary()),
+    ("area", pa.int64()),
+    ("bbox", pa.list_(pa.float32(), 4)),
+    ("predicted_iou", pa.float32()),
+    ("stability_score", pa.float32()),
+    ("point", pa.list_(pa.float32(), 2)),
+    ("generator", pa.string()),
+    ("generator_version", pa.string()),
+    ("config_hash", pa.string()),
+])
+
+
+class MaskStoreError(ValueError):
+    """A mask file is missing or malformed; the message names the file."""
+
+
+def encode_mask(mask: np.ndarray) -> dict[str, Any]:
+    """COCO RLE of a boolean [H, W] mask (pycocotools), counts as bytes."""
+    return coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))
+
+
+def decode_rles(rles: list[dict[str, Any]]) -> np.ndarray:
+    """[K, H, W] boolean masks from COCO RLE dicts (all of one size)."""
+    if not rles:
+        return np.zeros((0, 0, 0), dtype=bool)
+    return coco_mask.decode(rles).transpose(2, 0, 1).astype(bool)
+
+
+def _file_name(image_name: str) -> str:
+    # Image names may hold sub-folders (Blender's train/r_0.png): flatten to one safe file name.
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", image_name) + ".parquet"
+
+
+def records_from_sam(image_name: str, sam_masks: Iterable[dict[str, Any]], generator: str, version: str,
+                     config_hash: str) -> pa.Table:
+    """A store table from `SamAutomaticMaskGenerator(output_mode="coco_rle")` output, RLE kept as is.
+
+    Each item needs `segmentation` (COCO RLE with `size` and `counts`); `area`, `bbox`,
+    `predicted_iou`, `stability_score` and `point_coords` are taken when present.
+    """
+    rows: dict[str, list] = {name: [] for name in SCHEMA.names}
+    for index, item in enumerate(sam_masks):
+        seg = item["segmentation"]
+        counts = seg["counts"]
+        rle = {"size": list(seg["size"]), "counts": counts.encode() if isinstance(counts, str) else counts}
+        height, width = (int(v) for v in rle["size"])
+        point = item.get("point_coords")
+        rows["image"].append(image_name)
+        rows["mask_index"].append(index)
+        rows["height"].append(height)
+        rows["width"].append(width)
+        rows["rle"].append(rle["counts"])
+        rows["area"].append(int(item["area"]) if "area" in item else int(coco_mask.area(rle)))
+        rows["bbox"].append([float(v) for v in (item["bbox"] if "bbox" in item else coco_mask.toBbox(rle))])
+        rows["predicted_iou"].append(item.get("predicted_iou"))
+        rows["stability_score"].append(item.get("stability_score"))
+        rows["point"].append([float(v) for v in point[0]] if point else None)
+        rows["generator"].append(generator)
+        rows["generator_version"].append(version)
+        rows["config_hash"].append(config_hash)
+    return pa.Table.from_pydict(rows, schema=SCHEMA)
+
+
+def records_from_masks(image_name: str, masks: Iterable[np.ndarray], generator: str, version: str,
+                       config_hash: str) -> pa.Table:
+    """A store table from boolean masks (encoded here with pycocotools)."""
+    items = []
+    for mask in masks:
+        rle = encode_mask(mask)
+        items.append({"segmentation": rle, "area": int(coco_mask.area(rle)), "bbox": coco_mask.toBbox(rle).tolist()})
+    return records_from_sam(image_name, items, generator, version, config_hash)
+
+
+class MaskStore:
+    """One scene's masks from one generator: a folder of per-image Parquet files.
+
+    Args:
+        root: The folder (created on first write).
+    """
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def path(self, image_name: str) -> Path:
+        return self.root / _file_name(image_name)
+
+    def has_image(self, image_name: str) -> bool:
+        """True once the image's file was written completely (files appear by atomic rename)."""
+        return self.path(image_name).is_file()
+
+    def write_image(self, image_name: str, height: int, width: int, table: pa.Table) -> Path:
+        """Write one image's masks atomically.
+
+        Args:
+            image_name: The image the masks belong to.
+            height, width: The masks' resolution (kept in the file's metadata, so an image with no
+                masks still has a size).
+            table: Rows in `SCHEMA`, all of `image_name` (zero rows is fine).
+        """
+        if table.schema.remove_metadata() != SCHEMA:
+            raise MaskStoreError(f"{self.root}: table does not follow the mask schema:\n{table.schema}")
+        names = set(table.column("image").to_pylist())
+        if names - {image_name}:
+            raise MaskStoreError(f"{self.root}: rows of {sorted(names)} written as image {image_name!r}")
+        table = table.replace_schema_metadata({"image": image_name, "height": str(height), "width": str(width)})
+        path = self.path(image_name)
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".parquet.tmp")
+        pq.write_table(table, tmp, compression="zstd")
+        os.replace(tmp, path)
+        return path
+
+    def _files(self) -> list[Path]:
+        return sorted(self.root.glob("*.parquet")) if self.root.is_dir() else []
+
+    def _metadata(self, path: Path) -> dict[str, str]:
+        try:
+            meta = pq.read_schema(path).metadata or {}
+        except (OSError, pa.ArrowException) as exc:
+            raise MaskStoreError(f"{path}: not a readable Parquet file ({exc})") from exc
+        if b"image" not in meta:
+            raise MaskStoreError(f"{path}: not a mask-store file (no image name in its metadata)")
+        return {k.decode(): v.decode() for k, v in meta.items()}
+
+    def images(self) -> list[str]:
+        """Names of the images whose masks are stored (complete files only)."""
+        return sorted(self._metadata(p)["image"] for p in self._files())
+
+    def image_size(self, image_name: str) -> tuple[int, int]:
+        """(height, width) of an image's stored masks."""
+        meta = self._metadata(self._existing(image_name))
+        return int(meta["height"]), int(meta["width"])
+
+    def _existing(self, image_name: str) -> Path:
+        path = self.path(image_name)
+        if not path.is_file():
+            raise MaskStoreError(f"{path}: no masks stored for image {image_name!r}")
+        return path
+
+    def read_table(self, image_name: str) -> pa.Table:
+        """The rows of one image, validated against `SCHEMA`."""
+        path = self._existing(image_name)
+        try:
+            table = pq.read_table(path)
+        except (OSError, pa.ArrowException) as exc:
+            raise MaskStoreError(f"{path}: not a readable Parquet file ({exc})") from exc
+        if table.schema.remove_metadata() != SCHEMA:
+            raise MaskStoreError(f"{path}: columns do not match the mask schema (found {table.schema.names})")
+        return table.replace_schema_metadata(None)
+
+    def read_all(self):
+        """Every stored row as one pandas DataFrame (the whole Parquet dataset)."""
+        import pyarrow.dataset as ds
+
+        return ds.dataset(self._files(), format="parquet", schema=SCHEMA).to_table().to_pandas()
+
+    def _rles(self, image_name: str, min_area: int) -> tuple[list[dict], list[int], tuple[int, int]]:
+        rows = self.read_table(image_name).to_pydict()
+        keep = [i for i, a in enumerate(rows["area"]) if a >= min_area]
+        rles = [{"size": [rows["height"][i], rows["width"][i]], "counts": rows["rle"][i]} for i in keep]
+        return rles, [rows["mask_index"][i] for i in keep], self.image_size(image_name)
+
+    def read_masks(self, image_name: str, min_area: int = 0) -> np.ndarray:
+        """[K, H, W] boolean masks of an image, in mask_index order, those with area ≥ `min_area`."""
+        rles, _, (height, width) = self._rles(image_name, min_area)
+        if not rles:
+            return np.zeros((0, height, width), dtype=bool)
+        return decode_rles(rles)
+
+    def read_label_map(self, image_name: str, min_area: int = 0) -> np.ndarray:
+        """[H, W] int32 label map: smaller masks on top, value mask_index + 1, 0 unlabelled."""
+        rles, indices, (height, width) = self._rles(image_name, min_area)
+        labels = np.zeros((height, width), dtype=np.int32)
+        if not rles:
+            return labels
+        masks = decode_rles(rles)
+        areas = masks.reshape(len(masks), -1).sum(1)
+        for k in np.argsort(-areas, kind="stable"):  # largest first, so smaller ones end on top
+            labels[masks[k]] = indices[k] + 1
+        return labels
