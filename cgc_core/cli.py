@@ -3,6 +3,8 @@
     cgc synthetic --out DIR [--preset demo|hard|tiny]   write the embedded scene (LERF-Mask layout)
     cgc scene-info PATH                                  read a dataset and summarise it
     cgc calibrate --scene SOURCE [--force]               run (or reuse) the calibrate stage
+    cgc masks --scene SOURCE [--force]                   run (or reuse) the masks stage
+    cgc masks-show --scene SOURCE --image NAME [-o PNG]  overlay one image's stored masks
     cgc config [--config FILE] [--set k=v ...]           print the resolved config as YAML
 
 Every command takes `--config FILE` and repeated `--set section.field=value` overrides.
@@ -87,6 +89,63 @@ def calibrate_cmd(scene: Annotated[str, typer.Option(help="synthetic, synthetic-
     info = result.manifest.info
     typer.echo(f"{result.reason}; {info.get('n_registered')}/{info.get('n_images')} registered, "
                f"{info.get('n_points')} points -> {result.stage_dir}")
+
+
+def _calibrated(cfg, scene_source: str):
+    from .calibrate import CalibrationError
+    from .pipeline import calibrate_stage, scene_stage
+    from .scene import SceneError
+
+    try:
+        loaded, _ = scene_stage(cfg, scene_source)
+        return calibrate_stage(cfg, loaded)[0]
+    except (CalibrationError, SceneError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+
+
+@app.command("masks")
+def masks_cmd(scene: Annotated[str, typer.Option(help="synthetic, synthetic-<preset>, or a dataset folder")],
+              force: bool = False, config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Run (or reuse) the masks stage of one scene (calibrating first if needed), without Prefect."""
+    from .masks.generators import MaskGeneratorError
+    from .pipeline import masks_stage
+
+    cfg = _config(config, set_)
+    calibrated = _calibrated(cfg, scene)
+
+    def progress(done: int, total: int, name: str) -> None:
+        typer.echo(f"\rmasks: {done}/{total} {name}", nl=done == total)
+
+    try:
+        store, result = masks_stage(cfg, calibrated, force=force, progress=progress)
+    except MaskGeneratorError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    info = result.manifest.info
+    typer.echo(f"{result.reason}; {info.get('images')} images ({info.get('reused')} reused) -> {store.root}")
+
+
+@app.command("masks-show")
+def masks_show(scene: Annotated[str, typer.Option(help="scene source, as for `cgc masks`")],
+               image: Annotated[str, typer.Option(help="image name, e.g. view_001.png")],
+               out: Annotated[Optional[Path], typer.Option("-o", "--out", help="PNG to write")] = None,
+               min_area: int = 0, config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Write an overlay PNG of one image's stored masks (label map, smaller masks on top)."""
+    from .masks.overlay import write_overlay
+    from .masks.store import MaskStore, MaskStoreError
+    from .pipeline import safe_name, scene_dir, scene_name_of
+
+    cfg = _config(config, set_)
+    calibrated = _calibrated(cfg, scene)
+    store = MaskStore(scene_dir(cfg, scene_name_of(scene)) / "masks" / "store")
+    out = out or scene_dir(cfg, scene_name_of(scene)) / "mask_overlays" / f"{safe_name(Path(image).stem)}.png"
+    try:
+        path = write_overlay(calibrated.load_image(image), store.read_label_map(image, min_area=min_area), out)
+    except MaskStoreError as exc:
+        typer.echo(f"error: {exc} (run `cgc masks --scene {scene}` first)", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -14,20 +14,22 @@ def _stages(result):
 def test_flow_caches_stages_and_reruns_only_forced_ones(tmp_path, prefect_harness):
     overrides = [f"data_dir={tmp_path / 'data'}", "synthetic.preset=tiny", "calibrate.mode=known_poses"]
     (first,) = cgc_benchmark(["synthetic"], overrides=overrides)
-    assert _stages(first) == {"scene": False, "calibrate": False}
+    assert _stages(first) == {"scene": False, "calibrate": False, "masks": False}
     calib_dir = tmp_path / "data" / "synthetic" / "calibrate"
     assert (calib_dir / "manifest.json").is_file() and (calib_dir / "sparse" / "0" / "images.bin").is_file()
     assert first["stages"]["calibrate"]["info"]["registered_share"] == 1.0
 
     (second,) = cgc_benchmark(["synthetic"], overrides=overrides)
-    assert _stages(second) == {"scene": True, "calibrate": True}
+    assert _stages(second) == {"scene": True, "calibrate": True, "masks": True}
+    assert first["stages"]["masks"]["info"]["generator"] == "classical"  # the synthetic scene's default
 
     (third,) = cgc_benchmark(["synthetic"], overrides=overrides, force=["calibrate"])
-    assert _stages(third) == {"scene": True, "calibrate": False}
+    assert _stages(third) == {"scene": True, "calibrate": False, "masks": True}  # same poses: masks reused
 
-    # a config change in the calibrate section recomputes calibrate only
-    (fourth,) = cgc_benchmark(["synthetic"], overrides=overrides + ["calibrate.max_num_features=2048"])
-    assert _stages(fourth) == {"scene": True, "calibrate": False}
+
+    # a config change in the masks section recomputes masks only
+    (fourth,) = cgc_benchmark(["synthetic"], overrides=overrides + ["masks.classical.sigma=1.0"])
+    assert _stages(fourth) == {"scene": True, "calibrate": True, "masks": False}
 
 
 def test_flow_rejects_unknown_stage_names(prefect_harness):

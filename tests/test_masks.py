@@ -1,0 +1,199 @@
+"""Mask store round trips, SAM output kept unchanged, generators, and a resumable mask stage."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from cgc_core.config import CgcConfig, ClassicalConfig, SamConfig
+from cgc_core.masks import SCHEMA, MaskStore, MaskStoreError, records_from_masks, records_from_sam
+from cgc_core.masks.generators import ClassicalGenerator, MaskGeneratorError, SamGenerator, generate_scene_masks
+
+
+def _store_roundtrip(tmp_path, masks, name="img.png"):
+    k, h, w = masks.shape
+    store = MaskStore(tmp_path / "store")
+    store.write_image(name, h, w, records_from_masks(name, list(masks), "test", "0", "x"))
+    return store
+
+
+@st.composite
+def mask_stacks(draw):
+    h = draw(st.integers(1, 24))
+    w = draw(st.integers(1, 24))
+    k = draw(st.integers(0, 4))
+    stack = draw(arrays(np.bool_, (k, h, w)))
+    special = draw(st.sampled_from(["none", "empty", "full", "one-pixel"]))
+    if k and special == "empty":
+        stack[0] = False
+    elif k and special == "full":
+        stack[0] = True
+    elif k and special == "one-pixel":
+        stack[0] = False
+        stack[0, draw(st.integers(0, h - 1)), draw(st.integers(0, w - 1))] = True
+    return stack
+
+
+@settings(max_examples=60, deadline=None)
+@given(masks=mask_stacks())
+def test_masks_round_trip_through_the_store(tmp_path_factory, masks):
+    tmp_path = tmp_path_factory.mktemp("rt")
+    store = _store_roundtrip(tmp_path, masks)
+    back = store.read_masks("img.png")
+    assert back.shape == masks.shape
+    np.testing.assert_array_equal(back, masks)
+    table = store.read_table("img.png").to_pydict()
+    assert table["area"] == [int(m.sum()) for m in masks]
+    assert store.image_size("img.png") == masks.shape[1:]
+
+
+def test_sam_coco_rle_is_stored_unchanged(tmp_path):
+    from segment_anything.utils.amg import coco_encode_rle, mask_to_rle_pytorch
+
+    rng = np.random.default_rng(0)
+    masks = rng.random((3, 17, 23)) > 0.6
+    sam_like = [
+        {"segmentation": coco_encode_rle(rle), "area": int(m.sum()), "bbox": [0, 0, 1, 1],
+         "predicted_iou": 0.9, "stability_score": 0.95, "point_coords": [[3.5, 4.5]]}
+        for m, rle in zip(masks, mask_to_rle_pytorch(torch.as_tensor(masks)))
+    ]
+    store = MaskStore(tmp_path)
+    store.write_image("a.jpg", 17, 23, records_from_sam("a.jpg", sam_like, "sam", "1", "h"))
+    rows = store.read_table("a.jpg").to_pydict()
+    assert [r for r in rows["rle"]] == [m["segmentation"]["counts"].encode() for m in sam_like]
+    np.testing.assert_array_equal(store.read_masks("a.jpg"), masks)
+    assert rows["point"][0] == [3.5, 4.5] and rows["predicted_iou"][0] == pytest.approx(0.9)
+
+
+def test_label_map_puts_smaller_masks_on_top_and_filters_by_area(tmp_path):
+    masks = np.zeros((3, 8, 8), bool)
+    masks[0] = True  # whole image (index 0)
+    masks[1, 2:6, 2:6] = True  # a part inside it (index 1)
+    masks[2, 3, 3] = True  # a one-pixel detail inside the part (index 2)
+    store = _store_roundtrip(tmp_path, masks)
+    labels = store.read_label_map("img.png")
+    assert labels[0, 0] == 1 and labels[2, 2] == 2 and labels[3, 3] == 3
+    assert (store.read_label_map("img.png", min_area=2) == np.where(masks[1], 2, 1)).all()
+    assert store.read_masks("img.png", min_area=20).shape == (1, 8, 8)
+
+
+def test_store_errors_name_the_file(tmp_path):
+    store = _store_roundtrip(tmp_path, np.ones((1, 4, 4), bool))
+    with pytest.raises(MaskStoreError, match="no masks stored for image 'other.png'"):
+        store.read_masks("other.png")
+    store.path("img.png").write_bytes(b"PAR1 garbage")
+    with pytest.raises(MaskStoreError, match=r"img.png.parquet: not a readable Parquet file"):
+        store.read_masks("img.png")
+    wrong = pa.table({"image": ["x"]})
+    with pytest.raises(MaskStoreError, match="does not follow the mask schema"):
+        store.write_image("x", 1, 1, wrong)
+    with pytest.raises(MaskStoreError, match=r"rows of \['img.png'\] written as image 'b.png'"):
+        store.write_image("b.png", 4, 4, records_from_masks("img.png", [np.ones((4, 4), bool)], "t", "0", "x"))
+
+
+def test_classical_generator_is_deterministic_and_view_inconsistent():
+    rng = np.random.default_rng(0)
+    image = (rng.random((60, 80, 3)) * 255).astype(np.uint8)
+    image[10:40, 20:60] = [200, 30, 30]
+    gen = ClassicalGenerator(ClassicalConfig(scales=[50.0, 400.0]))
+    a, size = gen.generate(image, "view_000.png")
+    b, _ = gen.generate(image, "view_000.png")
+    c, _ = gen.generate(image, "view_001.png")
+    assert size == (60, 80) and a.schema == SCHEMA
+    assert a.column("rle").to_pylist() == b.column("rle").to_pylist()
+    assert a.column("rle").to_pylist() != c.column("rle").to_pylist()  # same pixels, other view: other masks
+    # two levels: the masks overlap (pixels covered more than once)
+    store_masks = np.stack([np.asarray(m) for m in _decode(a)])
+    assert store_masks.sum(0).max() >= 2
+
+
+def _decode(table):
+    from cgc_core.masks import decode_rles
+
+    rows = table.to_pydict()
+    return decode_rles([{"size": [h, w], "counts": r} for h, w, r in zip(rows["height"], rows["width"], rows["rle"])])
+
+
+def test_sam_generator_runs_end_to_end_on_cpu_with_random_weights(tmp_path):
+    cfg = SamConfig(model_type="vit_b", allow_random_weights=True, device="cpu", max_side=64, points_per_side=2,
+                    pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0)
+    gen = SamGenerator(cfg)
+    image = (np.random.default_rng(1).random((48, 64, 3)) * 255).astype(np.uint8)
+    torch.manual_seed(0)
+    table, size = gen.generate(image, "tiny.png")
+    assert size == (48, 64) and table.schema == SCHEMA
+    assert table.num_rows > 0, "random weights with zero thresholds should still return masks"
+    assert set(table.column("generator").to_pylist()) == {"sam"}
+    store = MaskStore(tmp_path)
+    store.write_image("tiny.png", *size, table)
+    masks = store.read_masks("tiny.png")
+    assert masks.shape == (table.num_rows, 48, 64)
+    assert table.column("area").to_pylist() == [int(m.sum()) for m in masks]
+
+
+def test_sam_checkpoint_missing_or_corrupt_is_a_clear_error(tmp_path):
+    with pytest.raises(MaskGeneratorError, match="masks.sam.checkpoint is not set"):
+        SamGenerator(SamConfig(model_type="vit_b")).build()
+    missing = tmp_path / "sam_vit_b.pth"
+    with pytest.raises(MaskGeneratorError, match=r"sam_vit_b.pth: SAM checkpoint file not found"):
+        SamGenerator(SamConfig(model_type="vit_b", checkpoint=str(missing))).build()
+    missing.write_bytes(b"\x00not a torch file")
+    with pytest.raises(MaskGeneratorError, match=r"sam_vit_b.pth: not a valid SAM vit_b checkpoint"):
+        SamGenerator(SamConfig(model_type="vit_b", checkpoint=str(missing))).build()
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_killed_mask_stage_redoes_only_remaining_images(tiny_scene_dir, tmp_path):
+    from cgc_core.pipeline import masks_stage
+    from cgc_core.scene import load_scene
+
+    scene = load_scene(tiny_scene_dir, name="tiny")
+    cfg = CgcConfig(data_dir=str(tmp_path))
+    seen = []
+
+    def kill_after_five(done, total, name):
+        seen.append(name)
+        if done == 5:
+            raise _Killed()
+
+    with pytest.raises(_Killed):
+        masks_stage(cfg, scene, progress=kill_after_five)
+    assert not (tmp_path / "tiny" / "masks").exists()  # nothing looks finished
+    partial = list((tmp_path / "tiny").glob(".masks.partial-*"))
+    assert len(partial) == 1 and len(list((partial[0] / "store").glob("*.parquet"))) == 5
+
+    store, result = masks_stage(cfg, scene)
+    info = result.manifest.info
+    assert info["reused"] == 5 and info["generated"] == len(scene.train_names) - 5
+    assert sorted(store.images()) == sorted(scene.train_names)
+    assert not list((tmp_path / "tiny").glob(".masks.partial-*"))
+    again_store, again = masks_stage(cfg, scene)
+    assert again.cached
+
+
+def test_generate_scene_masks_skips_stored_images(tiny_scene_dir, tmp_path):
+    from cgc_core.scene import load_scene
+
+    scene = load_scene(tiny_scene_dir)
+    calls = []
+
+    class Counting(ClassicalGenerator):
+        def generate(self, image, image_name):
+            calls.append(image_name)
+            return super().generate(image, image_name)
+
+    store = MaskStore(tmp_path)
+    gen = Counting(ClassicalConfig())
+    first = generate_scene_masks(scene, store, gen)
+    assert first["generated"] == len(scene.train_names) == len(calls)
+    second = generate_scene_masks(scene, store, gen)
+    assert second == {"images": len(scene.train_names), "generated": 0, "reused": len(scene.train_names),
+                      "masks_generated": 0}
