@@ -3,8 +3,8 @@
     cgc synthetic --out DIR [--preset demo|hard|tiny]   write the embedded scene (LERF-Mask layout)
     cgc scene-info PATH                                  read a dataset and summarise it
     cgc calibrate --scene SOURCE [--force]               run (or reuse) the calibrate stage
-    cgc masks --scene SOURCE [--force]                   run (or reuse) the masks stage
-    cgc masks-show --scene SOURCE --image NAME [-o PNG]  overlay one image's stored masks
+    cgc masks run --scene SOURCE [--force]               run (or reuse) the masks stage
+    cgc masks show --scene SOURCE --image NAME [-o PNG]  overlay one image's stored masks
     cgc config [--config FILE] [--set k=v ...]           print the resolved config as YAML
 
 Every command takes `--config FILE` and repeated `--set section.field=value` overrides.
@@ -21,6 +21,8 @@ import yaml
 from .config import ConfigError, load_config, to_dict
 
 app = typer.Typer(help="Contrastive Gaussian Clustering: scenes, calibration and benchmarks.", no_args_is_help=True)
+masks_app = typer.Typer(help="Automatic 2D masks: generate and look at them.", no_args_is_help=True)
+app.add_typer(masks_app, name="masks")
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="YAML config file")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override: section.field=value (repeatable)")]
@@ -104,8 +106,8 @@ def _calibrated(cfg, scene_source: str):
         raise typer.Exit(1) from exc
 
 
-@app.command("masks")
-def masks_cmd(scene: Annotated[str, typer.Option(help="synthetic, synthetic-<preset>, or a dataset folder")],
+@masks_app.command("run")
+def masks_run(scene: Annotated[str, typer.Option(help="synthetic, synthetic-<preset>, or a dataset folder")],
               force: bool = False, config: ConfigOpt = None, set_: SetOpt = None) -> None:
     """Run (or reuse) the masks stage of one scene (calibrating first if needed), without Prefect."""
     from .masks.generators import MaskGeneratorError
@@ -126,8 +128,8 @@ def masks_cmd(scene: Annotated[str, typer.Option(help="synthetic, synthetic-<pre
     typer.echo(f"{result.reason}; {info.get('images')} images ({info.get('reused')} reused) -> {store.root}")
 
 
-@app.command("masks-show")
-def masks_show(scene: Annotated[str, typer.Option(help="scene source, as for `cgc masks`")],
+@masks_app.command("show")
+def masks_show(scene: Annotated[str, typer.Option(help="scene source, as for `cgc masks run`")],
                image: Annotated[str, typer.Option(help="image name, e.g. view_001.png")],
                out: Annotated[Optional[Path], typer.Option("-o", "--out", help="PNG to write")] = None,
                min_area: int = 0, config: ConfigOpt = None, set_: SetOpt = None) -> None:
@@ -143,7 +145,7 @@ def masks_show(scene: Annotated[str, typer.Option(help="scene source, as for `cg
     try:
         path = write_overlay(calibrated.load_image(image), store.read_label_map(image, min_area=min_area), out)
     except MaskStoreError as exc:
-        typer.echo(f"error: {exc} (run `cgc masks --scene {scene}` first)", err=True)
+        typer.echo(f"error: {exc} (run `cgc masks run --scene {scene}` first)", err=True)
         raise typer.Exit(1) from exc
     typer.echo(f"wrote {path}")
 

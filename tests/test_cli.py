@@ -41,13 +41,13 @@ def test_calibrate_command_runs_then_reuses_the_stage(tmp_path):
 def test_masks_then_masks_show_writes_an_overlay(tmp_path):
     common = ["--scene", "synthetic-tiny", "--set", f"data_dir={tmp_path}", "--set", "calibrate.mode=known_poses",
               "--set", "synthetic.supersample=1"]
-    missing = runner.invoke(app, ["masks-show", *common, "--image", "view_000.png"])
-    assert missing.exit_code == 1 and "run `cgc masks" in missing.output
-    made = runner.invoke(app, ["masks", *common])
+    missing = runner.invoke(app, ["masks", "show", *common, "--image", "view_000.png"])
+    assert missing.exit_code == 1 and "run `cgc masks run" in missing.output
+    made = runner.invoke(app, ["masks", "run", *common])
     assert made.exit_code == 0, made.output
     assert "21 images (0 reused)" in made.output
     out = tmp_path / "overlay.png"
-    shown = runner.invoke(app, ["masks-show", *common, "--image", "view_000.png", "-o", str(out)])
+    shown = runner.invoke(app, ["masks", "show", *common, "--image", "view_000.png", "-o", str(out)])
     assert shown.exit_code == 0, shown.output
     from PIL import Image
 
