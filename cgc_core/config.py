@@ -132,6 +132,43 @@ class MasksConfig:
 
 
 @dataclass
+class QueryConfig:
+    """Object selection: threshold, and the models behind box and text queries."""
+
+    threshold: float = 0.7
+    """Cosine similarity at or above which a pixel belongs to the queried object (CGC: 0.7)."""
+    box_query_mode: Literal["mean", "deepest"] = "mean"
+    """From a box's SAM mask: the mean feature inside it, or the feature at its deepest pixel."""
+    sam: SamConfig = field(default_factory=SamConfig)
+    """SAM for box → mask (its predictor); its checkpoint is configured here."""
+    gdino_config: str | None = None
+    """Grounding DINO model config (.py); None: the SwinT-OGC config shipped with groundingdino-py."""
+    gdino_checkpoint: str | None = None
+    """Grounding DINO weights (.pth). Nothing is downloaded."""
+    text_encoder: str | None = None
+    """Local folder of the BERT text encoder (config + vocab) Grounding DINO uses; None keeps the
+    config's `bert-base-uncased`, which must then be in the local Hugging Face cache."""
+    allow_random_weights: bool = False
+    """Build Grounding DINO without a checkpoint (tests only)."""
+    box_threshold: float = 0.3
+    text_threshold: float = 0.45
+    gdino_image_size: int = 800
+    device: str = "auto"
+
+
+@dataclass
+class EvaluateConfig:
+    """The evaluate stage."""
+
+    protocol: Literal["click"] = "click"
+    """How query features are chosen; `click`: the deepest pixel of the first test view's ground truth."""
+    missing_as_zero: bool = False
+    """Count a missing prediction as IoU 0 with a warning instead of failing."""
+    empty_union: Literal["one", "skip"] = "one"
+    """A view where ground truth and prediction are both empty scores 1 (`one`) or is left out (`skip`)."""
+
+
+@dataclass
 class StageConfig:
     """Orchestration settings shared by every stage's task."""
 
@@ -154,6 +191,8 @@ class CgcConfig:
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     calibrate: CalibrateConfig = field(default_factory=CalibrateConfig)
     masks: MasksConfig = field(default_factory=MasksConfig)
+    query: QueryConfig = field(default_factory=QueryConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     stage: StageConfig = field(default_factory=StageConfig)
 
 

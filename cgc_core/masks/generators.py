@@ -79,6 +79,34 @@ class ClassicalGenerator:
         return records_from_masks(image_name, masks, self.name, self.version, self.config_hash), (height, width)
 
 
+def load_sam(cfg: SamConfig):
+    """The SAM model of `cfg.model_type` with weights from `cfg.checkpoint`, on the configured device.
+
+    Never downloads. With no checkpoint, refuses unless `cfg.allow_random_weights` (tests: the
+    real architecture with random weights). A missing or corrupt file raises `MaskGeneratorError`
+    naming it.
+    """
+    import torch
+    from segment_anything import sam_model_registry
+
+    checkpoint = cfg.checkpoint
+    if checkpoint is None:
+        if not cfg.allow_random_weights:
+            raise MaskGeneratorError(
+                "masks.sam.checkpoint is not set: SAM needs its weights file (for example "
+                f"sam_{cfg.model_type}_*.pth), which cgc never downloads. Set masks.sam.checkpoint=/path/to/file, "
+                "or use masks.generator=classical."
+            )
+    elif not Path(checkpoint).is_file():
+        raise MaskGeneratorError(f"{checkpoint}: SAM checkpoint file not found (masks.sam.checkpoint)")
+    try:
+        sam = sam_model_registry[cfg.model_type](checkpoint=checkpoint)
+    except Exception as exc:  # torch.load / load_state_dict raise several types for a bad file
+        raise MaskGeneratorError(f"{checkpoint}: not a valid SAM {cfg.model_type} checkpoint ({exc})") from exc
+    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    return sam.to(device).eval()
+
+
 class SamGenerator:
     """segment-anything's `SamAutomaticMaskGenerator` with COCO-RLE output.
 
@@ -97,41 +125,18 @@ class SamGenerator:
     def config_hash(self) -> str:
         return section_hash(self.config)
 
-    def _device(self) -> str:
-        import torch
-
-        if self.config.device != "auto":
-            return self.config.device
-        return "cuda" if torch.cuda.is_available() else "cpu"
-
     def build(self):
         """Build the model and the automatic mask generator (once)."""
-        if self._generator is not None:
-            return self._generator
-        from segment_anything import SamAutomaticMaskGenerator, sam_model_registry
+        if self._generator is None:
+            from segment_anything import SamAutomaticMaskGenerator
 
-        cfg = self.config
-        checkpoint = cfg.checkpoint
-        if checkpoint is None:
-            if not cfg.allow_random_weights:
-                raise MaskGeneratorError(
-                    "masks.sam.checkpoint is not set: SAM needs its weights file (for example "
-                    f"sam_{cfg.model_type}_*.pth), which cgc never downloads. Set masks.sam.checkpoint=/path/to/file, "
-                    "or use masks.generator=classical."
-                )
-        elif not Path(checkpoint).is_file():
-            raise MaskGeneratorError(f"{checkpoint}: SAM checkpoint file not found (masks.sam.checkpoint)")
-        try:
-            sam = sam_model_registry[cfg.model_type](checkpoint=checkpoint)
-        except Exception as exc:  # torch.load / load_state_dict raise several types for a bad file
-            raise MaskGeneratorError(f"{checkpoint}: not a valid SAM {cfg.model_type} checkpoint ({exc})") from exc
-        sam.to(self._device()).eval()
-        self._generator = SamAutomaticMaskGenerator(
-            sam, points_per_side=cfg.points_per_side, points_per_batch=cfg.points_per_batch,
-            pred_iou_thresh=cfg.pred_iou_thresh, stability_score_thresh=cfg.stability_score_thresh,
-            box_nms_thresh=cfg.box_nms_thresh, crop_n_layers=cfg.crop_n_layers,
-            min_mask_region_area=cfg.min_mask_region_area, output_mode="coco_rle",
-        )
+            cfg = self.config
+            self._generator = SamAutomaticMaskGenerator(
+                load_sam(cfg), points_per_side=cfg.points_per_side, points_per_batch=cfg.points_per_batch,
+                pred_iou_thresh=cfg.pred_iou_thresh, stability_score_thresh=cfg.stability_score_thresh,
+                box_nms_thresh=cfg.box_nms_thresh, crop_n_layers=cfg.crop_n_layers,
+                min_mask_region_area=cfg.min_mask_region_area, output_mode="coco_rle",
+            )
         return self._generator
 
     def generate(self, image: np.ndarray, image_name: str) -> tuple[pa.Table, tuple[int, int]]:

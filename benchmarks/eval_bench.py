@@ -1,0 +1,69 @@
+"""Evaluation throughput: IoU + boundary IoU per 1080p mask pair, and selection latency per view.
+
+- metric: `score_pair` (resize check, IoU, boundary IoU with d = 44 at 1920×1080) on pairs of
+  blob-shaped masks, masks per second (median of --repeats);
+- selection: similarity to 8 query features and thresholding of a rendered 16-d feature map at
+  the same size (the step after rendering; rendering itself is measured by render_bench.py).
+  The paper's 5 ms per mask is a GPU figure for rendering + selection; a trained model's
+  end-to-end latency is measured once training exists.
+
+Last line:
+    RESULT metric_masks_per_s_1080p=<n>
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from cgc_core.metrics import score_pair
+from cgc_core.query import select
+
+HEIGHT, WIDTH = 1080, 1920
+
+
+def blob(rng: np.random.Generator) -> np.ndarray:
+    yy, xx = np.ogrid[:HEIGHT, :WIDTH]
+    cy, cx = rng.uniform(200, 880), rng.uniform(300, 1600)
+    ry, rx = rng.uniform(50, 300, size=2)
+    return ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pairs", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    pairs = []
+    for _ in range(args.pairs):
+        gt = blob(rng)
+        pred = np.roll(gt, int(rng.integers(-20, 20)), axis=1)
+        pairs.append((pred, gt))
+    per_run = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        for pred, gt in pairs:
+            score_pair(pred, gt, "s", "v", "p")
+        per_run.append(args.pairs / (time.perf_counter() - start))
+    masks_per_s = statistics.median(per_run)
+    print(f"metric: IoU + BIoU at {WIDTH}x{HEIGHT}: {masks_per_s:.1f} masks/s (median of {args.repeats} runs of {args.pairs})")
+
+    fmap = torch.rand(HEIGHT, WIDTH, 16)
+    queries = torch.rand(8, 16)
+    times = []
+    for _ in range(args.repeats + 1):
+        start = time.perf_counter()
+        select(fmap, queries, 0.7)
+        times.append(time.perf_counter() - start)
+    print(f"selection: 8 queries on a {WIDTH}x{HEIGHT}x16 feature map: {1000 * statistics.median(times[1:]):.1f} ms "
+          f"({1000 * statistics.median(times[1:]) / 8:.1f} ms per mask), CPU, {torch.get_num_threads()} threads")
+    print(f"RESULT metric_masks_per_s_1080p={masks_per_s:.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""Segmentation metrics exactly as the published protocols compute them (../shared/PROTOCOL.md).
+
+LERF-Mask protocol (Gaussian Grouping's evaluation, which CGC's numbers follow):
+- ground truth and prediction are read as grayscale and binarised at > 128; the prediction is
+  resized to the ground truth's size with nearest-neighbour;
+- IoU = |A ∩ B| / |A ∪ B|;
+- boundary IoU: d = max(1, round(0.02 · sqrt(H² + W²))); each mask is padded with a 1-pixel zero
+  border (so the image edge counts as boundary), eroded d times with a 3×3 kernel, and its
+  boundary is mask − eroded; BIoU = |B_gt ∩ B_pred| / |B_gt ∪ B_pred|;
+- averages: per prompt over the test views that have it, per scene over prompts, and the plain
+  mean over scenes.
+Deviations from the reference script, on purpose: a missing prediction is an error (or, when
+asked, counts as IoU 0 with a warning) instead of being skipped; an empty union (both masks
+empty) is explicit: `empty_union` decides whether it scores 1 or is excluded, never NaN.
+
+3D-OVS's own protocol (a different number, labelled so): per view, argmax over all classes' score
+maps, then per-class Jaccard, averaged over classes and views.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Literal
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+EmptyUnion = Literal["one", "skip"]
+
+
+class MissingPredictionError(FileNotFoundError):
+    """A prediction that the ground truth calls for does not exist."""
+
+
+def binarize(gray: np.ndarray) -> np.ndarray:
+    """Grayscale (0–255) to boolean at > 128, the protocol's rule."""
+    return np.asarray(gray) > 128
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """Read a mask PNG as grayscale and binarise it at > 128."""
+    with Image.open(path) as img:
+        return binarize(np.asarray(img.convert("L")))
+
+
+def resize_nearest(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of a boolean mask to (height, width), as PIL's NEAREST does it."""
+    if mask.shape == tuple(shape):
+        return mask
+    img = Image.fromarray(mask.astype(np.uint8) * 255)
+    return np.asarray(img.resize((shape[1], shape[0]), Image.Resampling.NEAREST)) > 128
+
+
+def iou(pred: np.ndarray, gt: np.ndarray, empty_union: EmptyUnion = "one") -> float | None:
+    """Intersection over union of two boolean masks of one size.
+
+    Returns:
+        The IoU; for an empty union (both masks empty), 1.0 when `empty_union="one"` (a correct
+        "nothing here"), or None when `"skip"` (the caller leaves the pair out).
+    """
+    if pred.shape != gt.shape:
+        raise ValueError(f"iou: shapes differ, prediction {pred.shape} vs ground truth {gt.shape}")
+    union = np.logical_or(pred, gt).sum()
+    if union == 0:
+        return 1.0 if empty_union == "one" else None
+    return float(np.logical_and(pred, gt).sum() / union)
+
+
+def boundary_distance(shape: tuple[int, int]) -> int:
+    """d = max(1, round(0.02 · image diagonal))."""
+    return max(1, int(round(0.02 * np.sqrt(shape[0] ** 2 + shape[1] ** 2))))
+
+
+def mask_boundary(mask: np.ndarray, dilation: int) -> np.ndarray:
+    """mask − erode(pad(mask, 1 zero pixel), 3×3, `dilation` times): the band within d of its edge.
+
+    (scipy's iterated erosion only revisits pixels that changed, so this literal form is also the
+    fast one: an equivalent single chessboard distance transform was measured slower.)
+    """
+    padded = np.pad(mask, 1, mode="constant", constant_values=False)
+    eroded = ndimage.binary_erosion(padded, structure=np.ones((3, 3), bool), iterations=dilation)
+    return mask & ~eroded[1:-1, 1:-1]
+
+
+def boundary_iou(pred: np.ndarray, gt: np.ndarray, empty_union: EmptyUnion = "one") -> float | None:
+    """Boundary IoU (Cheng et al.) with the LERF-Mask evaluation's d and padding."""
+    if pred.shape != gt.shape:
+        raise ValueError(f"boundary_iou: shapes differ, prediction {pred.shape} vs ground truth {gt.shape}")
+    d = boundary_distance(gt.shape)
+    return iou(mask_boundary(pred, d), mask_boundary(gt, d), empty_union)
+
+
+@dataclass(frozen=True)
+class MaskScore:
+    """One (scene, view, prompt) evaluation row."""
+
+    scene: str
+    view: str
+    prompt: str
+    iou: float | None
+    biou: float | None
+    missing: bool = False
+
+
+def score_pair(pred: np.ndarray | None, gt: np.ndarray, scene: str, view: str, prompt: str,
+               missing_as_zero: bool = False, empty_union: EmptyUnion = "one") -> MaskScore:
+    """Score one predicted mask against its ground truth (prediction resized to the GT's size).
+
+    A missing prediction (None) raises `MissingPredictionError`, or with `missing_as_zero` scores
+    0 / 0 with a warning.
+    """
+    if pred is None:
+        message = f"{scene}/{view}/{prompt}: no prediction for a ground-truth mask"
+        if not missing_as_zero:
+            raise MissingPredictionError(message)
+        warnings.warn(message + " (counted as IoU 0)", stacklevel=2)
+        return MaskScore(scene, view, prompt, 0.0, 0.0, missing=True)
+    pred = resize_nearest(pred.astype(bool), gt.shape)
+    return MaskScore(scene, view, prompt, iou(pred, gt, empty_union), boundary_iou(pred, gt, empty_union))
+
+
+def average_scores(scores: Iterable[MaskScore]) -> dict:
+    """Protocol averaging: per prompt over its views, per scene over prompts, then over scenes.
+
+    Returns:
+        {"scenes": {scene: {"miou", "mbiou", "prompts": {prompt: {"iou", "biou", "views"}}}},
+         "miou", "mbiou"}; pairs whose score is None (skipped empty unions) are left out.
+    """
+    by_scene: dict[str, dict[str, list[MaskScore]]] = {}
+    for s in scores:
+        by_scene.setdefault(s.scene, {}).setdefault(s.prompt, []).append(s)
+    result: dict = {"scenes": {}}
+    for scene, prompts in sorted(by_scene.items()):
+        per_prompt = {}
+        for prompt, rows in sorted(prompts.items()):
+            ious = [r.iou for r in rows if r.iou is not None]
+            bious = [r.biou for r in rows if r.biou is not None]
+            if ious:
+                per_prompt[prompt] = {"iou": float(np.mean(ious)), "biou": float(np.mean(bious)), "views": len(ious)}
+        result["scenes"][scene] = {
+            "miou": float(np.mean([p["iou"] for p in per_prompt.values()])) if per_prompt else float("nan"),
+            "mbiou": float(np.mean([p["biou"] for p in per_prompt.values()])) if per_prompt else float("nan"),
+            "prompts": per_prompt,
+        }
+    scene_values = list(result["scenes"].values())
+    result["miou"] = float(np.mean([s["miou"] for s in scene_values])) if scene_values else float("nan")
+    result["mbiou"] = float(np.mean([s["mbiou"] for s in scene_values])) if scene_values else float("nan")
+    return result
+
+
+def ovs3d_view_miou(scores: np.ndarray, gt_labels: np.ndarray, n_classes: int) -> float:
+    """3D-OVS's own protocol for one view: argmax over class score maps, mean per-class Jaccard.
+
+    Args:
+        scores: [n_classes, H, W] per-class scores (e.g. similarity maps).
+        gt_labels: [H, W] int class index per pixel (-1 for unlabelled pixels, ignored).
+        n_classes: number of classes.
+
+    Returns:
+        Mean over the classes present in the ground truth or the prediction of |P∩G| / |P∪G|.
+    """
+    pred = np.argmax(scores, axis=0)
+    valid = gt_labels >= 0
+    values = []
+    for c in range(n_classes):
+        p, g = (pred == c) & valid, (gt_labels == c) & valid
+        union = np.logical_or(p, g).sum()
+        if union:
+            values.append(np.logical_and(p, g).sum() / union)
+    return float(np.mean(values)) if values else float("nan")
