@@ -1,0 +1,133 @@
+"""The Gaussian parameter dict: initialisation from sparse points, and .ply in/out.
+
+Parameters (raw, as optimised; `render.Gaussians.from_params` activates them):
+    means [N, 3], quats [N, 4] (w, x, y, z), scales [N, 3] (log), opacities [N] (logit),
+    sh0 [N, 1, 3], shN [N, (d+1)² − 1, 3], features [N, 16] (CGC's per-Gaussian feature).
+
+The .ply layout is the standard 3DGS one (`x y z nx ny nz f_dc_* f_rest_* opacity scale_* rot_*`,
+`f_rest` channel-major as the reference code writes it) plus `feat_0..feat_{D-1}`, so the file
+opens in common 3DGS viewers and the features ride along.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from plyfile import PlyData, PlyElement, PlyParseError
+from scipy.spatial import cKDTree
+from torch import Tensor
+
+FEATURE_DIM = 16
+SH_C0 = 0.28209479177387814
+
+
+class GaussianFileError(ValueError):
+    """A .ply file is missing or lacks attributes; the message names the file."""
+
+
+def rgb_to_sh0(rgb: Tensor) -> Tensor:
+    """Degree-0 SH coefficient whose colour (after the +0.5 offset) is `rgb` in [0, 1]."""
+    return (rgb - 0.5) / SH_C0
+
+
+def init_params(points: np.ndarray, colors: np.ndarray | None, sh_degree: int = 3, feature_dim: int = FEATURE_DIM,
+                init_opacity: float = 0.1, seed: int = 0) -> dict[str, Tensor]:
+    """3DGS initialisation from coloured sparse points, plus CGC features drawn from U[0, 1).
+
+    Args:
+        points: [N, 3] positions (N ≥ 4).
+        colors: [N, 3] uint8 colours, or None for grey.
+        sh_degree: SH degree of the colour (0–3).
+        feature_dim: Length of the per-Gaussian feature (16 in CGC).
+        init_opacity: Initial opacity of every Gaussian.
+        seed: Seed of the feature initialisation.
+
+    Returns:
+        The raw parameter dict (float32 tensors). Scales start at the mean distance to the 3
+        nearest neighbours, isotropic, as 3DGS does.
+    """
+    points = np.asarray(points, dtype=np.float64)
+    if points.ndim != 2 or points.shape[1] != 3 or len(points) < 4:
+        raise ValueError(f"init_params: need at least 4 points of shape [N, 3], got {points.shape}")
+    distances, _ = cKDTree(points).query(points, k=4)
+    mean_dist = np.maximum(distances[:, 1:].mean(axis=1), 1e-7)
+    n = len(points)
+    rgb = torch.full((n, 3), 0.5) if colors is None else torch.as_tensor(np.asarray(colors), dtype=torch.float32) / 255
+    generator = torch.Generator().manual_seed(seed)
+    return {
+        "means": torch.as_tensor(points, dtype=torch.float32),
+        "quats": torch.tensor([[1.0, 0.0, 0.0, 0.0]]).repeat(n, 1),
+        "scales": torch.log(torch.as_tensor(mean_dist, dtype=torch.float32))[:, None].repeat(1, 3),
+        "opacities": torch.logit(torch.full((n,), init_opacity)),
+        "sh0": rgb_to_sh0(rgb)[:, None, :],
+        "shN": torch.zeros(n, (sh_degree + 1) ** 2 - 1, 3),
+        "features": torch.rand(n, feature_dim, generator=generator),
+    }
+
+
+def save_ply(params: dict[str, Tensor], path: str | Path) -> Path:
+    """Write the parameters as a 3DGS .ply with `feat_*` columns (atomically: temp file, then rename)."""
+    path = Path(path)
+    p = {k: v.detach().cpu().float().numpy() for k, v in params.items()}
+    n = len(p["means"])
+    rest = p["shN"].transpose(0, 2, 1).reshape(n, -1)  # channel-major, as 3DGS writes f_rest
+    columns = [("x", p["means"][:, 0]), ("y", p["means"][:, 1]), ("z", p["means"][:, 2])]
+    columns += [(name, np.zeros(n, np.float32)) for name in ("nx", "ny", "nz")]
+    columns += [(f"f_dc_{i}", p["sh0"][:, 0, i]) for i in range(3)]
+    columns += [(f"f_rest_{i}", rest[:, i]) for i in range(rest.shape[1])]
+    columns += [("opacity", p["opacities"])]
+    columns += [(f"scale_{i}", p["scales"][:, i]) for i in range(3)]
+    columns += [(f"rot_{i}", p["quats"][:, i]) for i in range(4)]
+    if "features" in p:
+        columns += [(f"feat_{i}", p["features"][:, i]) for i in range(p["features"].shape[1])]
+    data = np.empty(n, dtype=[(name, "f4") for name, _ in columns])
+    for name, values in columns:
+        data[name] = values
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    PlyData([PlyElement.describe(data, "vertex")]).write(str(tmp))
+    os.replace(tmp, path)
+    return path
+
+
+def _numbered(names: list[str], prefix: str) -> list[str]:
+    return sorted((n for n in names if n.startswith(prefix)), key=lambda n: int(n[len(prefix):]))
+
+
+def load_ply(path: str | Path) -> dict[str, Tensor]:
+    """Read a 3DGS .ply (with or without `feat_*`) back into the raw parameter dict."""
+    path = Path(path)
+    try:
+        vertex = PlyData.read(str(path))["vertex"]
+    except (OSError, KeyError, ValueError, PlyParseError) as exc:
+        raise GaussianFileError(f"{path}: not a readable Gaussian .ply ({exc})") from exc
+    names = [prop.name for prop in vertex.properties]
+    required = ["x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity", "scale_0", "scale_1", "scale_2",
+                "rot_0", "rot_1", "rot_2", "rot_3"]
+    missing = [name for name in required if name not in names]
+    if missing:
+        raise GaussianFileError(f"{path}: missing vertex attributes {missing}")
+
+    def stack(cols: list[str]) -> Tensor:
+        return torch.as_tensor(np.stack([np.asarray(vertex[c], dtype=np.float32) for c in cols], axis=1))
+
+    n = len(vertex["x"])
+    rest_names = _numbered(names, "f_rest_")
+    if len(rest_names) % 3:
+        raise GaussianFileError(f"{path}: {len(rest_names)} f_rest attributes is not a multiple of 3")
+    rest = stack(rest_names) if rest_names else torch.zeros(n, 0)
+    params = {
+        "means": stack(["x", "y", "z"]),
+        "quats": stack([f"rot_{i}" for i in range(4)]),
+        "scales": stack([f"scale_{i}" for i in range(3)]),
+        "opacities": torch.as_tensor(np.asarray(vertex["opacity"], dtype=np.float32)),
+        "sh0": stack([f"f_dc_{i}" for i in range(3)])[:, None, :],
+        "shN": rest.reshape(n, 3, -1).transpose(1, 2).contiguous(),
+    }
+    feat_names = _numbered(names, "feat_")
+    if feat_names:
+        params["features"] = stack(feat_names)
+    return params

@@ -1,0 +1,173 @@
+"""CGC's losses: photometric (L1 + D-SSIM), contrastive clustering (Eq. 3), spatial regularisation (Eq. 4).
+
+Each vectorised loss has a slow loop version beside it (`*_reference`), the oracle of the tests.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+# --- photometric -------------------------------------------------------------------------------
+
+
+def _gaussian_window(size: int, sigma: float, channels: int, dtype, device) -> Tensor:
+    x = torch.arange(size, dtype=dtype, device=device) - (size - 1) / 2
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    g = g / g.sum()
+    return (g[:, None] @ g[None, :]).expand(channels, 1, size, size).contiguous()
+
+
+def ssim(a: Tensor, b: Tensor, window: int = 11, sigma: float = 1.5) -> Tensor:
+    """Mean SSIM of two [H, W, C] images in [0, 1] (Gaussian window 11, σ 1.5, as 3DGS)."""
+    x, y = a.permute(2, 0, 1)[None], b.permute(2, 0, 1)[None]
+    channels = x.shape[1]
+    w = _gaussian_window(window, sigma, channels, x.dtype, x.device)
+    pad = window // 2
+    mu_x, mu_y = F.conv2d(x, w, padding=pad, groups=channels), F.conv2d(y, w, padding=pad, groups=channels)
+    sxx = F.conv2d(x * x, w, padding=pad, groups=channels) - mu_x**2
+    syy = F.conv2d(y * y, w, padding=pad, groups=channels) - mu_y**2
+    sxy = F.conv2d(x * y, w, padding=pad, groups=channels) - mu_x * mu_y
+    c1, c2 = 0.01**2, 0.03**2
+    value = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x**2 + mu_y**2 + c1) * (sxx + syy + c2))
+    return value.mean()
+
+
+def photometric_loss(rendered: Tensor, target: Tensor, ssim_weight: float = 0.2) -> Tensor:
+    """3DGS's L = (1 − λ)·L1 + λ·(1 − SSIM), λ = 0.2."""
+    return (1 - ssim_weight) * (rendered - target).abs().mean() + ssim_weight * (1 - ssim(rendered, target))
+
+
+# --- contrastive clustering (Eq. 3) ---------------------------------------------------------------
+
+
+def contrastive_clustering_loss(features: Tensor, labels: Tensor, min_pixels: int = 100, eps: float = 100.0,
+                                temperature_scale: float = 10.0, temperature_clip: tuple[float, float] | None = (0.1, 1.0),
+                                detach_temperature: bool = True) -> Tensor:
+    """Contrastive clustering of rendered features by (view-inconsistent) 2D segments.
+
+        f_q = rendered feature of pixel q, L2-normalised;  f̄^p = mean of {f_q : q ∈ p}
+        φ^p = Σ_{q∈p} ‖f_q − f̄^p‖₂ / (N_p · log(N_p + ε))        (per-segment temperature)
+        L_CC = −(1/N_k) Σ_p Σ_{q∈p} log( exp(f_q·f̄^p / φ^p) / Σ_s exp(f_q·f̄^s / φ^s) )
+
+    The released code multiplies φ by 10, clips it to [0.1, 1] and detaches it: the defaults.
+
+    Args:
+        features: [H, W, D] rendered features (any norm).
+        labels: [H, W] int segment ids; 0 is unlabelled and ignored.
+        min_pixels: Only segments with more than this many pixels take part.
+        eps: ε in the temperature.
+        temperature_scale: Factor on φ (code: 10; paper: 1).
+        temperature_clip: (low, high) clip of φ after scaling, or None.
+        detach_temperature: Stop gradients through φ (code: yes).
+
+    Returns:
+        The scalar loss (a sum over pixels, divided by the number of segments; 0 with fewer
+        than two segments).
+    """
+    flat_labels = labels.reshape(-1)
+    ids, counts = torch.unique(flat_labels[flat_labels > 0], return_counts=True)
+    ids = ids[counts > min_pixels]
+    if len(ids) < 2:
+        return features.sum() * 0.0
+    keep = torch.isin(flat_labels, ids)
+    f = F.normalize(features.reshape(-1, features.shape[-1])[keep], dim=-1)
+    seg = torch.searchsorted(ids, flat_labels[keep])  # 0..K-1
+    k = len(ids)
+    n_p = torch.bincount(seg, minlength=k).to(f.dtype)
+    centroids = torch.zeros(k, f.shape[1], dtype=f.dtype, device=f.device).index_add_(0, seg, f) / n_p[:, None]
+    spread = torch.zeros(k, dtype=f.dtype, device=f.device).index_add_(0, seg, (f - centroids[seg]).norm(dim=-1))
+    phi = spread / (n_p * torch.log(n_p + eps)) * temperature_scale
+    if temperature_clip is not None:
+        phi = phi.clamp(*temperature_clip)
+    if detach_temperature:
+        phi = phi.detach()
+    logits = (f @ centroids.T) / phi[None, :]
+    return F.cross_entropy(logits, seg, reduction="sum") / k
+
+
+def contrastive_clustering_loss_reference(features: Tensor, labels: Tensor, min_pixels: int = 100, eps: float = 100.0,
+                                          temperature_scale: float = 10.0,
+                                          temperature_clip: tuple[float, float] | None = (0.1, 1.0),
+                                          detach_temperature: bool = True) -> Tensor:
+    """Eq. 3 with explicit loops over segments and pixels (slow; the tests' oracle)."""
+    segments = []
+    for sid in sorted(int(v) for v in torch.unique(labels) if v > 0):
+        mask = labels == sid
+        if int(mask.sum()) > min_pixels:
+            segments.append(F.normalize(features[mask], dim=-1))
+    if len(segments) < 2:
+        return features.sum() * 0.0
+    centroids = [s.mean(0) for s in segments]
+    phis = []
+    for s, c in zip(segments, centroids):
+        n = s.shape[0]
+        phi = sum((s[q] - c).norm() for q in range(n)) / (n * math.log(n + eps)) * temperature_scale
+        if temperature_clip is not None:
+            phi = phi.clamp(*temperature_clip)
+        phis.append(phi.detach() if detach_temperature else phi)
+    total = features.sum() * 0.0
+    for p, s in enumerate(segments):
+        for q in range(s.shape[0]):
+            scores = torch.stack([(s[q] @ centroids[j]) / phis[j] for j in range(len(segments))])
+            total = total - (scores[p] - torch.logsumexp(scores, 0))
+    return total / len(segments)
+
+
+# --- spatial-similarity regularisation (Eq. 4) -----------------------------------------------------
+
+
+def sample_neighbours(means: Tensor, n_samples: int, k_near: int, l_far: int, max_points: int = 300_000,
+                      generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Sample Gaussians and find, by 3D distance (positions detached), their nearest and farthest ones.
+
+    Returns:
+        samples [M], near [M, K] (excluding the sample itself), far [M, L] indices.
+    """
+    n = means.shape[0]
+    pool = torch.randperm(n, generator=generator)[:max_points] if n > max_points else torch.arange(n)
+    positions = torch.randperm(len(pool), generator=generator)[: min(n_samples, len(pool))]
+    samples = pool[positions]
+    distances = torch.cdist(means.detach()[samples], means.detach()[pool])
+    rows = torch.arange(len(samples))
+    distances[rows, positions] = float("inf")  # a Gaussian is not its own neighbour
+    near = pool[torch.topk(distances, k_near, dim=1, largest=False).indices]
+    distances[rows, positions] = -1.0
+    far = pool[torch.topk(distances, l_far, dim=1, largest=True).indices]
+    return samples, near, far
+
+
+def spatial_regularization(features: Tensor, samples: Tensor, near: Tensor, far: Tensor, lambda_near: float = 0.05,
+                           lambda_far: float = 0.15, sigmoid_of_mean: bool = True) -> Tensor:
+    """Spatial-similarity regulariser on Gaussian features (cosine similarity s = f_j·f_i):
+
+        paper:  λ_near/(MK) Σ_i Σ_{j∈near(i)} σ(1 − s_ij) + λ_far/(ML) Σ_i Σ_{j∈far(i)} σ(s_ij)
+        code:   λ_near · σ(mean over near of (1 − s)) + λ_far · σ(mean over far of s)   (default)
+
+    A zero λ drops its term (the ablations "no near" / "no far").
+    """
+    f = F.normalize(features, dim=-1)
+    sim_near = (f[near] * f[samples][:, None]).sum(-1)
+    sim_far = (f[far] * f[samples][:, None]).sum(-1)
+    if sigmoid_of_mean:
+        return lambda_near * torch.sigmoid((1 - sim_near).mean()) + lambda_far * torch.sigmoid(sim_far.mean())
+    return lambda_near * torch.sigmoid(1 - sim_near).mean() + lambda_far * torch.sigmoid(sim_far).mean()
+
+
+def spatial_regularization_reference(features: Tensor, samples: Tensor, near: Tensor, far: Tensor,
+                                     lambda_near: float = 0.05, lambda_far: float = 0.15,
+                                     sigmoid_of_mean: bool = True) -> Tensor:
+    """Eq. 4 with loops (slow; the tests' oracle)."""
+    def cos(i, j):
+        return F.normalize(features[i], dim=0) @ F.normalize(features[j], dim=0)
+
+    near_terms = [1 - cos(int(i), int(j)) for row, i in enumerate(samples) for j in near[row]]
+    far_terms = [cos(int(i), int(j)) for row, i in enumerate(samples) for j in far[row]]
+    if sigmoid_of_mean:
+        return (lambda_near * torch.sigmoid(torch.stack(near_terms).mean())
+                + lambda_far * torch.sigmoid(torch.stack(far_terms).mean()))
+    return (lambda_near * torch.stack([torch.sigmoid(t) for t in near_terms]).mean()
+            + lambda_far * torch.stack([torch.sigmoid(t) for t in far_terms]).mean())
