@@ -20,7 +20,7 @@ from .scene import Scene, load_scene
 from .scene.synthetic import read_synthetic_scene, write_synthetic_scene
 from .stage import StageResult, digest, hash_file, run_stage
 
-STAGES = ("scene", "calibrate", "masks")
+STAGES = ("scene", "calibrate", "masks", "train", "evaluate")
 SYNTHETIC = "synthetic"
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -130,3 +130,65 @@ def masks_stage(cfg: CgcConfig, scene: Scene, force: bool = False,
     result = run_stage(scene_dir(cfg, scene.name) / "masks", "masks", inputs, cfg.masks, compute,
                        force=force, resumable=True)
     return MaskStore(result.stage_dir / "store"), result
+
+
+def train_stage(cfg: CgcConfig, scene: Scene, masks: StageResult, calibration: StageResult, force: bool = False,
+                progress: Callable[[int, int, dict], None] | None = None) -> StageResult:
+    """Train the feature field in `<data>/<scene>/train/` (point_cloud.ply, checkpoints/, train.json).
+
+    Keyed on the calibration and masks stages' keys (their inputs and configs) and the train
+    config; a killed or failed run resumes from its newest checkpoint.
+    """
+    from .train import train
+
+    inputs = {"calibrate": calibration.manifest.key, "masks": masks.manifest.key}
+
+    def compute(work: Path) -> dict:
+        result = train(scene, MaskStore(masks.stage_dir / "store"), work, cfg.train, progress)
+        return {"steps": result.steps, "seconds": round(result.seconds, 2), "resumed_from": result.resumed_from,
+                "n_gaussians": int(result.params["means"].shape[0])}
+
+    return run_stage(scene_dir(cfg, scene.name) / "train", "train", inputs, cfg.train, compute, force=force,
+                     resumable=True)
+
+
+def evaluate_stage(cfg: CgcConfig, scene: Scene, trained: StageResult, force: bool = False) -> StageResult:
+    """Click-protocol evaluation of the trained model on the scene's ground truth, in `<data>/<scene>/evaluate/`.
+
+    Writes predictions (LERF-Mask result layout), results.parquet and summary.json (averages and
+    test-view PSNR). A scene without ground truth is recorded as skipped.
+    """
+    import json
+
+    import torch
+
+    from .evaluate import evaluate_scene
+    from .gaussians import load_ply
+    from .render import Gaussians, render
+    from .train import PLY_NAME, feature_renderer, psnr
+
+    gt_files = [p for masks in scene.gt_masks.values() for p in masks.values()]
+    inputs = {"train": trained.manifest.key, **{f"gt:{p.parent.name}/{p.name}": hash_file(p) for p in gt_files}}
+
+    def compute(work: Path) -> dict:
+        if not gt_files:
+            summary = {"skipped": f"{scene.name} has no ground-truth masks"}
+        else:
+            params = load_ply(trained.stage_dir / PLY_NAME)
+            backend = cfg.train.backend
+            table, averages = evaluate_scene(scene, feature_renderer(params, scene, backend), work, cfg.evaluate,
+                                             cfg.query.threshold)
+            gaussians = Gaussians.from_params(params)
+            with torch.no_grad():
+                psnrs = [psnr(render(gaussians, scene.cameras[n], backend=backend,
+                                     background=tuple(cfg.train.background)).rgb,
+                              torch.as_tensor(scene.load_image(n))) for n in scene.test_names]
+            summary = {"protocol": cfg.evaluate.protocol, "threshold": cfg.query.threshold,
+                       "miou": averages["miou"], "mbiou": averages["mbiou"],
+                       "psnr": float(sum(psnrs) / len(psnrs)) if psnrs else None,
+                       "prompts": averages["scenes"].get(scene.name, {}).get("prompts", {})}
+        (work / "summary.json").write_text(json.dumps(summary, indent=2))
+        return {k: v for k, v in summary.items() if k != "prompts"}
+
+    return run_stage(scene_dir(cfg, scene.name) / "evaluate", "evaluate", inputs,
+                     (cfg.evaluate, cfg.query.threshold), compute, force=force)

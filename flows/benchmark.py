@@ -16,8 +16,10 @@ from prefect import flow, get_run_logger
 from cgc_core.config import CgcConfig, load_config
 from cgc_core.pipeline import STAGES, scene_dir, scene_name_of
 from tasks.calibrate import calibrate_task
+from tasks.evaluate import evaluate_task
 from tasks.masks import masks_task
 from tasks.scene import scene_task
+from tasks.train import train_task
 
 
 def _configured(task, cfg: CgcConfig):
@@ -45,6 +47,12 @@ def cgc_scene(source: str, config_path: str | None = None, overrides: list[str] 
                            "info": calibrated["manifest"]["info"]}
     masks = _run(masks_task, cfg, cfg, calibrated["scene"], force="masks" in force)
     stages["masks"] = {"dir": masks["stage_dir"], "cached": masks["cached"], "info": masks["manifest"]["info"]}
+    trained = _run(train_task, cfg, cfg, calibrated["scene"], masks["result"], calibrated["result"],
+                   force="train" in force)
+    stages["train"] = {"dir": trained["stage_dir"], "cached": trained["cached"], "info": trained["manifest"]["info"]}
+    evaluated = _run(evaluate_task, cfg, cfg, calibrated["scene"], trained["result"], force="evaluate" in force)
+    stages["evaluate"] = {"dir": evaluated["stage_dir"], "cached": evaluated["cached"],
+                          "info": evaluated["manifest"]["info"]}
     return {"scene": scene_name_of(source), "dir": str(scene_dir(cfg, scene_name_of(source))),
             "stages": stages, "seconds": round(time.perf_counter() - start, 2)}
 
@@ -84,6 +92,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
         print(f"[cgc] scene {r['scene']}: {r['seconds']} s")
         for stage, info in r["stages"].items():
             print(f"[cgc]   {stage:<10} {'cached  ' if info['cached'] else 'computed'}  {Path(info['dir']).resolve()}")
+    for r in results:
+        info = r["stages"]["evaluate"]["info"]
+        if "miou" in info:
+            print(f"[cgc] {r['scene']}: click protocol mIoU {info['miou']:.3f}, mBIoU {info['mbiou']:.3f}, "
+                  f"test PSNR {info['psnr']:.2f} dB; rows in {Path(r['stages']['evaluate']['dir']).resolve()}/results.parquet")
     print(json.dumps({"outputs": [str(Path(r["dir"]).resolve()) for r in results]}))
     return results
 

@@ -21,7 +21,8 @@ def stage_state(result: StageResult, scene_name: str, **extra) -> State:
     manifest = result.manifest
     logger = get_run_logger()
     logger.info("%s/%s: %s -> %s", scene_name, manifest.stage, result.reason, result.stage_dir)
-    payload = {"stage_dir": str(result.stage_dir), "cached": result.cached, "manifest": manifest.__dict__, **extra}
+    payload = {"stage_dir": str(result.stage_dir), "cached": result.cached, "manifest": manifest.__dict__,
+               "result": result, **extra}
     if result.cached:
         return Completed(name="Cached", message=result.reason, data=payload)
     rows = "\n".join(f"| {k} | {v} |" for k, v in manifest.info.items() if not isinstance(v, (dict, list)))

@@ -1,0 +1,241 @@
+"""Training of the CGC Gaussian feature field: 3DGS photometric loss, contrastive clustering on the
+2D masks every `cc_every` iterations, the spatial regulariser every `reg_every`, gsplat's
+densification strategy (features ride along in the parameter dict), atomic checkpoints with
+resume from the newest valid one, and a NaN guard.
+
+Determinism: the view order of an epoch and the regulariser's samples are drawn from generators
+seeded by (seed, epoch) and (seed, step), and the global torch RNG (used by densification) is
+saved in every checkpoint, so a resumed run reproduces an uninterrupted one on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from .config import TrainConfig
+from .gaussians import init_params, save_ply
+from .losses import contrastive_clustering_loss, photometric_loss, sample_neighbours, spatial_regularization
+from .masks.store import MaskStore
+from .render import Gaussians, render
+from .scene.model import Camera, Scene
+
+CHECKPOINT_DIR = "checkpoints"
+PLY_NAME = "point_cloud.ply"
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (non-finite loss, bad checkpoint, no points); the message says what to do."""
+
+
+@dataclass
+class TrainResult:
+    params: dict[str, Tensor]
+    steps: int
+    seconds: float
+    resumed_from: int | None
+    ply_path: Path
+
+
+def scene_scale(cameras: list[Camera]) -> float:
+    """1.1 × the largest distance of a camera centre from their mean (3DGS's normalisation radius)."""
+    centers = np.stack([c.center for c in cameras])
+    return float(1.1 * np.linalg.norm(centers - centers.mean(0), axis=1).max())
+
+
+def train_view(scene: Scene, name: str, downscale: int) -> tuple[Camera, Tensor]:
+    """The camera and the [H, W, 3] image of a training view at the training resolution."""
+    camera = scene.cameras[name]
+    image = scene.load_image(name)
+    if downscale > 1:
+        h, w = image.shape[0] // downscale, image.shape[1] // downscale
+        image = np.asarray(Image.fromarray((image * 255).astype(np.uint8)).resize((w, h), Image.Resampling.BOX)) / 255.0
+        camera = camera.scaled(w, h)
+    return camera, torch.as_tensor(np.asarray(image), dtype=torch.float32)
+
+
+def label_map_at(store: MaskStore, name: str, height: int, width: int) -> Tensor:
+    """The stored label map of an image, resized (nearest) to the training resolution."""
+    labels = store.read_label_map(name)
+    if labels.shape != (height, width):
+        labels = np.asarray(Image.fromarray(labels).resize((width, height), Image.Resampling.NEAREST))
+    return torch.as_tensor(labels.astype(np.int64))
+
+
+def _optimizers(params: torch.nn.ParameterDict, cfg: TrainConfig, scale: float) -> dict[str, torch.optim.Optimizer]:
+    rates = {"means": cfg.lr_means * scale, "quats": cfg.lr_quats, "scales": cfg.lr_scales,
+             "opacities": cfg.lr_opacities, "sh0": cfg.lr_sh0, "shN": cfg.lr_shN, "features": cfg.lr_features}
+    return {k: torch.optim.Adam([{"params": params[k], "lr": lr, "name": k}], eps=1e-15) for k, lr in rates.items()}
+
+
+def _strategy(cfg: TrainConfig):
+    from gsplat.strategy import DefaultStrategy, MCMCStrategy
+
+    if cfg.densify == "mcmc":
+        return MCMCStrategy(cap_max=cfg.mcmc_cap_max, refine_start_iter=cfg.refine_start_iter,
+                            refine_stop_iter=cfg.refine_stop_iter, refine_every=cfg.refine_every)
+    if cfg.densify == "default":
+        return DefaultStrategy(refine_start_iter=cfg.refine_start_iter, refine_stop_iter=cfg.refine_stop_iter,
+                               refine_every=cfg.refine_every, reset_every=cfg.reset_every, grow_grad2d=cfg.grow_grad2d)
+    return None
+
+
+def _checkpoints(out_dir: Path) -> list[Path]:
+    folder = out_dir / CHECKPOINT_DIR
+    return sorted(folder.glob("step_*.pt"), key=lambda p: int(p.stem.split("_")[1])) if folder.is_dir() else []
+
+
+def _save_checkpoint(out_dir: Path, step: int, params, optimizers, strategy_state) -> Path:
+    folder = out_dir / CHECKPOINT_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"step_{step:06d}.pt"
+    tmp = path.with_suffix(".pt.tmp")
+    torch.save({
+        "step": step, "params": {k: v.detach() for k, v in params.items()},
+        "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+        "strategy_state": strategy_state, "rng": torch.get_rng_state(),
+    }, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_newest_checkpoint(out_dir: Path) -> tuple[dict, Path] | None:
+    """The newest checkpoint that loads and has every field; unreadable ones are skipped."""
+    for path in reversed(_checkpoints(out_dir)):
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            if {"step", "params", "optimizers", "strategy_state", "rng"} <= set(state):
+                return state, path
+        except Exception:  # a torn or corrupt file: fall back to the previous one
+            continue
+    return None
+
+
+def train(scene: Scene, store: MaskStore, out_dir: str | Path, cfg: TrainConfig,
+          progress: Callable[[int, int, dict], None] | None = None) -> TrainResult:
+    """Train (or resume training of) the scene's Gaussians with features.
+
+    Args:
+        scene: The calibrated scene (sparse points initialise the Gaussians).
+        store: Masks of the training images (label maps for the contrastive loss).
+        out_dir: Checkpoints go to `out_dir/checkpoints/`; the final model to `out_dir/point_cloud.ply`.
+        cfg: The train config section.
+        progress: Called as progress(step, total, losses) every 10 iterations.
+
+    Raises:
+        TrainingError: a non-finite loss (the last good checkpoint is kept and named), or no points.
+    """
+    out_dir = Path(out_dir)
+    if scene.points is None or len(scene.points) < 4:
+        raise TrainingError(f"{scene.name}: no sparse points to initialise Gaussians from; run calibration first")
+    torch.manual_seed(cfg.seed)
+    names = sorted(n for n in scene.train_names if n in scene.cameras)
+    views = {n: train_view(scene, n, cfg.downscale) for n in names}
+    labels = {n: label_map_at(store, n, *views[n][1].shape[:2]) for n in names} if cfg.use_cc else {}
+    scale = scene_scale([scene.cameras[n] for n in names])
+    params = torch.nn.ParameterDict({
+        k: torch.nn.Parameter(v) for k, v in init_params(scene.points, scene.point_colors, cfg.sh_degree,
+                                                            init_opacity=cfg.init_opacity, seed=cfg.seed).items()
+    })
+    optimizers = _optimizers(params, cfg, scale)
+    strategy = _strategy(cfg)
+    strategy_state = strategy.initialize_state(scene_scale=scale) if strategy is not None else {}
+    start_step, resumed_from = 0, None
+    found = load_newest_checkpoint(out_dir)
+    if found is not None:
+        state, path = found
+        params = torch.nn.ParameterDict({k: torch.nn.Parameter(v) for k, v in state["params"].items()})
+        optimizers = _optimizers(params, cfg, scale)
+        for k, o in optimizers.items():
+            o.load_state_dict(state["optimizers"][k])
+        strategy_state = state["strategy_state"]
+        torch.set_rng_state(state["rng"])
+        start_step = resumed_from = int(state["step"])
+    if strategy is not None:
+        strategy.check_sanity(params, optimizers)
+    background = torch.tensor(cfg.background, dtype=torch.float32)
+    decay = (cfg.lr_means_final / cfg.lr_means) ** (1.0 / max(cfg.iterations, 1))
+    started = time.perf_counter()
+    last_good = None
+    for step in range(start_step, cfg.iterations):
+        epoch, index = divmod(step, len(names))
+        order = torch.randperm(len(names), generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
+        name = names[int(order[index])]
+        camera, target = views[name]
+        sh_degree = min(step // cfg.sh_degree_every, cfg.sh_degree)
+        out = render(Gaussians.from_params(params), camera, features=params["features"], sh_degree=sh_degree,
+                     background=background, backend=cfg.backend)
+        losses = {"photometric": photometric_loss(out.rgb, target)}
+        if cfg.use_cc and step % cfg.cc_every == 0:
+            clip = tuple(cfg.cc_temperature_clip) if cfg.cc_temperature_clip is not None else None
+            losses["cc"] = cfg.cc_weight * contrastive_clustering_loss(
+                out.features, labels[name], min_pixels=cfg.cc_min_pixels, temperature_scale=cfg.cc_temperature_scale,
+                temperature_clip=clip, detach_temperature=cfg.cc_detach_temperature)
+        if cfg.use_reg and step % cfg.reg_every == 0 and (cfg.lambda_near or cfg.lambda_far):
+            samples, near, far = sample_neighbours(
+                params["means"], cfg.reg_samples, cfg.k_near, cfg.l_far, cfg.reg_max_points,
+                generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + step))
+            losses["reg"] = spatial_regularization(params["features"], samples, near, far, cfg.lambda_near,
+                                                   cfg.lambda_far, cfg.reg_sigmoid_of_mean)
+        loss = sum(losses.values())
+        if not torch.isfinite(loss):
+            raise TrainingError(
+                f"{scene.name}: loss became {loss.item()} at step {step}; "
+                f"the last good checkpoint is {last_good or 'none yet'} (lower the learning rates and resume)")
+        if strategy is not None:
+            strategy.step_pre_backward(params, optimizers, strategy_state, step, out.meta)
+        loss.backward()
+        for group in optimizers["means"].param_groups:
+            group["lr"] = cfg.lr_means * scale * decay**step
+        for optimizer in optimizers.values():
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        if strategy is not None:
+            if cfg.densify == "mcmc":
+                strategy.step_post_backward(params, optimizers, strategy_state, step, out.meta,
+                                            lr=optimizers["means"].param_groups[0]["lr"])
+            else:
+                strategy.step_post_backward(params, optimizers, strategy_state, step, out.meta, packed=False)
+        done = step + 1
+        if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.iterations:
+            last_good = _save_checkpoint(out_dir, done, params, optimizers, strategy_state)
+        if progress is not None and (done % 10 == 0 or done == cfg.iterations):
+            progress(done, cfg.iterations, {k: float(v.detach()) for k, v in losses.items()} | {"n": params["means"].shape[0]})
+    final = {k: v.detach() for k, v in params.items()}
+    if cfg.iterations > start_step or not (out_dir / PLY_NAME).exists():
+        _save_checkpoint(out_dir, cfg.iterations, params, optimizers, strategy_state)
+    ply = save_ply(final, out_dir / PLY_NAME)
+    seconds = time.perf_counter() - started
+    (out_dir / "train.json").write_text(json.dumps({
+        "steps": cfg.iterations, "resumed_from": resumed_from, "seconds": seconds,
+        "n_gaussians": int(final["means"].shape[0]), "scene_scale": scale,
+    }, indent=2))
+    return TrainResult(final, cfg.iterations, seconds, resumed_from, ply)
+
+
+def psnr(a: Tensor, b: Tensor) -> float:
+    mse = float(((a - b) ** 2).mean())
+    return 10 * math.log10(1.0 / max(mse, 1e-12))
+
+
+def feature_renderer(params: dict[str, Tensor], scene: Scene, backend: str = "auto",
+                     sh_degree: int | None = None) -> Callable[[str], Tensor]:
+    """A function from a view name to its rendered [H, W, D] feature map (for `evaluate_scene`)."""
+    gaussians = Gaussians.from_params(params)
+
+    @torch.no_grad()
+    def render_features(name: str) -> Tensor:
+        return render(gaussians, scene.cameras[name], features=params["features"], sh_degree=sh_degree,
+                      backend=backend).features
+
+    return render_features
