@@ -130,7 +130,7 @@ def train(scene: Scene, store: MaskStore, out_dir: str | Path, cfg: TrainConfig,
         store: Masks of the training images (label maps for the contrastive loss).
         out_dir: Checkpoints go to `out_dir/checkpoints/`; the final model to `out_dir/point_cloud.ply`.
         cfg: The train config section.
-        progress: Called as progress(step, total, losses) every 10 iterations.
+        progress: Called as progress(step, total, losses) after every iteration.
 
     Raises:
         TrainingError: a non-finite loss (the last good checkpoint is kept and named), or no points.
@@ -209,7 +209,7 @@ def train(scene: Scene, store: MaskStore, out_dir: str | Path, cfg: TrainConfig,
         done = step + 1
         if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.iterations:
             last_good = _save_checkpoint(out_dir, done, params, optimizers, strategy_state)
-        if progress is not None and (done % 10 == 0 or done == cfg.iterations):
+        if progress is not None:
             progress(done, cfg.iterations, {k: float(v.detach()) for k, v in losses.items()} | {"n": params["means"].shape[0]})
     final = {k: v.detach() for k, v in params.items()}
     if cfg.iterations > start_step or not (out_dir / PLY_NAME).exists():
