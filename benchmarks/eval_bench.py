@@ -2,10 +2,11 @@
 
 - metric: `score_pair` (resize check, IoU, boundary IoU with d = 44 at 1920×1080) on pairs of
   blob-shaped masks, masks per second (median of --repeats);
-- selection: similarity to 8 query features and thresholding of a rendered 16-d feature map at
-  the same size (the step after rendering; rendering itself is measured by render_bench.py).
-  The paper's 5 ms per mask is a GPU figure for rendering + selection; a trained model's
-  end-to-end latency is measured once training exists.
+- selection: similarity to 8 query features and thresholding of a 16-d feature map at the same
+  size (the step after rendering);
+- mask latency of a trained model: render the feature map of a test view and select one object,
+  median over the test views, for the model `make demo` trained (data/synthetic/train); skipped
+  with a note when there is none. The paper's figure is 5 ms per mask on a GPU.
 
 Last line:
     RESULT metric_masks_per_s_1080p=<n>
@@ -62,7 +63,37 @@ def main() -> None:
         times.append(time.perf_counter() - start)
     print(f"selection: 8 queries on a {WIDTH}x{HEIGHT}x16 feature map: {1000 * statistics.median(times[1:]):.1f} ms "
           f"({1000 * statistics.median(times[1:]) / 8:.1f} ms per mask), CPU, {torch.get_num_threads()} threads")
+    trained_mask_latency()
     print(f"RESULT metric_masks_per_s_1080p={masks_per_s:.1f}")
+
+
+def trained_mask_latency() -> None:
+    from cgc_core.config import load_config
+    from cgc_core.gaussians import load_ply
+    from cgc_core.pipeline import calibrate_stage, scene_dir, scene_stage
+    from cgc_core.query import feature_at
+    from cgc_core.render import Gaussians, render
+
+    cfg = load_config()
+    ply = scene_dir(cfg, "synthetic") / "train" / "point_cloud.ply"
+    if not ply.is_file():
+        print(f"mask latency of a trained model: skipped, no model at {ply} (run make demo first)")
+        return
+    scene, _ = scene_stage(cfg, "synthetic")
+    calibrated, _ = calibrate_stage(cfg, scene)
+    params = load_ply(ply)
+    gaussians = Gaussians.from_params(params)
+    times = []
+    with torch.no_grad():
+        for name in calibrated.test_names:
+            camera = calibrated.cameras[name]
+            start = time.perf_counter()
+            fmap = render(gaussians, camera, features=params["features"]).features
+            select(fmap, feature_at(fmap, [(camera.height // 2, camera.width // 2)]), 0.7)
+            times.append(time.perf_counter() - start)
+    print(f"mask latency of the trained demo model ({params['means'].shape[0]} Gaussians, "
+          f"{calibrated.cameras[calibrated.test_names[0]].width}x{calibrated.cameras[calibrated.test_names[0]].height}, "
+          f"render + select, CPU): {1000 * statistics.median(times):.1f} ms per view (median of {len(times)})")
 
 
 if __name__ == "__main__":
