@@ -77,30 +77,21 @@ def scene_info(path: Path, layout: Annotated[str, typer.Option(help="auto or a r
 def calibrate_cmd(scene: Annotated[str, typer.Option(help="synthetic, synthetic-<preset>, or a dataset folder")],
                   force: bool = False, config: ConfigOpt = None, set_: SetOpt = None) -> None:
     """Run (or reuse) the calibrate stage of one scene, without Prefect."""
-    from .calibrate import CalibrationError
-    from .pipeline import calibrate_stage, scene_stage
-    from .scene import SceneError
-
-    cfg = _config(config, set_)
-    try:
-        loaded, _ = scene_stage(cfg, scene)
-        calibrated, result = calibrate_stage(cfg, loaded, force=force)
-    except (CalibrationError, SceneError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from exc
+    _, result = _calibrated(_config(config, set_), scene, force=force)
     info = result.manifest.info
     typer.echo(f"{result.reason}; {info.get('n_registered')}/{info.get('n_images')} registered, "
                f"{info.get('n_points')} points -> {result.stage_dir}")
 
 
-def _calibrated(cfg, scene_source: str):
+def _calibrated(cfg, scene_source: str, force: bool = False):
+    """The calibrated scene and the calibrate stage's result; errors end the command with code 1."""
     from .calibrate import CalibrationError
     from .pipeline import calibrate_stage, scene_stage
     from .scene import SceneError
 
     try:
         loaded, _ = scene_stage(cfg, scene_source)
-        return calibrate_stage(cfg, loaded)[0]
+        return calibrate_stage(cfg, loaded, force=force)
     except (CalibrationError, SceneError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
@@ -114,7 +105,7 @@ def masks_run(scene: Annotated[str, typer.Option(help="synthetic, synthetic-<pre
     from .pipeline import masks_stage
 
     cfg = _config(config, set_)
-    calibrated = _calibrated(cfg, scene)
+    calibrated, _ = _calibrated(cfg, scene)
 
     def progress(done: int, total: int, name: str) -> None:
         typer.echo(f"\rmasks: {done}/{total} {name}", nl=done == total)
@@ -139,7 +130,7 @@ def masks_show(scene: Annotated[str, typer.Option(help="scene source, as for `cg
     from .pipeline import safe_name, scene_dir, scene_name_of
 
     cfg = _config(config, set_)
-    calibrated = _calibrated(cfg, scene)
+    calibrated, _ = _calibrated(cfg, scene)
     store = MaskStore(scene_dir(cfg, scene_name_of(scene)) / "masks" / "store")
     out = out or scene_dir(cfg, scene_name_of(scene)) / "mask_overlays" / f"{safe_name(Path(image).stem)}.png"
     try:

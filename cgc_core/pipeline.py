@@ -81,10 +81,15 @@ def _render_synthetic(syn_cfg: SyntheticConfig, out_dir: Path) -> dict:
     return {"n_images": len(scene.image_names), "n_test": len(scene.test_names), "prompts": scene.prompts}
 
 
+def image_hashes(scene: Scene, names: list[str]) -> dict[str, str]:
+    """Content hash per image, keyed `image:<name>` (names may hold sub-folders, e.g. Blender's
+    train/r_0.png and test/r_0.png)."""
+    return {f"image:{n}": hash_file(scene.image_path(n)) for n in names}
+
+
 def calibrate_inputs(cfg: CgcConfig, scene: Scene) -> dict[str, str]:
     """The calibrate stage's inputs: image contents, plus the shipped poses when they are used."""
-    # Keyed by image name (which may hold sub-folders, e.g. Blender's train/r_0.png and test/r_0.png).
-    inputs = {f"image:{n}": hash_file(scene.image_path(n)) for n in scene.image_names}
+    inputs = image_hashes(scene, scene.image_names)
     mode = resolve_mode(scene, cfg.calibrate)
     inputs["resolved"] = digest({"mode": mode, "camera_model": resolve_camera_model(scene, cfg.calibrate)})
     if mode == "known_poses":
@@ -119,7 +124,7 @@ def masks_stage(cfg: CgcConfig, scene: Scene, force: bool = False,
     Keyed on the training images' content, the generator's name, version and config.
     """
     generator = make_generator(cfg.masks, scene)
-    inputs = {f"image:{n}": hash_file(scene.image_path(n)) for n in scene.train_names}
+    inputs = image_hashes(scene, scene.train_names)
     inputs["generator"] = digest({"name": generator.name, "version": generator.version,
                                   "config": generator.config_hash})
 

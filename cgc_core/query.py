@@ -27,7 +27,7 @@ from scipy import ndimage
 from torch import Tensor
 
 from .config import QueryConfig, SamConfig
-from .masks.generators import MaskGeneratorError, load_sam
+from .masks.generators import MaskGeneratorError, load_sam, resolve_device
 
 DEFAULT_THRESHOLD = 0.7
 
@@ -156,7 +156,7 @@ class TextDetector:
         if cfg.gdino_checkpoint is not None and not Path(cfg.gdino_checkpoint).is_file():
             raise QueryModelError(f"{cfg.gdino_checkpoint}: Grounding DINO checkpoint file not found")
         args = SLConfig.fromfile(str(config_path))
-        args.device = _device(cfg.device)
+        args.device = resolve_device(cfg.device)
         if cfg.text_encoder is not None:
             if not Path(cfg.text_encoder).is_dir():
                 raise QueryModelError(f"{cfg.text_encoder}: BERT text-encoder folder not found (query.text_encoder)")
@@ -183,7 +183,7 @@ class TextDetector:
         ])
         tensor, _ = transform(Image.fromarray(image), None)
         boxes, logits, _ = predict(model, tensor, text, box_threshold=self.config.box_threshold,
-                                   text_threshold=self.config.text_threshold, device=_device(self.config.device))
+                                   text_threshold=self.config.text_threshold, device=resolve_device(self.config.device))
         if len(boxes) == 0:
             return None
         best = int(torch.argmax(logits))
@@ -197,10 +197,6 @@ def _packaged_gdino_config() -> Path:
     import groundingdino
 
     return Path(groundingdino.__file__).parent / "config" / "GroundingDINO_SwinT_OGC.py"
-
-
-def _device(device: str) -> str:
-    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
 
 
 def box_query(feature_map: Tensor, image: np.ndarray, box: Sequence[float], segmenter: BoxSegmenter,

@@ -27,6 +27,12 @@ def _configured(task, cfg: CgcConfig):
     return task.with_options(retries=cfg.stage.retries, retry_delay_seconds=cfg.stage.retry_delay_seconds)
 
 
+def _summary(payload: dict) -> dict:
+    """What the flow reports of a stage: its folder, whether it was cached, its manifest info."""
+    return {"dir": payload["stage_dir"], "cached": payload.get("cached", True),
+            "info": payload["manifest"]["info"] if "manifest" in payload else {}}
+
+
 def _run(task, cfg: CgcConfig, *args, **kwargs) -> dict:
     state = _configured(task, cfg)(*args, return_state=True, **kwargs)
     return state.result()  # raises the stage's error when it failed
@@ -41,18 +47,16 @@ def cgc_scene(source: str, config_path: str | None = None, overrides: list[str] 
     stages: dict[str, dict] = {}
     start = time.perf_counter()
     loaded = _run(scene_task, cfg, cfg, source, force="scene" in force)
-    stages["scene"] = {"dir": loaded["stage_dir"], "cached": loaded.get("cached", True)}
+    stages["scene"] = _summary(loaded)
     calibrated = _run(calibrate_task, cfg, cfg, loaded["scene"], force="calibrate" in force)
-    stages["calibrate"] = {"dir": calibrated["stage_dir"], "cached": calibrated["cached"],
-                           "info": calibrated["manifest"]["info"]}
+    stages["calibrate"] = _summary(calibrated)
     masks = _run(masks_task, cfg, cfg, calibrated["scene"], force="masks" in force)
-    stages["masks"] = {"dir": masks["stage_dir"], "cached": masks["cached"], "info": masks["manifest"]["info"]}
+    stages["masks"] = _summary(masks)
     trained = _run(train_task, cfg, cfg, calibrated["scene"], masks["result"], calibrated["result"],
                    force="train" in force)
-    stages["train"] = {"dir": trained["stage_dir"], "cached": trained["cached"], "info": trained["manifest"]["info"]}
+    stages["train"] = _summary(trained)
     evaluated = _run(evaluate_task, cfg, cfg, calibrated["scene"], trained["result"], force="evaluate" in force)
-    stages["evaluate"] = {"dir": evaluated["stage_dir"], "cached": evaluated["cached"],
-                          "info": evaluated["manifest"]["info"]}
+    stages["evaluate"] = _summary(evaluated)
     return {"scene": scene_name_of(source), "dir": str(scene_dir(cfg, scene_name_of(source))),
             "stages": stages, "seconds": round(time.perf_counter() - start, 2)}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from prefect import get_run_logger
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.states import Completed, State
 
 from cgc_core.stage import StageResult
@@ -32,3 +32,26 @@ def stage_state(result: StageResult, scene_name: str, **extra) -> State:
         description=f"{manifest.stage} stage of {scene_name}",
     )
     return Completed(message=result.reason, data=payload)
+
+
+class ProgressReporter:
+    """A Prefect progress artifact plus a log line every `log_every` steps.
+
+    Called as reporter(done, total, detail); `finish()` sets the artifact to 100 %.
+    """
+
+    def __init__(self, description: str, log_every: int):
+        self.description = description
+        self.log_every = log_every
+        self.logger = get_run_logger()
+        self.artifact_id = create_progress_artifact(progress=0.0, description=description)
+
+    def __call__(self, done: int, total: int, detail) -> None:
+        if done == total or done % self.log_every == 0:
+            update_progress_artifact(artifact_id=self.artifact_id, progress=100.0 * done / max(total, 1))
+            if isinstance(detail, dict):
+                detail = " ".join(f"{k}={v:.4g}" for k, v in detail.items())
+            self.logger.info("%s: %d/%d %s", self.description, done, total, detail)
+
+    def finish(self) -> None:
+        update_progress_artifact(artifact_id=self.artifact_id, progress=100.0)

@@ -79,6 +79,15 @@ class ClassicalGenerator:
         return records_from_masks(image_name, masks, self.name, self.version, self.config_hash), (height, width)
 
 
+def resolve_device(device: str) -> str:
+    """`auto` -> "cuda" when a GPU is present, else "cpu"; any other value is kept."""
+    import torch
+
+    if device != "auto":
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def load_sam(cfg: SamConfig):
     """The SAM model of `cfg.model_type` with weights from `cfg.checkpoint`, on the configured device.
 
@@ -86,7 +95,6 @@ def load_sam(cfg: SamConfig):
     real architecture with random weights). A missing or corrupt file raises `MaskGeneratorError`
     naming it.
     """
-    import torch
     from segment_anything import sam_model_registry
 
     checkpoint = cfg.checkpoint
@@ -103,8 +111,7 @@ def load_sam(cfg: SamConfig):
         sam = sam_model_registry[cfg.model_type](checkpoint=checkpoint)
     except Exception as exc:  # torch.load / load_state_dict raise several types for a bad file
         raise MaskGeneratorError(f"{checkpoint}: not a valid SAM {cfg.model_type} checkpoint ({exc})") from exc
-    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    return sam.to(device).eval()
+    return sam.to(resolve_device(cfg.device)).eval()
 
 
 class SamGenerator:
