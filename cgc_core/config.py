@@ -307,6 +307,12 @@ def _check_type(value: Any, annotation: Any, where: str) -> Any:
         return value
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if annotation is float and isinstance(value, str):
+        # YAML 1.1 (PyYAML) reads exponent forms without a dot, like 3e-4, as strings.
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if annotation in (int, float, str, bool):
         if not isinstance(value, annotation) or (annotation is int and isinstance(value, bool)):
             raise ConfigError(f"{where}: expected {annotation.__name__}, got {value!r}")

@@ -54,6 +54,13 @@ def test_int_accepted_for_float_but_bool_not_for_int():
         load_config(None, ["calibrate.seed=true"])
 
 
+def test_exponent_floats_are_floats_and_words_are_not():
+    # PyYAML reads "3e-4" (no dot) as a string; a float field must still take it.
+    assert load_config(None, ["train.grow_grad2d=3e-4"]).train.grow_grad2d == pytest.approx(3e-4)
+    with pytest.raises(ConfigError, match="train.lr_means: expected float"):
+        load_config(None, ["train.lr_means=fast"])
+
+
 def test_section_hash_tracks_only_its_section():
     a, b = CgcConfig(), CgcConfig()
     b.synthetic.seed = 7

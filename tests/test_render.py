@@ -152,6 +152,27 @@ def test_projection_matches_gsplat_pure_torch_helpers():
     assert torch.equal(ours.radii[valid], radii[0][valid])
 
 
+def test_opacity_aware_radii_cull_pairs_but_leave_the_image_unchanged():
+    from cgc_core.render.reference import rasterize_reference
+
+    params = _random_scene(300, seed=5)
+    with torch.no_grad():
+        params["opacities"][:30] = 0.003  # below 1/255: can never count
+        camera = _camera()
+        viewmat = torch.as_tensor(camera.world_to_camera, dtype=torch.float64)
+        K = torch.as_tensor(camera.K, dtype=torch.float64)
+        args = (params["means"], params["quats"], params["scales"], viewmat, K, camera.width, camera.height)
+        plain = project_gaussians(*args)
+        aware = project_gaussians(*args, opacities=params["opacities"])
+        assert (aware.radii <= plain.radii).all()
+        assert (aware.radii[:30] == 0).all() and (plain.radii[30:].sum() > aware.radii[30:].sum())
+        colors = params["features"]
+        bg = torch.zeros(colors.shape[1], dtype=torch.float64)
+        images = [rasterize_reference(p.means2d, p.conics, params["opacities"], colors, p.radii, p.depths,
+                                      camera.width, camera.height, bg)[0] for p in (plain, aware)]
+    assert torch.equal(images[0], images[1])
+
+
 def test_backend_selection_and_errors():
     assert resolve_backend("auto") == ("gsplat" if "gsplat" in available_backends() else "torch")
     with pytest.raises(ValueError, match="unknown render backend 'vulkan'"):

@@ -147,7 +147,8 @@ def render(gaussians: Gaussians, camera: Camera, *, features: Tensor | None = No
 
         return render_gsplat(gaussians, features, viewmat, K, width, height, degree, bg)
 
-    projected = project_gaussians(means, gaussians.quats, gaussians.scales, viewmat, K, width, height)
+    projected = project_gaussians(means, gaussians.quats, gaussians.scales, viewmat, K, width, height,
+                                  opacities=gaussians.opacities)
     cam_center = torch.linalg.inv(viewmat)[:3, 3]
     rgb = sh_to_rgb(gaussians.sh, means - cam_center, degree)
     channels = [rgb] + ([features.to(dtype)] if features is not None else []) + [projected.depths[:, None]]

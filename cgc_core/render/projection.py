@@ -56,7 +56,8 @@ def covariance_3d(quats: Tensor, scales: Tensor) -> Tensor:
 
 
 def project_gaussians(means: Tensor, quats: Tensor, scales: Tensor, viewmat: Tensor, K: Tensor,
-                      width: int, height: int, radius_sigma: float = RADIUS_SIGMA) -> Projected:
+                      width: int, height: int, radius_sigma: float = RADIUS_SIGMA,
+                      opacities: Tensor | None = None) -> Projected:
     """Project Gaussians into one pinhole camera.
 
     Args:
@@ -67,6 +68,10 @@ def project_gaussians(means: Tensor, quats: Tensor, scales: Tensor, viewmat: Ten
         K: [3, 3] intrinsics.
         width, height: image size in pixels.
         radius_sigma: radius in standard deviations (3 here; gsplat uses 3.33).
+        opacities: [N] in [0, 1], optional. When given, each radius shrinks to where the splat can
+            still reach alpha >= 1/255 (sigma <= ln(255·opacity), at most `radius_sigma`), and
+            splats that never reach it are culled, as gsplat does. Beyond that box no pixel would
+            count anyway, so the image is unchanged; only fewer (tile, splat) pairs are visited.
 
     Returns:
         `Projected` splats; gradients flow to means, quats and scales.
@@ -89,8 +94,15 @@ def project_gaussians(means: Tensor, quats: Tensor, scales: Tensor, viewmat: Ten
     conics = torch.stack([cov2d[:, 1, 1] / det, -(cov2d[:, 0, 1] + cov2d[:, 1, 0]) / 2 / det, cov2d[:, 0, 0] / det], -1)
     means2d = torch.stack([fx * tx / tz + cx, fy * ty / tz + cy], -1)
     with torch.no_grad():
-        radius = torch.ceil(radius_sigma * torch.sqrt(torch.stack([cov2d[:, 0, 0], cov2d[:, 1, 1]], -1)))
+        extent = torch.full_like(tz, radius_sigma)
         valid = (det > 0) & (tz > NEAR_PLANE)
+        if opacities is not None:
+            # alpha = o·exp(-½ dᵀΣ⁻¹d) >= 1/255  <=>  dᵀΣ⁻¹d <= 2 ln(255 o): an ellipse whose
+            # bounding box has half-sides sqrt(2 ln(255 o))·σ_axis.
+            log_reach = torch.log(255.0 * opacities.detach().to(tz.dtype).clamp_min(1e-30))
+            extent = torch.sqrt(2.0 * log_reach.clamp_min(0.0)).clamp_max(radius_sigma)
+            valid = valid & (log_reach >= 0)
+        radius = torch.ceil(extent[:, None] * torch.sqrt(torch.stack([cov2d[:, 0, 0], cov2d[:, 1, 1]], -1)))
         inside = (
             (means2d[:, 0] + radius[:, 0] > 0) & (means2d[:, 0] - radius[:, 0] < width)
             & (means2d[:, 1] + radius[:, 1] > 0) & (means2d[:, 1] - radius[:, 1] < height)
