@@ -248,16 +248,13 @@ def apply_calibration(scene: Scene, calib_dir: str | Path) -> Scene:
     )
 
 
-def camera_center_error(estimated: dict, truth: dict) -> tuple[float, np.ndarray]:
-    """Align estimated camera centres to the true ones with a similarity (pycolmap.estimate_sim3d).
+def similarity_to_truth(estimated: dict, truth: dict) -> np.ndarray:
+    """The similarity (4×4, scale in the rotation block) taking estimated camera centres onto the
+    true ones (pycolmap.estimate_sim3d); maps a calibrated reconstruction into the truth's frame.
 
     Args:
         estimated: image name -> estimated `Camera`.
         truth: image name -> true `Camera`.
-
-    Returns:
-        The mean centre error after alignment (in the truth's units) and the per-image errors
-        (images present in both, in sorted name order).
     """
     names = sorted(set(estimated) & set(truth))
     if len(names) < 3:
@@ -267,6 +264,22 @@ def camera_center_error(estimated: dict, truth: dict) -> tuple[float, np.ndarray
     sim = pycolmap.estimate_sim3d(src, tgt)
     if sim is None:
         raise CalibrationError("could not estimate a similarity between estimated and true camera centres")
-    aligned = src @ sim.matrix()[:3, :3].T + sim.matrix()[:3, 3]
+    matrix = np.eye(4)
+    matrix[:3] = sim.matrix()[:3]
+    return matrix
+
+
+def camera_center_error(estimated: dict, truth: dict) -> tuple[float, np.ndarray]:
+    """Align estimated camera centres to the true ones with a similarity (`similarity_to_truth`).
+
+    Returns:
+        The mean centre error after alignment (in the truth's units) and the per-image errors
+        (images present in both, in sorted name order).
+    """
+    matrix = similarity_to_truth(estimated, truth)
+    names = sorted(set(estimated) & set(truth))
+    src = np.stack([estimated[n].center for n in names])
+    tgt = np.stack([truth[n].center for n in names])
+    aligned = src @ matrix[:3, :3].T + matrix[:3, 3]
     errors = np.linalg.norm(aligned - tgt, axis=1)
     return float(errors.mean()), errors

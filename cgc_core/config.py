@@ -218,6 +218,45 @@ class QueryConfig:
 
 
 @dataclass
+class ClusterConfig:
+    """3D clustering of the trained Gaussians by feature, selection and export."""
+
+    min_cluster_size: int = 100
+    """HDBSCAN's smallest cluster, in fitted Gaussians (of at most `max_fit_points`)."""
+    min_samples: int | None = 10
+    """HDBSCAN's density smoothing (None: = min_cluster_size)."""
+    max_fit_points: int = 20_000
+    """HDBSCAN is fitted on at most this many Gaussians (a seeded sample); the rest take the label
+    of the nearest cluster centre by cosine, which keeps 100k+ Gaussians within seconds."""
+    min_opacity: float = 0.1
+    """Only Gaussians at least this opaque are fitted and scored (faint ones carry little signal);
+    every Gaussian still gets a label."""
+    position_weight: float = 0.0
+    """> 0 joins positions (centred, divided by the scene's spread) to the unit features with
+    this weight, so far-apart objects of one colour of feature split."""
+    noise: Literal["nearest", "keep"] = "nearest"
+    """HDBSCAN noise: give it the nearest cluster by feature, or keep it unlabelled (-1)."""
+    outlier_neighbours: int = 10
+    """Spatial outlier removal of a selected object: neighbours for the mean distance."""
+    outlier_std_ratio: float = 2.0
+    """A selected Gaussian whose mean neighbour distance exceeds mean + ratio·std is dropped."""
+    export_clusters: bool = True
+    """Write one .ply per cluster beside the labelled whole-scene .ply."""
+    seed: int = 0
+
+
+@dataclass
+class ReportConfig:
+    """The generated benchmark report."""
+
+    title: str = "cgc benchmark"
+    views_per_prompt: int = 4
+    """Test views in each prompt's figure strip."""
+    figures: bool = True
+    """Draw the figures (bar chart, mask strips); off: tables only."""
+
+
+@dataclass
 class EvaluateConfig:
     """The evaluate stage."""
 
@@ -254,7 +293,9 @@ class CgcConfig:
     masks: MasksConfig = field(default_factory=MasksConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     query: QueryConfig = field(default_factory=QueryConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
     stage: StageConfig = field(default_factory=StageConfig)
 
 

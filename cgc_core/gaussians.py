@@ -68,8 +68,17 @@ def init_params(points: np.ndarray, colors: np.ndarray | None, sh_degree: int = 
     }
 
 
-def save_ply(params: dict[str, Tensor], path: str | Path) -> Path:
-    """Write the parameters as a 3DGS .ply with `feat_*` columns (atomically: temp file, then rename)."""
+def save_ply(params: dict[str, Tensor], path: str | Path, extra: dict[str, np.ndarray] | None = None) -> Path:
+    """Write the parameters as a 3DGS .ply with `feat_*` columns (atomically: temp file, then rename).
+
+    Args:
+        params: The raw parameter dict (`means`, `quats`, log `scales`, logit `opacities`, `sh0`,
+            `shN`, optional `features`).
+        path: Output file.
+        extra: More per-Gaussian vertex attributes (name -> [N] array), e.g. `cluster` labels;
+            integer arrays are written as int32, others as float32. `load_ply` ignores them;
+            `read_ply_attribute` reads one back.
+    """
     path = Path(path)
     p = {k: v.detach().cpu().float().numpy() for k, v in params.items()}
     n = len(p["means"])
@@ -83,7 +92,14 @@ def save_ply(params: dict[str, Tensor], path: str | Path) -> Path:
     columns += [(f"rot_{i}", p["quats"][:, i]) for i in range(4)]
     if "features" in p:
         columns += [(f"feat_{i}", p["features"][:, i]) for i in range(p["features"].shape[1])]
-    data = np.empty(n, dtype=[(name, "f4") for name, _ in columns])
+    dtypes = [(name, "f4") for name, _ in columns]
+    for name, values in (extra or {}).items():
+        values = np.asarray(values)
+        if values.shape != (n,):
+            raise ValueError(f"extra attribute {name!r}: expected shape ({n},), got {values.shape}")
+        dtypes.append((name, "i4" if np.issubdtype(values.dtype, np.integer) else "f4"))
+        columns.append((name, values))
+    data = np.empty(n, dtype=dtypes)
     for name, values in columns:
         data[name] = values
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -131,3 +147,19 @@ def load_ply(path: str | Path) -> dict[str, Tensor]:
     if feat_names:
         params["features"] = stack(feat_names)
     return params
+
+
+def read_ply_attribute(path: str | Path, name: str) -> np.ndarray:
+    """One vertex attribute of a .ply (e.g. the `cluster` column of a labelled scene)."""
+    path = Path(path)
+    try:
+        vertex = PlyData.read(str(path))["vertex"]
+        return np.asarray(vertex[name])
+    except (OSError, KeyError, ValueError, PlyParseError) as exc:
+        raise GaussianFileError(f"{path}: no readable vertex attribute {name!r} ({exc})") from exc
+
+
+def subset_params(params: dict[str, Tensor], keep: Tensor | np.ndarray) -> dict[str, Tensor]:
+    """The Gaussians selected by a boolean mask or index array, every parameter alike."""
+    keep = torch.as_tensor(keep)
+    return {k: v[keep] for k, v in params.items()}

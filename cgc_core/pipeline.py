@@ -20,7 +20,7 @@ from .scene import Scene, load_scene
 from .scene.synthetic import read_synthetic_scene, write_synthetic_scene
 from .stage import StageResult, digest, hash_file, run_stage
 
-STAGES = ("scene", "calibrate", "masks", "train", "evaluate")
+STAGES = ("scene", "calibrate", "masks", "train", "cluster", "evaluate", "report")
 SYNTHETIC = "synthetic"
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -157,6 +157,91 @@ def train_stage(cfg: CgcConfig, scene: Scene, masks: StageResult, calibration: S
                      resumable=True)
 
 
+def cluster_stage(cfg: CgcConfig, scene: Scene, trained: StageResult, force: bool = False) -> StageResult:
+    """Cluster the trained Gaussians into 3D objects in `<data>/<scene>/cluster/`.
+
+    Writes `scene_clusters.ply` (a `cluster` attribute per Gaussian) and `cluster_XXX.ply` per
+    cluster, `objects/<prompt>.ply` (the Gaussians a click-protocol query selects, spatially
+    cleaned) for scenes with ground-truth masks, a cluster-palette render of the first test view,
+    and summary.json. For the synthetic scene, whose objects are known in 3D, the summary also
+    scores clusters and selections against the id of the nearest object surface (ARI, IoU).
+    """
+    import json
+    import time
+
+    import torch
+    from PIL import Image
+
+    from .cluster import cluster_gaussians, export_clusters, export_selection, render_clusters, select_gaussians
+    from .evaluate import click_queries
+    from .gaussians import load_ply
+    from .train import PLY_NAME, feature_renderer
+
+    def compute(work: Path) -> dict:
+        params = load_ply(trained.stage_dir / PLY_NAME)
+        opacities = torch.sigmoid(params["opacities"])
+        started = time.perf_counter()
+        clustering = cluster_gaussians(params["features"], params["means"], opacities, cfg.cluster)
+        seconds = time.perf_counter() - started
+        export_clusters(params, clustering, work, per_cluster=cfg.cluster.export_clusters)
+        selections = {}
+        if any(scene.gt_masks.values()):
+            queries = click_queries(scene, feature_renderer(params, scene, cfg.train.backend))
+            for prompt, query in sorted(queries.items()):
+                keep = select_gaussians(params["features"], query.feature, cfg.query.threshold, params["means"],
+                                        opacities, cfg.cluster.min_opacity, cfg.cluster.outlier_neighbours,
+                                        cfg.cluster.outlier_std_ratio)
+                if keep.any():
+                    export_selection(params, keep, work / "objects" / f"{safe_name(prompt)}.ply")
+                selections[prompt] = keep
+        view = (scene.test_names or scene.train_names)[0]
+        palette = render_clusters(params, clustering.labels, scene.cameras[view], cfg.train.backend)
+        Image.fromarray((palette * 255 + 0.5).astype("uint8")).save(work / "palette.png")
+        summary = {"n_gaussians": int(len(clustering.labels)), "n_clusters": clustering.n_clusters,
+                   "n_fitted": clustering.n_fitted, "cluster_sizes": clustering.sizes.tolist(),
+                   "cluster_seconds": round(seconds, 3), "palette_view": view,
+                   "selected": {p: int(k.sum()) for p, k in selections.items()}}
+        if scene.layout == "synthetic":
+            summary.update(synthetic_cluster_scores(scene, params, clustering.labels, selections,
+                                                    (opacities >= cfg.cluster.min_opacity).numpy()))
+        (work / "summary.json").write_text(json.dumps(summary, indent=2))
+        return {k: v for k, v in summary.items() if k in ("n_clusters", "cluster_seconds", "ari", "mean_object_iou",
+                                                          "mean_selection_iou")}
+
+    return run_stage(scene_dir(cfg, scene.name) / "cluster", "cluster", {"train": trained.manifest.key},
+                     (cfg.cluster, cfg.query.threshold), compute, force=force)
+
+
+def synthetic_cluster_scores(scene: Scene, params: dict, labels, selections: dict, considered) -> dict:
+    """3D scores on the synthetic scene: each Gaussian's truth is the nearest analytic surface's id,
+    after mapping the (SfM-calibrated) Gaussians into the scene's true frame by the similarity
+    between calibrated and true camera centres."""
+    import numpy as np
+
+    from .calibrate import similarity_to_truth
+    from .cluster import scores_against_truth
+    from .scene.synthetic import read_ground_truth
+
+    truth_scene = read_synthetic_scene(scene.root)
+    matrix = similarity_to_truth(scene.cameras, truth_scene.cameras)
+    world = params["means"].detach().cpu().numpy() @ matrix[:3, :3].T + matrix[:3, 3]
+    analytic = read_ground_truth(scene.root)
+    truth, _ = analytic.nearest_object(world)
+    scores = scores_against_truth(labels, truth, considered)
+    names = {i + 1: obj.name for i, obj in enumerate(analytic.objects)}
+    selection_iou = {}
+    for prompt, keep in selections.items():
+        obj = next((i for i, n in names.items() if n == prompt), None)
+        if obj is not None:
+            in_obj, chosen = (truth == obj) & considered, keep & considered
+            union = (in_obj | chosen).sum()
+            selection_iou[prompt] = float((in_obj & chosen).sum() / union) if union else 0.0
+    return {"ari": scores["ari"], "mean_object_iou": scores["mean_object_iou"],
+            "object_iou": {names[k]: v for k, v in scores["object_iou"].items()},
+            "selection_iou": selection_iou,
+            "mean_selection_iou": float(np.mean(list(selection_iou.values()))) if selection_iou else None}
+
+
 def evaluate_stage(cfg: CgcConfig, scene: Scene, trained: StageResult, force: bool = False) -> StageResult:
     """Click-protocol evaluation of the trained model on the scene's ground truth, in `<data>/<scene>/evaluate/`.
 
@@ -197,3 +282,45 @@ def evaluate_stage(cfg: CgcConfig, scene: Scene, trained: StageResult, force: bo
 
     return run_stage(scene_dir(cfg, scene.name) / "evaluate", "evaluate", inputs,
                      (cfg.evaluate, cfg.query.threshold), compute, force=force)
+
+
+def stage_record(result: StageResult | None, scene: Scene | None = None) -> dict:
+    """What the run record keeps of one stage: folder, content key, cached or computed, compute seconds."""
+    if result is None:  # a dataset folder read in place (no scene stage)
+        return {"dir": str(scene.root) if scene else None, "key": None, "cached": True, "seconds": None}
+    return {"dir": str(result.stage_dir.resolve()), "key": result.manifest.key, "cached": result.cached,
+            "seconds": None if result.cached else result.manifest.timings.get("compute_s")}
+
+
+def report_stage(cfg: CgcConfig, run_scenes: list[dict], scenes: dict[str, Scene] | None = None,
+                 force: bool = False) -> StageResult:
+    """Write the run's report into `<reports_dir>/run-<key>/` (report.md, report.html, results.parquet, figures/).
+
+    Args:
+        cfg: Root config (reads `report` and `reports_dir`).
+        run_scenes: One entry per scene: {"scene", "layout", "stages": {stage: `stage_record(...)`}}.
+        scenes: scene name -> Scene, for the figure strips.
+        force: Rebuild even when a report of the same inputs exists.
+
+    The folder is keyed on the content keys of every scene's cluster and evaluate outputs and the
+    report config: rerunning an unchanged benchmark reuses the report (with the stage record of the
+    run that wrote it); any changed number gives a new run folder.
+    """
+    import json
+    from datetime import datetime, timezone
+
+    from .config import section_hash
+    from .report import RUN_RECORD, build_report
+
+    inputs = {f"{e['scene']}:{stage}": e["stages"][stage]["key"] for e in run_scenes
+              for stage in ("cluster", "evaluate") if stage in e["stages"]}
+    run_id = "run-" + digest({"inputs": inputs, "report": section_hash(cfg.report)})[:12]
+
+    def compute(work: Path) -> dict:
+        record = {"run_id": run_id, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                  "scenes": run_scenes}
+        (work / RUN_RECORD).write_text(json.dumps(record, indent=2))
+        files = build_report(work, cfg.report, scenes)
+        return {"run_id": run_id, "figures": len(files.figures), "report": "report.html"}
+
+    return run_stage(Path(cfg.reports_dir) / run_id, "report", inputs, cfg.report, compute, force=force)

@@ -14,10 +14,12 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 
 from cgc_core.config import CgcConfig, load_config
-from cgc_core.pipeline import STAGES, scene_dir, scene_name_of
+from cgc_core.pipeline import STAGES, scene_dir, scene_name_of, stage_record
 from tasks.calibrate import calibrate_task
+from tasks.cluster import cluster_task
 from tasks.evaluate import evaluate_task
 from tasks.masks import masks_task
+from tasks.report import report_task
 from tasks.scene import scene_task
 from tasks.train import train_task
 
@@ -28,9 +30,9 @@ def _configured(task, cfg: CgcConfig):
 
 
 def _summary(payload: dict) -> dict:
-    """What the flow reports of a stage: its folder, whether it was cached, its manifest info."""
-    return {"dir": payload["stage_dir"], "cached": payload.get("cached", True),
-            "info": payload["manifest"]["info"] if "manifest" in payload else {}}
+    """What the flow reports of a stage: its folder, content key, cached or not, seconds, manifest info."""
+    record = stage_record(payload.get("result"), payload.get("scene"))
+    return record | {"info": payload["manifest"]["info"] if "manifest" in payload else {}}
 
 
 def _run(task, cfg: CgcConfig, *args, **kwargs) -> dict:
@@ -55,16 +57,19 @@ def cgc_scene(source: str, config_path: str | None = None, overrides: list[str] 
     trained = _run(train_task, cfg, cfg, calibrated["scene"], masks["result"], calibrated["result"],
                    force="train" in force)
     stages["train"] = _summary(trained)
+    clustered = _run(cluster_task, cfg, cfg, calibrated["scene"], trained["result"], force="cluster" in force)
+    stages["cluster"] = _summary(clustered)
     evaluated = _run(evaluate_task, cfg, cfg, calibrated["scene"], trained["result"], force="evaluate" in force)
     stages["evaluate"] = _summary(evaluated)
-    return {"scene": scene_name_of(source), "dir": str(scene_dir(cfg, scene_name_of(source))),
-            "stages": stages, "seconds": round(time.perf_counter() - start, 2)}
+    return {"scene": scene_name_of(source), "layout": loaded["scene"].layout,
+            "dir": str(scene_dir(cfg, scene_name_of(source))), "stages": stages,
+            "seconds": round(time.perf_counter() - start, 2), "scene_object": loaded["scene"]}
 
 
 @flow(name="cgc-benchmark", log_prints=True)
 def cgc_benchmark(scenes: list[str] | None = None, config_path: str | None = None,
-                  overrides: list[str] | None = None, force: list[str] | None = None) -> list[dict]:
-    """Run every scene's stages.
+                  overrides: list[str] | None = None, force: list[str] | None = None) -> dict:
+    """Run every scene's stages, then write one report over all scenes.
 
     Args:
         scenes: `synthetic`, `synthetic-<preset>`, or dataset folders; default the synthetic scene.
@@ -80,7 +85,14 @@ def cgc_benchmark(scenes: list[str] | None = None, config_path: str | None = Non
     for r in results:
         logger.info("%s: outputs in %s (%s)", r["scene"], r["dir"],
                     ", ".join(f"{k} {'cached' if v['cached'] else 'computed'}" for k, v in r["stages"].items()))
-    return results
+    cfg = load_config(config_path, overrides)
+    run_scenes = [{"scene": r["scene"], "layout": r["layout"],
+                   "stages": {k: {f: v[f] for f in ("dir", "key", "cached", "seconds")} for k, v in r["stages"].items()}}
+                  for r in results]
+    report = _run(report_task, cfg, cfg, run_scenes, {r["scene"]: r.pop("scene_object") for r in results},
+                  force="report" in (force or []))
+    logger.info("report: %s", Path(report["report_dir"]) / "report.html")
+    return {"scenes": results, "report": report["report_dir"], "report_cached": report["cached"]}
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -90,7 +102,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE")
     parser.add_argument("--force", nargs="*", default=[], choices=STAGES)
     args = parser.parse_args(argv)
-    results = cgc_benchmark(args.scenes, args.config, args.overrides, args.force)
+    run = cgc_benchmark(args.scenes, args.config, args.overrides, args.force)
+    results = run["scenes"]
     print()
     for r in results:
         print(f"[cgc] scene {r['scene']}: {r['seconds']} s")
@@ -101,8 +114,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if "miou" in info:
             print(f"[cgc] {r['scene']}: click protocol mIoU {info['miou']:.3f}, mBIoU {info['mbiou']:.3f}, "
                   f"test PSNR {info['psnr']:.2f} dB; rows in {Path(r['stages']['evaluate']['dir']).resolve()}/results.parquet")
-    print(json.dumps({"outputs": [str(Path(r["dir"]).resolve()) for r in results]}))
-    return results
+    print(f"[cgc] report ({'cached' if run['report_cached'] else 'written'}): {Path(run['report']) / 'report.html'}")
+    print(f"[cgc]   also report.md, results.parquet and figures/ in {run['report']}")
+    print(json.dumps({"outputs": [str(Path(r["dir"]).resolve()) for r in results], "report": run["report"]}))
+    return run
 
 
 if __name__ == "__main__":

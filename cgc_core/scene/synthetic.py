@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image
 
 from ..config import SyntheticConfig
-from .model import Camera, Scene
+from .model import Camera, Scene, SceneError
 
 WALL_RADIUS = 4.0
 LIGHT_DIR = np.array([0.45, 0.3, 1.0]) / np.linalg.norm([0.45, 0.3, 1.0])
@@ -485,6 +485,17 @@ def write_synthetic_scene(cfg: SyntheticConfig, out_dir: str | Path, min_mask_pi
 
 def is_synthetic(root: Path) -> bool:
     return (Path(root) / "ground_truth" / "scene.json").is_file()
+
+
+def read_ground_truth(root: str | Path) -> SyntheticScene:
+    """The analytic scene (objects with their SDFs) behind a folder written by `write_synthetic_scene`,
+    for 3D checks such as `SyntheticScene.nearest_object`."""
+    path = Path(root) / "ground_truth" / "scene.json"
+    try:
+        meta = json.loads(path.read_text())
+        return build_scene(SyntheticConfig(preset=meta["preset"], seed=int(meta["seed"])))
+    except (OSError, ValueError, KeyError) as exc:
+        raise SceneError(f"{path}: not a readable synthetic ground truth ({exc})") from exc
 
 
 def read_synthetic_scene(root: str | Path, name: str | None = None) -> Scene:

@@ -1,0 +1,221 @@
+"""3D scene segmentation: cluster the trained Gaussians by feature, select one object's Gaussians
+from a query feature, export them as .ply, render a cluster palette, and score clusters against a
+known 3D ground truth.
+
+Clustering is HDBSCAN (scikit-learn) on L2-normalised features (optionally joined with positions).
+HDBSCAN is fitted on a seeded sample of at most `max_fit_points` opaque Gaussians; every Gaussian
+then takes the cluster whose centre is most similar by cosine. With `max_fit_points=None` every
+opaque Gaussian is fitted: the slow, direct path the tests compare the sampled one against.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.spatial import cKDTree
+from torch import Tensor
+
+from .config import ClusterConfig
+from .gaussians import save_ply, subset_params
+
+NOISE = -1
+
+
+@dataclass
+class Clustering:
+    """Cluster labels of N Gaussians.
+
+    Attributes:
+        labels: [N] int64, 0..K-1, or -1 (noise kept unlabelled with `noise="keep"`).
+        centers: [K, D] unit mean feature of each cluster.
+        sizes: [K] Gaussians per cluster (all Gaussians, not only the fitted ones).
+        n_fitted: How many Gaussians HDBSCAN was fitted on.
+    """
+
+    labels: np.ndarray
+    centers: np.ndarray
+    sizes: np.ndarray
+    n_fitted: int
+
+    @property
+    def n_clusters(self) -> int:
+        return len(self.centers)
+
+
+def _embedding(features: Tensor, means: Tensor | None, position_weight: float) -> np.ndarray:
+    unit = F.normalize(features.detach().float(), dim=-1)
+    if position_weight <= 0 or means is None:
+        return unit.cpu().numpy()
+    centred = means.detach().float() - means.detach().float().mean(0)
+    spread = centred.norm(dim=-1).median().clamp_min(1e-9)  # robust to floaters
+    return torch.cat([unit, position_weight * centred / spread], dim=1).cpu().numpy()
+
+
+def cluster_gaussians(features: Tensor, means: Tensor | None = None, opacities: Tensor | None = None,
+                      cfg: ClusterConfig | None = None) -> Clustering:
+    """Cluster Gaussians into objects by their features.
+
+    Args:
+        features: [N, D] raw Gaussian features (normalised here).
+        means: [N, 3] positions; used when `cfg.position_weight > 0`.
+        opacities: [N] opacities in [0, 1] (not logits); Gaussians below `cfg.min_opacity` are
+            not fitted. None: all are fitted.
+        cfg: Cluster config (HDBSCAN sizes, sample size, noise rule, seed).
+
+    Returns:
+        `Clustering`: labels for every Gaussian, unit cluster centres and sizes. When HDBSCAN
+        finds no cluster at all (e.g. features that never trained), every label is -1 and there
+        are no centres.
+
+    Raises:
+        ValueError: fewer than two Gaussians are opaque enough to fit.
+    """
+    from sklearn.cluster import HDBSCAN
+
+    cfg = cfg or ClusterConfig()
+    n = features.shape[0]
+    candidates = np.arange(n) if opacities is None else np.nonzero(opacities.detach().cpu().numpy() >= cfg.min_opacity)[0]
+    if len(candidates) < 2:
+        raise ValueError(f"{len(candidates)} of {n} Gaussians have opacity >= {cfg.min_opacity}: nothing to cluster")
+    if cfg.max_fit_points is not None and len(candidates) > cfg.max_fit_points:
+        rng = np.random.default_rng(cfg.seed)
+        candidates = np.sort(rng.choice(candidates, cfg.max_fit_points, replace=False))
+    x = _embedding(features, means, cfg.position_weight)
+    fitted = HDBSCAN(min_cluster_size=min(cfg.min_cluster_size, len(candidates)), min_samples=cfg.min_samples,
+                     copy=True).fit_predict(x[candidates])
+    found = np.unique(fitted[fitted >= 0])
+    if len(found) == 0:
+        return Clustering(np.full(n, NOISE, dtype=np.int64), np.zeros((0, features.shape[1]), np.float32),
+                          np.zeros(0, np.int64), len(candidates))
+    unit = F.normalize(features.detach().float(), dim=-1)
+    centers = F.normalize(torch.stack([unit[candidates[fitted == k]].mean(0) for k in found]), dim=-1)
+    # Every Gaussian takes the most similar centre; the fitted ones keep HDBSCAN's own label.
+    labels = (unit @ centers.T).argmax(1).cpu().numpy().astype(np.int64)
+    remap = np.full(fitted.max() + 2, NOISE, dtype=np.int64)
+    remap[found] = np.arange(len(found))
+    fitted_labels = remap[fitted]
+    if cfg.noise == "keep":
+        labels[candidates] = fitted_labels
+    else:
+        labels[candidates] = np.where(fitted_labels >= 0, fitted_labels, labels[candidates])
+    sizes = np.bincount(labels[labels >= 0], minlength=len(found))
+    return Clustering(labels, centers.cpu().numpy(), sizes, len(candidates))
+
+
+def remove_spatial_outliers(points: np.ndarray, neighbours: int = 10, std_ratio: float = 2.0) -> np.ndarray:
+    """Statistical outlier removal (as Open3D's): keep points whose mean distance to their
+    `neighbours` nearest is at most mean + std_ratio·std over the set. Returns a boolean keep mask."""
+    points = np.asarray(points, dtype=np.float64)
+    if len(points) <= neighbours:
+        return np.ones(len(points), dtype=bool)
+    distances, _ = cKDTree(points).query(points, k=neighbours + 1)
+    mean_d = distances[:, 1:].mean(1)  # column 0 is the point itself
+    return mean_d <= mean_d.mean() + std_ratio * mean_d.std()
+
+
+def select_gaussians(features: Tensor, query: Tensor, threshold: float = 0.7, means: Tensor | None = None,
+                     opacities: Tensor | None = None, min_opacity: float = 0.0, outlier_neighbours: int = 10,
+                     outlier_std_ratio: float | None = 2.0) -> np.ndarray:
+    """The Gaussians of one object: cosine(feature, query) >= threshold, then spatial cleaning.
+
+    Args:
+        features: [N, D] raw Gaussian features.
+        query: [D] query feature (e.g. a rendered pixel's feature from a click).
+        threshold: Cosine similarity threshold (CGC: 0.7).
+        means: [N, 3] positions, needed for the outlier removal.
+        opacities: [N] in [0, 1]; with `min_opacity`, fainter Gaussians are left out.
+        outlier_neighbours, outlier_std_ratio: `remove_spatial_outliers` settings; a ratio of None
+            (or no `means`) skips the cleaning.
+
+    Returns:
+        [N] boolean mask of the selected Gaussians.
+    """
+    sim = F.normalize(features.detach().float(), dim=-1) @ F.normalize(query.detach().float().reshape(-1), dim=0)
+    keep = (sim >= threshold).cpu().numpy()
+    if opacities is not None and min_opacity > 0:
+        keep &= opacities.detach().cpu().numpy() >= min_opacity
+    if means is not None and outlier_std_ratio is not None and keep.sum() > outlier_neighbours:
+        chosen = np.nonzero(keep)[0]
+        inlier = remove_spatial_outliers(means.detach().cpu().numpy()[chosen], outlier_neighbours, outlier_std_ratio)
+        keep[chosen[~inlier]] = False
+    return keep
+
+
+def export_selection(params: dict[str, Tensor], keep: np.ndarray, path: str | Path) -> Path:
+    """Write the selected Gaussians (boolean mask or indices) to their own 3DGS .ply (same layout as training)."""
+    keep = np.asarray(keep)
+    if keep.size == 0 or (keep.dtype == bool and not keep.any()):
+        raise ValueError(f"{path}: nothing selected to export")
+    return save_ply(subset_params(params, torch.as_tensor(keep)), path)
+
+
+def export_clusters(params: dict[str, Tensor], clustering: Clustering, out_dir: str | Path,
+                    per_cluster: bool = True) -> list[Path]:
+    """`scene_clusters.ply` (every Gaussian, with a `cluster` attribute) and, if `per_cluster`,
+    `cluster_XXX.ply` per cluster, under `out_dir`."""
+    out_dir = Path(out_dir)
+    written = [save_ply(params, out_dir / "scene_clusters.ply", extra={"cluster": clustering.labels.astype(np.int32)})]
+    if per_cluster:
+        for k in range(clustering.n_clusters):
+            if (clustering.labels == k).any():
+                written.append(export_selection(params, clustering.labels == k, out_dir / f"cluster_{k:03d}.ply"))
+    return written
+
+
+def cluster_palette(n: int) -> np.ndarray:
+    """[n, 3] distinct colours in [0, 1] (matplotlib's tab20, then golden-angle hues)."""
+    from matplotlib import colormaps
+    from matplotlib.colors import hsv_to_rgb
+
+    base = np.asarray(colormaps["tab20"].colors)
+    extra = [hsv_to_rgb(((i * 0.618034) % 1.0, 0.75, 0.9)) for i in range(max(0, n - len(base)))]
+    return np.concatenate([base, np.asarray(extra).reshape(-1, 3)])[:n]
+
+
+def render_clusters(params: dict[str, Tensor], labels: np.ndarray, camera, backend: str = "auto") -> np.ndarray:
+    """[H, W, 3] image of one view with every Gaussian painted its cluster's palette colour
+    (noise grey), alpha-blended like the features."""
+    from .render import Gaussians, render
+
+    labels = np.asarray(labels)
+    colours = np.full((len(labels), 3), 0.5)  # noise: grey
+    if (labels >= 0).any():
+        palette = cluster_palette(int(labels.max()) + 1)
+        colours[labels >= 0] = palette[labels[labels >= 0]]
+    with torch.no_grad():
+        out = render(Gaussians.from_params(params), camera,
+                     features=torch.as_tensor(colours, dtype=params["means"].dtype), backend=backend)
+    return out.features.clamp(0, 1).cpu().numpy()
+
+
+def scores_against_truth(labels: np.ndarray, truth: np.ndarray, considered: np.ndarray | None = None) -> dict:
+    """Clusters against a per-Gaussian ground-truth object id.
+
+    Args:
+        labels: [N] cluster labels (-1 counts as its own label).
+        truth: [N] ground-truth ids (0: background, 1..: objects).
+        considered: [N] boolean, the Gaussians scored (e.g. the opaque ones); None: all.
+
+    Returns:
+        `ari` (adjusted Rand index), `object_iou` {truth id: IoU of the best-matching cluster, as
+        sets of Gaussians} for ids >= 1, and `mean_object_iou`.
+    """
+    from sklearn.metrics import adjusted_rand_score
+
+    labels, truth = np.asarray(labels), np.asarray(truth)
+    if considered is not None:
+        labels, truth = labels[considered], truth[considered]
+    object_iou = {}
+    for obj in np.unique(truth[truth > 0]):
+        in_obj = truth == obj
+        best = 0.0
+        for k in np.unique(labels[in_obj]):
+            in_k = labels == k
+            best = max(best, float((in_obj & in_k).sum() / (in_obj | in_k).sum()))
+        object_iou[int(obj)] = best
+    return {"ari": float(adjusted_rand_score(truth, labels)), "object_iou": object_iou,
+            "mean_object_iou": float(np.mean(list(object_iou.values()))) if object_iou else float("nan")}

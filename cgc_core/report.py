@@ -1,0 +1,337 @@
+"""The benchmark report: `report.md`, a self-contained `report.html`, `results.parquet` and figures.
+
+`build_report` reads only files: each scene's evaluate stage (`results.parquet`, `summary.json`),
+its cluster stage (`summary.json`), and the run record the orchestrator wrote (`run.json`: scenes,
+their stage folders, which stages were cached and how long each took). So a report can be rebuilt
+from disk at any time (`cgc report --run R`). The published numbers it sets beside ours are those
+of `../shared/PROTOCOL.md` (section "Numbers to put beside ours in every report").
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from .config import ReportConfig
+from .metrics import read_mask
+
+RUN_RECORD = "run.json"
+
+# Published results (mIoU, mBIoU in %; None where the benchmark reports no mBIoU), from the paper
+# (Silva et al. 2024, Tables 1-2) as gathered in PROTOCOL.md.
+PUBLISHED: dict[str, dict[str, dict[str, tuple[float, float | None]]]] = {
+    "LERF-Mask": {
+        "LERF": {"figurines": (33.5, 30.6), "ramen": (28.3, 14.7), "teatime": (49.7, 42.6), "mean": (37.2, 29.3)},
+        "Gaussian Grouping": {"figurines": (69.7, 67.9), "ramen": (77.0, 68.7), "teatime": (71.7, 66.1),
+                              "mean": (72.8, 67.6)},
+        "LangSplat": {"figurines": (44.3, 41.9), "ramen": (34.8, 28.7), "teatime": (54.3, 48.8), "mean": (44.5, 39.8)},
+        "CGC (paper)": {"figurines": (91.6, 88.8), "ramen": (68.7, 63.1), "teatime": (80.5, 78.9), "mean": (80.3, 76.9)},
+    },
+    "3D-OVS": {
+        "LERF": {"bed": (73.5, None), "bench": (53.2, None), "room": (46.6, None), "sofa": (27.0, None),
+                 "lawn": (73.7, None), "mean": (54.8, None)},
+        "Gaussian Grouping": {"bed": (97.3, None), "bench": (73.7, None), "room": (79.0, None), "sofa": (68.1, None),
+                              "lawn": (96.5, None), "mean": (82.9, None)},
+        "LangSplat": {"bed": (34.3, None), "bench": (84.8, None), "room": (56.3, None), "sofa": (67.7, None),
+                      "lawn": (95.8, None), "mean": (67.8, None)},
+        "CGC (paper)": {"bed": (95.2, None), "bench": (96.1, None), "room": (86.8, None), "sofa": (67.5, None),
+                        "lawn": (91.8, None), "mean": (87.5, None)},
+    },
+}
+BENCHMARK_OF_LAYOUT = {"lerf_mask": "LERF-Mask", "ovs3d": "3D-OVS", "synthetic": "cgc synthetic"}
+PROTOCOL_TEXT = {
+    "click": "click protocol: the query is the rendered feature at the deepest pixel of the prompt's ground "
+             "truth in the first test view that has it; a pixel belongs to the object when its cosine "
+             "similarity is >= the threshold; IoU and boundary IoU as in Gaussian Grouping's LERF-Mask script, "
+             "averaged per prompt over views, per scene over prompts",
+}
+PAPER_PROTOCOL = ("published numbers: the papers' own query procedure (CGC: click/text query, threshold 0.7) "
+                  "on LERF-Mask and 3D-OVS, as listed in PROTOCOL.md")
+
+
+class ReportError(RuntimeError):
+    """The run record or a stage output the report needs is missing or unreadable; names the file."""
+
+
+@dataclass
+class ReportFiles:
+    folder: Path
+    markdown: Path
+    html: Path
+    results: Path
+    figures: list[Path]
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ReportError(f"{path}: cannot read ({exc})") from exc
+
+
+def results_table(run: dict) -> pd.DataFrame:
+    """Every (scene, view, prompt) row of the run's evaluate stages, with benchmark and protocol."""
+    frames = []
+    for entry in run["scenes"]:
+        evaluate_dir = Path(entry["stages"]["evaluate"]["dir"])
+        path = evaluate_dir / "results.parquet"
+        if not path.is_file():
+            continue  # a scene without ground truth has no rows
+        try:
+            frame = pd.read_parquet(path)
+        except Exception as exc:  # pyarrow raises several types for a damaged file
+            raise ReportError(f"{path}: unreadable results table ({exc})") from exc
+        frame.insert(0, "benchmark", BENCHMARK_OF_LAYOUT.get(entry.get("layout", ""), entry.get("layout", "")))
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        columns=["benchmark", "scene", "view", "prompt", "iou", "biou", "missing", "protocol"])
+
+
+def _pct(value) -> str:
+    return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}"
+
+
+def _published(benchmark: str, scene: str, method: str = "CGC (paper)") -> tuple[float, float | None] | None:
+    return PUBLISHED.get(benchmark, {}).get(method, {}).get(scene)
+
+
+def scene_summaries(run: dict) -> list[dict]:
+    """Per scene: averages, PSNR, the 3D cluster scores and the published CGC figure if the scene is theirs."""
+    rows = []
+    for entry in run["scenes"]:
+        benchmark = BENCHMARK_OF_LAYOUT.get(entry.get("layout", ""), entry.get("layout", ""))
+        evaluate = _read_json(Path(entry["stages"]["evaluate"]["dir"]) / "summary.json")
+        cluster_dir = entry["stages"].get("cluster", {}).get("dir")
+        cluster = _read_json(Path(cluster_dir) / "summary.json") if cluster_dir else {}
+        paper = _published(benchmark, entry["scene"])
+        rows.append({
+            "scene": entry["scene"], "benchmark": benchmark, "protocol": evaluate.get("protocol", "—"),
+            "threshold": evaluate.get("threshold"), "miou": evaluate.get("miou"), "mbiou": evaluate.get("mbiou"),
+            "psnr": evaluate.get("psnr"), "prompts": evaluate.get("prompts", {}), "skipped": evaluate.get("skipped"),
+            "paper_miou": paper[0] / 100 if paper else None,
+            "paper_mbiou": paper[1] / 100 if paper and paper[1] is not None else None,
+            "n_clusters": cluster.get("n_clusters"), "ari": cluster.get("ari"),
+            "mean_object_iou": cluster.get("mean_object_iou"), "mean_selection_iou": cluster.get("mean_selection_iou"),
+        })
+    return rows
+
+
+def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
+    """A GitHub-flavoured Markdown table (cells are str()-ed, pipes escaped)."""
+    def cell(v) -> str:
+        return str(v).replace("|", "\\|")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _tables(run: dict, summaries: list[dict]) -> list[tuple[str, str, list[str], list[list[Any]]]]:
+    """(title, note, header, rows) of every table in the report, in order."""
+    tables = []
+    tables.append(("Results per scene", "mIoU / mBIoU in %; " + "; ".join(
+        f"`{k}`: {v}" for k, v in PROTOCOL_TEXT.items() if any(s["protocol"] == k for s in summaries)) + ".",
+        ["scene", "benchmark", "protocol", "threshold", "mIoU", "mBIoU", "test PSNR (dB)", "CGC paper mIoU / mBIoU"],
+        [[s["scene"], s["benchmark"], s["protocol"], s["threshold"] if s["threshold"] is not None else "—",
+          _pct(s["miou"]), _pct(s["mbiou"]), f"{s['psnr']:.2f}" if s["psnr"] is not None else "—",
+          f"{_pct(s['paper_miou'])} / {_pct(s['paper_mbiou'])}" if s["paper_miou"] is not None else "not a paper scene"]
+         for s in summaries]))
+    for s in summaries:
+        if s["prompts"]:
+            tables.append((f"Per prompt: {s['scene']}", f"protocol `{s['protocol']}`; IoU / boundary IoU in %, "
+                           "mean over the test views that have the prompt.", ["prompt", "views", "IoU", "BIoU"],
+                           [[p, v["views"], _pct(v["iou"]), _pct(v["biou"])] for p, v in sorted(s["prompts"].items())]))
+    for benchmark, methods in PUBLISHED.items():
+        ours = {s["scene"]: s for s in summaries if s["benchmark"] == benchmark}
+        if not ours:
+            continue
+        scenes = [k for k in next(iter(methods.values())) if k != "mean"] + ["mean"]
+        header = ["method"] + scenes
+        rows = [[m] + [(f"{v[0]:.1f}" + (f" / {v[1]:.1f}" if v[1] is not None else "")) if (v := vals.get(sc)) else "—"
+                       for sc in scenes] for m, vals in methods.items()]
+        our_row = ["cgc (this run)"]
+        for sc in scenes:
+            if sc == "mean":
+                done = [ours[k] for k in scenes[:-1] if k in ours]
+                full = len(done) == len(scenes) - 1
+                our_row.append(f"{_pct(np.mean([d['miou'] for d in done]))} / {_pct(np.mean([d['mbiou'] for d in done]))}"
+                               if full else "— (not every scene run)")
+            else:
+                our_row.append(f"{_pct(ours[sc]['miou'])} / {_pct(ours[sc]['mbiou'])}" if sc in ours else "not run")
+        tables.append((f"{benchmark}: ours beside the published numbers", PAPER_PROTOCOL + "; ours: the protocol "
+                       "named in the first table.", header, rows + [our_row]))
+    clustered = [s for s in summaries if s["n_clusters"] is not None]
+    if clustered:
+        tables.append(("3D clustering", "HDBSCAN on Gaussian features. On the synthetic scene each Gaussian's "
+                       "truth is the id of the nearest analytic surface: ARI of clusters, mean best-cluster IoU per "
+                       "object, and mean IoU of each prompt's 3D selection (sets of opaque Gaussians).",
+                       ["scene", "clusters", "ARI", "object IoU", "selection IoU"],
+                       [[s["scene"], s["n_clusters"], f"{s['ari']:.3f}" if s["ari"] is not None else "—",
+                         _pct(s["mean_object_iou"]), _pct(s["mean_selection_iou"])] for s in clustered]))
+    stage_rows = []
+    for entry in run["scenes"]:
+        for stage, info in entry["stages"].items():
+            stage_rows.append([entry["scene"], stage, "cached" if info.get("cached") else "computed",
+                               f"{info['seconds']:.1f}" if info.get("seconds") is not None else "—"])
+    tables.append(("Stages", "cached: the stage's output folder was reused (same input contents, config and "
+                   "version); seconds: the stage's compute time when it was computed.",
+                   ["scene", "stage", "this run", "compute seconds"], stage_rows))
+    return tables
+
+
+def _figure_bytes(fig) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def bar_chart(summaries: list[dict]) -> bytes | None:
+    """PNG: our mIoU per scene beside the paper's where the scene is theirs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [s for s in summaries if s["miou"] is not None]
+    if not rows:
+        return None
+    x = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(max(4, 1.4 * len(rows) + 2), 3.2))
+    ax.bar(x - 0.2, [100 * s["miou"] for s in rows], 0.4, label="cgc (this run)", color="#3b7dd8")
+    paper = [100 * s["paper_miou"] if s["paper_miou"] is not None else 0 for s in rows]
+    ax.bar(x + 0.2, paper, 0.4, label="CGC paper", color="#d8843b")
+    for i, s in enumerate(rows):
+        if s["paper_miou"] is None:
+            ax.text(x[i] + 0.2, 2, "n/a", ha="center", fontsize=8)
+    ax.set_xticks(x, [s["scene"] for s in rows])
+    ax.set_ylabel("mIoU (%)")
+    ax.set_ylim(0, 100)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title("mIoU per scene")
+    return _figure_bytes(fig)
+
+
+def mask_strip(prompt: str, views: list[tuple[str, np.ndarray, np.ndarray, np.ndarray | None]]) -> bytes:
+    """PNG: for each (view, image, ground truth, prediction), the image with the ground truth's
+    outline in green and our mask in translucent blue."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from skimage.segmentation import find_boundaries
+
+    fig, axes = plt.subplots(1, len(views), figsize=(2.6 * len(views), 2.4), squeeze=False)
+    for ax, (view, image, gt, pred) in zip(axes[0], views):
+        shown = image.copy()
+        if pred is not None:
+            if pred.shape != gt.shape:
+                resized = Image.fromarray(pred.astype(np.uint8) * 255).resize(gt.shape[::-1], Image.Resampling.NEAREST)
+                pred = np.asarray(resized) > 128
+            shown[pred] = 0.45 * shown[pred] + 0.55 * np.array([0.1, 0.35, 1.0])
+        if gt.shape != shown.shape[:2]:
+            gt = np.zeros(shown.shape[:2], bool)
+        shown[find_boundaries(gt, mode="thick")] = np.array([0.0, 1.0, 0.0])
+        ax.imshow(np.clip(shown, 0, 1))
+        ax.set_title(view, fontsize=7)
+        ax.axis("off")
+    fig.suptitle(f"{prompt} (green: ground truth outline, blue: ours)", fontsize=8)
+    return _figure_bytes(fig)
+
+
+def build_report(run_dir: str | Path, cfg: ReportConfig | None = None, scenes: dict | None = None) -> ReportFiles:
+    """Write the report of one benchmark run into `run_dir`.
+
+    Args:
+        run_dir: The run's report folder; must hold `run.json` (see module docstring): {"run_id",
+            "created", "scenes": [{"scene", "layout", "stages": {stage: {"dir", "cached", "seconds"}}}]}.
+        cfg: Report config (title, views per prompt strip, figures on/off).
+        scenes: scene name -> `Scene`, for the figure strips (test images and ground-truth masks);
+            scenes missing here get no strip.
+
+    Returns:
+        The written files: report.md, report.html (images embedded, no external links),
+        results.parquet (every row), figures/*.png.
+    """
+    cfg = cfg or ReportConfig()
+    run_dir = Path(run_dir)
+    run = _read_json(run_dir / RUN_RECORD)
+    summaries = scene_summaries(run)
+    table = results_table(run)
+    table.to_parquet(run_dir / "results.parquet", index=False)
+    figures: list[tuple[str, bytes]] = []
+    if cfg.figures:
+        chart = bar_chart(summaries)
+        if chart is not None:
+            figures.append(("mIoU per scene: ours and the CGC paper's", chart))
+        for entry in run["scenes"]:
+            scene = (scenes or {}).get(entry["scene"])
+            if scene is None or table.empty:
+                continue
+            pred_root = Path(entry["stages"]["evaluate"]["dir"]) / "predictions" / entry["scene"]
+            rows = table[table["scene"] == entry["scene"]]
+            for prompt in sorted(rows["prompt"].unique()):
+                views = []
+                for view in sorted(rows[rows["prompt"] == prompt]["view"])[: cfg.views_per_prompt]:
+                    pred_path = pred_root / str(scene.test_names.index(view)) / f"{prompt}.png"
+                    pred = read_mask(pred_path) if pred_path.is_file() else None
+                    views.append((view, scene.load_image(view), scene.load_gt_mask(view, prompt), pred))
+                if views:
+                    figures.append((f"{entry['scene']}: {prompt}", mask_strip(prompt, views)))
+    figure_dir = run_dir / "figures"
+    figure_dir.mkdir(exist_ok=True)
+    figure_paths = []
+    for i, (caption, png) in enumerate(figures):
+        path = figure_dir / f"figure_{i:02d}.png"
+        path.write_bytes(png)
+        figure_paths.append(path)
+    tables = _tables(run, summaries)
+    md_path = run_dir / "report.md"
+    md_path.write_text(_markdown(cfg.title, run, tables, [(c, p.relative_to(run_dir)) for (c, _), p in zip(figures, figure_paths)]))
+    html_path = run_dir / "report.html"
+    html_path.write_text(_html(cfg.title, run, tables, figures))
+    return ReportFiles(run_dir, md_path, html_path, run_dir / "results.parquet", figure_paths)
+
+
+def _markdown(title: str, run: dict, tables, figures: list[tuple[str, Path]]) -> str:
+    parts = [f"# {title}: {run['run_id']}", "", f"Created {run.get('created', '')}. Scenes: "
+             + ", ".join(e["scene"] for e in run["scenes"]) + ".", ""]
+    for name, note, header, rows in tables:
+        parts += [f"## {name}", "", note, "", markdown_table(header, rows), ""]
+    if figures:
+        parts += ["## Figures", ""]
+        parts += [f"![{caption}]({path.as_posix()})\n\n*{caption}*\n" for caption, path in figures]
+    return "\n".join(parts)
+
+
+def _html(title: str, run: dict, tables, figures: list[tuple[str, bytes]]) -> str:
+    esc = html.escape
+    body = [f"<h1>{esc(title)}: {esc(run['run_id'])}</h1>",
+            f"<p>Created {esc(str(run.get('created', '')))}. Scenes: {esc(', '.join(e['scene'] for e in run['scenes']))}.</p>"]
+    for name, note, header, rows in tables:
+        body.append(f"<h2>{esc(name)}</h2><p class='note'>{esc(note)}</p><table><thead><tr>"
+                    + "".join(f"<th>{esc(str(h))}</th>" for h in header) + "</tr></thead><tbody>"
+                    + "".join("<tr>" + "".join(f"<td>{esc(str(v))}</td>" for v in row) + "</tr>" for row in rows)
+                    + "</tbody></table>")
+    if figures:
+        body.append("<h2>Figures</h2>")
+        for caption, png in figures:
+            data = base64.b64encode(png).decode()
+            body.append(f"<figure><img alt='{esc(caption)}' src='data:image/png;base64,{data}'>"
+                        f"<figcaption>{esc(caption)}</figcaption></figure>")
+    style = ("body{font-family:sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse;margin:.5em 0 1.5em}"
+             "td,th{border:1px solid #bbb;padding:3px 8px;text-align:left}th{background:#eee}.note{color:#555}"
+             "img{max-width:100%}figure{margin:1em 0}")
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{esc(title)}</title><style>{style}</style>"
+            f"</head><body>{''.join(body)}</body></html>\n")

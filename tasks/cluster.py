@@ -1,0 +1,19 @@
+"""Task: cluster the trained Gaussians into 3D objects and export them (cached on the trained model + cluster config)."""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from cgc_core.config import CgcConfig
+from cgc_core.pipeline import cluster_stage
+from cgc_core.scene import Scene
+from cgc_core.stage import StageResult
+
+from .common import stage_state
+
+
+@task(name="cluster", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2)
+def cluster_task(cfg: CgcConfig, scene: Scene, trained: StageResult, force: bool = False):
+    result = cluster_stage(cfg, scene, trained, force=force)
+    return stage_state(result, scene.name, scene=scene)
