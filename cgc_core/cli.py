@@ -5,6 +5,10 @@
     cgc calibrate --scene SOURCE [--force]               run (or reuse) the calibrate stage
     cgc masks run --scene SOURCE [--force]               run (or reuse) the masks stage
     cgc masks show --scene SOURCE --image NAME [-o PNG]  overlay one image's stored masks
+    cgc stage NAME --scene SOURCE [--force]              run one stage; the stages before it must exist
+    cgc cluster --scene SOURCE [--force]                 cluster the trained Gaussians (the cluster stage)
+    cgc export --scene SOURCE (--object P | --cluster K | --click VIEW,ROW,COL) -o OUT.ply
+    cgc report --run RUN_ID                              rebuild a run's report from its files
     cgc config [--config FILE] [--set k=v ...]           print the resolved config as YAML
 
 Every command takes `--config FILE` and repeated `--set section.field=value` overrides.
@@ -139,6 +143,167 @@ def masks_show(scene: Annotated[str, typer.Option(help="scene source, as for `cg
         typer.echo(f"error: {exc} (run `cgc masks run --scene {scene}` first)", err=True)
         raise typer.Exit(1) from exc
     typer.echo(f"wrote {path}")
+
+
+def _stage(cfg, scene: str, stage: str, force: bool = False, progress=None):
+    """Run one scene stage; a missing upstream stage or bad input ends the command with code 1."""
+    from .calibrate import CalibrationError
+    from .masks.generators import MaskGeneratorError
+    from .pipeline import run_scene_stage
+    from .scene import SceneError
+    from .stage import StageMissingError
+    from .train import TrainingError
+
+    try:
+        return run_scene_stage(cfg, scene, stage, force=force, progress=progress)
+    except StageMissingError as exc:
+        typer.echo(f"error: {exc} (`cgc stage <name> --scene {scene}` runs one; `make demo` or the "
+                   "cgc-benchmark flow runs them all)", err=True)
+        raise typer.Exit(1) from exc
+    except (CalibrationError, SceneError, MaskGeneratorError, TrainingError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+
+
+@app.command("stage")
+def stage_cmd(name: Annotated[str, typer.Argument(help="scene, calibrate, masks, train, cluster or evaluate")],
+              scene: Annotated[str, typer.Option(help="synthetic, synthetic-<preset>, or a dataset folder")],
+              force: bool = False, config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Run (or reuse) one stage of one scene, without Prefect; the stages before it must be finished."""
+    def progress(done: int, total: int, detail) -> None:
+        if done == total or done % 100 == 0:
+            typer.echo(f"{name}: {done}/{total}")
+
+    _, result = _stage(_config(config, set_), scene, name, force=force, progress=progress)
+    if result is None:
+        typer.echo(f"{scene}: read in place (no stage output)")
+        return
+    typer.echo(f"{name}: {result.reason} -> {result.stage_dir}")
+    for key, value in result.manifest.info.items():
+        if not isinstance(value, (dict, list)):
+            typer.echo(f"  {key}: {value}")
+
+
+@app.command("cluster")
+def cluster_cmd(scene: Annotated[str, typer.Option(help="scene source, as for `cgc stage`")],
+                force: bool = False, config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Cluster the trained Gaussians into 3D objects (the cluster stage; training must be finished)."""
+    stage_cmd("cluster", scene, force=force, config=config, set_=set_)
+
+
+@app.command("export")
+def export_cmd(scene: Annotated[str, typer.Option(help="scene source, as for `cgc stage`")],
+               out: Annotated[Path, typer.Option("-o", "--out", help=".ply file to write")],
+               object_: Annotated[Optional[str], typer.Option("--object", help="prompt: a text query, or the "
+                                  "click protocol's query when the scene has ground truth for it")] = None,
+               cluster: Annotated[Optional[int], typer.Option(help="cluster id from `cgc cluster`")] = None,
+               click: Annotated[Optional[str], typer.Option(help="VIEW,ROW,COL: the feature of this pixel")] = None,
+               config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Write one object's Gaussians to their own .ply (same attributes as the trained model)."""
+    import numpy as np
+    import torch
+
+    from .cluster import export_selection, select_gaussians
+    from .gaussians import load_ply, read_ply_attribute
+    from .train import PLY_NAME, feature_renderer
+
+    if sum(x is not None for x in (object_, cluster, click)) != 1:
+        typer.echo("error: give exactly one of --object, --cluster, --click", err=True)
+        raise typer.Exit(2)
+    cfg = _config(config, set_)
+    calibrated, trained = _stage(cfg, scene, "train")
+    params = load_ply(trained.stage_dir / PLY_NAME)
+    if cluster is not None:
+        _, clustered = _stage(cfg, scene, "cluster")
+        labels = read_ply_attribute(clustered.stage_dir / "scene_clusters.ply", "cluster")
+        if not (labels == cluster).any():
+            typer.echo(f"error: cluster {cluster} does not exist (clusters 0..{labels.max()}; see "
+                       f"{clustered.stage_dir / 'summary.json'})", err=True)
+            raise typer.Exit(1)
+        keep = labels == cluster
+    else:
+        render_features = feature_renderer(params, calibrated, cfg.train.backend)
+        if click is not None:
+            try:
+                view, row, col = click.split(",")
+                fmap = render_features(view)
+                query = fmap[int(row), int(col)]
+            except (ValueError, KeyError, IndexError) as exc:
+                typer.echo(f"error: --click {click!r}: expected VIEW,ROW,COL inside a calibrated view ({exc})", err=True)
+                raise typer.Exit(2) from exc
+        else:
+            query = _object_query(cfg, calibrated, render_features, object_)
+        opacities = torch.sigmoid(params["opacities"])
+        keep = select_gaussians(params["features"], query, cfg.query.threshold, params["means"], opacities,
+                                cfg.cluster.min_opacity, cfg.cluster.outlier_neighbours, cfg.cluster.outlier_std_ratio)
+    try:
+        path = export_selection(params, keep, out)
+    except ValueError as exc:
+        typer.echo(f"error: {exc} (lower query.threshold?)", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"wrote {int(np.count_nonzero(keep))} of {len(keep)} Gaussians to {path}")
+
+
+def _object_query(cfg, scene, render_features, prompt: str):
+    """A text query through Grounding DINO + SAM when their weights are configured; otherwise the
+    click protocol's query for a prompt with ground truth."""
+    from .evaluate import click_queries
+    from .query import BoxSegmenter, QueryModelError, TextDetector, text_query
+
+    if cfg.query.gdino_checkpoint:
+        try:
+            view = scene.test_names[0] if scene.test_names else scene.train_names[0]
+            image = (scene.load_image(view) * 255).astype("uint8")
+            query = text_query(render_features(view), image, prompt, TextDetector(cfg.query),
+                               BoxSegmenter(cfg.query.sam), cfg.query.box_query_mode)
+        except QueryModelError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from exc
+        if query is None:
+            typer.echo(f"error: Grounding DINO found no {prompt!r} in {view}", err=True)
+            raise typer.Exit(1)
+        return query
+    queries = click_queries(scene, render_features)
+    if prompt not in queries:
+        typer.echo(f"error: {prompt!r}: no text model configured (query.gdino_checkpoint) and no ground truth "
+                   f"for it; prompts with ground truth: {sorted(queries)}", err=True)
+        raise typer.Exit(1)
+    return queries[prompt].feature
+
+
+@app.command("report")
+def report_cmd(run: Annotated[str, typer.Option(help="run id (a folder under reports_dir) or a report folder")],
+               config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Rebuild a run's report (report.md, report.html, results.parquet, figures) from its run.json."""
+    import json
+
+    from .pipeline import scene_stage
+    from .report import RUN_RECORD, ReportError, build_report
+    from .scene import SceneError
+
+    cfg = _config(config, set_)
+    folder = Path(run) if Path(run).is_dir() else Path(cfg.reports_dir) / run
+    record = folder / RUN_RECORD
+    if not record.is_file():
+        typer.echo(f"error: {record}: no run record (runs: {sorted(p.name for p in Path(cfg.reports_dir).glob('run-*'))})",
+                   err=True)
+        raise typer.Exit(1)
+    scenes = {}
+    for entry in json.loads(record.read_text())["scenes"]:
+        scene_root = Path(entry["stages"].get("scene", {}).get("dir") or "")
+        try:  # for the figure strips: the scene as written by its scene stage, or the dataset folder
+            from .scene import load_scene
+
+            scenes[entry["scene"]] = load_scene(scene_root, name=entry["scene"]) if scene_root.is_dir() else \
+                scene_stage(cfg, entry["scene"])[0]
+        except (SceneError, ValueError) as exc:
+            typer.echo(f"warning: {entry['scene']}: no figures ({exc})", err=True)
+    try:
+        files = build_report(folder, cfg.report, scenes)
+    except ReportError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"wrote {files.html} ({len(files.figures)} figures), {files.markdown}, {files.results}")
 
 
 if __name__ == "__main__":

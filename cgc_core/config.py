@@ -110,6 +110,12 @@ class ClassicalConfig:
 
     scales: list[float] = field(default_factory=lambda: [300.0, 1200.0])
     """Felzenszwalb scale per level (larger: bigger segments)."""
+    colour: Literal["chroma", "rgb"] = "chroma"
+    """What is segmented: `chroma` = chromaticity (r, g, b)/(r+g+b) plus luminance weighted by
+    `luminance_weight`, so that the shaded faces of one object stay one segment; `rgb` = the image."""
+    luminance_weight: float = 0.2
+    """Weight of luminance beside chromaticity (`colour=chroma`): 0 ignores shading entirely (and
+    with it the boundary between same-coloured objects), 1 keeps it as strong as colour."""
     sigma: float = 0.8
     """Gaussian smoothing before segmenting."""
     jitter: float = 0.3

@@ -18,9 +18,11 @@ from .masks.generators import generate_scene_masks, make_generator
 from .masks.store import MaskStore
 from .scene import Scene, load_scene
 from .scene.synthetic import read_synthetic_scene, write_synthetic_scene
-from .stage import StageResult, digest, hash_file, run_stage
+from .stage import StageResult, cached_only, digest, hash_file, run_stage
 
 STAGES = ("scene", "calibrate", "masks", "train", "cluster", "evaluate", "report")
+SCENE_STAGES = STAGES[:-1]
+"""Stages run per scene; `report` runs once over all scenes of a benchmark run."""
 SYNTHETIC = "synthetic"
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -285,11 +287,12 @@ def evaluate_stage(cfg: CgcConfig, scene: Scene, trained: StageResult, force: bo
 
 
 def stage_record(result: StageResult | None, scene: Scene | None = None) -> dict:
-    """What the run record keeps of one stage: folder, content key, cached or computed, compute seconds."""
+    """What the run record keeps of one stage: folder, content key, cached or computed in this run, and
+    the seconds its output took to compute (whenever that was)."""
     if result is None:  # a dataset folder read in place (no scene stage)
         return {"dir": str(scene.root) if scene else None, "key": None, "cached": True, "seconds": None}
     return {"dir": str(result.stage_dir.resolve()), "key": result.manifest.key, "cached": result.cached,
-            "seconds": None if result.cached else result.manifest.timings.get("compute_s")}
+            "seconds": result.manifest.timings.get("compute_s")}
 
 
 def report_stage(cfg: CgcConfig, run_scenes: list[dict], scenes: dict[str, Scene] | None = None,
@@ -324,3 +327,45 @@ def report_stage(cfg: CgcConfig, run_scenes: list[dict], scenes: dict[str, Scene
         return {"run_id": run_id, "figures": len(files.figures), "report": "report.html"}
 
     return run_stage(Path(cfg.reports_dir) / run_id, "report", inputs, cfg.report, compute, force=force)
+
+
+def run_scene_stage(cfg: CgcConfig, source: str, stage: str, force: bool = False,
+                    progress: Callable | None = None) -> tuple[Scene, StageResult | None]:
+    """Run one stage of one scene; every stage before it must already be finished (cached).
+
+    Args:
+        cfg: Root config.
+        source: Scene source (`synthetic`, `synthetic-<preset>`, a dataset folder).
+        stage: One of `SCENE_STAGES`.
+        force: Recompute the stage even when its output is current.
+        progress: Passed to the masks and train stages.
+
+    Returns:
+        The (calibrated, from `calibrate` on) scene and the stage's result.
+
+    Raises:
+        StageMissingError: an upstream stage has no finished output for the current inputs and
+            config; the message names its folder.
+    """
+    if stage not in SCENE_STAGES:
+        raise ValueError(f"unknown scene stage {stage!r}; stages are {list(SCENE_STAGES)} (the report runs over a whole run)")
+
+    def step(name, fn, *args, **kwargs):
+        if name == stage:
+            return fn(*args, force=force, **kwargs)
+        with cached_only():
+            return fn(*args, **kwargs)
+
+    scene, result = step("scene", scene_stage, cfg, source)
+    if stage == "scene":
+        return scene, result
+    scene, calibration = step("calibrate", calibrate_stage, cfg, scene)
+    if stage == "calibrate":
+        return scene, calibration
+    _, masks = step("masks", masks_stage, cfg, scene, progress=progress if stage == "masks" else None)
+    if stage == "masks":
+        return scene, masks
+    trained = step("train", train_stage, cfg, scene, masks, calibration, progress=progress if stage == "train" else None)
+    if stage == "train":
+        return scene, trained
+    return scene, (cluster_stage if stage == "cluster" else evaluate_stage)(cfg, scene, trained, force=force)

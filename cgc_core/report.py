@@ -183,7 +183,7 @@ def _tables(run: dict, summaries: list[dict]) -> list[tuple[str, str, list[str],
             stage_rows.append([entry["scene"], stage, "cached" if info.get("cached") else "computed",
                                f"{info['seconds']:.1f}" if info.get("seconds") is not None else "—"])
     tables.append(("Stages", "cached: the stage's output folder was reused (same input contents, config and "
-                   "version); seconds: the stage's compute time when it was computed.",
+                   "version); compute seconds: the time the stage took when its output was computed.",
                    ["scene", "stage", "this run", "compute seconds"], stage_rows))
     return tables
 
@@ -223,9 +223,9 @@ def bar_chart(summaries: list[dict]) -> bytes | None:
     return _figure_bytes(fig)
 
 
-def mask_strip(prompt: str, views: list[tuple[str, np.ndarray, np.ndarray, np.ndarray | None]]) -> bytes:
-    """PNG: for each (view, image, ground truth, prediction), the image with the ground truth's
-    outline in green and our mask in translucent blue."""
+def mask_strip(prompt: str, views: list[tuple[str, np.ndarray, np.ndarray, np.ndarray | None, float | None]]) -> bytes:
+    """PNG: for each (view, image, ground truth, prediction, IoU), the image with the ground truth's
+    outline in green and our mask in translucent magenta."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -233,20 +233,20 @@ def mask_strip(prompt: str, views: list[tuple[str, np.ndarray, np.ndarray, np.nd
     from skimage.segmentation import find_boundaries
 
     fig, axes = plt.subplots(1, len(views), figsize=(2.6 * len(views), 2.4), squeeze=False)
-    for ax, (view, image, gt, pred) in zip(axes[0], views):
+    for ax, (view, image, gt, pred, iou) in zip(axes[0], views):
         shown = image.copy()
         if pred is not None:
             if pred.shape != gt.shape:
                 resized = Image.fromarray(pred.astype(np.uint8) * 255).resize(gt.shape[::-1], Image.Resampling.NEAREST)
                 pred = np.asarray(resized) > 128
-            shown[pred] = 0.45 * shown[pred] + 0.55 * np.array([0.1, 0.35, 1.0])
+            shown[pred] = 0.45 * shown[pred] + 0.55 * np.array([1.0, 0.0, 1.0])
         if gt.shape != shown.shape[:2]:
             gt = np.zeros(shown.shape[:2], bool)
         shown[find_boundaries(gt, mode="thick")] = np.array([0.0, 1.0, 0.0])
         ax.imshow(np.clip(shown, 0, 1))
-        ax.set_title(view, fontsize=7)
+        ax.set_title(view + (f"  IoU {100 * iou:.1f}" if iou is not None else "  (no prediction)"), fontsize=7)
         ax.axis("off")
-    fig.suptitle(f"{prompt} (green: ground truth outline, blue: ours)", fontsize=8)
+    fig.suptitle(f"{prompt} (green: ground truth outline, magenta: ours)", fontsize=8)
     return _figure_bytes(fig)
 
 
@@ -283,10 +283,12 @@ def build_report(run_dir: str | Path, cfg: ReportConfig | None = None, scenes: d
             rows = table[table["scene"] == entry["scene"]]
             for prompt in sorted(rows["prompt"].unique()):
                 views = []
-                for view in sorted(rows[rows["prompt"] == prompt]["view"])[: cfg.views_per_prompt]:
+                prompt_rows = rows[rows["prompt"] == prompt].sort_values("view").head(cfg.views_per_prompt)
+                for view, iou in zip(prompt_rows["view"], prompt_rows["iou"]):
                     pred_path = pred_root / str(scene.test_names.index(view)) / f"{prompt}.png"
                     pred = read_mask(pred_path) if pred_path.is_file() else None
-                    views.append((view, scene.load_image(view), scene.load_gt_mask(view, prompt), pred))
+                    views.append((view, scene.load_image(view), scene.load_gt_mask(view, prompt), pred,
+                                  None if pd.isna(iou) else float(iou)))
                 if views:
                     figures.append((f"{entry['scene']}: {prompt}", mask_strip(prompt, views)))
     figure_dir = run_dir / "figures"

@@ -11,6 +11,8 @@ Orchestrators (the Prefect tasks in `tasks/`) call `run_stage`; the library itse
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import json
 import os
@@ -26,6 +28,22 @@ from typing import Any, Callable, Iterable
 from .config import section_hash
 
 MANIFEST = "manifest.json"
+_CACHED_ONLY = contextvars.ContextVar("cgc_cached_only", default=False)
+
+
+class StageMissingError(RuntimeError):
+    """A stage an operation needs has no finished output for the current inputs and config."""
+
+
+@contextlib.contextmanager
+def cached_only():
+    """Within this block `run_stage` never computes: a stage without a finished output for its
+    current key raises `StageMissingError` (single-stage reruns: upstream stages must exist)."""
+    token = _CACHED_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _CACHED_ONLY.reset(token)
 
 
 def package_version() -> str:
@@ -162,6 +180,9 @@ def run_stage(
     problem = "recompute forced" if force else check_stage_dir(stage_dir, key)
     if problem is None:
         return StageResult(Manifest.read(stage_dir), stage_dir, cached=True, reason="cached: inputs, config and outputs unchanged")
+    if _CACHED_ONLY.get():
+        raise StageMissingError(f"{stage_dir}: the {stage} stage has no finished output for the current inputs "
+                                f"and config ({problem}); run the {stage} stage first")
 
     stage_dir.parent.mkdir(parents=True, exist_ok=True)
     if resumable:

@@ -14,7 +14,7 @@ def _stages(result):
 
 
 def test_flow_caches_stages_and_reruns_only_forced_ones(tmp_path, prefect_harness):
-    overrides = [f"data_dir={tmp_path / 'data'}", "synthetic.preset=tiny", "calibrate.mode=known_poses",
+    overrides = [f"data_dir={tmp_path / 'data'}", f"reports_dir={tmp_path / 'reports'}", "synthetic.preset=tiny", "calibrate.mode=known_poses",
                  "train.iterations=20", "train.refine_start_iter=5", "train.refine_every=5", "train.checkpoint_every=10"]
     run = cgc_benchmark(["synthetic"], overrides=overrides)
     (first,) = run["scenes"]

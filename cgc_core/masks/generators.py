@@ -47,13 +47,23 @@ def downscale(image: np.ndarray, max_side: int) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BOX))
 
 
+def shading_invariant(image: np.ndarray, luminance_weight: float) -> np.ndarray:
+    """[H, W, 3] float image: chromaticity (r, g)/(r+g+b) (b follows from them), scaled to RGB's
+    spread, and luminance times `luminance_weight`. Shading scales r, g and b together, so it
+    changes only the last channel: a box's lit and shaded faces differ little here, a red and a
+    blue object a lot."""
+    x = image.astype(np.float64) / 255.0
+    chroma = x[..., :2] / (x.sum(-1, keepdims=True) + 1e-3)
+    return np.concatenate([1.5 * chroma, luminance_weight * x.mean(-1, keepdims=True)], axis=-1)
+
+
 @dataclass
 class ClassicalGenerator:
     """Felzenszwalb segments at several scales (scikit-image): overlapping, view-inconsistent masks."""
 
     config: ClassicalConfig
     name: str = "classical"
-    version: str = "felzenszwalb-1"
+    version: str = "felzenszwalb-2"
 
     @property
     def config_hash(self) -> str:
@@ -69,10 +79,11 @@ class ClassicalGenerator:
         # as SAM's automatic masks do.
         rng = np.random.default_rng([cfg.seed, zlib.crc32(image_name.encode())])
         min_area = max(1, int(cfg.min_area_fraction * height * width))
+        segmented = shading_invariant(work, cfg.luminance_weight) if cfg.colour == "chroma" else work
         masks = []
         for scale in cfg.scales:
             jittered = scale * (1 + rng.uniform(-cfg.jitter, cfg.jitter))
-            labels = felzenszwalb(work, scale=jittered, sigma=cfg.sigma, min_size=min_area)
+            labels = felzenszwalb(segmented, scale=jittered, sigma=cfg.sigma, min_size=min_area, channel_axis=-1)
             counts = np.bincount(labels.ravel())
             for label in np.nonzero(counts >= min_area)[0]:
                 masks.append(labels == label)

@@ -1,0 +1,211 @@
+"""3D clustering, selection and export; the generated report."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.metrics import adjusted_rand_score
+
+from cgc_core.cluster import (cluster_gaussians, export_clusters, export_selection, remove_spatial_outliers,
+                              render_clusters, scores_against_truth, select_gaussians)
+from cgc_core.config import ClusterConfig, ReportConfig
+from cgc_core.gaussians import load_ply, read_ply_attribute
+from cgc_core.report import build_report
+
+
+def _feature_cloud(n_groups=5, per_group=800, dim=16, noise=0.15, seed=0):
+    """Unit-ish features around well-separated random directions, with known group ids."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.nn.functional.normalize(torch.randn(n_groups, dim, generator=g), dim=-1)
+    truth = torch.arange(n_groups).repeat_interleave(per_group)
+    features = centres[truth] + noise * torch.randn(len(truth), dim, generator=g)
+    means = torch.randn(len(truth), 3, generator=g) * 0.1 + torch.randn(n_groups, 3, generator=g)[truth] * 3
+    return features * 3.0, means, truth.numpy()  # raw features need not be unit length
+
+
+def _params(features, means):
+    n = len(means)
+    g = torch.Generator().manual_seed(1)
+    return {"means": means.float(), "quats": torch.randn(n, 4, generator=g), "scales": torch.full((n, 3), -3.0),
+            "opacities": torch.full((n,), 2.0), "sh0": torch.rand(n, 1, 3, generator=g), "shN": torch.zeros(n, 15, 3),
+            "features": features.float()}
+
+
+@pytest.mark.parametrize("max_fit_points", [None, 1500])
+def test_clustering_recovers_known_groups(max_fit_points):
+    features, means, truth = _feature_cloud()
+    result = cluster_gaussians(features, means, cfg=ClusterConfig(max_fit_points=max_fit_points, min_cluster_size=50))
+    assert result.n_clusters == 5
+    assert adjusted_rand_score(truth, result.labels) >= 0.95
+    assert result.sizes.sum() == len(truth) and result.n_fitted == (len(truth) if max_fit_points is None else 1500)
+
+
+def test_faint_gaussians_are_labelled_but_not_fitted_and_noise_can_be_kept():
+    features, means, truth = _feature_cloud(n_groups=3, per_group=300)
+    opacities = torch.ones(len(truth))
+    opacities[::10] = 0.01
+    features = features.clone()
+    features[::37] = torch.randn(len(features[::37]), 16) * 3  # scattered outliers: HDBSCAN noise
+    kept = cluster_gaussians(features, opacities=opacities, cfg=ClusterConfig(min_cluster_size=30, noise="keep"))
+    assert kept.n_fitted == int((opacities >= 0.1).sum())
+    assert (kept.labels == -1).any()
+    nearest = cluster_gaussians(features, opacities=opacities, cfg=ClusterConfig(min_cluster_size=30))
+    assert (nearest.labels >= 0).all() and nearest.n_clusters == 3
+    with pytest.raises(ValueError, match="nothing to cluster"):
+        cluster_gaussians(features, opacities=torch.zeros(len(truth)))
+
+
+def test_selection_by_query_and_spatial_outlier_removal():
+    features, means, truth = _feature_cloud(n_groups=3, per_group=300, noise=0.08)
+    query = features[truth == 1].mean(0)
+    keep = select_gaussians(features, query, 0.7, outlier_std_ratio=None)
+    assert (keep == (truth == 1)).all()
+    # One Gaussian of the object's feature far away from it: dropped by the spatial cleaning.
+    means = means.clone()
+    stray = int(np.nonzero(truth == 1)[0][0])
+    means[stray] += 50.0
+    cleaned = select_gaussians(features, query, 0.7, means=means)
+    assert not cleaned[stray] and cleaned.sum() == (truth == 1).sum() - 1
+    points = np.random.default_rng(0).normal(size=(200, 3))
+    assert remove_spatial_outliers(np.vstack([points, [[40.0, 0, 0]]]))[-1] == np.False_
+
+
+def test_export_round_trips_exactly_the_selected_gaussians(tmp_path):
+    features, means, truth = _feature_cloud(n_groups=3, per_group=100)
+    params = _params(features, means)
+    keep = truth == 2
+    path = export_selection(params, keep, tmp_path / "object.ply")
+    back = load_ply(path)
+    for key, value in params.items():
+        assert torch.allclose(back[key], value[torch.as_tensor(keep)]), key
+    clustering = cluster_gaussians(features, cfg=ClusterConfig(min_cluster_size=30))
+    written = export_clusters(params, clustering, tmp_path / "clusters")
+    labels = read_ply_attribute(tmp_path / "clusters" / "scene_clusters.ply", "cluster")
+    assert (labels == clustering.labels).all() and len(written) == 1 + clustering.n_clusters
+    sizes = [len(load_ply(p)["means"]) for p in written[1:]]
+    assert sizes == clustering.sizes.tolist()
+    with pytest.raises(ValueError, match="nothing selected"):
+        export_selection(params, np.zeros(len(truth), bool), tmp_path / "empty.ply")
+    assert not (tmp_path / "empty.ply").exists()
+
+
+def test_scores_against_truth_known_values():
+    truth = np.array([0, 0, 0, 1, 1, 2, 2, 2])
+    assert scores_against_truth(truth + 7, truth)["ari"] == pytest.approx(1.0)  # label names do not matter
+    scores = scores_against_truth(np.array([0, 0, 0, 1, 1, 1, 2, 2]), truth)
+    assert scores["object_iou"] == {1: pytest.approx(2 / 3), 2: pytest.approx(2 / 3)}
+    considered = np.array([True] * 5 + [False] * 3)
+    assert scores_against_truth(np.array([0, 0, 0, 1, 1, 1, 2, 2]), truth, considered)["object_iou"] == {1: 1.0}
+
+
+def test_cluster_palette_render_colours_each_cluster():
+    from cgc_core.scene.model import Camera
+    from cgc_core.scene.synthetic import look_at
+
+    # Two opaque blobs left and right of the view centre, labelled 0 and 1.
+    means = torch.tensor([[-0.5, 0.0, 0.0], [0.5, 0.0, 0.0]]).repeat_interleave(50, 0)
+    means += torch.randn(100, 3, generator=torch.Generator().manual_seed(0)) * 0.02
+    params = _params(torch.rand(100, 16), means)
+    params["scales"][:] = -3.0
+    params["opacities"][:] = 5.0
+    camera = Camera(np.array([[60.0, 0, 32], [0, 60.0, 24], [0, 0, 1]]), look_at(np.array([0, -3.0, 0]), np.zeros(3)),
+                    64, 48, "v")
+    image = render_clusters(params, np.repeat([0, 1], 50), camera, backend="torch")
+    from cgc_core.cluster import cluster_palette
+
+    palette = cluster_palette(2)
+    left, right = image[24, 22], image[24, 42]
+    assert np.allclose(left / left.max(), palette[0] / palette[0].max(), atol=0.05)
+    assert np.allclose(right / right.max(), palette[1] / palette[1].max(), atol=0.05)
+
+
+def _fake_run(tmp_path: Path, scene_dir: Path, scene_name: str, layout: str) -> tuple[Path, object]:
+    """The files a run leaves for the report: evaluate (results.parquet + summary.json from real
+    scoring of ground-truth-derived predictions), cluster summary, run.json."""
+    from cgc_core.config import EvaluateConfig
+    from cgc_core.evaluate import prediction_path, score_predictions
+    from cgc_core.metrics import average_scores
+    from cgc_core.scene import load_scene
+
+    scene = load_scene(scene_dir, name=scene_name)
+    evaluate_dir = tmp_path / "data" / scene_name / "evaluate"
+    rows = []
+    for view in scene.test_names:
+        for prompt in scene.gt_masks.get(view, {}):
+            gt = scene.load_gt_mask(view, prompt)
+            pred = np.roll(gt, 2, axis=1)  # a slightly shifted prediction: IoU < 1
+            path = prediction_path(evaluate_dir / "predictions", scene, view, prompt)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            from PIL import Image
+
+            Image.fromarray(pred.astype(np.uint8) * 255).save(path)
+    scores = score_predictions(scene, evaluate_dir / "predictions", EvaluateConfig())
+    averages = average_scores(scores)
+    pd.DataFrame([{**s.__dict__, "protocol": "click"} for s in scores]).to_parquet(evaluate_dir / "results.parquet")
+    (evaluate_dir / "summary.json").write_text(json.dumps({
+        "protocol": "click", "threshold": 0.7, "miou": averages["miou"], "mbiou": averages["mbiou"], "psnr": 30.0,
+        "prompts": averages["scenes"][scene_name]["prompts"]}))
+    cluster_dir = tmp_path / "data" / scene_name / "cluster"
+    cluster_dir.mkdir(parents=True)
+    (cluster_dir / "summary.json").write_text(json.dumps({"n_clusters": 7, "ari": 0.61, "mean_object_iou": 0.8,
+                                                          "mean_selection_iou": 0.75}))
+    run_dir = tmp_path / "reports" / "run-test"
+    run_dir.mkdir(parents=True)
+    stages = {"scene": {"dir": str(scene_dir), "cached": True, "seconds": None},
+              "train": {"dir": "x", "cached": False, "seconds": 123.4},
+              "cluster": {"dir": str(cluster_dir), "cached": False, "seconds": 5.0},
+              "evaluate": {"dir": str(evaluate_dir), "cached": False, "seconds": 9.0}}
+    (run_dir / "run.json").write_text(json.dumps({"run_id": "run-test", "created": "2026-11-24T00:00:00+00:00",
+                                                  "scenes": [{"scene": scene_name, "layout": layout, "stages": stages}]}))
+    return run_dir, scene, averages, scores
+
+
+def test_report_has_tables_protocol_published_numbers_and_embedded_figures(tmp_path, tiny_scene_dir):
+    # The tiny synthetic scene, presented as the LERF-Mask scene "figurines" so the paper's row applies.
+    scene_copy = tmp_path / "figurines"
+    shutil.copytree(tiny_scene_dir, scene_copy)
+    shutil.rmtree(scene_copy / "ground_truth")  # read as a plain LERF-Mask folder
+    run_dir, scene, averages, scores = _fake_run(tmp_path, scene_copy, "figurines", "lerf_mask")
+    files = build_report(run_dir, ReportConfig(views_per_prompt=2), {"figurines": scene})
+    md = files.markdown.read_text()
+    assert f"{100 * averages['miou']:.1f}" in md and "91.6 / 88.8" in md  # ours beside the paper's figurines
+    assert "click protocol" in md and "PROTOCOL.md" in md
+    assert "| cgc (this run) | " in md and "not run" in md  # ramen/teatime were not run
+    assert "| figurines | train | computed | 123.4 |" in md
+    page = files.html.read_text()
+    assert page.count("<table>") == md.count("\n## ") - 1  # one table per section but the figures
+    assert page.count("data:image/png;base64,") == len(files.figures) == 1 + len(scene.prompts)
+    assert not re.search(r"(src|href)=['\"]?(https?:|//)", page)  # self-contained: nothing fetched
+    table = pd.read_parquet(files.results)
+    assert len(table) == len(scores) and set(table["benchmark"]) == {"LERF-Mask"}
+    assert table["iou"].mean() < 1.0
+
+
+def test_report_of_missing_run_record_names_the_file(tmp_path):
+    from cgc_core.report import ReportError
+
+    with pytest.raises(ReportError, match="run.json"):
+        build_report(tmp_path)
+
+
+def test_report_html_renders_in_headless_chromium(tmp_path, tiny_scene_dir):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if chromium is None:
+        pytest.skip("Chromium is not installed here (Debian: apt install chromium); the screenshot check needs it")
+    run_dir, scene, _, _ = _fake_run(tmp_path, tiny_scene_dir, "synthetic", "synthetic")
+    files = build_report(run_dir, ReportConfig(views_per_prompt=2), {"synthetic": scene})
+    shot = tmp_path / "report.png"
+    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}",
+                    "--window-size=1200,2400", files.html.as_uri()], check=True, timeout=120, capture_output=True)
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(shot).convert("RGB")).astype(float)
+    assert pixels.std() > 10  # not a blank page: tables and figures drew something
