@@ -11,10 +11,12 @@ export PREFECT_HOME := $(CURDIR)/.prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 export PREFECT_LOGGING_LEVEL ?= INFO
+# cgc_core logs to the "cgc" logger (e.g. an out-of-memory retry); show it in Prefect's run logs.
+export PREFECT_LOGGING_EXTRA_LOGGERS := cgc
 # The demo and the tests run on CPU; keep BLAS/OpenMP from oversubscribing 2 cores.
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: demo test bench venv clean-data
+.PHONY: demo test bench serve stop venv clean-data
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,7 +33,15 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
-	@for b in benchmarks/*_bench.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	@for b in benchmarks/*_bench.py benchmarks/*_check.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+# A local Prefect server on 127.0.0.1 (SQLite in .prefect/), the process work pool, the deployment
+# of prefect.yaml and one worker; `make stop` stops exactly those processes.
+serve: $(STAMP)
+	$(PY) -m flows.serve start
+
+stop:
+	$(PY) -m flows.serve stop
 
 clean-data:
 	find data -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +

@@ -23,6 +23,24 @@ from .stage import StageResult, cached_only, digest, hash_file, run_stage
 STAGES = ("scene", "calibrate", "masks", "train", "cluster", "evaluate", "report")
 SCENE_STAGES = STAGES[:-1]
 """Stages run per scene; `report` runs once over all scenes of a benchmark run."""
+CONSUMERS = {"scene": ("calibrate",), "calibrate": ("masks", "train"), "masks": ("train",),
+             "train": ("cluster", "evaluate"), "cluster": ("report",), "evaluate": ("report",), "report": ()}
+"""The DAG: which stages read each stage's output."""
+
+
+def with_downstream(stages) -> set[str]:
+    """The stages plus every stage that (transitively) reads their output: what a forced
+    recomputation of `stages` must also recompute."""
+    unknown = set(stages) - set(STAGES)
+    if unknown:
+        raise ValueError(f"unknown stage(s) {sorted(unknown)}; stages are {list(STAGES)}")
+    out, todo = set(), list(stages)
+    while todo:
+        stage = todo.pop()
+        if stage not in out:
+            out.add(stage)
+            todo.extend(CONSUMERS[stage])
+    return out
 SYNTHETIC = "synthetic"
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -146,14 +164,13 @@ def train_stage(cfg: CgcConfig, scene: Scene, masks: StageResult, calibration: S
     Keyed on the calibration and masks stages' keys (their inputs and configs) and the train
     config; a killed or failed run resumes from its newest checkpoint.
     """
-    from .train import train
-
     inputs = {"calibrate": calibration.manifest.key, "masks": masks.manifest.key}
 
     def compute(work: Path) -> dict:
-        result = train(scene, MaskStore(masks.stage_dir / "store"), work, cfg.train, progress)
+        result, downscale = train_with_oom_retries(scene, MaskStore(masks.stage_dir / "store"), work, cfg.train,
+                                                   progress)
         return {"steps": result.steps, "seconds": round(result.seconds, 2), "resumed_from": result.resumed_from,
-                "n_gaussians": int(result.params["means"].shape[0])}
+                "n_gaussians": int(result.params["means"].shape[0]), "downscale": downscale}
 
     return run_stage(scene_dir(cfg, scene.name) / "train", "train", inputs, cfg.train, compute, force=force,
                      resumable=True)
@@ -242,6 +259,33 @@ def synthetic_cluster_scores(scene: Scene, params: dict, labels, selections: dic
             "object_iou": {names[k]: v for k, v in scores["object_iou"].items()},
             "selection_iou": selection_iou,
             "mean_selection_iou": float(np.mean(list(selection_iou.values()))) if selection_iou else None}
+
+
+def train_with_oom_retries(scene: Scene, store: MaskStore, out_dir: Path, train_cfg, progress=None):
+    """`train`, retried at twice the image downscale after a CUDA out-of-memory error, up to
+    `train_cfg.oom_retries` times; says so in the log. Returns the result and the downscale used."""
+    import logging
+    from dataclasses import replace
+
+    import torch
+
+    from .train import TrainingError, train
+
+    downscale = train_cfg.downscale
+    for attempt in range(train_cfg.oom_retries + 1):
+        try:
+            return train(scene, store, out_dir, replace(train_cfg, downscale=downscale), progress), downscale
+        except torch.OutOfMemoryError as exc:
+            if attempt == train_cfg.oom_retries:
+                raise TrainingError(f"{scene.name}: out of GPU memory at train.downscale={downscale} after "
+                                    f"{attempt} retries; raise train.downscale or use a larger GPU") from exc
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            logging.getLogger("cgc").warning(
+                "%s: CUDA out of memory while training at train.downscale=%d; retrying at train.downscale=%d "
+                "(resuming from the newest checkpoint)", scene.name, downscale, downscale * 2)
+            downscale *= 2
+    raise AssertionError("unreachable")
 
 
 def evaluate_stage(cfg: CgcConfig, scene: Scene, trained: StageResult, force: bool = False) -> StageResult:

@@ -1,20 +1,27 @@
-"""The `cgc-benchmark` flow: one `cgc-scene` subflow per scene, stages chained inside it.
+"""The `cgc-benchmark` flow: one `cgc-scene` subflow per scene, stages chained inside it, then one report.
 
 Run it directly (`python -m flows.benchmark --scenes synthetic`, what `make demo` does) or as a
-deployment (`prefect deployment run cgc-benchmark/cgc-benchmark`).
+deployment (`prefect deployment run cgc-benchmark/cgc-benchmark`, see prefect.yaml and `make serve`).
+
+Scenes fan out on the flow's task runner: each scene is a task that runs its `cgc-scene` subflow.
+The runner is a thread pool by default; with `--dask-address tcp://host:8786` (or the environment
+variable CGC_DASK_ADDRESS, e.g. set in a work pool's job variables) it is prefect-dask's
+`DaskTaskRunner` on that cluster, so scenes spread over its workers' machines.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, task
+from prefect.task_runners import ThreadPoolTaskRunner
 
 from cgc_core.config import CgcConfig, load_config
-from cgc_core.pipeline import STAGES, scene_dir, scene_name_of, stage_record
+from cgc_core.pipeline import STAGES, scene_dir, scene_name_of, stage_record, with_downstream
 from tasks.calibrate import calibrate_task
 from tasks.cluster import cluster_task
 from tasks.evaluate import evaluate_task
@@ -45,7 +52,7 @@ def cgc_scene(source: str, config_path: str | None = None, overrides: list[str] 
               force: list[str] | None = None) -> dict:
     """All stages of one scene; returns per stage its output folder and whether it was cached."""
     cfg = load_config(config_path, overrides)
-    force = set(force or [])
+    force = with_downstream(force or [])
     stages: dict[str, dict] = {}
     start = time.perf_counter()
     loaded = _run(scene_task, cfg, cfg, source, force="scene" in force)
@@ -66,7 +73,28 @@ def cgc_scene(source: str, config_path: str | None = None, overrides: list[str] 
             "seconds": round(time.perf_counter() - start, 2), "scene_object": loaded["scene"]}
 
 
-@flow(name="cgc-benchmark", log_prints=True)
+DASK_ADDRESS_ENV = "CGC_DASK_ADDRESS"
+
+
+def scene_task_runner(dask_address: str | None = None, max_workers: int | None = None):
+    """The task runner scenes fan out on: `DaskTaskRunner(address=...)` for a Dask cluster
+    (`dask_address`, else $CGC_DASK_ADDRESS), otherwise a thread pool."""
+    address = dask_address or os.environ.get(DASK_ADDRESS_ENV)
+    if address:
+        from prefect_dask import DaskTaskRunner
+
+        return DaskTaskRunner(address=address)
+    return ThreadPoolTaskRunner(max_workers=max_workers)
+
+
+@task(name="scene-pipeline", cache_policy=None)
+def scene_pipeline_task(source: str, config_path: str | None, overrides: list[str] | None,
+                        force: list[str] | None) -> dict:
+    """One scene's `cgc-scene` subflow, as a task so that scenes run side by side on the task runner."""
+    return cgc_scene(source, config_path, overrides, force)
+
+
+@flow(name="cgc-benchmark", log_prints=True, task_runner=scene_task_runner())
 def cgc_benchmark(scenes: list[str] | None = None, config_path: str | None = None,
                   overrides: list[str] | None = None, force: list[str] | None = None) -> dict:
     """Run every scene's stages, then write one report over all scenes.
@@ -75,12 +103,19 @@ def cgc_benchmark(scenes: list[str] | None = None, config_path: str | None = Non
         scenes: `synthetic`, `synthetic-<preset>`, or dataset folders; default the synthetic scene.
         config_path: Optional YAML config (see `cgc_core.config`).
         overrides: `section.field=value` strings applied after the file.
-        force: Stage names to recompute even when cached (see `cgc_core.pipeline.STAGES`).
+        force: Stage names to recompute even when cached (see `cgc_core.pipeline.STAGES`); every
+            stage that reads a forced stage's output is recomputed too (force=["train"]: train,
+            cluster, evaluate and report).
     """
     unknown = set(force or []) - set(STAGES)
     if unknown:
         raise ValueError(f"force: unknown stage(s) {sorted(unknown)}; stages are {list(STAGES)}")
-    results = [cgc_scene(source, config_path, overrides, force) for source in (scenes or ["synthetic"])]
+    sources = scenes or ["synthetic"]
+    if len(sources) == 1:
+        results = [cgc_scene(sources[0], config_path, overrides, force)]
+    else:
+        futures = [scene_pipeline_task.submit(s, config_path, overrides, force) for s in sources]
+        results = [f.result() for f in futures]
     logger = get_run_logger()
     for r in results:
         logger.info("%s: outputs in %s (%s)", r["scene"], r["dir"],
@@ -90,7 +125,7 @@ def cgc_benchmark(scenes: list[str] | None = None, config_path: str | None = Non
                    "stages": {k: {f: v[f] for f in ("dir", "key", "cached", "seconds")} for k, v in r["stages"].items()}}
                   for r in results]
     report = _run(report_task, cfg, cfg, run_scenes, {r["scene"]: r.pop("scene_object") for r in results},
-                  force="report" in (force or []))
+                  force="report" in with_downstream(force or []))
     logger.info("report: %s", Path(report["report_dir"]) / "report.html")
     return {"scenes": results, "report": report["report_dir"], "report_cached": report["cached"]}
 
@@ -101,8 +136,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--config", default=None, help="YAML config file")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE")
     parser.add_argument("--force", nargs="*", default=[], choices=STAGES)
+    parser.add_argument("--dask-address", default=None, help="run scenes on this Dask scheduler (tcp://host:port)")
     args = parser.parse_args(argv)
-    run = cgc_benchmark(args.scenes, args.config, args.overrides, args.force)
+    benchmark = cgc_benchmark
+    if args.dask_address:
+        benchmark = cgc_benchmark.with_options(task_runner=scene_task_runner(args.dask_address))
+    run = benchmark(args.scenes, args.config, args.overrides, args.force)
     results = run["scenes"]
     print()
     for r in results:

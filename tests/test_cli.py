@@ -53,3 +53,44 @@ def test_masks_then_masks_show_writes_an_overlay(tmp_path):
 
     with Image.open(out) as img:
         assert img.size == (192, 144)
+
+
+def test_single_stages_need_their_upstream_then_cluster_export_and_report(tmp_path):
+    from cgc_core.gaussians import load_ply, read_ply_attribute
+
+    common = ["--scene", "synthetic-tiny", "--set", f"data_dir={tmp_path / 'data'}", "--set",
+              f"reports_dir={tmp_path / 'reports'}", "--set", "calibrate.mode=known_poses", "--set",
+              "synthetic.supersample=1", "--set", "train.iterations=30", "--set", "train.refine_start_iter=10",
+              "--set", "train.refine_every=10", "--set", "cluster.min_cluster_size=20"]
+    premature = runner.invoke(app, ["stage", "train", *common])
+    assert premature.exit_code == 1
+    assert "the scene stage has no finished output" in premature.output  # nothing exists yet
+    for stage in ("scene", "calibrate", "masks"):
+        done = runner.invoke(app, ["stage", stage, *common])
+        assert done.exit_code == 0, done.output
+    no_model = runner.invoke(app, ["cluster", *common])
+    assert no_model.exit_code == 1 and "train stage has no finished output" in no_model.output
+    assert runner.invoke(app, ["stage", "train", *common]).exit_code == 0
+    clustered = runner.invoke(app, ["cluster", *common])
+    assert clustered.exit_code == 0, clustered.output
+    assert "n_clusters" in clustered.output
+    again = runner.invoke(app, ["stage", "cluster", *common])
+    assert "cached" in again.output
+
+    labels = read_ply_attribute(tmp_path / "data" / "synthetic-tiny" / "cluster" / "scene_clusters.ply", "cluster")
+    if (labels >= 0).any():
+        k = int(labels[labels >= 0][0])
+        out = tmp_path / "cluster.ply"
+        exported = runner.invoke(app, ["export", *common, "--cluster", str(k), "-o", str(out)])
+        assert exported.exit_code == 0, exported.output
+        assert len(load_ply(out)["means"]) == int((labels == k).sum())
+    missing = runner.invoke(app, ["export", *common, "--cluster", "999", "-o", str(tmp_path / "x.ply")])
+    assert missing.exit_code == 1 and "cluster 999 does not exist" in missing.output
+
+    unknown = runner.invoke(app, ["export", *common, "--object", "unicorn", "-o", str(tmp_path / "u.ply")])
+    assert unknown.exit_code == 1 and "'red sphere'" in unknown.output and not (tmp_path / "u.ply").exists()
+    both = runner.invoke(app, ["export", *common, "--object", "red sphere", "--cluster", "1", "-o", "x.ply"])
+    assert both.exit_code == 2 and "exactly one of" in both.output
+
+    no_run = runner.invoke(app, ["report", "--run", "run-nope", *common[2:]])
+    assert no_run.exit_code == 1 and "run.json: no run record" in no_run.output

@@ -1,4 +1,5 @@
-"""The cgc-benchmark Prefect flow: stages cached on content, forced reruns of one stage."""
+"""The cgc-benchmark Prefect flow: stages cached on content, forced reruns with their downstream,
+retries, and scenes fanned out on a Dask cluster."""
 
 from __future__ import annotations
 
@@ -8,44 +9,84 @@ import pytest
 
 from flows.benchmark import cgc_benchmark
 
+TINY = ["synthetic.preset=tiny", "synthetic.supersample=1", "calibrate.mode=known_poses", "train.iterations=20",
+        "train.refine_start_iter=5", "train.refine_every=5", "train.checkpoint_every=10",
+        "cluster.min_cluster_size=20", "stage.retry_delay_seconds=0"]
+
+
+def _overrides(tmp_path):
+    return [f"data_dir={tmp_path / 'data'}", f"reports_dir={tmp_path / 'reports'}", *TINY]
+
 
 def _stages(result):
     return {name: info["cached"] for name, info in result["stages"].items()}
 
 
-def test_flow_caches_stages_and_reruns_only_forced_ones(tmp_path, prefect_harness):
-    overrides = [f"data_dir={tmp_path / 'data'}", f"reports_dir={tmp_path / 'reports'}", "synthetic.preset=tiny", "calibrate.mode=known_poses",
-                 "train.iterations=20", "train.refine_start_iter=5", "train.refine_every=5", "train.checkpoint_every=10"]
+def _computed(run):
+    """Stage names computed in this run (any scene), plus `report` when the report was written."""
+    names = {name for scene in run["scenes"] for name, info in scene["stages"].items() if not info["cached"]}
+    return names | ({"report"} if not run["report_cached"] else set())
+
+
+def test_flow_caches_stages_and_reruns_only_what_changed(tmp_path, prefect_harness):
+    overrides = _overrides(tmp_path)
     run = cgc_benchmark(["synthetic"], overrides=overrides)
     (first,) = run["scenes"]
-    assert _stages(first) == {"scene": False, "calibrate": False, "masks": False, "train": False, "cluster": False,
-                              "evaluate": False}
-    assert not run["report_cached"] and (Path(run["report"]) / "report.html").is_file()
-    assert (tmp_path / "data" / "synthetic" / "cluster" / "scene_clusters.ply").is_file()
+    assert _computed(run) == {"scene", "calibrate", "masks", "train", "cluster", "evaluate", "report"}
     summary = first["stages"]["evaluate"]["info"]
     assert 0.0 <= summary["miou"] <= 1.0 and summary["psnr"] > 5  # a real (if barely trained) score
     assert (tmp_path / "data" / "synthetic" / "evaluate" / "results.parquet").is_file()
-    assert (tmp_path / "data" / "synthetic" / "train" / "point_cloud.ply").is_file()
-    calib_dir = tmp_path / "data" / "synthetic" / "calibrate"
-    assert (calib_dir / "manifest.json").is_file() and (calib_dir / "sparse" / "0" / "images.bin").is_file()
+    assert (tmp_path / "data" / "synthetic" / "cluster" / "scene_clusters.ply").is_file()
+    assert (Path(run["report"]) / "report.html").is_file() and Path(run["report"]).parent == tmp_path / "reports"
     assert first["stages"]["calibrate"]["info"]["registered_share"] == 1.0
-
-    rerun = cgc_benchmark(["synthetic"], overrides=overrides)
-    (second,) = rerun["scenes"]
-    assert all(_stages(second).values()) and rerun["report_cached"] and rerun["report"] == run["report"]
     assert first["stages"]["masks"]["info"]["generator"] == "classical"  # the synthetic scene's default
 
-    (third,) = cgc_benchmark(["synthetic"], overrides=overrides, force=["calibrate"])["scenes"]
-    # calibrate recomputed (same poses and points): its key is unchanged, so nothing after it reruns
-    assert _stages(third) == {"scene": True, "calibrate": False, "masks": True, "train": True, "cluster": True,
-                              "evaluate": True}
+    # Nothing changed: no stage body runs, the report is the same folder.
+    rerun = cgc_benchmark(["synthetic"], overrides=overrides)
+    assert _computed(rerun) == set() and rerun["report"] == run["report"]
 
-    # a config change in the masks section recomputes masks only
+    # force=["train"]: train and everything that reads it, nothing upstream.
+    forced = cgc_benchmark(["synthetic"], overrides=overrides, force=["train"])
+    assert _computed(forced) == {"train", "cluster", "evaluate", "report"}
+
+    # A changed masks setting: masks and everything downstream of it, not the calibration.
     changed = cgc_benchmark(["synthetic"], overrides=overrides + ["masks.classical.sigma=1.0"])
-    (fourth,) = changed["scenes"]
-    assert _stages(fourth) == {"scene": True, "calibrate": True, "masks": False, "train": False, "cluster": False,
-                               "evaluate": False}
-    assert not changed["report_cached"] and changed["report"] != run["report"]
+    assert _computed(changed) == {"masks", "train", "cluster", "evaluate", "report"}
+    assert changed["report"] != run["report"]
+
+
+def test_a_stage_that_fails_once_succeeds_on_retry(tmp_path, prefect_harness, monkeypatch):
+    import tasks.cluster
+
+    overrides = _overrides(tmp_path)
+    real = tasks.cluster.cluster_stage
+    calls = []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError("transient: disk hiccup")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tasks.cluster, "cluster_stage", flaky)
+    run = cgc_benchmark(["synthetic"], overrides=overrides)
+    assert len(calls) == 2 and not run["scenes"][0]["stages"]["cluster"]["cached"]
+    assert (tmp_path / "data" / "synthetic" / "cluster" / "summary.json").is_file()
+
+
+def test_two_scenes_on_a_local_dask_cluster(tmp_path, prefect_harness, tiny_scene_dir):
+    from distributed import LocalCluster
+    from prefect_dask import DaskTaskRunner
+
+    overrides = _overrides(tmp_path)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        flow = cgc_benchmark.with_options(task_runner=DaskTaskRunner(address=cluster.scheduler_address))
+        run = flow(["synthetic", str(tiny_scene_dir)], overrides=overrides)
+    names = [scene["scene"] for scene in run["scenes"]]
+    assert names == ["synthetic", tiny_scene_dir.name]
+    for scene in run["scenes"]:
+        assert scene["stages"]["evaluate"]["info"]["miou"] >= 0.0
+    assert (Path(run["report"]) / "report.html").read_text().count("<td>synthetic</td>") >= 1
 
 
 def test_flow_rejects_unknown_stage_names(prefect_harness):

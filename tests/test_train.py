@@ -90,3 +90,26 @@ def test_non_finite_loss_stops_with_a_clear_error(tiny_inputs, tmp_path):
     scene, store = tiny_inputs
     with pytest.raises(TrainingError, match="loss became nan at step 0"):
         train(scene, store, tmp_path, _cfg(cc_temperature_clip=None, cc_temperature_scale=float("nan")))
+
+
+def test_cuda_out_of_memory_retries_at_a_coarser_resolution(tiny_inputs, tmp_path, monkeypatch, caplog):
+    import cgc_core.train as train_module
+    from cgc_core.pipeline import train_with_oom_retries
+
+    scene, store = tiny_inputs
+    real_train = train_module.train
+    seen = []
+
+    def train_that_runs_out_of_memory(scene, store, out_dir, cfg, progress=None):
+        seen.append(cfg.downscale)
+        if cfg.downscale < 4:  # as a GPU too small for full and half resolution would
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_train(scene, store, out_dir, cfg, progress)
+
+    monkeypatch.setattr(train_module, "train", train_that_runs_out_of_memory)
+    with caplog.at_level("WARNING", logger="cgc"):
+        result, downscale = train_with_oom_retries(scene, store, tmp_path / "ok", _cfg(iterations=4))
+    assert seen == [1, 2, 4] and downscale == 4 and result.steps == 4
+    assert "retrying at train.downscale=2" in caplog.text and "retrying at train.downscale=4" in caplog.text
+    with pytest.raises(TrainingError, match="out of GPU memory at train.downscale=2 after 1 retries"):
+        train_with_oom_retries(scene, store, tmp_path / "fail", _cfg(iterations=4, oom_retries=1))

@@ -118,10 +118,17 @@ def load_sam(cfg: SamConfig):
             )
     elif not Path(checkpoint).is_file():
         raise MaskGeneratorError(f"{checkpoint}: SAM checkpoint file not found (masks.sam.checkpoint)")
-    try:
-        sam = sam_model_registry[cfg.model_type](checkpoint=checkpoint)
-    except Exception as exc:  # torch.load / load_state_dict raise several types for a bad file
-        raise MaskGeneratorError(f"{checkpoint}: not a valid SAM {cfg.model_type} checkpoint ({exc})") from exc
+    import torch
+
+    sam = sam_model_registry[cfg.model_type](checkpoint=None)
+    if checkpoint is not None:
+        # Loaded here rather than by segment-anything so that it is weights-only (no pickled code
+        # runs) and a wrong or damaged file is reported with its name.
+        try:
+            state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+            sam.load_state_dict(state)
+        except Exception as exc:  # unpickling and load_state_dict raise several types for a bad file
+            raise MaskGeneratorError(f"{checkpoint}: not a valid SAM {cfg.model_type} checkpoint ({exc})") from exc
     return sam.to(resolve_device(cfg.device)).eval()
 
 
