@@ -24,6 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 POOL = "cgc-local"
 STATE_FILE = "cgc-serve.json"
+_CHILDREN: dict[int, subprocess.Popen] = {}
+"""Processes this Python process started (to reap them on stop; `make stop` runs in a new one)."""
 
 
 def prefect_home() -> Path:
@@ -70,6 +72,7 @@ def start(port: int = 4200, log_dir: Path | None = None) -> dict:
     # Listening on 127.0.0.1 only; start_new_session so that `stop` can end the whole process group.
     server = subprocess.Popen(_prefect("server", "start", "--host", "127.0.0.1", "--port", str(port)), cwd=ROOT,
                               env=env, stdout=server_log, stderr=subprocess.STDOUT, start_new_session=True)
+    _CHILDREN[server.pid] = server
     state = {"api_url": api_url, "server_pid": server.pid, "worker_pid": None, "home": str(home),
              "logs": {"server": str(log_dir / "server.log"), "worker": str(log_dir / "worker.log")}}
     _write_state(home, state)
@@ -82,6 +85,7 @@ def start(port: int = 4200, log_dir: Path | None = None) -> dict:
         worker_log = open(log_dir / "worker.log", "ab")
         worker = subprocess.Popen(_prefect("worker", "start", "--pool", POOL, "--type", "process"), cwd=ROOT, env=env,
                                   stdout=worker_log, stderr=subprocess.STDOUT, start_new_session=True)
+        _CHILDREN[worker.pid] = worker
         state["worker_pid"] = worker.pid
         _write_state(home, state)
     except subprocess.CalledProcessError as exc:
@@ -108,8 +112,11 @@ def _end_group(pid: int | None, timeout: float = 20.0) -> bool:
         os.killpg(pid, signal.SIGTERM)
     except ProcessLookupError:
         return False
+    child = _CHILDREN.pop(pid, None)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if child is not None and child.poll() is not None:
+            child = None  # our own child has exited and is reaped; its group may still have members
         try:
             os.killpg(pid, 0)
         except ProcessLookupError:
@@ -119,6 +126,8 @@ def _end_group(pid: int | None, timeout: float = 20.0) -> bool:
         os.killpg(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+    if child is not None:
+        child.wait(timeout=10)
     return True
 
 
