@@ -16,7 +16,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import yaml
 
@@ -426,7 +426,47 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             cursor = cursor.setdefault(part, {})
         cursor[leaf] = yaml.safe_load(raw) if raw.strip() else None
         _merge(config, nested, f"override {item!r}")
+    problems = validate_config(config)
+    if problems:
+        sources = ", ".join(([str(path)] if path is not None else []) + [f"override {o!r}" for o in overrides or []])
+        raise ConfigError(f"{sources or 'config'}: " + "; ".join(problems))
     return config
+
+
+# (section, field) -> (check, what it must be). Fields matching a section's "lr_*" are added below.
+_RULES: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
+    ("train", "iterations"): (lambda v: v >= 1, ">= 1"),
+    ("train", "downscale"): (lambda v: v >= 1, ">= 1"),
+    ("train", "cc_every"): (lambda v: v >= 1, ">= 1"),
+    ("train", "reg_every"): (lambda v: v >= 1, ">= 1"),
+    ("train", "cc_weight"): (lambda v: v >= 0, ">= 0"),
+    ("train", "lambda_near"): (lambda v: v >= 0, ">= 0"),
+    ("train", "lambda_far"): (lambda v: v >= 0, ">= 0"),
+    ("train", "sh_degree"): (lambda v: 0 <= v <= 3, "between 0 and 3"),
+    ("train", "init_opacity"): (lambda v: 0 < v < 1, "in (0, 1)"),
+    ("train", "oom_retries"): (lambda v: v >= 0, ">= 0"),
+    ("query", "threshold"): (lambda v: -1 <= v <= 1, "a cosine similarity in [-1, 1]"),
+    ("cluster", "min_cluster_size"): (lambda v: v >= 2, ">= 2"),
+    ("cluster", "max_fit_points"): (lambda v: v is None or v >= 2, ">= 2 or null"),
+    ("stage", "retries"): (lambda v: v >= 0, ">= 0"),
+    ("stage", "retry_delay_seconds"): (lambda v: v >= 0, ">= 0"),
+}
+
+
+def validate_config(config: CgcConfig) -> list[str]:
+    """Values that are the right type but cannot work (a negative learning rate, zero iterations...)."""
+    problems = []
+    for section in dataclasses.fields(config):
+        value = getattr(config, section.name)
+        if not dataclasses.is_dataclass(value):
+            continue
+        for f in dataclasses.fields(value):
+            rule = _RULES.get((section.name, f.name))
+            if rule is None and f.name.startswith("lr_"):
+                rule = (lambda v: v > 0, "> 0")
+            if rule is not None and not rule[0](getattr(value, f.name)):
+                problems.append(f"{section.name}.{f.name} must be {rule[1]}, got {getattr(value, f.name)!r}")
+    return problems
 
 
 def save_config(config: CgcConfig, path: str | Path) -> None:

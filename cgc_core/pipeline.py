@@ -122,6 +122,9 @@ def calibrate_inputs(cfg: CgcConfig, scene: Scene) -> dict[str, str]:
 
 def calibrate_stage(cfg: CgcConfig, scene: Scene, force: bool = False) -> tuple[Scene, StageResult]:
     """Calibrate (or reuse the calibration of) a scene; returns the calibrated scene and the stage result."""
+    # Checked before the key is computed: a bad image is an error naming it, never a COLMAP failure.
+    scene.check_images(single_size=cfg.calibrate.single_camera and not scene.has_poses)
+
     def compute(tmp: Path) -> dict:
         summary = calibrate(scene, tmp, cfg.calibrate)
         return {

@@ -11,6 +11,7 @@ saved in every checkpoint, so a resumed run reproduces an uninterrupted one on C
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
@@ -29,8 +30,10 @@ from .losses import contrastive_clustering_loss, photometric_loss, sample_neighb
 from .masks.store import MaskStore
 from .render import Gaussians, render
 from .scene.model import Camera, Scene
+from .stage import hash_file
 
 CHECKPOINT_DIR = "checkpoints"
+logger = logging.getLogger("cgc")
 PLY_NAME = "point_cloud.ply"
 
 
@@ -105,18 +108,30 @@ def _save_checkpoint(out_dir: Path, step: int, params, optimizers, strategy_stat
         "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
         "strategy_state": strategy_state, "rng": torch.get_rng_state(),
     }, tmp)
+    # The checksum goes in first, then the checkpoint is renamed into place: every step_*.pt has
+    # its .sha256, and a flipped byte in either is caught on resume.
+    sidecar = path.with_suffix(".pt.sha256")
+    sidecar_tmp = sidecar.with_suffix(".sha256.tmp")
+    sidecar_tmp.write_text(hash_file(tmp))
+    os.replace(sidecar_tmp, sidecar)
     os.replace(tmp, path)
     return path
 
 
 def load_newest_checkpoint(out_dir: Path) -> tuple[dict, Path] | None:
-    """The newest checkpoint that loads and has every field; unreadable ones are skipped."""
+    """The newest checkpoint whose checksum matches, that loads (weights only) and has every field;
+    others are skipped with a warning on the `cgc` logger."""
     for path in reversed(_checkpoints(out_dir)):
+        sidecar = path.with_suffix(".pt.sha256")
         try:
+            if not sidecar.is_file() or sidecar.read_text().strip() != hash_file(path):
+                raise TrainingError("checksum mismatch (the file changed after it was written)")
             state = torch.load(path, map_location="cpu", weights_only=True)
-            if {"step", "params", "optimizers", "strategy_state", "rng"} <= set(state):
-                return state, path
-        except Exception:  # a torn or corrupt file: fall back to the previous one
+            if not {"step", "params", "optimizers", "strategy_state", "rng"} <= set(state):
+                raise TrainingError("fields missing")
+            return state, path
+        except Exception as exc:  # a damaged file of any kind: fall back to the previous one
+            logger.warning("%s: skipped, not resuming from it (%s)", path, exc)
             continue
     return None
 

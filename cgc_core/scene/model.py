@@ -153,6 +153,46 @@ class Scene:
         rgba = _read_image(self.image_path(name))
         return rgba[..., 3] if rgba.shape[-1] == 4 else None
 
+    def check_images(self, single_size: bool = False) -> dict[str, tuple[int, int]]:
+        """Open every image's header and check it against the scene; returns name -> (width, height).
+
+        Raises SceneError naming the file when an image is missing or not an image, when its size
+        differs from its camera's, when `single_size` and the images do not all share one size,
+        or when a ground-truth mask's size differs from its test image's.
+        """
+        sizes = {}
+        for name in self.image_names:
+            path = self.image_path(name)
+            try:
+                with Image.open(path) as img:
+                    sizes[name] = img.size
+            except FileNotFoundError as exc:
+                raise SceneError(f"{path}: image file not found") from exc
+            except (OSError, ValueError) as exc:
+                raise SceneError(f"{path}: not an image ({exc})") from exc
+            camera = self.cameras.get(name)
+            if camera is not None and (camera.width, camera.height) != sizes[name]:
+                raise SceneError(f"{path}: image is {sizes[name][0]}x{sizes[name][1]} but its camera says "
+                                 f"{camera.width}x{camera.height}")
+        if single_size and len(set(sizes.values())) > 1:
+            first = self.image_names[0]
+            odd = next(n for n in self.image_names if sizes[n] != sizes[first])
+            raise SceneError(f"{self.image_path(odd)}: images of mixed sizes: it is {sizes[odd][0]}x{sizes[odd][1]}, "
+                             f"{first} is {sizes[first][0]}x{sizes[first][1]} (resize them to one size, or set "
+                             "calibrate.single_camera=false)")
+        for view, masks in self.gt_masks.items():
+            for prompt, path in masks.items():
+                check_prompt_name(prompt, path)
+                try:
+                    with Image.open(path) as img:
+                        mask_size = img.size
+                except (OSError, ValueError) as exc:
+                    raise SceneError(f"{path}: cannot read ground-truth mask: {exc}") from exc
+                if view in sizes and mask_size != sizes[view]:
+                    raise SceneError(f"{path}: ground-truth mask is {mask_size[0]}x{mask_size[1]} but its test "
+                                     f"image {view} is {sizes[view][0]}x{sizes[view][1]}")
+        return sizes
+
     def load_gt_mask(self, test_name: str, prompt: str) -> np.ndarray:
         """Boolean ground-truth mask, binarised at > 128 as the LERF-Mask protocol does."""
         path = self.gt_masks[test_name][prompt]
@@ -161,6 +201,14 @@ class Scene:
         except (OSError, ValueError) as exc:
             raise SceneError(f"{path}: cannot read ground-truth mask: {exc}") from exc
         return gray > 128
+
+
+def check_prompt_name(prompt: str, source: Path | str) -> str:
+    """A prompt becomes a file name in result layouts (`<i>/<prompt>.png`): refuse one that is empty,
+    holds a path separator or is `.`/`..`, naming where it came from."""
+    if not prompt.strip() or "/" in prompt or "\\" in prompt or prompt.strip() in (".", "..") or "\0" in prompt:
+        raise SceneError(f"{source}: prompt {prompt!r} cannot be a file name (no '/', '\\', '..' or empty names)")
+    return prompt
 
 
 def _read_image(path: Path) -> np.ndarray:

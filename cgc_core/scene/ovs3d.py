@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .model import Camera, Scene, SceneError, list_images
+from .model import Camera, Scene, SceneError, check_prompt_name, list_images
 
 
 def is_ovs3d(root: Path) -> bool:
@@ -71,7 +71,8 @@ def read_ovs3d_scene(root: Path, name: str | None = None, image_dir: Path | None
     classes_path = seg_root / "classes.txt"
     if not classes_path.is_file():
         raise SceneError(f"{classes_path}: class list not found")
-    classes = [line.strip() for line in classes_path.read_text().splitlines() if line.strip()]
+    classes = [check_prompt_name(line.strip(), classes_path) for line in classes_path.read_text().splitlines()
+               if line.strip()]
     if not classes:
         raise SceneError(f"{classes_path}: no class names")
     stems = {Path(n).stem: n for n in names}
