@@ -9,6 +9,7 @@
     cgc cluster --scene SOURCE [--force]                 cluster the trained Gaussians (the cluster stage)
     cgc export --scene SOURCE (--object P | --cluster K | --click VIEW,ROW,COL) -o OUT.ply
     cgc report --run RUN_ID                              rebuild a run's report from its files
+    cgc view --scene SOURCE [--port 8080]                the interactive viewer (viser, 127.0.0.1)
     cgc config [--config FILE] [--set k=v ...]           print the resolved config as YAML
 
 Every command takes `--config FILE` and repeated `--set section.field=value` overrides.
@@ -304,6 +305,21 @@ def report_cmd(run: Annotated[str, typer.Option(help="run id (a folder under rep
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
     typer.echo(f"wrote {files.html} ({len(files.figures)} figures), {files.markdown}, {files.results}")
+
+
+@app.command("view")
+def view_cmd(scene: Annotated[str, typer.Option(help="scene source, as for `cgc stage`")],
+             host: str = "127.0.0.1", port: int = 8080, max_side: int = 256,
+             view: Annotated[Optional[str], typer.Option(help="camera (image name) to start at")] = None,
+             config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Serve the trained scene in the browser: click to segment, see the selection in 3D, export it."""
+    from .viewer import main as viewer_main
+
+    args = ["--scene", scene, "--host", host, "--port", str(port), "--max-side", str(max_side)]
+    args += (["--view", view] if view else []) + (["--config", str(config)] if config else [])
+    for item in set_ or []:
+        args += ["--set", item]
+    viewer_main(args)
 
 
 if __name__ == "__main__":

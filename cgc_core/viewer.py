@@ -1,0 +1,341 @@
+"""Interactive viewer: click on a rendered view to segment an object, see it in 3D, export it.
+
+The pure part, `ViewerSession`, holds a trained model and answers what the browser asks: render a
+camera (RGB, feature PCA or similarity to the query), turn a click into a query feature and a mask
+at the current threshold, select the object's Gaussians, export them. `serve` puts it behind a
+viser server on 127.0.0.1: the trained Gaussians as splats, the training cameras as frustums, our
+`render()` of the browser's camera as the viewport's background image, clicks on it (shift-click
+adds a click), a threshold slider, view-mode and cluster-palette toggles, and an export button.
+
+    cgc view --scene synthetic        (or the Prefect-free entry point `cgc-view --scene synthetic`)
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .cluster import export_selection, render_clusters, select_gaussians
+from .gaussians import read_ply_attribute
+from .query import normalize_features
+from .render import Gaussians, render
+from .scene.model import Camera
+
+Mode = Literal["rgb", "pca", "similarity", "clusters"]
+OVERLAY = np.array([1.0, 0.0, 1.0])  # magenta: visible on every object colour of the demo scene
+
+
+def camera_from_viser(wxyz, position, fov_y: float, aspect: float, max_side: int = 256, name: str = "viewer") -> Camera:
+    """Our `Camera` for viser's camera (camera-to-world pose with OpenCV axes, vertical FOV in
+    radians, width/height aspect), at most `max_side` pixels on its long side."""
+    w, x, y, z = (float(v) for v in wxyz)
+    rotation = np.array([
+        [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+        [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+        [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
+    ])
+    if aspect >= 1:
+        width, height = max_side, max(1, round(max_side / aspect))
+    else:
+        width, height = max(1, round(max_side * aspect)), max_side
+    focal = 0.5 * height / math.tan(0.5 * fov_y)
+    K = np.array([[focal, 0, width / 2], [0, focal, height / 2], [0, 0, 1.0]])
+    w2c = np.eye(4)
+    w2c[:3, :3] = rotation.T
+    w2c[:3, 3] = -rotation.T @ np.asarray(position, dtype=np.float64)
+    return Camera(K, w2c, width, height, name)
+
+
+def camera_to_viser(camera: Camera) -> tuple[np.ndarray, np.ndarray, float]:
+    """(wxyz, position, vertical FOV) of one of our cameras, for viser."""
+    from scipy.spatial.transform import Rotation
+
+    c2w = np.linalg.inv(camera.world_to_camera)
+    x, y, z, w = Rotation.from_matrix(c2w[:3, :3]).as_quat()
+    fov_y = 2 * math.atan(0.5 * camera.height / camera.K[1, 1])
+    return np.array([w, x, y, z]), c2w[:3, 3], fov_y
+
+
+def feature_pca(features: Tensor) -> np.ndarray:
+    """[H, W, D] features -> [H, W, 3] in [0, 1]: the first three principal components, min-max scaled."""
+    flat = normalize_features(features).reshape(-1, features.shape[-1]).float()
+    centred = flat - flat.mean(0)
+    _, _, v = torch.linalg.svd(centred, full_matrices=False)
+    proj = centred @ v[:3].T
+    lo, hi = proj.min(0).values, proj.max(0).values
+    return ((proj - lo) / (hi - lo).clamp_min(1e-9)).reshape(*features.shape[:2], 3).numpy()
+
+
+@dataclass
+class Frame:
+    """One rendered view: what the browser shows and what a click on it needs."""
+
+    camera: Camera
+    rgb: np.ndarray
+    features: Tensor
+    image: np.ndarray
+    seconds: float
+
+
+@dataclass
+class ViewerSession:
+    """A trained model plus the viewer's state (clicks, threshold, mode); no browser, no viser.
+
+    Attributes:
+        params: The trained parameter dict (`load_ply`).
+        backend: Render backend (`auto`, `torch`, `gsplat`).
+        threshold: Cosine similarity for the mask and the 3D selection (CGC: 0.7).
+        mode: What `render_view` shows: rgb, pca (features), similarity (to the query), clusters.
+        cluster_labels: Per-Gaussian labels for the `clusters` mode (from the cluster stage), or None.
+    """
+
+    params: dict[str, Tensor]
+    backend: str = "auto"
+    threshold: float = 0.7
+    mode: Mode = "rgb"
+    cluster_labels: np.ndarray | None = None
+    queries: list[Tensor] = field(default_factory=list)
+    last: Frame | None = None
+
+    def __post_init__(self) -> None:
+        self.gaussians = Gaussians.from_params(self.params)
+        self.opacities = torch.sigmoid(self.params["opacities"])
+
+    @torch.no_grad()
+    def render_view(self, camera: Camera) -> Frame:
+        """Render `camera` in the current mode, with the current selection's mask overlaid."""
+        start = time.perf_counter()
+        out = render(self.gaussians, camera, features=self.params["features"], backend=self.backend)
+        rgb = out.rgb.clamp(0, 1).cpu().numpy()
+        features = out.features.cpu()
+        if self.mode == "pca":
+            image = feature_pca(features)
+        elif self.mode == "similarity" and self.queries:
+            image = np.repeat(self.similarity(features)[..., None], 3, axis=2).clip(0, 1)
+        elif self.mode == "clusters" and self.cluster_labels is not None:
+            image = render_clusters(self.params, self.cluster_labels, camera, self.backend)
+        else:
+            image = rgb.copy()
+        mask = self.mask(features)
+        if mask is not None:
+            image = image.copy()
+            image[mask] = 0.45 * image[mask] + 0.55 * OVERLAY
+        self.last = Frame(camera, rgb, features, image, time.perf_counter() - start)
+        return self.last
+
+    def similarity(self, features: Tensor) -> np.ndarray:
+        """[H, W] highest cosine similarity of each pixel to any query."""
+        sims = normalize_features(features) @ F.normalize(torch.stack(self.queries), dim=-1).T
+        return sims.max(-1).values.numpy()
+
+    def mask(self, features: Tensor) -> np.ndarray | None:
+        """[H, W] pixels at or above the threshold for any query (None without a query)."""
+        return None if not self.queries else self.similarity(features) >= self.threshold
+
+    def click(self, u: float, v: float, add: bool = False) -> np.ndarray:
+        """A click at normalised image coordinates (u, v) in [0, 1] (OpenCV: u right, v down) on the
+        last rendered frame: its feature becomes the query (or one more query with `add`).
+        Returns the new mask of that frame."""
+        if self.last is None:
+            raise RuntimeError("nothing rendered yet: render_view first")
+        h, w = self.last.features.shape[:2]
+        row, col = min(int(v * h), h - 1), min(int(u * w), w - 1)
+        query = self.last.features[row, col]
+        if float(query.norm()) < 1e-6:
+            raise ValueError(f"nothing is rendered at pixel ({row}, {col}): click on an object")
+        self.queries = [*self.queries, query] if add else [query]
+        return self.mask(self.last.features)
+
+    def clear(self) -> None:
+        self.queries = []
+
+    def selected_gaussians(self) -> np.ndarray:
+        """[N] boolean: Gaussians similar to any query (union), spatially cleaned."""
+        keep = np.zeros(len(self.opacities), dtype=bool)
+        for query in self.queries:
+            keep |= select_gaussians(self.params["features"], query, self.threshold, self.params["means"],
+                                     self.opacities, min_opacity=0.1)
+        return keep
+
+    def export(self, path: str | Path) -> tuple[Path, int]:
+        """Write the selected Gaussians to a .ply; returns the path and how many."""
+        keep = self.selected_gaussians()
+        return export_selection(self.params, keep, path), int(keep.sum())
+
+
+def serve(session: ViewerSession, cameras: dict[str, Camera], export_dir: str | Path, host: str = "127.0.0.1",
+          port: int = 8080, max_side: int = 256, start_view: str | None = None):
+    """Serve the session with viser; returns the `viser.ViserServer` (call `.stop()` to end it).
+
+    Args:
+        session: The model and state.
+        cameras: Named cameras shown as frustums (the first, or `start_view`, is where a new browser starts).
+        export_dir: Where the export button writes `selection_<n>.ply`.
+        host: Interface to listen on (default loopback only).
+        port: Port.
+        max_side: Long side of the rendered background image.
+        start_view: Camera name a new browser tab starts at.
+    """
+    import viser
+
+    server = viser.ViserServer(host=host, port=port, verbose=False)
+    lock = threading.Lock()
+    export_dir = Path(export_dir)
+    params = session.params
+    colours = (0.5 + 0.28209479177387814 * params["sh0"][:, 0, :]).clamp(0, 1).numpy()
+    server.scene.add_point_cloud("/gaussians", points=params["means"].numpy(), colors=colours, point_size=0.01)
+    for name, cam in cameras.items():
+        wxyz, position, fov_y = camera_to_viser(cam)
+        server.scene.add_camera_frustum(f"/cameras/{Path(name).stem}", fov=fov_y, aspect=cam.width / cam.height,
+                                        scale=0.08, wxyz=wxyz, position=position, color=(120, 120, 120))
+    start = cameras[start_view or next(iter(cameras))]
+
+    status = server.gui.add_markdown("Click the image to select an object (shift-click adds a click).")
+    mode = server.gui.add_dropdown("View", ("rgb", "pca", "similarity", "clusters"), initial_value=session.mode)
+    threshold = server.gui.add_slider("Threshold", min=0.0, max=1.0, step=0.01, initial_value=session.threshold)
+    clear = server.gui.add_button("Clear selection")
+    export = server.gui.add_button("Export selection")
+    timing = server.gui.add_markdown("")
+
+    def redraw(client) -> None:
+        cam = client.camera
+        camera = camera_from_viser(cam.wxyz, cam.position, cam.fov, cam.aspect, max_side)
+        with lock:
+            frame = session.render_view(camera)
+        client.scene.set_background_image((frame.image * 255).astype(np.uint8), format="png")
+        timing.content = f"frame {1000 * frame.seconds:.0f} ms ({camera.width}×{camera.height}, CPU)" \
+            if session.backend != "gsplat" else f"frame {1000 * frame.seconds:.0f} ms"
+
+    def redraw_all() -> None:
+        for client in server.get_clients().values():
+            redraw(client)
+
+    selection_handle = None
+
+    def show_selection() -> None:
+        nonlocal selection_handle
+        with lock:
+            keep = session.selected_gaussians() if session.queries else np.zeros(0, bool)
+            pixels = int(session.mask(session.last.features).sum()) if session.queries and session.last else 0
+        if selection_handle is not None:
+            selection_handle.remove()
+            selection_handle = None
+        if keep.any():
+            selection_handle = server.scene.add_point_cloud(
+                "/selection", points=params["means"].numpy()[keep], colors=np.tile(OVERLAY, (int(keep.sum()), 1)),
+                point_size=0.02)
+        status.content = (f"selected {int(keep.sum())} Gaussians; mask {pixels} pixels at threshold "
+                          f"{session.threshold:.2f} ({len(session.queries)} click(s))" if session.queries
+                          else "Click the image to select an object (shift-click adds a click).")
+
+    @server.on_client_connect
+    def _(client) -> None:
+        wxyz, position, fov_y = camera_to_viser(start)
+        client.camera.wxyz, client.camera.position, client.camera.fov = wxyz, position, fov_y
+        client.camera.on_update(lambda _: redraw(client))
+        redraw(client)
+
+    def on_click(event, add: bool) -> None:
+        with lock:
+            if session.last is None:
+                return
+            try:
+                session.click(*event.screen_pos, add=add)
+            except ValueError as exc:
+                status.content = str(exc)
+                return
+        redraw(event.client)
+        show_selection()
+
+    server.scene.on_click()(lambda event: on_click(event, add=False))
+    server.scene.on_click(modifier="shift")(lambda event: on_click(event, add=True))
+
+    @mode.on_update
+    def _(_) -> None:
+        session.mode = mode.value
+        redraw_all()
+
+    @threshold.on_update
+    def _(_) -> None:
+        session.threshold = float(threshold.value)
+        redraw_all()
+        show_selection()
+
+    @clear.on_click
+    def _(_) -> None:
+        session.clear()
+        redraw_all()
+        show_selection()
+
+    @export.on_click
+    def _(_) -> None:
+        n = len(list(export_dir.glob("selection_*.ply"))) if export_dir.exists() else 0
+        try:
+            with lock:
+                path, count = session.export(export_dir / f"selection_{n:03d}.ply")
+            status.content = f"exported {count} Gaussians to {path}"
+        except ValueError as exc:
+            status.content = f"nothing exported: {exc}"
+
+    return server
+
+
+def load_session(cfg, source: str) -> tuple[ViewerSession, dict[str, Camera], Path]:
+    """The trained model of a scene (its train stage must be finished) as a session, with its
+    cameras and the export folder `<data>/<scene>/viewer/`."""
+    from .gaussians import load_ply
+    from .pipeline import run_scene_stage, scene_dir
+    from .stage import StageMissingError
+    from .train import PLY_NAME
+
+    scene, trained = run_scene_stage(cfg, source, "train")
+    params = load_ply(trained.stage_dir / PLY_NAME)
+    labels = None
+    try:
+        _, clustered = run_scene_stage(cfg, source, "cluster")
+        labels = read_ply_attribute(clustered.stage_dir / "scene_clusters.ply", "cluster")
+    except StageMissingError:
+        pass
+    session = ViewerSession(params, backend=cfg.train.backend, threshold=cfg.query.threshold, cluster_labels=labels)
+    names = scene.test_names + scene.train_names
+    cameras = {n: scene.cameras[n] for n in names if n in scene.cameras}
+    return session, cameras, scene_dir(cfg, scene.name) / "viewer"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`cgc-view`: the viewer without Prefect or the rest of the CLI."""
+    import argparse
+
+    from .config import load_config
+
+    parser = argparse.ArgumentParser(description="Serve a trained cgc scene in the browser (viser).")
+    parser.add_argument("--scene", required=True, help="synthetic, synthetic-<preset>, or a dataset folder")
+    parser.add_argument("--config", default=None)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--max-side", type=int, default=256)
+    parser.add_argument("--view", default=None, help="camera (image name) the browser starts at")
+    args = parser.parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
+    session, cameras, export_dir = load_session(cfg, args.scene)
+    server = serve(session, cameras, export_dir, args.host, args.port, args.max_side, args.view)
+    print(f"cgc viewer: http://{args.host}:{server.get_port()}  (exports go to {export_dir}; Ctrl-C stops)", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()
