@@ -101,11 +101,12 @@ def trained_tiny(tmp_path_factory):
     return cfg
 
 
-def test_viewer_in_headless_chromium_click_overlay_and_export(trained_tiny, tmp_path):
+def test_viewer_in_headless_chromium_click_overlay_and_export(request, tmp_path):
     chromium = shutil.which("chromium")
     if chromium is None:
         pytest.skip("Chromium is not installed here (Debian: apt install chromium); the browser test needs it")
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (Python client) is not installed")
+    trained_tiny = request.getfixturevalue("trained_tiny")  # trained only when the browser test can run
     from PIL import Image
 
     from cgc_core.scene.synthetic import read_ground_truth
