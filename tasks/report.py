@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import json
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
@@ -24,8 +24,6 @@ def report_task(cfg: CgcConfig, run_scenes: list[dict], scenes: dict | None = No
     # The artifact carries the tables; the figures stay in the HTML (Prefect renders no local images).
     create_markdown_artifact(key="cgc-report", markdown=markdown.split("\n## Figures")[0],
                              description=f"cgc benchmark report {folder.name}")
-    import json
-
     run = json.loads((folder / "run.json").read_text())
     create_table_artifact(key="cgc-results", description="mIoU / mBIoU per scene (protocol named per row)", table=[
         {k: s[k] for k in ("scene", "benchmark", "protocol", "miou", "mbiou", "psnr", "paper_miou", "ari")}
