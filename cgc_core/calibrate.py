@@ -248,6 +248,14 @@ def apply_calibration(scene: Scene, calib_dir: str | Path) -> Scene:
     )
 
 
+def _common_centres(estimated: dict, truth: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Camera centres of the images both hold, in sorted name order: (estimated, true)."""
+    names = sorted(set(estimated) & set(truth))
+    if len(names) < 3:
+        raise CalibrationError(f"need at least 3 common images to align, got {len(names)}")
+    return np.stack([estimated[n].center for n in names]), np.stack([truth[n].center for n in names])
+
+
 def similarity_to_truth(estimated: dict, truth: dict) -> np.ndarray:
     """The similarity (4×4, scale in the rotation block) taking estimated camera centres onto the
     true ones (pycolmap.estimate_sim3d); maps a calibrated reconstruction into the truth's frame.
@@ -256,11 +264,7 @@ def similarity_to_truth(estimated: dict, truth: dict) -> np.ndarray:
         estimated: image name -> estimated `Camera`.
         truth: image name -> true `Camera`.
     """
-    names = sorted(set(estimated) & set(truth))
-    if len(names) < 3:
-        raise CalibrationError(f"need at least 3 common images to align, got {len(names)}")
-    src = np.stack([estimated[n].center for n in names])
-    tgt = np.stack([truth[n].center for n in names])
+    src, tgt = _common_centres(estimated, truth)
     sim = pycolmap.estimate_sim3d(src, tgt)
     if sim is None:
         raise CalibrationError("could not estimate a similarity between estimated and true camera centres")
@@ -277,9 +281,7 @@ def camera_center_error(estimated: dict, truth: dict) -> tuple[float, np.ndarray
         (images present in both, in sorted name order).
     """
     matrix = similarity_to_truth(estimated, truth)
-    names = sorted(set(estimated) & set(truth))
-    src = np.stack([estimated[n].center for n in names])
-    tgt = np.stack([truth[n].center for n in names])
+    src, tgt = _common_centres(estimated, truth)
     aligned = src @ matrix[:3, :3].T + matrix[:3, 3]
     errors = np.linalg.norm(aligned - tgt, axis=1)
     return float(errors.mean()), errors

@@ -280,7 +280,7 @@ def report_cmd(run: Annotated[str, typer.Option(help="run id (a folder under rep
 
     from .pipeline import scene_stage
     from .report import RUN_RECORD, ReportError, build_report
-    from .scene import SceneError
+    from .scene import SceneError, load_scene
 
     cfg = _config(config, set_)
     folder = Path(run) if Path(run).is_dir() else Path(cfg.reports_dir) / run
@@ -293,8 +293,6 @@ def report_cmd(run: Annotated[str, typer.Option(help="run id (a folder under rep
     for entry in json.loads(record.read_text())["scenes"]:
         scene_root = Path(entry["stages"].get("scene", {}).get("dir") or "")
         try:  # for the figure strips: the scene as written by its scene stage, or the dataset folder
-            from .scene import load_scene
-
             scenes[entry["scene"]] = load_scene(scene_root, name=entry["scene"]) if scene_root.is_dir() else \
                 scene_stage(cfg, entry["scene"])[0]
         except (SceneError, ValueError) as exc:

@@ -192,6 +192,12 @@ def render_clusters(params: dict[str, Tensor], labels: np.ndarray, camera, backe
     return out.features.clamp(0, 1).cpu().numpy()
 
 
+def set_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of two boolean masks over the same Gaussians (0 when both are empty)."""
+    union = int((a | b).sum())
+    return float((a & b).sum() / union) if union else 0.0
+
+
 def scores_against_truth(labels: np.ndarray, truth: np.ndarray, considered: np.ndarray | None = None) -> dict:
     """Clusters against a per-Gaussian ground-truth object id.
 
@@ -212,10 +218,6 @@ def scores_against_truth(labels: np.ndarray, truth: np.ndarray, considered: np.n
     object_iou = {}
     for obj in np.unique(truth[truth > 0]):
         in_obj = truth == obj
-        best = 0.0
-        for k in np.unique(labels[in_obj]):
-            in_k = labels == k
-            best = max(best, float((in_obj & in_k).sum() / (in_obj | in_k).sum()))
-        object_iou[int(obj)] = best
+        object_iou[int(obj)] = max(set_iou(in_obj, labels == k) for k in np.unique(labels[in_obj]))
     return {"ari": float(adjusted_rand_score(truth, labels)), "object_iou": object_iou,
             "mean_object_iou": float(np.mean(list(object_iou.values()))) if object_iou else float("nan")}

@@ -241,7 +241,7 @@ def synthetic_cluster_scores(scene: Scene, params: dict, labels, selections: dic
     import numpy as np
 
     from .calibrate import similarity_to_truth
-    from .cluster import scores_against_truth
+    from .cluster import scores_against_truth, set_iou
     from .scene.synthetic import read_ground_truth
 
     truth_scene = read_synthetic_scene(scene.root)
@@ -255,9 +255,7 @@ def synthetic_cluster_scores(scene: Scene, params: dict, labels, selections: dic
     for prompt, keep in selections.items():
         obj = next((i for i, n in names.items() if n == prompt), None)
         if obj is not None:
-            in_obj, chosen = (truth == obj) & considered, keep & considered
-            union = (in_obj | chosen).sum()
-            selection_iou[prompt] = float((in_obj & chosen).sum() / union) if union else 0.0
+            selection_iou[prompt] = set_iou((truth == obj) & considered, keep & considered)
     return {"ari": scores["ari"], "mean_object_iou": scores["mean_object_iou"],
             "object_iou": {names[k]: v for k, v in scores["object_iou"].items()},
             "selection_iou": selection_iou,
