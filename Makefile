@@ -16,7 +16,7 @@ export PREFECT_LOGGING_EXTRA_LOGGERS := cgc
 # The demo and the tests run on CPU; keep BLAS/OpenMP from oversubscribing 2 cores.
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: demo test bench serve stop venv clean-data
+.PHONY: demo test bench serve stop venv browser clean-data
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,7 +29,18 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m flows.benchmark --scenes synthetic
 
-test: $(STAMP)
+# The browser tests need Chromium: Debian's package, installed through apt when it is missing and
+# we may install packages (root, or password-less sudo). Under CI=true a test that would skip for a
+# missing dependency fails instead (tests/conftest.py), so a missing install step cannot hide.
+browser:
+	@if command -v chromium >/dev/null || command -v chromium-browser >/dev/null; then :; \
+	elif command -v apt-get >/dev/null && { [ "$$(id -u)" = 0 ] || sudo -n true 2>/dev/null; }; then \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo "sudo -n"); \
+		echo "installing Debian's chromium for the browser tests (apt-get)"; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
+	else echo "Chromium is missing and packages cannot be installed here: the browser tests will skip (and fail under CI=true)"; fi
+
+test: $(STAMP) browser
 	$(PY) -m pytest -q
 
 bench: $(STAMP)

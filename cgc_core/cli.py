@@ -307,7 +307,8 @@ def report_cmd(run: Annotated[str, typer.Option(help="run id (a folder under rep
 
 @app.command("view")
 def view_cmd(scene: Annotated[str, typer.Option(help="scene source, as for `cgc stage`")],
-             host: str = "127.0.0.1", port: int = 8080, max_side: int = 256,
+             host: Annotated[str, typer.Option(help="interface to listen on; not loopback = reachable from the network")] = "127.0.0.1",
+             port: int = 8080, max_side: int = 256,
              view: Annotated[Optional[str], typer.Option(help="camera (image name) to start at")] = None,
              config: ConfigOpt = None, set_: SetOpt = None) -> None:
     """Serve the trained scene in the browser: click to segment, see the selection in 3D, export it."""

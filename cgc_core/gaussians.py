@@ -113,13 +113,43 @@ def _numbered(names: list[str], prefix: str) -> list[str]:
     return sorted((n for n in names if n.startswith(prefix)), key=lambda n: int(n[len(prefix):]))
 
 
-def load_ply(path: str | Path) -> dict[str, Tensor]:
-    """Read a 3DGS .ply (with or without `feat_*`) back into the raw parameter dict."""
-    path = Path(path)
+def _read_vertices(path: Path):
+    """The `vertex` element of a .ply, after checking that the file can hold what its header claims.
+
+    plyfile allocates the element's array from the header's count before reading a row (for ASCII
+    files and whenever it cannot memory-map), so a header that claims 10^12 vertices would ask for
+    terabytes: the count is checked against the bytes that follow the header first.
+    """
     try:
-        vertex = PlyData.read(str(path))["vertex"]
-    except (OSError, KeyError, ValueError, PlyParseError) as exc:
+        with open(path, "rb") as stream:
+            # plyfile has no public header-only reader; _parse_header is what PlyData.read calls first.
+            header = PlyData._parse_header(stream)
+            body = path.stat().st_size - stream.tell()
+        for element in header.elements:
+            if header.text:  # at least one character and one separator per value
+                row = 2 * len(element.properties)
+            else:  # fixed-size values, and a list's length field (its items may be zero)
+                row = sum(np.dtype(getattr(p, "len_dtype", p.val_dtype)).itemsize for p in element.properties)
+            if element.count * row > body:
+                raise GaussianFileError(
+                    f"{path}: the header claims {element.count} {element.name} rows (at least {element.count * row} "
+                    f"bytes) but only {body} bytes follow it: the file is truncated or its header is wrong")
+        return PlyData.read(str(path))["vertex"]
+    except GaussianFileError:
+        raise
+    except (OSError, KeyError, ValueError, PlyParseError, MemoryError) as exc:
         raise GaussianFileError(f"{path}: not a readable Gaussian .ply ({exc})") from exc
+
+
+def load_ply(path: str | Path) -> dict[str, Tensor]:
+    """Read a 3DGS .ply (with or without `feat_*`) back into the raw parameter dict.
+
+    Raises:
+        GaussianFileError: naming the file, when it is not a .ply, lacks the 3DGS attributes, or
+            its header claims more rows than the file holds.
+    """
+    path = Path(path)
+    vertex = _read_vertices(path)
     names = [prop.name for prop in vertex.properties]
     required = ["x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity", "scale_0", "scale_1", "scale_2",
                 "rot_0", "rot_1", "rot_2", "rot_3"]
@@ -152,10 +182,10 @@ def load_ply(path: str | Path) -> dict[str, Tensor]:
 def read_ply_attribute(path: str | Path, name: str) -> np.ndarray:
     """One vertex attribute of a .ply (e.g. the `cluster` column of a labelled scene)."""
     path = Path(path)
+    vertex = _read_vertices(path)
     try:
-        vertex = PlyData.read(str(path))["vertex"]
         return np.asarray(vertex[name])
-    except (OSError, KeyError, ValueError, PlyParseError) as exc:
+    except (KeyError, ValueError) as exc:
         raise GaussianFileError(f"{path}: no readable vertex attribute {name!r} ({exc})") from exc
 
 

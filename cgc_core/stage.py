@@ -6,6 +6,12 @@ only when its manifest carries the same key *and* every output file still has th
 manifest recorded; otherwise it recomputes into a temporary folder beside the target and renames
 it into place when complete, so a killed run never leaves a folder that looks finished.
 
+Two runs of the same stage (two deployment runs, a flow run and `cgc stage`) serialise on a lock
+file beside the folder (`filelock`, an OS `flock`): the second waits, then reuses what the first
+wrote. The kernel drops the lock of a process that dies, so a killed run never blocks the next.
+A full disk while computing removes the work folder, keeps the previous output, and raises
+`StageWriteError` naming the stage and its folder.
+
 Orchestrators (the Prefect tasks in `tasks/`) call `run_stage`; the library itself never imports one.
 """
 
@@ -13,8 +19,10 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import errno
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -25,14 +33,78 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from filelock import FileLock, Timeout
+
 from .config import section_hash
 
 MANIFEST = "manifest.json"
+LOCK_WAIT_LOG_S = 30.0
+"""While waiting for another run's lock, log that we wait this often."""
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+logger = logging.getLogger("cgc")
 _CACHED_ONLY = contextvars.ContextVar("cgc_cached_only", default=False)
 
 
 class StageMissingError(RuntimeError):
     """A stage an operation needs has no finished output for the current inputs and config."""
+
+
+class StageWriteError(OSError):
+    """The disk filled up (or a quota ran out) while a stage wrote its output; `errno` is kept."""
+
+
+class StageLockTimeout(TimeoutError):
+    """Another run held a stage's lock for longer than the caller was willing to wait."""
+
+
+def lock_path(stage_dir: str | Path) -> Path:
+    """The lock file that serialises runs of one stage folder: `.<name>.lock` beside it."""
+    stage_dir = Path(stage_dir)
+    return stage_dir.parent / f".{stage_dir.name}.lock"
+
+
+@contextlib.contextmanager
+def stage_lock(stage_dir: str | Path, timeout: float | None = None):
+    """Hold the stage folder's lock; waits for another holder (forever when `timeout` is None).
+
+    The lock is an advisory `flock` on `lock_path(stage_dir)`: the kernel releases it when its
+    holder exits or is killed, so a stale lock file never blocks. Raises `StageLockTimeout`
+    naming the folder when `timeout` seconds pass first.
+    """
+    path = lock_path(stage_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(path)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        logger.info("%s: another run is computing this stage; waiting for it (lock %s)", stage_dir, path)
+        began = time.monotonic()
+        while True:
+            left = None if timeout is None else timeout - (time.monotonic() - began)
+            if left is not None and left <= 0:
+                raise StageLockTimeout(f"{stage_dir}: another run held {path} for more than {timeout:g} s; "
+                                       "gave up waiting") from None
+            try:
+                lock.acquire(timeout=LOCK_WAIT_LOG_S if left is None else min(LOCK_WAIT_LOG_S, left))
+                break
+            except Timeout:
+                logger.info("%s: still waiting for the other run (%.0f s)", stage_dir, time.monotonic() - began)
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True for an error that says the device or the quota is full (ENOSPC, EDQUOT), also when a
+    library re-raised it with the message but not the errno (pyarrow, torch)."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in _DISK_FULL:
+            return True
+        if "No space left on device" in str(exc) or "Disk quota exceeded" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 @contextlib.contextmanager
@@ -139,9 +211,13 @@ def check_stage_dir(stage_dir: Path, key: str) -> str | None:
         return "inputs, config or version changed"
     for rel, expected in manifest.outputs.items():
         path = stage_dir / rel
-        if not path.is_file():
+        try:
+            actual = hash_file(path)
+        except FileNotFoundError:
             return f"output {rel} is missing"
-        if hash_file(path) != expected:
+        except OSError as exc:  # e.g. the folder is being replaced by a concurrent run right now
+            return f"output {rel} unreadable ({exc})"
+        if actual != expected:
             return f"output {rel} does not match its checksum"
     return None
 
@@ -154,6 +230,7 @@ def run_stage(
     compute: Callable[[Path], dict[str, Any] | None],
     force: bool = False,
     resumable: bool = False,
+    lock_timeout: float | None = None,
 ) -> StageResult:
     """Reuse or compute one stage's output folder.
 
@@ -164,26 +241,56 @@ def run_stage(
         config_section: The config dataclass section the stage reads (hashed into the key).
         compute: Called with an empty temporary folder to fill; may return a JSON-able dict
             stored as the manifest's `info`.
-        force: Recompute even when a valid output exists.
+        force: Recompute even when a valid output exists (unless another run finished this very
+            output while we waited for its lock: then that fresh output is reused).
         resumable: Work in a folder named after the key (`.<name>.partial-<key>`) that survives a
             failure or a kill, so that `compute` can skip what a previous attempt finished; it
             becomes the output folder only when `compute` returns. Without it, each attempt
             starts from an empty temporary folder.
+        lock_timeout: Seconds to wait for another run of this stage folder (None: as long as it
+            takes; a killed holder releases the lock at once).
 
     Returns:
         A `StageResult`; `cached` says whether the existing folder was reused.
+
+    Raises:
+        StageMissingError: inside `cached_only()`, when no finished output matches.
+        StageWriteError: the disk filled up while computing; the work folder is removed and the
+            previous output, if any, is unchanged.
+        StageLockTimeout: another run held the lock longer than `lock_timeout`.
     """
     stage_dir = Path(stage_dir)
     config_hash = section_hash(config_section)
     version = package_version()
     key = stage_key(stage, inputs, config_hash, version)
     problem = "recompute forced" if force else check_stage_dir(stage_dir, key)
-    if problem is None:
+    if problem is None:  # the common case needs no lock: finished folders are only ever replaced whole
         return StageResult(Manifest.read(stage_dir), stage_dir, cached=True, reason="cached: inputs, config and outputs unchanged")
     if _CACHED_ONLY.get():
         raise StageMissingError(f"{stage_dir}: the {stage} stage has no finished output for the current inputs "
                                 f"and config ({problem}); run the {stage} stage first")
+    before = _manifest_stamp(stage_dir)
+    with stage_lock(stage_dir, lock_timeout):
+        # Another run may have finished this output while we waited for its lock.
+        if (not force or _manifest_stamp(stage_dir) != before) and check_stage_dir(stage_dir, key) is None:
+            return StageResult(Manifest.read(stage_dir), stage_dir, cached=True,
+                               reason="cached: computed by a concurrent run while this one waited")
+        return _compute_stage(stage_dir, stage, key, inputs, config_hash, version, compute, force, resumable, problem)
 
+
+def _manifest_stamp(stage_dir: Path) -> tuple[int, int] | None:
+    """Identity of a folder's manifest file (inode, mtime), to see whether it was replaced."""
+    try:
+        stat = (stage_dir / MANIFEST).stat()
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns
+
+
+def _compute_stage(stage_dir: Path, stage: str, key: str, inputs: dict[str, str], config_hash: str, version: str,
+                   compute: Callable[[Path], dict[str, Any] | None], force: bool, resumable: bool,
+                   problem: str) -> StageResult:
+    """Compute into a work folder and swap it in; the caller holds the stage lock."""
     stage_dir.parent.mkdir(parents=True, exist_ok=True)
     if resumable:
         tmp = stage_dir.parent / f".{stage_dir.name}.partial-{key}"
@@ -215,8 +322,15 @@ def run_stage(
             shutil.rmtree(trash, ignore_errors=True)
         else:
             os.replace(tmp, stage_dir)
-    except BaseException:
-        if not resumable:
+    except BaseException as exc:
+        full = isinstance(exc, Exception) and is_disk_full(exc)
+        if full or not resumable:
+            # A full disk: free what this attempt wrote rather than keep a partial that fills it.
             shutil.rmtree(tmp, ignore_errors=True)
+        if full:
+            previous = "the previous output is unchanged" if (stage_dir / MANIFEST).is_file() else "no previous output"
+            raise StageWriteError(exc.errno if isinstance(exc, OSError) and exc.errno else errno.ENOSPC,
+                                  f"{stage} stage: no space left on the device while writing {stage_dir} "
+                                  f"({exc}); its work folder was removed and {previous}; free space and rerun") from exc
         raise
     return StageResult(manifest, stage_dir, cached=False, reason=problem)

@@ -103,11 +103,14 @@ def _save_checkpoint(out_dir: Path, step: int, params, optimizers, strategy_stat
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"step_{step:06d}.pt"
     tmp = path.with_suffix(".pt.tmp")
-    torch.save({
-        "step": step, "params": {k: v.detach() for k, v in params.items()},
-        "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
-        "strategy_state": strategy_state, "rng": torch.get_rng_state(),
-    }, tmp)
+    # Through a Python file object: a full disk then raises OSError(ENOSPC), where torch.save on a
+    # path raises an opaque "unexpected pos" RuntimeError.
+    with open(tmp, "wb") as handle:
+        torch.save({
+            "step": step, "params": {k: v.detach() for k, v in params.items()},
+            "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+            "strategy_state": strategy_state, "rng": torch.get_rng_state(),
+        }, handle)
     # The checksum goes in first, then the checkpoint is renamed into place: every step_*.pt has
     # its .sha256, and a flipped byte in either is caught on resume.
     sidecar = path.with_suffix(".pt.sha256")

@@ -29,6 +29,7 @@ from .gaussians import read_ply_attribute
 from .query import normalize_features
 from .render import Gaussians, render
 from .scene.model import Camera
+from .serving import DEFAULT_HOST, warn_if_exposed
 
 Mode = Literal["rgb", "pca", "similarity", "clusters"]
 OVERLAY = np.array([1.0, 0.0, 1.0])  # magenta: visible on every object colour of the demo scene
@@ -172,7 +173,7 @@ class ViewerSession:
         return export_selection(self.params, keep, path), int(keep.sum())
 
 
-def serve(session: ViewerSession, cameras: dict[str, Camera], export_dir: str | Path, host: str = "127.0.0.1",
+def serve(session: ViewerSession, cameras: dict[str, Camera], export_dir: str | Path, host: str = DEFAULT_HOST,
           port: int = 8080, max_side: int = 256, start_view: str | None = None):
     """Serve the session with viser; returns the `viser.ViserServer` (call `.stop()` to end it).
 
@@ -180,13 +181,15 @@ def serve(session: ViewerSession, cameras: dict[str, Camera], export_dir: str | 
         session: The model and state.
         cameras: Named cameras shown as frustums (the first, or `start_view`, is where a new browser starts).
         export_dir: Where the export button writes `selection_<n>.ply`.
-        host: Interface to listen on (default loopback only).
+        host: Interface to listen on (default loopback only; any other host prints a warning
+            that the viewer is reachable from the network).
         port: Port.
         max_side: Long side of the rendered background image.
         start_view: Camera name a new browser tab starts at.
     """
     import viser
 
+    warn_if_exposed(host, "the cgc viewer", port)
     server = viser.ViserServer(host=host, port=port, verbose=False)
     lock = threading.Lock()
     export_dir = Path(export_dir)
@@ -321,7 +324,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scene", required=True, help="synthetic, synthetic-<preset>, or a dataset folder")
     parser.add_argument("--config", default=None)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE")
-    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--host", default=DEFAULT_HOST,
+                        help="interface to listen on (default loopback only; others are reachable from the network)")
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--max-side", type=int, default=256)
     parser.add_argument("--view", default=None, help="camera (image name) the browser starts at")

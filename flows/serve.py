@@ -1,6 +1,7 @@
 """Start and stop a local Prefect server, work pool, deployment and worker for cgc (`make serve` / `make stop`).
 
-    python -m flows.serve start [--port 4200]   server on 127.0.0.1 (SQLite under $PREFECT_HOME),
+    python -m flows.serve start [--port 4200]   server on 127.0.0.1 (SQLite under $PREFECT_HOME; --host
+                                                another interface, with a warning that it is reachable),
                                                 process work pool `cgc-local`, `prefect deploy --all`
                                                 (prefect.yaml), one worker; PIDs in $PREFECT_HOME/cgc-serve.json
     python -m flows.serve stop                  stops exactly the processes `start` recorded
@@ -20,6 +21,8 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+
+from cgc_core.serving import DEFAULT_HOST, warn_if_exposed
 
 ROOT = Path(__file__).resolve().parent.parent
 POOL = "cgc-local"
@@ -59,8 +62,13 @@ def wait_healthy(api_url: str, timeout: float = 120.0, process: subprocess.Popen
     raise TimeoutError(f"Prefect server at {api_url} not healthy after {timeout:.0f} s")
 
 
-def start(port: int = 4200, log_dir: Path | None = None) -> dict:
-    """Start server, pool, deployment and worker; returns the recorded state (PIDs, URL, logs)."""
+def start(port: int = 4200, log_dir: Path | None = None, host: str = DEFAULT_HOST) -> dict:
+    """Start server, pool, deployment and worker; returns the recorded state (PIDs, URL, logs).
+
+    The server listens on `host` (loopback by default); any other host prints a warning that the
+    Prefect API, which has no authentication, is reachable from the network. Clients here always
+    talk to it over 127.0.0.1.
+    """
     home = prefect_home()
     home.mkdir(parents=True, exist_ok=True)
     if (home / STATE_FILE).exists():
@@ -69,8 +77,9 @@ def start(port: int = 4200, log_dir: Path | None = None) -> dict:
     env = _env(api_url)
     log_dir = Path(log_dir or home)
     server_log = open(log_dir / "server.log", "ab")
-    # Listening on 127.0.0.1 only; start_new_session so that `stop` can end the whole process group.
-    server = subprocess.Popen(_prefect("server", "start", "--host", "127.0.0.1", "--port", str(port)), cwd=ROOT,
+    warn_if_exposed(host, "the Prefect server", port)
+    # start_new_session so that `stop` can end the whole process group.
+    server = subprocess.Popen(_prefect("server", "start", "--host", host, "--port", str(port)), cwd=ROOT,
                               env=env, stdout=server_log, stderr=subprocess.STDOUT, start_new_session=True)
     _CHILDREN[server.pid] = server
     state = {"api_url": api_url, "server_pid": server.pid, "worker_pid": None, "home": str(home),
@@ -152,9 +161,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["start", "stop"])
     parser.add_argument("--port", type=int, default=int(os.environ.get("CGC_PREFECT_PORT", "4200")))
+    parser.add_argument("--host", default=os.environ.get("CGC_PREFECT_HOST", DEFAULT_HOST),
+                        help="interface the server listens on (default loopback only; others are reachable from the network)")
     args = parser.parse_args(argv)
     if args.command == "start":
-        state = start(args.port)
+        state = start(args.port, host=args.host)
         print(f"Prefect server: {state['api_url'].removesuffix('/api')} (UI), API {state['api_url']}")
         print(f"work pool {POOL}, deployment cgc-benchmark/cgc-benchmark, worker pid {state['worker_pid']}")
         print(f"logs: {state['logs']['server']}, {state['logs']['worker']}")

@@ -1,8 +1,15 @@
-"""Shared fixtures: the rendered synthetic scenes (once per session) and ../shared/ lookups."""
+"""Shared fixtures: the rendered synthetic scenes (once per session), ../shared/ lookups, Chromium;
+and the rule that under CI (CI=true) only GPU tests may skip.
+
+A test that needs a GPU carries `@pytest.mark.gpu`. Any other skip under CI (a missing browser,
+Python package or shared folder) is turned into a failure that names what is missing: a green CI
+must not hide a missing install step. Outside CI such tests skip with their reason as usual.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -15,6 +22,36 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 SHARED = ROOT.parent / "shared"
+UNDER_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if UNDER_CI and report.skipped and not hasattr(report, "wasxfail") and item.get_closest_marker("gpu") is None:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = (f"{item.nodeid} would skip under CI=true ({reason}); only tests marked gpu may skip "
+                           "in CI: install what is missing (make test's setup does)")
+
+
+def pytest_terminal_summary(terminalreporter):
+    skipped = terminalreporter.stats.get("skipped", [])
+    gpu = [r for r in skipped if "gpu" in getattr(r, "keywords", {})]
+    others = [r.nodeid for r in skipped if r not in gpu]
+    terminalreporter.write_line(f"cgc skip list: {len(skipped)} skipped, {len(gpu)} of them GPU tests"
+                                + (f"; not GPU: {', '.join(others)}" if others else ""))
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Path of a Chromium executable (Debian's `chromium`, which `make test` installs when it may)."""
+    found = next((path for name in CHROMIUM_NAMES if (path := shutil.which(name))), None)
+    if found is None:
+        pytest.skip("Chromium is not installed (Debian: apt-get install chromium; make test installs it as root)")
+    return found
 
 
 @pytest.fixture(scope="session")

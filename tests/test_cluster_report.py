@@ -196,10 +196,7 @@ def test_report_of_missing_run_record_names_the_file(tmp_path):
         build_report(tmp_path)
 
 
-def test_report_html_renders_in_headless_chromium(tmp_path, tiny_scene_dir):
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    if chromium is None:
-        pytest.skip("Chromium is not installed here (Debian: apt install chromium); the screenshot check needs it")
+def test_report_html_renders_in_headless_chromium(tmp_path, tiny_scene_dir, chromium):
     run_dir, scene, _, _ = _fake_run(tmp_path, tiny_scene_dir, "synthetic", "synthetic")
     files = build_report(run_dir, ReportConfig(views_per_prompt=2), {"synthetic": scene})
     shot = tmp_path / "report.png"

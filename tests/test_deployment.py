@@ -1,5 +1,6 @@
-"""The deployment end to end: `make serve`'s server, pool, deployment and worker, a
-`prefect deployment run cgc-benchmark/cgc-benchmark --watch`, then every process stopped."""
+"""The deployment end to end: `make serve`'s server, pool, deployment and worker; two
+`prefect deployment run cgc-benchmark/cgc-benchmark --watch` started together, then one more; then
+every process stopped."""
 
 from __future__ import annotations
 
@@ -9,13 +10,18 @@ import pytest
 
 
 @pytest.mark.slow
-def test_deployment_runs_writes_a_report_and_stops_its_processes(tmp_path):
-    from benchmarks.deployment_check import run_check
+def test_deployment_runs_at_once_compute_each_stage_once_and_a_rerun_computes_nothing(tmp_path):
+    from benchmarks.deployment_check import STAGE_TASKS, check_outcomes, run_check
 
     result = run_check(tmp_path)
     assert result["report"].endswith("report.html") and os.path.getsize(result["report"]) > 1000
     assert result["state"]["api_url"].startswith("http://127.0.0.1:")
-    assert result["cached_rerun_s"] < result["cold_s"]
+    # Two runs of the same scene at once: each stage computed by one run, reused by the other.
+    assert result["concurrent"] == {stage: ["Cached", "Completed"] for stage in STAGE_TASKS}
+    # The rerun: every stage's task ended Cached, and no stage folder was rewritten.
+    assert result["rerun"] == {stage: ["Cached"] for stage in STAGE_TASKS}
+    assert result["manifests_after"] == result["manifests_before"] and len(result["manifests_after"]) == 7
+    assert check_outcomes(result) == []
     for pid in (result["state"]["server_pid"], result["state"]["worker_pid"]):
         with pytest.raises(ProcessLookupError):
             os.killpg(pid, 0)  # the process group is gone

@@ -8,6 +8,7 @@ case per broken input, each expecting an error that names the input and nothing 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -183,6 +184,127 @@ def test_half_filled_or_damaged_stage_folders_are_not_taken_as_finished(tmp_path
     assert_nothing_half_written(data_dir)
 
 
+def _old_output_intact(stage_dir: Path, before: dict) -> None:
+    from cgc_core.stage import check_stage_dir
+
+    assert json.loads((stage_dir / MANIFEST).read_text()) == before
+    assert check_stage_dir(stage_dir, before["key"]) is None  # every file still has its checksum
+
+
+def _disk_full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.mark.fault
+def test_disk_full_while_writing_masks_keeps_the_previous_output(tmp_path, monkeypatch):
+    from cgc_core.masks.store import MaskStore
+    from cgc_core.stage import StageWriteError
+
+    data_dir = tmp_path / "data"
+    cfg = _cfg(data_dir)
+    first = _stages_up_to(cfg, "masks")
+    before = json.loads((first.stage_dir / MANIFEST).read_text())
+    written = []
+    real_write = MaskStore.write_image
+
+    def write_then_fill_up(self, image_name, *args, **kwargs):
+        if len(written) == 4:  # the disk is full after four images
+            _disk_full()
+        written.append(image_name)
+        return real_write(self, image_name, *args, **kwargs)
+
+    monkeypatch.setattr(MaskStore, "write_image", write_then_fill_up)
+    with pytest.raises(StageWriteError) as info:
+        run_scene_stage(cfg, "synthetic", "masks", force=True)
+    assert info.value.errno == errno.ENOSPC and len(written) == 4
+    assert "masks stage: no space left" in str(info.value) and str(first.stage_dir) in str(info.value)
+    assert "the previous output is unchanged" in str(info.value)
+    _old_output_intact(first.stage_dir, before)
+    assert not list((data_dir / "synthetic").glob(".masks.partial-*"))  # the work folder is gone
+    assert_nothing_half_written(data_dir)
+
+
+@pytest.mark.fault
+def test_disk_full_while_writing_a_checkpoint_keeps_the_previous_output(tmp_path, monkeypatch):
+    from cgc_core.stage import StageWriteError
+
+    data_dir = tmp_path / "data"
+    cfg = _cfg(data_dir)
+    first = _stages_up_to(cfg, "train")
+    before = json.loads((first.stage_dir / MANIFEST).read_text())
+    real_save = torch.save
+
+    def save_half_then_fill_up(obj, handle, *args, **kwargs):
+        real_save({"half": torch.zeros(10)}, handle)  # some bytes reach the disk first
+        _disk_full()
+
+    monkeypatch.setattr(torch, "save", save_half_then_fill_up)
+    with pytest.raises(StageWriteError) as info:
+        run_scene_stage(cfg, "synthetic", "train", force=True)
+    monkeypatch.setattr(torch, "save", real_save)
+    assert info.value.errno == errno.ENOSPC and "train stage: no space left" in str(info.value)
+    assert str(first.stage_dir) in str(info.value)
+    _old_output_intact(first.stage_dir, before)
+    assert not list((data_dir / "synthetic").glob(".train.partial-*"))
+    assert_nothing_half_written(data_dir)
+
+
+_CONCURRENT_RUN = """
+import json, sys
+from cgc_core.config import load_config
+from cgc_core.pipeline import run_scene_stage
+cfg = load_config(None, json.loads(sys.argv[1]))
+out = {}
+for stage in ("scene", "calibrate", "masks", "train", "cluster", "evaluate"):
+    _, result = run_scene_stage(cfg, "synthetic", stage)
+    out[stage] = {"cached": result.cached, "key": result.manifest.key, "outputs": result.manifest.outputs}
+print("STAGES " + json.dumps(out))
+"""
+
+
+@pytest.mark.fault
+def test_two_concurrent_runs_compute_each_stage_once_with_identical_outputs(tmp_path):
+    data_dir = tmp_path / "data"
+    overrides = json.dumps([f"data_dir={data_dir}", *TINY])
+    runs = [subprocess.Popen([sys.executable, "-c", _CONCURRENT_RUN, overrides], cwd=ROOT, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    results = []
+    for run in runs:
+        stdout, stderr = run.communicate(timeout=900)
+        assert run.returncode == 0, stderr[-3000:]
+        results.append(json.loads(stdout.split("STAGES ", 1)[1]))
+    for stage in results[0]:
+        computed = [not r[stage]["cached"] for r in results]
+        assert sum(computed) == 1, f"{stage}: computed by {sum(computed)} runs"
+        assert results[0][stage]["key"] == results[1][stage]["key"]
+        assert results[0][stage]["outputs"] == results[1][stage]["outputs"]  # the same files, byte for byte
+    assert not list((data_dir / "synthetic").glob(".*.partial-*"))
+    assert_nothing_half_written(data_dir)
+
+
+_HOLD_LOCK_AND_DIE = """
+import os, signal, sys
+from cgc_core.stage import stage_lock
+with stage_lock(sys.argv[1]):
+    print("holding", flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.fault
+def test_a_lock_left_by_a_killed_run_does_not_block(tmp_path):
+    from cgc_core.stage import lock_path, run_stage
+
+    target = tmp_path / "scene" / "masks"
+    killed = subprocess.run([sys.executable, "-c", _HOLD_LOCK_AND_DIE, str(target)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -9 and "holding" in killed.stdout
+    assert lock_path(target).exists()  # the file stays; the kernel dropped the lock with its holder
+    result = run_stage(target, "masks", {}, None, lambda tmp: (tmp / "a.txt").write_text("x") and None,
+                       lock_timeout=5)
+    assert not result.cached and (target / "a.txt").read_text() == "x"
+
+
 # --- bad input ------------------------------------------------------------------------------------
 
 def _copy_scene(tiny_scene_dir: Path, tmp_path: Path, keep_ground_truth: bool = False) -> Path:
@@ -302,6 +424,124 @@ def _case_empty_scene(tiny_scene_dir, tmp_path):
     return lambda: scene_stage(_cfg(tmp_path / "data"), str(root)), "images: no images"
 
 
+def _case_ply_header_claims_more_vertices_than_the_file_holds(tiny_scene_dir, tmp_path):
+    from cgc_core.gaussians import init_params, load_ply, save_ply
+
+    path = tmp_path / "scene.ply"
+    save_ply(init_params(np.random.default_rng(0).normal(size=(50, 3)), None), path)
+    raw = path.read_bytes()
+    path.write_bytes(raw.replace(b"element vertex 50\n", b"element vertex 900000000000\n", 1))
+    return lambda: load_ply(path), "scene.ply: the header claims 900000000000 vertex rows"
+
+
+def _case_ply_without_the_gaussian_attributes(tiny_scene_dir, tmp_path):
+    from plyfile import PlyData, PlyElement
+
+    from cgc_core.gaussians import load_ply
+
+    path = tmp_path / "points.ply"
+    data = np.zeros(4, dtype=[("x", "f4"), ("y", "f4"), ("z", "f4")])
+    PlyData([PlyElement.describe(data, "vertex")]).write(str(path))
+    return lambda: load_ply(path), "points.ply: missing vertex attributes ['f_dc_0'"
+
+
+def _mask_file(tmp_path: Path, table_of):
+    """A one-image mask store whose table `table_of(good_table)` returns, written past the store's checks."""
+    import pyarrow.parquet as pq
+
+    from cgc_core.masks.store import MaskStore, records_from_masks
+
+    store = MaskStore(tmp_path / "store")
+    mask = np.zeros((24, 32), dtype=bool)
+    mask[4:10, 5:20] = True
+    path = store.write_image("view_000.png", 24, 32, records_from_masks("view_000.png", [mask], "test", "1", "h"))
+    table = pq.read_table(path)
+    pq.write_table(table_of(table).replace_schema_metadata(table.schema.metadata), path)
+    return store
+
+
+def _case_mask_rle_of_a_huge_size(tiny_scene_dir, tmp_path):
+    import pyarrow as pa
+
+    def huge(table):  # every RLE claims 100000 x 100000 pixels: 10 GB per decoded mask
+        big = pa.array([100_000] * table.num_rows, pa.int32())
+        return table.set_column(2, "height", big).set_column(3, "width", big)
+
+    store = _mask_file(tmp_path, huge)
+    return lambda: store.read_label_map("view_000.png"), "view_000.png.parquet: mask 0 has size 100000x100000"
+
+
+def _case_mask_file_with_a_huge_declared_image_size(tiny_scene_dir, tmp_path):
+    import pyarrow.parquet as pq
+
+    store = _mask_file(tmp_path, lambda table: table)
+    path = store.path("view_000.png")
+    table = pq.read_table(path)
+    pq.write_table(table.replace_schema_metadata({**{k.decode(): v.decode() for k, v in table.schema.metadata.items()},
+                                                  "height": "100000", "width": "100000"}), path)
+    return lambda: store.read_masks("view_000.png"), "mask size 100000x100000 is not a plausible image size"
+
+
+def _case_mask_rle_counts_that_do_not_fit_its_size(tiny_scene_dir, tmp_path):
+    import pyarrow as pa
+
+    from cgc_core.masks.store import encode_mask
+
+    def wrong(table):  # the counts of a 100x100 mask under a 24x32 size
+        counts = encode_mask(np.ones((100, 100), dtype=bool))["counts"]
+        return table.set_column(4, "rle", pa.array([counts] * table.num_rows, pa.binary()))
+
+    store = _mask_file(tmp_path, wrong)
+    return lambda: store.read_masks("view_000.png"), "view_000.png.parquet: invalid COCO RLE"
+
+
+def _case_mask_parquet_with_a_wrong_schema(tiny_scene_dir, tmp_path):
+    store = _mask_file(tmp_path, lambda table: table.drop_columns(["rle", "bbox"]))
+    return lambda: store.read_label_map("view_000.png"), "view_000.png.parquet: columns do not match the mask schema"
+
+
+def _png_header_only(path: Path, width: int, height: int) -> None:
+    """A PNG whose IHDR claims width x height over one tiny IDAT: a decompression bomb's header."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+
+
+def _case_image_of_30000_by_30000_pixels(tiny_scene_dir, tmp_path):
+    root = tmp_path / "photos"
+    (root / "images").mkdir(parents=True)
+    for src in sorted((tiny_scene_dir / "images").glob("*.png"))[:4]:
+        shutil.copy(src, root / "images" / src.name)
+    _png_header_only(root / "images" / "view_bomb.png", 30_000, 30_000)
+    return lambda: _calibrate(tmp_path, root, "calibrate.mode=sfm"), "view_bomb.png: image too large to decode safely"
+
+
+def _case_truncated_image(tiny_scene_dir, tmp_path):
+    root = _copy_scene(tiny_scene_dir, tmp_path)
+    victim = root / "images" / "view_001.png"
+    victim.write_bytes(victim.read_bytes()[:300])  # the header survives, the pixels do not
+    scene = scene_stage(_cfg(tmp_path / "data"), str(root))[0]
+    return lambda: scene.load_image("view_001.png"), "view_001.png: cannot read image"
+
+
+def _case_config_yaml_not_a_mapping(tiny_scene_dir, tmp_path):
+    path = tmp_path / "cfg.yaml"
+    path.write_text("- train.iterations=10\n- masks.generator=sam\n")
+    return lambda: load_config(path), "cfg.yaml: the top level must be a mapping of config sections"
+
+
+def _case_config_section_not_a_mapping(tiny_scene_dir, tmp_path):
+    path = tmp_path / "cfg.yaml"
+    path.write_text("train: 1500\n")
+    return lambda: load_config(path), "cfg.yaml: train: expected a mapping of TrainConfig fields"
+
+
 BAD_INPUTS = {name.removeprefix("_case_"): fn for name, fn in dict(globals()).items() if name.startswith("_case_")}
 
 
@@ -309,12 +549,15 @@ BAD_INPUTS = {name.removeprefix("_case_"): fn for name, fn in dict(globals()).it
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
 def test_bad_input_is_a_clear_error_and_leaves_nothing_half_written(case, tiny_scene_dir, tmp_path):
     from cgc_core.calibrate import CalibrationError
+    from cgc_core.gaussians import GaussianFileError
     from cgc_core.masks.generators import MaskGeneratorError
+    from cgc_core.masks.store import MaskStoreError
     from cgc_core.metrics import MissingPredictionError
     from cgc_core.scene import SceneError
 
     action, expected = BAD_INPUTS[case](tiny_scene_dir, tmp_path)
-    with pytest.raises((SceneError, ConfigError, CalibrationError, MaskGeneratorError, MissingPredictionError)) as info:
+    with pytest.raises((SceneError, ConfigError, CalibrationError, MaskGeneratorError, MissingPredictionError,
+                        MaskStoreError, GaussianFileError)) as info:
         action()
     assert expected in str(info.value)
     assert_nothing_half_written(tmp_path / "data")

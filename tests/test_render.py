@@ -218,6 +218,7 @@ def test_gsplat_default_strategy_densifies_features_on_cpu():
     assert params["features"].shape == (grown, 16)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here: the gsplat backend needs one")
 def test_gsplat_backend_matches_torch_backend_on_cuda():
     pytest.importorskip("gsplat")

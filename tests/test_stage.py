@@ -37,7 +37,7 @@ def test_second_run_is_cached_and_input_change_recomputes(tmp_path):
     assert not forced.cached and forced.reason == "recompute forced"
     assert len(calls) == 4
     # no temporary folders are left beside the output
-    assert [p.name for p in target.parent.iterdir()] == ["stage"]
+    assert sorted(p.name for p in target.parent.iterdir()) == [".stage.lock", "stage"]  # the lock file stays (see stage_lock)
 
 
 def test_corrupted_or_missing_output_is_detected_and_recomputed(tmp_path):
@@ -75,7 +75,7 @@ def test_failed_compute_leaves_previous_output_intact(tmp_path):
     with pytest.raises(RuntimeError, match="killed"):
         run_stage(target, "stage", {"v": "2"}, CalibrateConfig(), boom)
     assert Manifest.read(target) == before and (target / "out.txt").read_text() == "result"
-    assert [p.name for p in tmp_path.iterdir()] == ["stage"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".stage.lock", "stage"]
 
 
 def test_unreadable_manifest_recomputes(tmp_path):
@@ -84,3 +84,37 @@ def test_unreadable_manifest_recomputes(tmp_path):
     (target / MANIFEST).write_text("{not json")
     result = run_stage(target, "stage", {}, CalibrateConfig(), _writer([]))
     assert not result.cached and result.reason.startswith("manifest unreadable")
+
+
+def test_a_second_run_waits_for_the_first_and_reuses_its_output(tmp_path):
+    import threading
+    import time
+
+    calls, results = [], []
+
+    def slow(tmp):
+        calls.append(tmp)
+        time.sleep(1.0)
+        (tmp / "out.txt").write_text("result")
+
+    target = tmp_path / "stage"
+    runs = [threading.Thread(target=lambda: results.append(run_stage(target, "stage", {}, CalibrateConfig(), slow)))
+            for _ in range(2)]
+    for run in runs:
+        run.start()
+        time.sleep(0.2)  # the first takes the lock
+    for run in runs:
+        run.join()
+    assert len(calls) == 1
+    assert [r.cached for r in results] == [False, True]
+    assert results[1].reason == "cached: computed by a concurrent run while this one waited"
+
+
+def test_waiting_for_a_lock_gives_up_after_its_timeout_naming_the_folder(tmp_path):
+    from cgc_core.stage import StageLockTimeout, stage_lock
+
+    target = tmp_path / "stage"
+    with stage_lock(target):  # another holder (flock: a second open file conflicts even in one process)
+        with pytest.raises(StageLockTimeout, match=f"{target}: another run held .*\\.stage\\.lock for more than 0.3 s"):
+            run_stage(target, "stage", {}, CalibrateConfig(), _writer([]), lock_timeout=0.3)
+    assert run_stage(target, "stage", {}, CalibrateConfig(), _writer([]), lock_timeout=0.3).cached is False

@@ -3,7 +3,6 @@ Chromium is installed, the real thing driven in a headless browser."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -101,10 +100,7 @@ def trained_tiny(tmp_path_factory):
     return cfg
 
 
-def test_viewer_in_headless_chromium_click_overlay_and_export(request, tmp_path):
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        pytest.skip("Chromium is not installed here (Debian: apt install chromium); the browser test needs it")
+def test_viewer_in_headless_chromium_click_overlay_and_export(request, tmp_path, chromium):
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (Python client) is not installed")
     trained_tiny = request.getfixturevalue("trained_tiny")  # trained only when the browser test can run
     from PIL import Image

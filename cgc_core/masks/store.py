@@ -23,6 +23,7 @@ from typing import Any, Iterable
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from PIL import Image
 from pycocotools import mask as coco_mask
 
 SCHEMA = pa.schema([
@@ -44,6 +45,11 @@ SCHEMA = pa.schema([
 
 class MaskStoreError(ValueError):
     """A mask file is missing or malformed; the message names the file."""
+
+
+MAX_MASK_PIXELS = Image.MAX_IMAGE_PIXELS
+"""Masks belong to images, which are refused above PIL's decompression-bomb limit (about 89 MP);
+a stored size above it would make decoding allocate that much per mask."""
 
 
 def encode_mask(mask: np.ndarray) -> dict[str, Any]:
@@ -160,8 +166,16 @@ class MaskStore:
 
     def image_size(self, image_name: str) -> tuple[int, int]:
         """(height, width) of an image's stored masks."""
-        meta = self._metadata(self._existing(image_name))
-        return int(meta["height"]), int(meta["width"])
+        path = self._existing(image_name)
+        meta = self._metadata(path)
+        try:
+            height, width = int(meta["height"]), int(meta["width"])
+        except (KeyError, ValueError) as exc:
+            raise MaskStoreError(f"{path}: no valid mask size in its metadata ({exc})") from exc
+        if height < 1 or width < 1 or height * width > MAX_MASK_PIXELS:
+            raise MaskStoreError(f"{path}: mask size {height}x{width} is not a plausible image size "
+                                 f"(1 to {MAX_MASK_PIXELS} pixels)")
+        return height, width
 
     def _existing(self, image_name: str) -> Path:
         path = self.path(image_name)
@@ -188,16 +202,30 @@ class MaskStore:
 
     def _rles(self, image_name: str, min_area: int) -> tuple[list[dict], list[int], tuple[int, int]]:
         rows = self.read_table(image_name).to_pydict()
+        size = self.image_size(image_name)
+        # Every RLE must have its image's size: pycocotools allocates height x width per mask from
+        # the RLE's own `size`, so a hostile one could ask for any amount of memory.
+        odd = [i for i, hw in enumerate(zip(rows["height"], rows["width"])) if hw != size]
+        if odd:
+            i = odd[0]
+            raise MaskStoreError(f"{self.path(image_name)}: mask {rows['mask_index'][i]} has size "
+                                 f"{rows['height'][i]}x{rows['width'][i]} but the file's masks are {size[0]}x{size[1]}")
         keep = [i for i, a in enumerate(rows["area"]) if a >= min_area]
         rles = [{"size": [rows["height"][i], rows["width"][i]], "counts": rows["rle"][i]} for i in keep]
-        return rles, [rows["mask_index"][i] for i in keep], self.image_size(image_name)
+        return rles, [rows["mask_index"][i] for i in keep], size
 
     def read_masks(self, image_name: str, min_area: int = 0) -> np.ndarray:
         """[K, H, W] boolean masks of an image, in mask_index order, those with area ≥ `min_area`."""
         rles, _, (height, width) = self._rles(image_name, min_area)
         if not rles:
             return np.zeros((0, height, width), dtype=bool)
-        return decode_rles(rles)
+        return self._decode(image_name, rles)
+
+    def _decode(self, image_name: str, rles: list[dict]) -> np.ndarray:
+        try:
+            return decode_rles(rles)
+        except ValueError as exc:  # counts that do not add up to the size
+            raise MaskStoreError(f"{self.path(image_name)}: invalid COCO RLE ({exc})") from exc
 
     def read_label_map(self, image_name: str, min_area: int = 0) -> np.ndarray:
         """[H, W] int32 label map: smaller masks on top, value mask_index + 1, 0 unlabelled."""
@@ -205,7 +233,7 @@ class MaskStore:
         labels = np.zeros((height, width), dtype=np.int32)
         if not rles:
             return labels
-        masks = decode_rles(rles)
+        masks = self._decode(image_name, rles)
         areas = masks.reshape(len(masks), -1).sum(1)
         for k in np.argsort(-areas, kind="stable"):  # largest first, so smaller ones end on top
             labels[masks[k]] = indices[k] + 1

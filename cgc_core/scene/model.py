@@ -8,6 +8,8 @@ Conventions (the same as COLMAP and gsplat, so poses pass between them untouched
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +21,30 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".JPG", ".JPEG", ".PNG")
 
 class SceneError(ValueError):
     """A dataset file is missing or malformed; the message names the file and what is wrong."""
+
+
+@contextlib.contextmanager
+def open_image(path: Path):
+    """`PIL.Image.open` for files a user hands over: an image whose header claims more pixels than
+    PIL's `Image.MAX_IMAGE_PIXELS` (about 89 MP; a decompression bomb, or far beyond any capture we
+    can train on) is refused before any pixel is decoded, as are missing and non-image files.
+
+    Raises:
+        SceneError: naming the file and what is wrong.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)  # PIL only warns below 2x the limit
+        try:
+            img = Image.open(path)
+        except FileNotFoundError as exc:
+            raise SceneError(f"{path}: image file not found") from exc
+        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+            raise SceneError(f"{path}: image too large to decode safely, more than {Image.MAX_IMAGE_PIXELS} "
+                             f"pixels ({exc}); downscale it first") from exc
+        except (OSError, ValueError) as exc:
+            raise SceneError(f"{path}: not an image ({exc})") from exc
+    with img:
+        yield img
 
 
 @dataclass(frozen=True)
@@ -163,13 +189,8 @@ class Scene:
         sizes = {}
         for name in self.image_names:
             path = self.image_path(name)
-            try:
-                with Image.open(path) as img:
-                    sizes[name] = img.size
-            except FileNotFoundError as exc:
-                raise SceneError(f"{path}: image file not found") from exc
-            except (OSError, ValueError) as exc:
-                raise SceneError(f"{path}: not an image ({exc})") from exc
+            with open_image(path) as img:
+                sizes[name] = img.size
             camera = self.cameras.get(name)
             if camera is not None and (camera.width, camera.height) != sizes[name]:
                 raise SceneError(f"{path}: image is {sizes[name][0]}x{sizes[name][1]} but its camera says "
@@ -183,11 +204,8 @@ class Scene:
         for view, masks in self.gt_masks.items():
             for prompt, path in masks.items():
                 check_prompt_name(prompt, path)
-                try:
-                    with Image.open(path) as img:
-                        mask_size = img.size
-                except (OSError, ValueError) as exc:
-                    raise SceneError(f"{path}: cannot read ground-truth mask: {exc}") from exc
+                with open_image(path) as img:
+                    mask_size = img.size
                 if view in sizes and mask_size != sizes[view]:
                     raise SceneError(f"{path}: ground-truth mask is {mask_size[0]}x{mask_size[1]} but its test "
                                      f"image {view} is {sizes[view][0]}x{sizes[view][1]}")
@@ -196,10 +214,11 @@ class Scene:
     def load_gt_mask(self, test_name: str, prompt: str) -> np.ndarray:
         """Boolean ground-truth mask, binarised at > 128 as the LERF-Mask protocol does."""
         path = self.gt_masks[test_name][prompt]
-        try:
-            gray = np.asarray(Image.open(path).convert("L"))
-        except (OSError, ValueError) as exc:
-            raise SceneError(f"{path}: cannot read ground-truth mask: {exc}") from exc
+        with open_image(path) as img:
+            try:
+                gray = np.asarray(img.convert("L"))
+            except (OSError, ValueError) as exc:
+                raise SceneError(f"{path}: cannot read ground-truth mask: {exc}") from exc
         return gray > 128
 
 
@@ -215,12 +234,12 @@ def _read_image(path: Path) -> np.ndarray:
     """[H, W, 3|4] float32 in [0, 1]; a missing or unreadable file raises SceneError naming it."""
     if not path.is_file():
         raise SceneError(f"{path}: image file not found")
-    try:
-        with Image.open(path) as img:
+    with open_image(path) as img:
+        try:
             mode = "RGBA" if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info else "RGB"
             return np.asarray(img.convert(mode), dtype=np.float32) / 255.0
-    except (OSError, ValueError) as exc:
-        raise SceneError(f"{path}: cannot read image: {exc}") from exc
+        except (OSError, ValueError) as exc:  # e.g. a truncated file: its header read, its pixels not
+            raise SceneError(f"{path}: cannot read image: {exc}") from exc
 
 
 def list_images(folder: Path) -> list[str]:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .model import Camera, Scene, SceneError, check_prompt_name, list_images
+from .model import Camera, Scene, SceneError, check_prompt_name, list_images, open_image
 
 
 def is_ovs3d(root: Path) -> bool:
@@ -55,13 +55,11 @@ def read_ovs3d_scene(root: Path, name: str | None = None, image_dir: Path | None
         raise SceneError(f"{poses_path}: expected an array of shape [N, 17], got {poses_bounds.shape}")
     if len(poses_bounds) != len(names):
         raise SceneError(f"{poses_path}: {len(poses_bounds)} poses but {len(names)} images in {image_dir}")
-    from PIL import Image  # size only; the pixels are read lazily by Scene.load_image
-
     cameras = {}
     for row, image_name in zip(poses_bounds, names):
         pose = row[:15].reshape(3, 5)
         h, w, focal = pose[:, 4]
-        with Image.open(image_dir / image_name) as img:
+        with open_image(image_dir / image_name) as img:  # size only; pixels are read lazily
             width, height = img.size
         sx, sy = width / w, height / h
         K = np.array([[focal * sx, 0, width / 2], [0, focal * sy, height / 2], [0, 0, 1]])
