@@ -57,7 +57,7 @@ def stage_outcomes(api_url: str, seen: set) -> dict[str, list[str]]:
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     with temporary_settings(updates={PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
-        runs = client.read_task_runs(limit=500)
+        runs = client.read_task_runs(limit=200)  # the API allows at most 200 a call; a check makes about 21
     outcomes: dict[str, list[str]] = {stage: [] for stage in STAGE_TASKS}
     for run in runs:
         stage = run.name.rsplit("-", 1)[0]  # Prefect names a task run <task name>-<short id>

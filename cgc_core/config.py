@@ -199,6 +199,14 @@ class TrainConfig:
     instead of 53k, which is what keeps CPU training near 6 minutes, for about 1.5 dB of PSNR."""
     mcmc_cap_max: int = 100_000
     checkpoint_every: int = 500
+    health_every: int = 100
+    """Every this many iterations, record every loss term, the Gaussian count and the feature
+    separation of the current view (cgc_core.health) in train.json's health history."""
+    health_views: int = 8
+    """At the end, the separation is measured on this many training views (evenly spaced)."""
+    collapse_between: float = 0.5
+    """Warn that the features collapsed when the mean cosine between different segments' mean
+    features, over the final health views, is at or above this."""
     oom_retries: int = 2
     """On a CUDA out-of-memory error, retry this many times, each at twice the `downscale`
     (the Gaussians are resolution-independent, so training resumes from its checkpoint)."""

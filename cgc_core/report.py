@@ -114,6 +114,9 @@ def scene_summaries(run: dict) -> list[dict]:
         cluster_dir = entry["stages"].get("cluster", {}).get("dir")
         cluster = _read_json(Path(cluster_dir) / "summary.json") if cluster_dir else {}
         paper = _published(benchmark, entry["scene"])
+        train_dir = entry["stages"].get("train", {}).get("dir")
+        train_record = Path(train_dir) / "train.json" if train_dir else None
+        health = _read_json(train_record).get("health", {}) if train_record and train_record.is_file() else {}
         rows.append({
             "scene": entry["scene"], "benchmark": benchmark, "protocol": evaluate.get("protocol", "—"),
             "threshold": evaluate.get("threshold"), "miou": evaluate.get("miou"), "mbiou": evaluate.get("mbiou"),
@@ -122,6 +125,7 @@ def scene_summaries(run: dict) -> list[dict]:
             "paper_mbiou": paper[1] / 100 if paper and paper[1] is not None else None,
             "n_clusters": cluster.get("n_clusters"), "ari": cluster.get("ari"),
             "mean_object_iou": cluster.get("mean_object_iou"), "mean_selection_iou": cluster.get("mean_selection_iou"),
+            "health": health.get("final"), "health_views": health.get("views"), "health_warning": health.get("warning"),
         })
     return rows
 
@@ -177,6 +181,15 @@ def _tables(run: dict, summaries: list[dict]) -> list[tuple[str, str, list[str],
                        ["scene", "clusters", "ARI", "object IoU", "selection IoU"],
                        [[s["scene"], s["n_clusters"], f"{s['ari']:.3f}" if s["ari"] is not None else "—",
                          _pct(s["mean_object_iou"]), _pct(s["mean_selection_iou"])] for s in clustered]))
+    healthy = [s for s in summaries if s.get("health")]
+    if healthy:
+        tables.append(("Training health", "Feature separation of the trained model over its training views "
+                       "(cgc_core.health): within = mean cosine of a pixel's feature to its mask segment's mean "
+                       "direction; between = mean cosine between different segments' mean directions; confusable = "
+                       "share of segment pairs at or above the 0.7 selection threshold.",
+                       ["scene", "views", "within", "between", "confusable", "warning"],
+                       [[s["scene"], s["health_views"], f"{s['health']['within']:.2f}", f"{s['health']['between']:.2f}",
+                         _pct(s["health"]["confusable"]), s["health_warning"] or "none"] for s in healthy]))
     stage_rows = []
     for entry in run["scenes"]:
         for stage, info in entry["stages"].items():
@@ -220,6 +233,41 @@ def bar_chart(summaries: list[dict]) -> bytes | None:
     ax.set_ylim(0, 100)
     ax.legend(loc="lower right", fontsize=8)
     ax.set_title("mIoU per scene")
+    return _figure_bytes(fig)
+
+
+def training_health_chart(scene: str, health: dict) -> bytes | None:
+    """PNG: the loss terms and the feature separation (cgc_core.health) over the training steps,
+    with the collapse level; None when the train stage recorded no history."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    history = health.get("history") or []
+    if not history:
+        return None
+    steps = [h["step"] for h in history]
+    fig, (losses, separation) = plt.subplots(1, 2, figsize=(8, 2.8))
+    for key, colour in (("photometric", "#555555"), ("cc", "#3b7dd8"), ("reg", "#d8843b")):
+        values = [h.get(key) for h in history]
+        if any(v is not None for v in values):
+            losses.plot(steps, [float("nan") if v is None else v for v in values], label=key, color=colour)
+    losses.set_yscale("log")
+    losses.set_xlabel("iteration")
+    losses.set_title("loss terms (as weighted)", fontsize=9)
+    losses.legend(fontsize=7)
+    for key, colour in (("within", "#2a9d4b"), ("between", "#c0392b")):
+        separation.plot(steps, [h.get(key, float("nan")) for h in history], label=key, color=colour)
+    level = health.get("collapse_between")
+    if level is not None:
+        separation.axhline(level, color="#c0392b", linestyle=":", linewidth=1, label="collapse level")
+    separation.set_ylim(-0.3, 1.05)
+    separation.set_xlabel("iteration")
+    separation.set_title("feature cosine: within / between mask segments", fontsize=9)
+    separation.legend(fontsize=7)
+    fig.suptitle(f"{scene}: training health" + ("  (WARNING: features collapsed)" if health.get("warning") else ""),
+                 fontsize=9)
     return _figure_bytes(fig)
 
 
@@ -275,6 +323,13 @@ def build_report(run_dir: str | Path, cfg: ReportConfig | None = None, scenes: d
         chart = bar_chart(summaries)
         if chart is not None:
             figures.append(("mIoU per scene: ours and the CGC paper's", chart))
+        for entry in run["scenes"]:
+            train_dir = entry["stages"].get("train", {}).get("dir")
+            train_record = Path(train_dir) / "train.json" if train_dir else None
+            if train_record is not None and train_record.is_file():
+                chart = training_health_chart(entry["scene"], _read_json(train_record).get("health", {}))
+                if chart is not None:
+                    figures.append((f"{entry['scene']}: training health (loss terms; feature separation)", chart))
         for entry in run["scenes"]:
             scene = (scenes or {}).get(entry["scene"])
             if scene is None or table.empty:

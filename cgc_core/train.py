@@ -26,6 +26,7 @@ from torch import Tensor
 
 from .config import TrainConfig
 from .gaussians import init_params, save_ply
+from .health import collapse_warning, feature_separation, mean_separation
 from .losses import contrastive_clustering_loss, photometric_loss, sample_neighbours, spatial_regularization
 from .masks.store import MaskStore
 from .render import Gaussians, render
@@ -98,7 +99,7 @@ def _checkpoints(out_dir: Path) -> list[Path]:
     return sorted(folder.glob("step_*.pt"), key=lambda p: int(p.stem.split("_")[1])) if folder.is_dir() else []
 
 
-def _save_checkpoint(out_dir: Path, step: int, params, optimizers, strategy_state) -> Path:
+def _save_checkpoint(out_dir: Path, step: int, params, optimizers, strategy_state, health: list | None = None) -> Path:
     folder = out_dir / CHECKPOINT_DIR
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"step_{step:06d}.pt"
@@ -109,7 +110,7 @@ def _save_checkpoint(out_dir: Path, step: int, params, optimizers, strategy_stat
         torch.save({
             "step": step, "params": {k: v.detach() for k, v in params.items()},
             "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
-            "strategy_state": strategy_state, "rng": torch.get_rng_state(),
+            "strategy_state": strategy_state, "rng": torch.get_rng_state(), "health": list(health or []),
         }, handle)
     # The checksum goes in first, then the checkpoint is renamed into place: every step_*.pt has
     # its .sha256, and a flipped byte in either is caught on resume.
@@ -159,7 +160,8 @@ def train(scene: Scene, store: MaskStore, out_dir: str | Path, cfg: TrainConfig,
     torch.manual_seed(cfg.seed)
     names = sorted(n for n in scene.train_names if n in scene.cameras)
     views = {n: train_view(scene, n, cfg.downscale) for n in names}
-    labels = {n: label_map_at(store, n, *views[n][1].shape[:2]) for n in names} if cfg.use_cc else {}
+    # The label maps feed the contrastive loss and the health measure (also when use_cc is off).
+    labels = {n: label_map_at(store, n, *views[n][1].shape[:2]) for n in names}
     scale = scene_scale([scene.cameras[n] for n in names])
     params = torch.nn.ParameterDict({
         k: torch.nn.Parameter(v) for k, v in init_params(scene.points, scene.point_colors, cfg.sh_degree,
@@ -169,6 +171,7 @@ def train(scene: Scene, store: MaskStore, out_dir: str | Path, cfg: TrainConfig,
     strategy = _strategy(cfg)
     strategy_state = strategy.initialize_state(scene_scale=scale) if strategy is not None else {}
     start_step, resumed_from = 0, None
+    health: list[dict] = []
     found = load_newest_checkpoint(out_dir)
     if found is not None:
         state, path = found
@@ -179,12 +182,14 @@ def train(scene: Scene, store: MaskStore, out_dir: str | Path, cfg: TrainConfig,
         strategy_state = state["strategy_state"]
         torch.set_rng_state(state["rng"])
         start_step = resumed_from = int(state["step"])
+        health = list(state.get("health", []))
     if strategy is not None:
         strategy.check_sanity(params, optimizers)
     background = torch.tensor(cfg.background, dtype=torch.float32)
     decay = (cfg.lr_means_final / cfg.lr_means) ** (1.0 / max(cfg.iterations, 1))
     started = time.perf_counter()
     last_good = None
+    latest: dict[str, float] = {}  # the last value of every term, also on steps that skip it
     for step in range(start_step, cfg.iterations):
         epoch, index = divmod(step, len(names))
         order = torch.randperm(len(names), generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
@@ -225,20 +230,48 @@ def train(scene: Scene, store: MaskStore, out_dir: str | Path, cfg: TrainConfig,
             else:
                 strategy.step_post_backward(params, optimizers, strategy_state, step, out.meta, packed=False)
         done = step + 1
+        latest |= {k: float(v.detach()) for k, v in losses.items()} | {"n": int(params["means"].shape[0])}
+        if cfg.health_every and (done % cfg.health_every == 0 or done == cfg.iterations):
+            measure = feature_separation(out.features.detach(), labels[name], cfg.cc_min_pixels)
+            latest |= {k: v for k, v in (measure.as_dict() if measure else {}).items() if k != "segments"}
+            health.append({"step": done, "view": name, **latest})
         if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.iterations:
-            last_good = _save_checkpoint(out_dir, done, params, optimizers, strategy_state)
+            last_good = _save_checkpoint(out_dir, done, params, optimizers, strategy_state, health)
         if progress is not None:
-            progress(done, cfg.iterations, {k: float(v.detach()) for k, v in losses.items()} | {"n": params["means"].shape[0]})
+            progress(done, cfg.iterations, dict(latest))
     final = {k: v.detach() for k, v in params.items()}
     if cfg.iterations > start_step or not (out_dir / PLY_NAME).exists():
-        _save_checkpoint(out_dir, cfg.iterations, params, optimizers, strategy_state)
+        _save_checkpoint(out_dir, cfg.iterations, params, optimizers, strategy_state, health)
     ply = save_ply(final, out_dir / PLY_NAME)
     seconds = time.perf_counter() - started
+    final_health = final_feature_health(final, views, labels, scene.name, cfg)
+    if final_health["warning"]:
+        logger.warning("%s", final_health["warning"])
     (out_dir / "train.json").write_text(json.dumps({
         "steps": cfg.iterations, "resumed_from": resumed_from, "seconds": seconds,
         "n_gaussians": int(final["means"].shape[0]), "scene_scale": scale,
+        "health": {"history": health, **final_health},
     }, indent=2))
     return TrainResult(final, cfg.iterations, seconds, resumed_from, ply)
+
+
+def final_feature_health(params: dict[str, Tensor], views: dict[str, tuple[Camera, Tensor]],
+                         labels: dict[str, Tensor], scene_name: str, cfg: TrainConfig) -> dict:
+    """The feature separation of the trained model over `cfg.health_views` evenly spaced training
+    views, and the collapse warning (None when the features separate)."""
+    names = sorted(views)
+    count = min(cfg.health_views, len(names))
+    chosen = [names[round(i * (len(names) - 1) / max(count - 1, 1))] for i in range(count)] if count else []
+    gaussians = Gaussians.from_params(params)
+    measures = []
+    with torch.no_grad():
+        for name in dict.fromkeys(chosen):
+            features = render(gaussians, views[name][0], features=params["features"], backend=cfg.backend).features
+            measures.append(feature_separation(features, labels[name], cfg.cc_min_pixels))
+    measure = mean_separation(measures)
+    return {"final": measure.as_dict() if measure else None, "views": len(set(chosen)),
+            "collapse_between": cfg.collapse_between,
+            "warning": collapse_warning(measure, scene_name, len(set(chosen)), cfg.collapse_between)}
 
 
 def psnr(a: Tensor, b: Tensor) -> float:

@@ -206,3 +206,24 @@ def test_report_html_renders_in_headless_chromium(tmp_path, tiny_scene_dir, chro
 
     pixels = np.asarray(Image.open(shot).convert("RGB")).astype(float)
     assert pixels.std() > 10  # not a blank page: tables and figures drew something
+
+
+def test_report_shows_training_health_and_the_collapse_warning(tmp_path, tiny_scene_dir):
+    run_dir, scene, _, _ = _fake_run(tmp_path, tiny_scene_dir, "synthetic", "synthetic")
+    train_dir = tmp_path / "data" / "synthetic" / "train"
+    train_dir.mkdir(parents=True)
+    warning = "synthetic: the feature field has collapsed: over 8 training views ..."
+    history = [{"step": s, "photometric": 0.2 - s / 1e4, "cc": 1e-2, "reg": 0.1, "n": 500, "within": 0.95,
+                "between": 0.9 - s / 1e3} for s in (100, 200, 300)]
+    (train_dir / "train.json").write_text(json.dumps({"health": {
+        "history": history, "views": 8, "collapse_between": 0.5, "warning": warning,
+        "final": {"within": 0.95, "between": 0.6, "confusable": 0.4, "segments": 9, "separation": 0.35}}}))
+    record = json.loads((run_dir / "run.json").read_text())
+    record["scenes"][0]["stages"]["train"]["dir"] = str(train_dir)
+    (run_dir / "run.json").write_text(json.dumps(record))
+    files = build_report(run_dir, ReportConfig(views_per_prompt=1), {"synthetic": scene})
+    md = files.markdown.read_text()
+    assert "## Training health" in md or "Training health" in md
+    assert "| synthetic | 8 | 0.95 | 0.60 | 40.0 | " + warning in md
+    assert "synthetic: training health (loss terms; feature separation)" in md
+    assert "training health" in files.html.read_text()
