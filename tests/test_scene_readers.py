@@ -215,7 +215,7 @@ def test_missing_and_corrupt_files_are_named(tmp_path):
     (tmp_path / "bad" / "images").mkdir(parents=True)
     (tmp_path / "bad" / "images" / "x.png").write_bytes(b"not a png")
     scene = load_scene(tmp_path / "bad")
-    with pytest.raises(SceneError, match=r"x.png: cannot read image"):
+    with pytest.raises(SceneError, match=r"x.png: not an image"):
         scene.load_image("x.png")
     (tmp_path / "bad" / "sparse" / "0").mkdir(parents=True)
     (tmp_path / "bad" / "sparse" / "0" / "cameras.txt").write_text("1 PINHOLE\n")
