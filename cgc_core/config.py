@@ -29,8 +29,9 @@ class ConfigError(ValueError):
 class SyntheticConfig:
     """The embedded synthetic tabletop scene (`cgc_core.scene.synthetic`)."""
 
-    preset: Literal["demo", "hard", "tiny"] = "demo"
-    """Object layout and size: `demo` for `make demo`, `hard` for the difficult cases, `tiny` for fast tests."""
+    preset: Literal["demo", "hard", "tiny", "realistic"] = "demo"
+    """Object layout and size: `demo` for `make demo`, `hard` for the difficult cases, `tiny` for fast tests,
+    `realistic` (small objects in a furnished room, soft shadows, highlights, reflections) for development."""
     seed: int = 0
     """Everything (layout jitter, textures, camera jitter) is deterministic in this seed."""
     n_views: int | None = None

@@ -211,6 +211,14 @@ def train(scene: Scene, store: MaskStore, out_dir: str | Path, cfg: TrainConfig,
             losses["reg"] = spatial_regularization(params["features"], samples, near, far, cfg.lambda_near,
                                                    cfg.lambda_far, cfg.reg_sigmoid_of_mean)
         loss = sum(losses.values())
+        health_step = bool(cfg.health_every) and (step % cfg.health_every == 0 or step + 1 == cfg.iterations)
+        if health_step:
+            # Which term moves the features: the norm of each term's gradient on them (the
+            # photometric loss does not reach the features; densification does not read these).
+            for key in ("cc", "reg"):
+                if key in losses:
+                    (grad,) = torch.autograd.grad(losses[key], params["features"], retain_graph=True, allow_unused=True)
+                    latest[f"grad_{key}"] = 0.0 if grad is None else float(grad.norm())
         if not torch.isfinite(loss):
             raise TrainingError(
                 f"{scene.name}: loss became {loss.item()} at step {step}; "
@@ -231,7 +239,7 @@ def train(scene: Scene, store: MaskStore, out_dir: str | Path, cfg: TrainConfig,
                 strategy.step_post_backward(params, optimizers, strategy_state, step, out.meta, packed=False)
         done = step + 1
         latest |= {k: float(v.detach()) for k, v in losses.items()} | {"n": int(params["means"].shape[0])}
-        if cfg.health_every and (done % cfg.health_every == 0 or done == cfg.iterations):
+        if health_step:
             measure = feature_separation(out.features.detach(), labels[name], cfg.cc_min_pixels)
             latest |= {k: v for k, v in (measure.as_dict() if measure else {}).items() if k != "segments"}
             health.append({"step": done, "view": name, **latest})

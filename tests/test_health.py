@@ -93,7 +93,7 @@ def test_training_without_the_contrastive_loss_warns_that_features_collapsed(tin
     with caplog.at_level(logging.WARNING, logger="cgc"):
         train(scene, store, tmp_path, cfg)
     record = json.loads((tmp_path / "train.json").read_text())["health"]
-    assert [h["step"] for h in record["history"]] == [20, 40, 60]
+    assert [h["step"] for h in record["history"]] == [1, 21, 41, 60]  # iterations 0, 20, 40 and the last
     assert {"photometric", "n", "within", "between", "confusable", "separation"} <= set(record["history"][-1])
     assert record["views"] == 4 and record["final"]["between"] > 0.9  # U[0,1) features all point one way
     assert "the feature field has collapsed" in record["warning"]
@@ -114,4 +114,5 @@ def test_a_trained_model_separates_and_gives_no_warning(tiny_inputs, tmp_path, c
     first, last = record["history"][0], record["history"][-1]
     assert first["between"] > 0.9 and last["between"] < first["between"] - 0.4  # it separated while training
     assert "cc" in record["history"][-1] and "reg" in record["history"][-1]
+    assert record["history"][1]["grad_cc"] > 0 and record["history"][1]["grad_reg"] > 0  # both terms reach the features
     assert not any("collapsed" in r.getMessage() for r in caplog.records)

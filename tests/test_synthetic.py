@@ -114,6 +114,42 @@ def test_supersampling_keeps_centre_ids_and_smooths_edges():
 
 
 def test_unknown_preset_is_rejected():
-    assert set(PRESETS) == {"tiny", "demo", "hard"}
+    assert set(PRESETS) == {"tiny", "demo", "hard", "realistic"}
     with pytest.raises(ValueError, match="unknown synthetic preset"):
         build_scene(SyntheticConfig(preset="huge"))  # type: ignore[arg-type]
+
+
+def test_realistic_preset_is_small_objects_in_a_lit_room():
+    from cgc_core.scene.synthetic import OBJECT, _first_hits, _shade_room
+
+    scene = build_scene(SyntheticConfig(preset="realistic", supersample=1, width=160, height=120))
+    assert scene.room is not None and len(scene.objects) == 9
+    by_name = {o.name: o for o in scene.objects}
+    assert by_name["red mug"].color == by_name["red cube"].color and by_name["red mug"].kind != by_name["red cube"].kind
+    lamp = by_name["desk lamp"]
+    assert lamp.kind == "compound" and len({part.material for part in lamp.parts}) == 3
+    assert by_name["chrome ball"].material == "mirror" and by_name["checker box"].material == "checker"
+    # Cameras orbit at about 0.7 m; every object covers a small share of the views that see it.
+    distances = [np.linalg.norm(c.center - scene.target) for c in scene.cameras]
+    assert 0.55 < np.median(distances) < 0.8
+    camera = scene.cameras[0]
+    rgb, ids, depth = render_view(scene, camera)
+    shares = [(ids == k).mean() for k in range(1, 10)]
+    assert all(0 < s < 0.06 for s in shares) and np.median(shares) < 0.03
+    # Depth puts each object pixel on the surface its id names (the room's planes included in the truth).
+    origin, dirs = camera_rays(camera)
+    t = depth.ravel() / (dirs @ camera.camera_to_world[:3, 2])
+    hits = origin + t[:, None] * dirs
+    nearest, _ = scene.nearest_object(hits[ids.ravel() > 0])
+    assert (nearest == ids.ravel()[ids.ravel() > 0]).mean() > 0.99
+    # Shadows: table points whose light ray an object blocks are darker than the same points unblocked.
+    t_hit, surface, hit_ids = _first_hits(scene, origin, dirs)
+    lit = _shade_room(scene, origin, dirs, t_hit, surface, hit_ids)
+    empty = build_scene(SyntheticConfig(preset="realistic", supersample=1, width=160, height=120))
+    empty.objects.clear()
+    t0, surface0, ids0 = _first_hits(empty, origin, dirs)
+    unshadowed = _shade_room(empty, origin, dirs, t0, surface0, ids0)
+    table = (surface == 0) & (surface0 == 0) & (hit_ids == 0)
+    darker = (lit[table].sum(1) < unshadowed[table].sum(1) - 1e-6).mean()
+    assert 0.005 < darker < 0.5  # some of the table lies in shadow, not all of it
+    assert (surface == OBJECT).mean() > 0.02

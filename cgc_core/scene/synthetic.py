@@ -24,6 +24,7 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from PIL import Image
@@ -44,7 +45,13 @@ class Shape:
     kinds and their `size` entries:
       sphere (radius,), box (half_x, half_y, half_z), cylinder (radius, half_height),
       cone (base_radius, half_height), torus (major_radius, minor_radius),
-      capsule (radius, half_segment).
+      capsule (radius, half_segment), bowl (radius, wall_thickness; `center` at the rim, open
+      upwards), compound (`parts`: one object made of several shapes, each with its own colour
+      and material; `size` unused).
+
+    materials (used by scenes with a `Room`; the plain scenes shade everything matte):
+      matte, glossy (a specular highlight), mirror (reflects the scene), checker (a black and
+      white checkerboard of `texture_scale` cells per metre).
     """
 
     name: str
@@ -54,6 +61,8 @@ class Shape:
     color: tuple[float, float, float]
     yaw_deg: float = 0.0
     texture_scale: float = 6.0
+    material: str = "matte"
+    parts: tuple["Shape", ...] = ()
 
     def to_local(self, p: np.ndarray) -> np.ndarray:
         yaw = math.radians(self.yaw_deg)
@@ -63,19 +72,33 @@ class Shape:
         return np.stack([c * d[:, 0] + s * d[:, 1], -s * d[:, 0] + c * d[:, 1], d[:, 2]], axis=1)
 
     def sdf(self, p: np.ndarray) -> np.ndarray:
-        """Exact signed distance from world points [N, 3] to the surface (negative inside)."""
+        """Signed distance from world points [N, 3] to the surface (negative inside): exact for
+        the primitives, a lower bound for bowls and compounds (so sphere tracing never overshoots)."""
+        if self.kind == "compound":
+            return np.min([part.sdf(p) for part in self.parts], axis=0)
         q = self.to_local(p)
         return _SDF[self.kind](q, self.size)
+
+    def part_index(self, p: np.ndarray) -> np.ndarray:
+        """For a compound, the index of the part nearest to each world point (0 otherwise)."""
+        if self.kind != "compound":
+            return np.zeros(len(p), dtype=np.int64)
+        return np.argmin([np.abs(part.sdf(p)) for part in self.parts], axis=0)
 
     @property
     def bounding_radius(self) -> float:
         s = self.size
+        if self.kind == "compound":
+            return max(float(np.linalg.norm(np.subtract(part.center, self.center))) + part.bounding_radius
+                       for part in self.parts)
         if self.kind == "sphere":
             extent = s[0]
         elif self.kind == "box":
             extent = math.sqrt(sum(v * v for v in s))
         elif self.kind in ("cylinder", "cone"):
             extent = math.hypot(s[0], s[1])
+        elif self.kind == "bowl":
+            extent = s[0] + s[1]
         else:  # torus, capsule
             extent = s[0] + s[1]
         return extent * 1.01 + 1e-3
@@ -126,9 +149,16 @@ def _sdf_capsule(q, size):
     return np.linalg.norm(q - nearest, axis=1) - radius
 
 
+def _sdf_bowl(q, size):
+    # A spherical shell of the given thickness, cut at its equator (z = 0), open upwards.
+    radius, thickness = size
+    shell = np.abs(np.linalg.norm(q, axis=1) - radius) - thickness
+    return np.maximum(shell, q[:, 2])
+
+
 _SDF = {
     "sphere": _sdf_sphere, "box": _sdf_box, "cylinder": _sdf_cylinder,
-    "cone": _sdf_cone, "torus": _sdf_torus, "capsule": _sdf_capsule,
+    "cone": _sdf_cone, "torus": _sdf_torus, "capsule": _sdf_capsule, "bowl": _sdf_bowl,
 }
 
 
@@ -157,11 +187,76 @@ def _hard_objects() -> list[Shape]:
     ]
 
 
+def _realistic_objects() -> list[Shape]:
+    # Nine small objects (1-3 % of a 320x240 view at 0.7 m) on a wooden table in a room: two red
+    # neighbours of different shapes, a lamp of three materials, a chrome ball, a checker box, a
+    # pencil, a ball that the bottle hides from part of the orbit, a glossy bottle, a white bowl.
+    lamp_xy, bottle_xy = (0.15, 0.12), (-0.16, -0.02)
+    return [
+        Shape("red mug", "cylinder", (-0.12, 0.06, 0.045), (0.035, 0.045), (0.8, 0.12, 0.1), material="glossy"),
+        Shape("red cube", "box", (-0.035, 0.115, 0.035), (0.035, 0.035, 0.035), (0.8, 0.12, 0.1), yaw_deg=20),
+        Shape("desk lamp", "compound", (*lamp_xy, 0.11), (), (0.3, 0.3, 0.3), parts=(
+            Shape("lamp base", "cylinder", (*lamp_xy, 0.012), (0.05, 0.012), (0.22, 0.22, 0.25), material="glossy"),
+            Shape("lamp pole", "cylinder", (*lamp_xy, 0.1), (0.006, 0.08), (0.75, 0.75, 0.72), material="mirror"),
+            Shape("lamp shade", "cone", (*lamp_xy, 0.205), (0.055, 0.035), (0.95, 0.88, 0.7)),
+        )),
+        Shape("chrome ball", "sphere", (0.02, -0.04, 0.04), (0.04,), (0.85, 0.85, 0.88), material="mirror"),
+        Shape("checker box", "box", (0.15, -0.1, 0.03), (0.05, 0.035, 0.03), (1.0, 1.0, 1.0), yaw_deg=-15,
+              texture_scale=60.0, material="checker"),
+        Shape("yellow pencil", "box", (-0.03, -0.15, 0.005), (0.075, 0.005, 0.005), (0.95, 0.75, 0.1), yaw_deg=35),
+        Shape("blue ball", "sphere", (-0.25, -0.07, 0.03), (0.03,), (0.15, 0.3, 0.8)),
+        Shape("green bottle", "compound", (*bottle_xy, 0.09), (), (0.1, 0.45, 0.2), parts=(
+            Shape("bottle body", "cylinder", (*bottle_xy, 0.06), (0.03, 0.06), (0.1, 0.45, 0.2), material="glossy"),
+            Shape("bottle neck", "cylinder", (*bottle_xy, 0.145), (0.012, 0.025), (0.1, 0.45, 0.2), material="glossy"),
+        )),
+        Shape("white bowl", "bowl", (0.06, 0.2, 0.06), (0.06, 0.006), (0.92, 0.9, 0.86)),
+    ]
+
+
+@dataclass(frozen=True)
+class Room:
+    """A furnished room around a finite wooden table: four walls with pictures, a floor below the
+    table, a ceiling, and a spherical area light (soft shadows, specular highlights, reflections).
+
+    World z is up; the table top is the rectangle |x| <= table_half[0], |y| <= table_half[1] at z = 0.
+    """
+
+    half_x: float = 1.8
+    half_y: float = 1.6
+    floor: float = -0.75
+    ceiling: float = 1.5
+    table_half: tuple[float, float] = (0.55, 0.4)
+    light: tuple[float, float, float] = (0.5, 0.35, 1.2)
+    light_radius: float = 0.25
+    ambient: float = 0.3
+    # (wall: 0 = x walls, 1 = y walls; sign of the wall; centre along the wall; centre height; half width; half height)
+    pictures: tuple[tuple[int, int, float, float, float, float], ...] = (
+        (0, 1, 0.2, 0.55, 0.45, 0.3), (0, -1, -0.4, 0.5, 0.35, 0.4), (1, 1, 0.6, 0.6, 0.5, 0.28),
+        (1, -1, -0.2, 0.45, 0.3, 0.3), (1, -1, 0.9, 0.7, 0.25, 0.2))
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A synthetic scene: its objects, how many views of what size, the orbit, and the room (if any)."""
+
+    make_objects: Callable[[], list[Shape]]
+    n_views: int
+    width: int
+    height: int
+    orbit_radius: float = 2.2
+    orbit_height: float = 1.0
+    height_swing: float = 0.45
+    target: tuple[float, float, float] = (0.0, 0.0, 0.2)
+    room: Room | None = None
+
+
 PRESETS = {
-    # name: (objects, n_views, width, height)
-    "tiny": (_demo_objects, 24, 192, 144),
-    "demo": (_demo_objects, 48, 320, 240),
-    "hard": (_hard_objects, 64, 320, 240),
+    "tiny": Preset(_demo_objects, 24, 192, 144),
+    "demo": Preset(_demo_objects, 48, 320, 240),
+    "hard": Preset(_hard_objects, 64, 320, 240),
+    # The realistic development scene of issue 16: small objects in a room, seen from about 0.7 m.
+    "realistic": Preset(_realistic_objects, 64, 320, 240, orbit_radius=0.62, orbit_height=0.36, height_swing=0.1,
+                        target=(0.0, 0.02, 0.05), room=Room()),
 }
 
 
@@ -174,6 +269,7 @@ class SyntheticScene:
     seed: int
     test_every: int
     target: np.ndarray = field(default_factory=lambda: np.array([0.0, 0.0, 0.2]))
+    room: Room | None = None
 
     @property
     def prompts(self) -> list[str]:
@@ -191,8 +287,13 @@ class SyntheticScene:
     def nearest_object(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Id (1-based, 0 for table/backdrop) of the surface nearest to each world point, and its distance."""
         distances = [np.abs(points[:, 2])]  # the table
-        distances.append(np.abs(WALL_RADIUS - np.linalg.norm(points[:, :2], axis=1)))
-        background = np.minimum(*distances)
+        if self.room is None:
+            distances.append(np.abs(WALL_RADIUS - np.linalg.norm(points[:, :2], axis=1)))
+        else:
+            room = self.room
+            distances += [np.abs(room.half_x - np.abs(points[:, 0])), np.abs(room.half_y - np.abs(points[:, 1])),
+                          np.abs(points[:, 2] - room.floor), np.abs(points[:, 2] - room.ceiling)]
+        background = np.min(distances, axis=0)
         per_object = np.stack([np.abs(o.sdf(points)) for o in self.objects], axis=1)
         best = per_object.argmin(axis=1)
         best_d = per_object[np.arange(len(points)), best]
@@ -218,23 +319,26 @@ def build_scene(cfg: SyntheticConfig) -> SyntheticScene:
     """The deterministic scene description for a config (objects, orbiting cameras)."""
     if cfg.preset not in PRESETS:
         raise ValueError(f"unknown synthetic preset {cfg.preset!r} (known: {sorted(PRESETS)})")
-    make_objects, n_views, width, height = PRESETS[cfg.preset]
-    n_views = cfg.n_views or n_views
-    width, height = cfg.width or width, cfg.height or height
+    preset = PRESETS[cfg.preset]
+    n_views = cfg.n_views or preset.n_views
+    width, height = cfg.width or preset.width, cfg.height or preset.height
     rng = np.random.default_rng(cfg.seed)
-    target = np.array([0.0, 0.0, 0.2])
+    target = np.array(preset.target)
     focal = 0.85 * width
     K = np.array([[focal, 0, width / 2], [0, focal, height / 2], [0, 0, 1]])
+    # Jitter in proportion to the orbit (the demo's 2.2 m orbit: ±0.1 m radius, ±0.05 m height and aim).
+    jitter = preset.orbit_radius / 2.2
     cameras = []
     for i in range(n_views):
         azimuth = 2 * math.pi * i / n_views + rng.uniform(-0.04, 0.04)
         # Heights sweep twice between low and high views as the orbit goes round.
-        height_m = 1.0 + 0.45 * math.sin(4 * math.pi * i / n_views) + rng.uniform(-0.05, 0.05)
-        radius = 2.2 + rng.uniform(-0.1, 0.1)
+        height_m = (preset.orbit_height + preset.height_swing * math.sin(4 * math.pi * i / n_views)
+                    + jitter * rng.uniform(-0.05, 0.05))
+        radius = preset.orbit_radius + jitter * rng.uniform(-0.1, 0.1)
         eye = np.array([radius * math.cos(azimuth), radius * math.sin(azimuth), height_m])
-        look = target + rng.uniform(-0.05, 0.05, size=3)
+        look = target + jitter * rng.uniform(-0.05, 0.05, size=3)
         cameras.append(Camera(K, look_at(eye, look), width, height, f"view_{i:03d}.png"))
-    return SyntheticScene(make_objects(), cameras, cfg.seed, cfg.test_every, target)
+    return SyntheticScene(preset.make_objects(), cameras, cfg.seed, cfg.test_every, target, preset.room)
 
 
 # --- procedural texture --------------------------------------------------------------------------
@@ -276,18 +380,24 @@ def fbm(p: np.ndarray, seed: int, octaves: int = 4) -> np.ndarray:
 
 
 def _albedo(points: np.ndarray, ids: np.ndarray, surface: np.ndarray, scene: SyntheticScene) -> np.ndarray:
-    """Albedo [N, 3] at hit points. `surface`: 0 table, 1 backdrop, 2 object (then `ids` says which)."""
+    """Albedo [N, 3] at hit points, by surface code (TABLE, WALL, OBJECT with `ids` saying which,
+    and a room's FLOOR and CEILING)."""
     seed = scene.seed
     albedo = np.zeros((len(points), 3))
-    table = surface == 0
+    table = surface == TABLE
     if table.any():
         p = points[table]
-        tiles = (np.floor(p[:, 0] / 0.15) + np.floor(p[:, 1] / 0.15)) % 2
+        if scene.room is None:
+            tiles = (np.floor(p[:, 0] / 0.15) + np.floor(p[:, 1] / 0.15)) % 2
+            base = np.where(tiles[:, None] > 0, [0.62, 0.46, 0.3], [0.78, 0.66, 0.48])
+        else:  # planks along x, each its own shade of wood
+            plank = np.floor(p[:, 1] / 0.09)
+            base = np.array([0.6, 0.42, 0.26]) * (0.8 + 0.35 * _hash(plank.astype(np.int64), plank.astype(np.int64) * 0,
+                                                                    np.zeros(len(p), np.int64), seed + 5))[:, None]
         grain = fbm(p * np.array([4.0, 24.0, 4.0]), seed + 1)
         detail = value_noise(p * 45.0, seed + 2)
-        base = np.where(tiles[:, None] > 0, [0.62, 0.46, 0.3], [0.78, 0.66, 0.48])
         albedo[table] = base * (0.65 + 0.35 * grain[:, None]) + 0.12 * (detail[:, None] - 0.5)
-    wall = surface == 1
+    wall = surface == WALL
     if wall.any():
         p = points[wall]
         hue = fbm(p * 1.2, seed + 3)
@@ -299,16 +409,55 @@ def _albedo(points: np.ndarray, ids: np.ndarray, surface: np.ndarray, scene: Syn
         colour = palette[low] * (1 - mix) + palette[high] * mix
         detail = fbm(p * 9.0, seed + 4, octaves=3)
         albedo[wall] = colour * (0.55 + 0.6 * detail[:, None])
+        if scene.room is not None:
+            albedo[wall] = _pictures(scene.room, p, albedo[wall], seed)
+    for code, colour, scale in ((FLOOR, (0.45, 0.4, 0.36), 3.0), (CEILING, (0.9, 0.9, 0.88), 1.0)):
+        sel = surface == code
+        if sel.any():
+            albedo[sel] = np.asarray(colour) * (0.7 + 0.3 * fbm(points[sel] * scale, seed + 6 + code)[:, None])
     for k, obj in enumerate(scene.objects, start=1):
-        sel = (surface == 2) & (ids == k)
-        if not sel.any():
+        sel = np.flatnonzero((surface == OBJECT) & (ids == k))
+        if sel.size == 0:
             continue
-        p = obj.to_local(points[sel])
-        pattern = fbm(p * obj.texture_scale, seed + 10 + k)
-        detail = value_noise(p * obj.texture_scale * 6.0, seed + 50 + k)
-        shade = 0.62 + 0.38 * pattern + 0.18 * (detail - 0.5)
-        albedo[sel] = np.asarray(obj.color) * shade[:, None]
+        if obj.kind == "compound":
+            part = obj.part_index(points[sel])
+            for j, piece in enumerate(obj.parts):
+                albedo[sel[part == j]] = _object_albedo(piece, points[sel[part == j]], seed + 10 + k + 7 * j)
+        else:
+            albedo[sel] = _object_albedo(obj, points[sel], seed + 10 + k)
     return np.clip(albedo, 0.0, 1.0)
+
+
+def _object_albedo(obj: Shape, points: np.ndarray, seed: int) -> np.ndarray:
+    p = obj.to_local(points)
+    if obj.material == "checker":
+        cells = np.floor(p * obj.texture_scale).astype(np.int64).sum(1) % 2
+        return np.where(cells[:, None] == 1, [0.9, 0.9, 0.88], [0.08, 0.08, 0.1])
+    pattern = fbm(p * obj.texture_scale, seed)
+    detail = value_noise(p * obj.texture_scale * 6.0, seed + 40)
+    shade = 0.62 + 0.38 * pattern + 0.18 * (detail - 0.5)
+    return np.asarray(obj.color) * shade[:, None]
+
+
+def _pictures(room: Room, p: np.ndarray, albedo: np.ndarray, seed: int) -> np.ndarray:
+    """Framed pictures on a room's walls: a dark frame around a high-contrast painted pattern."""
+    out = albedo.copy()
+    for index, (axis, sign, centre, height, half_w, half_h) in enumerate(room.pictures):
+        half = room.half_x if axis == 0 else room.half_y
+        on_wall = np.abs(p[:, axis] - sign * half) < 1e-3
+        along = p[:, 1 - axis] - centre
+        up = p[:, 2] - height
+        inside = on_wall & (np.abs(along) <= half_w) & (np.abs(up) <= half_h)
+        if not inside.any():
+            continue
+        frame = inside & ((np.abs(along) > half_w - 0.03) | (np.abs(up) > half_h - 0.03))
+        canvas = inside & ~frame
+        q = np.stack([along, up, np.zeros_like(up)], axis=1)[canvas]
+        hue = fbm(q * 4.0, seed + 200 + index)
+        colours = np.array([[0.85, 0.3, 0.2], [0.2, 0.35, 0.75], [0.95, 0.85, 0.3], [0.15, 0.5, 0.3]])
+        out[canvas] = colours[np.clip((hue * 4).astype(int), 0, 3)] * (0.7 + 0.3 * value_noise(q * 30, seed + index))[:, None]
+        out[frame] = [0.12, 0.08, 0.05]
+    return out
 
 
 # --- ray casting ---------------------------------------------------------------------------------
@@ -326,11 +475,14 @@ def camera_rays(camera: Camera) -> tuple[np.ndarray, np.ndarray]:
 
 def _sphere_trace(shape: Shape, origin: np.ndarray, dirs: np.ndarray, max_steps: int = 128,
                   eps: float = 2e-5) -> np.ndarray:
-    """Distance along each ray to the shape's surface, inf where the ray misses."""
+    """Distance along each ray to the shape's surface, inf where the ray misses.
+
+    `origin` is one point [3] shared by every ray, or one per ray [N, 3] (shadow and reflection rays).
+    """
     t_hit = np.full(len(dirs), np.inf)
     oc = origin - np.asarray(shape.center)
-    b = dirs @ oc
-    c = oc @ oc - shape.bounding_radius**2
+    b = (dirs * oc).sum(1) if oc.ndim == 2 else dirs @ oc
+    c = ((oc * oc).sum(1) if oc.ndim == 2 else oc @ oc) - shape.bounding_radius**2
     disc = b * b - c
     candidates = np.nonzero(disc > 0)[0]
     if candidates.size == 0:
@@ -338,12 +490,13 @@ def _sphere_trace(shape: Shape, origin: np.ndarray, dirs: np.ndarray, max_steps:
     root = np.sqrt(disc[candidates])
     t = np.maximum(-b[candidates] - root, 0.0)
     t_exit = -b[candidates] + root
+    origins = np.broadcast_to(origin, dirs.shape)
     active = np.arange(candidates.size)
     for _ in range(max_steps):
         if active.size == 0:
             break
         rays = candidates[active]
-        d = shape.sdf(origin + t[active, None] * dirs[rays])
+        d = shape.sdf(origins[rays] + t[active, None] * dirs[rays])
         hit = d < eps
         t_hit[rays[hit]] = t[active[hit]]
         t[active] += d
@@ -356,6 +509,138 @@ def _normals(shape: Shape, points: np.ndarray, h: float = 1e-4) -> np.ndarray:
     k = np.array([[1, -1, -1], [-1, -1, 1], [-1, 1, -1], [1, 1, 1]], dtype=np.float64)
     grad = sum(kk * shape.sdf(points + h * kk)[:, None] for kk in k)
     return grad / np.maximum(np.linalg.norm(grad, axis=1, keepdims=True), 1e-12)
+
+
+# Surface codes of a hit: the table, the backdrop (the cylinder, or a room's walls), an object,
+# and a room's floor and ceiling.
+TABLE, WALL, OBJECT, FLOOR, CEILING = 0, 1, 2, 3, 4
+
+
+def _background_hits(scene: SyntheticScene, origin: np.ndarray, dirs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distance and surface code of the first non-object surface along each ray (origins inside)."""
+    origins = np.broadcast_to(origin, dirs.shape)
+    t_best, surface = np.full(len(dirs), np.inf), np.full(len(dirs), -1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        # Table plane z = 0 (rays going down only); in a room only within the table top.
+        t_table = np.where((dirs[:, 2] < 0) & (origins[:, 2] > 0), -origins[:, 2] / dirs[:, 2], np.inf)
+        room = scene.room
+        if room is None:
+            # Backdrop: the inside of the vertical cylinder |xy| = WALL_RADIUS (origin is inside).
+            a = (dirs[:, :2] ** 2).sum(1)
+            b = (dirs[:, :2] * origins[:, :2]).sum(1)
+            c = (origins[:, :2] ** 2).sum(1) - WALL_RADIUS**2
+            candidates = [(t_table, TABLE), (np.where(a > 1e-12, (-b + np.sqrt(np.maximum(b * b - a * c, 0))) / a,
+                                                      np.inf), WALL)]
+        else:
+            top = origins[:, :2] + t_table[:, None] * dirs[:, :2]
+            on_top = (np.abs(top[:, 0]) <= room.table_half[0]) & (np.abs(top[:, 1]) <= room.table_half[1])
+            t_table = np.where(on_top, t_table, np.inf)
+            walls = [np.where(dirs[:, k] != 0, (np.sign(dirs[:, k]) * half - origins[:, k]) / dirs[:, k], np.inf)
+                     for k, half in ((0, room.half_x), (1, room.half_y))]
+            t_floor = np.where(dirs[:, 2] < 0, (room.floor - origins[:, 2]) / dirs[:, 2], np.inf)
+            t_ceiling = np.where(dirs[:, 2] > 0, (room.ceiling - origins[:, 2]) / dirs[:, 2], np.inf)
+            candidates = [(t_table, TABLE), (np.minimum(*walls), WALL), (t_floor, FLOOR), (t_ceiling, CEILING)]
+    for t_surface, code in candidates:
+        t_surface = np.where(t_surface > 1e-9, t_surface, np.inf)
+        closer = t_surface < t_best
+        t_best[closer], surface[closer] = t_surface[closer], code
+    return t_best, surface
+
+
+def _first_hits(scene: SyntheticScene, origin: np.ndarray, dirs: np.ndarray,
+                skip: int = -1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Distance, surface code and object id (1-based; 0 off objects) of the first hit of each ray;
+    object `skip` (1-based) is ignored (a reflection ray leaving it)."""
+    t_best, surface = _background_hits(scene, origin, dirs)
+    ids = np.zeros(len(dirs), dtype=np.int64)
+    for k, obj in enumerate(scene.objects, start=1):
+        if k == skip:
+            continue
+        t_obj = _sphere_trace(obj, origin, dirs)
+        closer = t_obj < t_best
+        t_best[closer], surface[closer], ids[closer] = t_obj[closer], OBJECT, k
+    ids[surface != OBJECT] = BACKGROUND_ID
+    return t_best, surface, ids
+
+
+def _surface_normals(scene: SyntheticScene, points: np.ndarray, surface: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    normals = np.zeros((len(points), 3))
+    normals[(surface == TABLE) | (surface == FLOOR)] = [0, 0, 1]
+    normals[surface == CEILING] = [0, 0, -1]
+    wall = surface == WALL
+    if scene.room is None:
+        normals[wall, :2] = -points[wall, :2] / WALL_RADIUS
+    else:  # the nearer of the two wall planes faces inwards
+        p = points[wall]
+        x_wall = scene.room.half_x - np.abs(p[:, 0]) < scene.room.half_y - np.abs(p[:, 1])
+        normals[np.flatnonzero(wall)[x_wall], 0] = -np.sign(p[x_wall, 0])
+        normals[np.flatnonzero(wall)[~x_wall], 1] = -np.sign(p[~x_wall, 1])
+    for k, obj in enumerate(scene.objects, start=1):
+        sel = (surface == OBJECT) & (ids == k)
+        if sel.any():
+            normals[sel] = _normals(obj, points[sel])
+    return normals
+
+
+def _materials(scene: SyntheticScene, points: np.ndarray, surface: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Material name of every hit ("matte" off objects; a compound's nearest part's material)."""
+    material = np.full(len(points), "matte", dtype=object)
+    for k, obj in enumerate(scene.objects, start=1):
+        sel = np.flatnonzero((surface == OBJECT) & (ids == k))
+        if sel.size == 0:
+            continue
+        if obj.kind == "compound":
+            part = obj.part_index(points[sel])
+            material[sel] = np.array([p.material for p in obj.parts], dtype=object)[part]
+        else:
+            material[sel] = obj.material
+    return material
+
+
+def _pixel_noise(n: int, salt: int, seed: int) -> np.ndarray:
+    """[n, 3] deterministic uniform numbers in [-1, 1) per ray (the area light's samples)."""
+    index = np.arange(n, dtype=np.int64)
+    return np.stack([2 * _hash(index, np.full(n, salt + a), np.full(n, 7), seed) - 1 for a in range(3)], axis=1)
+
+
+def _shade_room(scene: SyntheticScene, origin: np.ndarray, dirs: np.ndarray, t: np.ndarray, surface: np.ndarray,
+                ids: np.ndarray, bounce: int = 0) -> np.ndarray:
+    """Colour under a room's spherical area light: Lambert with soft shadows (one jittered light
+    sample per ray; supersampling averages them), Blinn-Phong highlights on glossy surfaces, and
+    one bounce of mirror reflection."""
+    room = scene.room
+    points = np.broadcast_to(origin, dirs.shape) + np.where(np.isfinite(t), t, 0.0)[:, None] * dirs
+    normals = _surface_normals(scene, points, surface, ids)
+    albedo = _albedo(points, ids, surface, scene)
+    material = _materials(scene, points, surface, ids)
+    light = np.asarray(room.light) + room.light_radius * _pixel_noise(len(dirs), 11 + 31 * bounce, scene.seed)
+    to_light = light - points
+    distance = np.linalg.norm(to_light, axis=1)
+    l = to_light / distance[:, None]
+    lambert = np.clip((normals * l).sum(1), 0.0, 1.0)
+    lit = lambert > 0
+    start = points[lit] + 1e-4 * normals[lit]
+    visible = np.ones(len(dirs))
+    blocked = np.zeros(lit.sum(), dtype=bool)
+    for obj in scene.objects:
+        blocked |= _sphere_trace(obj, start, l[lit]) < distance[lit]
+    visible[np.flatnonzero(lit)[blocked]] = 0.0
+    rgb = albedo * (room.ambient + (1 - room.ambient) * lambert * visible)[:, None]
+    shiny = (material == "glossy") | (material == "mirror")
+    if shiny.any():
+        half = l[shiny] - dirs[shiny]
+        half /= np.maximum(np.linalg.norm(half, axis=1, keepdims=True), 1e-12)
+        highlight = np.clip((normals[shiny] * half).sum(1), 0.0, 1.0) ** 60 * visible[shiny]
+        rgb[shiny] += 0.6 * highlight[:, None]
+    mirror = np.flatnonzero(material == "mirror")
+    if mirror.size and bounce == 0:
+        n = normals[mirror]
+        reflected = dirs[mirror] - 2 * (dirs[mirror] * n).sum(1, keepdims=True) * n
+        start = points[mirror] + 1e-4 * n
+        t2, surface2, ids2 = _first_hits(scene, start, reflected)
+        seen = _shade_room(scene, start, reflected, t2, surface2, ids2, bounce=1)
+        rgb[mirror] = 0.25 * albedo[mirror] * rgb[mirror] + 0.75 * albedo[mirror] * seen
+    return np.clip(rgb, 0.0, 1.0)
 
 
 def render_view(scene: SyntheticScene, camera: Camera, supersample: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -379,39 +664,16 @@ def render_view(scene: SyntheticScene, camera: Camera, supersample: int = 1) -> 
         rgb = rgb.reshape(h, s, w, s, 3).mean(axis=(1, 3))
         return rgb, ids[s // 2::s, s // 2::s], depth[s // 2::s, s // 2::s]
     origin, dirs = camera_rays(camera)
-    n = len(dirs)
-    t_best = np.full(n, np.inf)
-    surface = np.full(n, -1)
-    ids = np.zeros(n, dtype=np.int64)
-    # Table plane z = 0 (rays going down only).
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t_table = np.where(dirs[:, 2] < 0, -origin[2] / dirs[:, 2], np.inf)
-    # Backdrop: the inside of the vertical cylinder |xy| = WALL_RADIUS (origin is inside).
-    a = (dirs[:, :2] ** 2).sum(1)
-    b = dirs[:, :2] @ origin[:2]
-    c = origin[:2] @ origin[:2] - WALL_RADIUS**2
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t_wall = np.where(a > 1e-12, (-b + np.sqrt(np.maximum(b * b - a * c, 0))) / a, np.inf)
-    for t_surface, code in ((t_table, 0), (t_wall, 1)):
-        closer = t_surface < t_best
-        t_best[closer], surface[closer] = t_surface[closer], code
-    for k, obj in enumerate(scene.objects, start=1):
-        t_obj = _sphere_trace(obj, origin, dirs)
-        closer = t_obj < t_best
-        t_best[closer], surface[closer], ids[closer] = t_obj[closer], 2, k
-    ids[surface != 2] = BACKGROUND_ID
+    t_best, surface, ids = _first_hits(scene, origin, dirs)
     points = origin + t_best[:, None] * dirs
-    normals = np.zeros((n, 3))
-    normals[surface == 0] = [0, 0, 1]
-    wall = surface == 1
-    normals[wall, :2] = -points[wall, :2] / WALL_RADIUS
-    for k, obj in enumerate(scene.objects, start=1):
-        sel = (surface == 2) & (ids == k)
-        if sel.any():
-            normals[sel] = _normals(obj, points[sel])
-    albedo = _albedo(points, ids, surface, scene)
-    lambert = np.clip(normals @ LIGHT_DIR, 0.0, 1.0)
-    rgb = np.clip(albedo * (AMBIENT + (1 - AMBIENT) * lambert)[:, None], 0.0, 1.0)
+    if scene.room is None:
+        # One directional light, view-independent (as SfM likes it).
+        normals = _surface_normals(scene, points, surface, ids)
+        albedo = _albedo(points, ids, surface, scene)
+        lambert = np.clip(normals @ LIGHT_DIR, 0.0, 1.0)
+        rgb = np.clip(albedo * (AMBIENT + (1 - AMBIENT) * lambert)[:, None], 0.0, 1.0)
+    else:
+        rgb = _shade_room(scene, origin, dirs, t_best, surface, ids)
     depth = (points - origin) @ camera.camera_to_world[:3, 2]
     shape = (camera.height, camera.width)
     return rgb.reshape(*shape, 3), ids.reshape(shape).astype(np.uint8), depth.reshape(shape).astype(np.float32)
