@@ -176,6 +176,11 @@ class TrainConfig:
     cc_temperature_scale: float = 10.0
     cc_temperature_clip: list[float] | None = field(default_factory=lambda: [0.1, 1.0])
     cc_detach_temperature: bool = True
+    cc_reduction: Literal["pixels", "segments"] = "pixels"
+    """Paper/code: `pixels` (sum over pixels / number of segments: large segments dominate);
+    `segments`: every mask segment weighs the same (see losses.contrastive_clustering_loss)."""
+    feature_init: Literal["uniform", "normal"] = "uniform"
+    """Code: U[0, 1) features (all in one orthant); `normal`: N(0, 1) (see gaussians.init_params)."""
     use_reg: bool = True
     """Ablation switch: the spatial regulariser (the paper's "no 3D loss")."""
     reg_every: int = 4

@@ -34,8 +34,8 @@ def rgb_to_sh0(rgb: Tensor) -> Tensor:
 
 
 def init_params(points: np.ndarray, colors: np.ndarray | None, sh_degree: int = 3, feature_dim: int = FEATURE_DIM,
-                init_opacity: float = 0.1, seed: int = 0) -> dict[str, Tensor]:
-    """3DGS initialisation from coloured sparse points, plus CGC features drawn from U[0, 1).
+                init_opacity: float = 0.1, seed: int = 0, feature_init: str = "uniform") -> dict[str, Tensor]:
+    """3DGS initialisation from coloured sparse points, plus CGC features.
 
     Args:
         points: [N, 3] positions (N ≥ 4).
@@ -44,6 +44,10 @@ def init_params(points: np.ndarray, colors: np.ndarray | None, sh_degree: int = 
         feature_dim: Length of the per-Gaussian feature (16 in CGC).
         init_opacity: Initial opacity of every Gaussian.
         seed: Seed of the feature initialisation.
+        feature_init: `uniform` (CGC's code: U[0, 1), so every feature starts in one orthant and
+            the rendered features of all objects start nearly parallel, cosine about 0.75) or
+            `normal` (N(0, 1): directions spread over the sphere, different Gaussians start
+            nearly orthogonal).
 
     Returns:
         The raw parameter dict (float32 tensors). Scales start at the mean distance to the 3
@@ -57,6 +61,12 @@ def init_params(points: np.ndarray, colors: np.ndarray | None, sh_degree: int = 
     n = len(points)
     rgb = torch.full((n, 3), 0.5) if colors is None else torch.as_tensor(np.asarray(colors), dtype=torch.float32) / 255
     generator = torch.Generator().manual_seed(seed)
+    if feature_init == "uniform":
+        features = torch.rand(n, feature_dim, generator=generator)
+    elif feature_init == "normal":
+        features = torch.randn(n, feature_dim, generator=generator)
+    else:
+        raise ValueError(f"init_params: unknown feature_init {feature_init!r} (uniform, normal)")
     return {
         "means": torch.as_tensor(points, dtype=torch.float32),
         "quats": torch.tensor([[1.0, 0.0, 0.0, 0.0]]).repeat(n, 1),
@@ -64,7 +74,7 @@ def init_params(points: np.ndarray, colors: np.ndarray | None, sh_degree: int = 
         "opacities": torch.logit(torch.full((n,), init_opacity)),
         "sh0": rgb_to_sh0(rgb)[:, None, :],
         "shN": torch.zeros(n, (sh_degree + 1) ** 2 - 1, 3),
-        "features": torch.rand(n, feature_dim, generator=generator),
+        "features": features,
     }
 
 

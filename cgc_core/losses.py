@@ -46,7 +46,7 @@ def photometric_loss(rendered: Tensor, target: Tensor, ssim_weight: float = 0.2)
 
 def contrastive_clustering_loss(features: Tensor, labels: Tensor, min_pixels: int = 100, eps: float = 100.0,
                                 temperature_scale: float = 10.0, temperature_clip: tuple[float, float] | None = (0.1, 1.0),
-                                detach_temperature: bool = True) -> Tensor:
+                                detach_temperature: bool = True, reduction: str = "pixels") -> Tensor:
     """Contrastive clustering of rendered features by (view-inconsistent) 2D segments.
 
         f_q = rendered feature of pixel q, L2-normalised;  f̄^p = mean of {f_q : q ∈ p}
@@ -63,10 +63,13 @@ def contrastive_clustering_loss(features: Tensor, labels: Tensor, min_pixels: in
         temperature_scale: Factor on φ (code: 10; paper: 1).
         temperature_clip: (low, high) clip of φ after scaling, or None.
         detach_temperature: Stop gradients through φ (code: yes).
+        reduction: `pixels` (paper and code: the sum over pixels divided by the number of
+            segments, so a segment weighs as many pixels as it has and a table or a wall outweighs
+            a small object) or `segments` (the mean over segments of each segment's mean pixel
+            term: every segment weighs the same).
 
     Returns:
-        The scalar loss (a sum over pixels, divided by the number of segments; 0 with fewer
-        than two segments).
+        The scalar loss (0 with fewer than two segments).
     """
     flat_labels = labels.reshape(-1)
     ids, counts = torch.unique(flat_labels[flat_labels > 0], return_counts=True)
@@ -86,13 +89,18 @@ def contrastive_clustering_loss(features: Tensor, labels: Tensor, min_pixels: in
     if detach_temperature:
         phi = phi.detach()
     logits = (f @ centroids.T) / phi[None, :]
-    return F.cross_entropy(logits, seg, reduction="sum") / k
+    if reduction == "pixels":
+        return F.cross_entropy(logits, seg, reduction="sum") / k
+    if reduction == "segments":
+        per_pixel = F.cross_entropy(logits, seg, reduction="none")
+        return (torch.zeros(k, dtype=f.dtype, device=f.device).index_add_(0, seg, per_pixel) / n_p).mean()
+    raise ValueError(f"contrastive_clustering_loss: unknown reduction {reduction!r} (pixels, segments)")
 
 
 def contrastive_clustering_loss_reference(features: Tensor, labels: Tensor, min_pixels: int = 100, eps: float = 100.0,
                                           temperature_scale: float = 10.0,
                                           temperature_clip: tuple[float, float] | None = (0.1, 1.0),
-                                          detach_temperature: bool = True) -> Tensor:
+                                          detach_temperature: bool = True, reduction: str = "pixels") -> Tensor:
     """Eq. 3 with explicit loops over segments and pixels (slow; the tests' oracle)."""
     segments = []
     for sid in sorted(int(v) for v in torch.unique(labels) if v > 0):
@@ -111,9 +119,11 @@ def contrastive_clustering_loss_reference(features: Tensor, labels: Tensor, min_
         phis.append(phi.detach() if detach_temperature else phi)
     total = features.sum() * 0.0
     for p, s in enumerate(segments):
+        segment_total = features.sum() * 0.0
         for q in range(s.shape[0]):
             scores = torch.stack([(s[q] @ centroids[j]) / phis[j] for j in range(len(segments))])
-            total = total - (scores[p] - torch.logsumexp(scores, 0))
+            segment_total = segment_total - (scores[p] - torch.logsumexp(scores, 0))
+        total = total + (segment_total if reduction == "pixels" else segment_total / s.shape[0])
     return total / len(segments)
 
 

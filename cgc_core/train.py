@@ -165,7 +165,8 @@ def train(scene: Scene, store: MaskStore, out_dir: str | Path, cfg: TrainConfig,
     scale = scene_scale([scene.cameras[n] for n in names])
     params = torch.nn.ParameterDict({
         k: torch.nn.Parameter(v) for k, v in init_params(scene.points, scene.point_colors, cfg.sh_degree,
-                                                            init_opacity=cfg.init_opacity, seed=cfg.seed).items()
+                                                            init_opacity=cfg.init_opacity, seed=cfg.seed,
+                                                            feature_init=cfg.feature_init).items()
     })
     optimizers = _optimizers(params, cfg, scale)
     strategy = _strategy(cfg)
@@ -203,7 +204,7 @@ def train(scene: Scene, store: MaskStore, out_dir: str | Path, cfg: TrainConfig,
             clip = tuple(cfg.cc_temperature_clip) if cfg.cc_temperature_clip is not None else None
             losses["cc"] = cfg.cc_weight * contrastive_clustering_loss(
                 out.features, labels[name], min_pixels=cfg.cc_min_pixels, temperature_scale=cfg.cc_temperature_scale,
-                temperature_clip=clip, detach_temperature=cfg.cc_detach_temperature)
+                temperature_clip=clip, detach_temperature=cfg.cc_detach_temperature, reduction=cfg.cc_reduction)
         if cfg.use_reg and step % cfg.reg_every == 0 and (cfg.lambda_near or cfg.lambda_far):
             samples, near, far = sample_neighbours(
                 params["means"], cfg.reg_samples, cfg.k_near, cfg.l_far, cfg.reg_max_points,

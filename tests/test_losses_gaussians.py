@@ -24,14 +24,16 @@ def _labels(h=14, w=16):
     return labels
 
 
-@pytest.mark.parametrize("clip, detach, scale", [((0.1, 1.0), True, 10.0), (None, False, 1.0)])
-def test_contrastive_loss_equals_loop_reference(clip, detach, scale):
+@pytest.mark.parametrize("clip, detach, scale, reduction", [((0.1, 1.0), True, 10.0, "pixels"), (None, False, 1.0, "pixels"),
+                                                          ((0.1, 1.0), True, 10.0, "segments")])
+def test_contrastive_loss_equals_loop_reference(clip, detach, scale, reduction):
     torch.manual_seed(0)
     labels = _labels()
     labels[12:, 14:] = 9  # a 4-pixel segment: below min_pixels, left out
     a = torch.randn(14, 16, 5, dtype=torch.float64, requires_grad=True)
     b = a.detach().clone().requires_grad_()
-    kwargs = dict(min_pixels=10, temperature_clip=clip, detach_temperature=detach, temperature_scale=scale)
+    kwargs = dict(min_pixels=10, temperature_clip=clip, detach_temperature=detach, temperature_scale=scale,
+                  reduction=reduction)
     fast = contrastive_clustering_loss(a, labels, **kwargs)
     slow = contrastive_clustering_loss_reference(b, labels, **kwargs)
     fast.backward()
@@ -39,6 +41,32 @@ def test_contrastive_loss_equals_loop_reference(clip, detach, scale):
     torch.testing.assert_close(fast, slow)
     torch.testing.assert_close(a.grad, b.grad)
     assert a.grad[12:, 14:].abs().max() == 0 and a.grad[0, 0].abs().max() == 0
+
+
+def test_segment_reduction_weighs_every_segment_the_same():
+    labels = torch.zeros(20, 20, dtype=torch.int64)
+    labels[:, :18] = 1  # a large segment
+    labels[:, 18:] = 2  # a small one (40 pixels)
+    features = torch.randn(20, 20, 4, dtype=torch.float64)
+    pixels = contrastive_clustering_loss(features, labels, min_pixels=10)
+    segments = contrastive_clustering_loss(features, labels, min_pixels=10, reduction="segments")
+    # Under `pixels` the loss grows with the pixel counts (the large segment dominates); under `segments` it does not.
+    assert pixels > 5 * segments
+    with pytest.raises(ValueError, match="unknown reduction 'mean'"):
+        contrastive_clustering_loss(features, labels, min_pixels=10, reduction="mean")
+
+
+def test_normal_feature_init_spreads_directions():
+    import numpy as np
+
+    from cgc_core.gaussians import init_params
+
+    points = np.random.default_rng(0).normal(size=(400, 3))
+    uniform = torch.nn.functional.normalize(init_params(points, None)["features"], dim=1)
+    normal = torch.nn.functional.normalize(init_params(points, None, feature_init="normal")["features"], dim=1)
+    assert (uniform @ uniform.T).mean() > 0.7 and abs(float((normal @ normal.T).mean())) < 0.05
+    with pytest.raises(ValueError, match="unknown feature_init"):
+        init_params(points, None, feature_init="zeros")
 
 
 def test_contrastive_loss_with_fewer_than_two_segments_is_zero():
