@@ -71,6 +71,11 @@ def run_scene(source: str, overrides: list[str], data_dir: str) -> dict:
     final = health["final"] or {}
     print(f"[{source}] health: within {final.get('within', float('nan')):.3f}  between {final.get('between', float('nan')):.3f}"
           f"  confusable {final.get('confusable', float('nan')):.3f}  warning: {health['warning'] or 'none'}")
+    history = health["history"]
+    for h in history[:: max(1, len(history) // 5)] + history[-1:]:
+        print(f"[{source}]   step {h['step']:>5}  between {h.get('between', float('nan')):.3f}  within "
+              f"{h.get('within', float('nan')):.3f}  |grad cc| {h.get('grad_cc', float('nan')):.3g}  "
+              f"|grad reg| {h.get('grad_reg', float('nan')):.3g}  n {h['n']}")
     return {"miou": evaluated["miou"], "clusters": clustered["n_clusters"], "separation": final.get("separation"),
             "minutes": record["seconds"] / 60}
 
