@@ -193,6 +193,9 @@ class TrainConfig:
     """0 is the paper's "no similarity" ablation."""
     lambda_far: float = 0.15
     """0 is the paper's "no dissimilarity" ablation."""
+    reg_far: Literal["farthest", "random"] = "farthest"
+    """Paper/code: the l_far farthest Gaussians; `random`: drawn from the farther half (see
+    losses.sample_neighbours)."""
     reg_sigmoid_of_mean: bool = True
     """Code: sigmoid of the mean similarity; paper: mean of sigmoids."""
     densify: Literal["default", "mcmc", "none"] = "default"

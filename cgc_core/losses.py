@@ -131,8 +131,21 @@ def contrastive_clustering_loss_reference(features: Tensor, labels: Tensor, min_
 
 
 def sample_neighbours(means: Tensor, n_samples: int, k_near: int, l_far: int, max_points: int = 300_000,
-                      generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
-    """Sample Gaussians and find, by 3D distance (positions detached), their nearest and farthest ones.
+                      generator: torch.Generator | None = None, far: str = "farthest") -> tuple[Tensor, Tensor, Tensor]:
+    """Sample Gaussians and find, by 3D distance (positions detached), their near and far ones.
+
+    Args:
+        means: [N, 3] Gaussian centres.
+        n_samples: How many Gaussians to sample (M).
+        k_near: Nearest neighbours per sample (the similarity term).
+        l_far: Far Gaussians per sample (the dissimilarity term).
+        max_points: Neighbours are searched in a random pool of at most this many Gaussians.
+        generator: Seeds the sampling.
+        far: `farthest` (paper and code: the l_far farthest Gaussians) or `random` (l_far drawn
+            uniformly from the farther half of the pool, by distance to the sample). In a scene
+            whose farthest Gaussians are the same walls for every object, `farthest` pushes every
+            object's feature away from one set of features, that is towards one common direction;
+            `random` pushes away from many different ones.
 
     Returns:
         samples [M], near [M, K] (excluding the sample itself), far [M, L] indices.
@@ -146,8 +159,14 @@ def sample_neighbours(means: Tensor, n_samples: int, k_near: int, l_far: int, ma
     distances[rows, positions] = float("inf")  # a Gaussian is not its own neighbour
     near = pool[torch.topk(distances, k_near, dim=1, largest=False).indices]
     distances[rows, positions] = -1.0
-    far = pool[torch.topk(distances, l_far, dim=1, largest=True).indices]
-    return samples, near, far
+    if far == "farthest":
+        far_ids = pool[torch.topk(distances, l_far, dim=1, largest=True).indices]
+    elif far == "random":
+        farther_half = distances >= distances.median(dim=1, keepdim=True).values
+        far_ids = pool[torch.multinomial(farther_half.to(torch.float64), l_far, replacement=True, generator=generator)]
+    else:
+        raise ValueError(f"sample_neighbours: unknown far={far!r} (farthest, random)")
+    return samples, near, far_ids
 
 
 def spatial_regularization(features: Tensor, samples: Tensor, near: Tensor, far: Tensor, lambda_near: float = 0.05,

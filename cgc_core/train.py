@@ -208,7 +208,7 @@ def train(scene: Scene, store: MaskStore, out_dir: str | Path, cfg: TrainConfig,
         if cfg.use_reg and step % cfg.reg_every == 0 and (cfg.lambda_near or cfg.lambda_far):
             samples, near, far = sample_neighbours(
                 params["means"], cfg.reg_samples, cfg.k_near, cfg.l_far, cfg.reg_max_points,
-                generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + step))
+                generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + step), far=cfg.reg_far)
             losses["reg"] = spatial_regularization(params["features"], samples, near, far, cfg.lambda_near,
                                                    cfg.lambda_far, cfg.reg_sigmoid_of_mean)
         loss = sum(losses.values())

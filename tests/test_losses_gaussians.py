@@ -185,3 +185,16 @@ def test_bad_ply_is_a_named_error(tmp_path):
     (tmp_path / "junk.ply").write_bytes(b"not a ply")
     with pytest.raises(GaussianFileError, match="junk.ply: not a readable Gaussian .ply"):
         load_ply(tmp_path / "junk.ply")
+
+
+def test_random_far_neighbours_come_from_the_farther_half():
+    means = torch.randn(300, 3, generator=torch.Generator().manual_seed(1))
+    samples, near, far = sample_neighbours(means, 40, 2, 6, generator=torch.Generator().manual_seed(0), far="random")
+    _, _, farthest = sample_neighbours(means, 40, 2, 6, generator=torch.Generator().manual_seed(0))
+    distances = torch.cdist(means[samples], means)
+    median = distances.median(dim=1, keepdim=True).values
+    assert far.shape == (40, 6) and bool((distances.gather(1, far) >= median).all())
+    # drawn at random: the far sets differ between samples far more than the farthest sets do
+    assert len(torch.unique(far)) > 2 * len(torch.unique(farthest))
+    with pytest.raises(ValueError, match="unknown far='nearest'"):
+        sample_neighbours(means, 4, 2, 2, far="nearest")
