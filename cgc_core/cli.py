@@ -17,6 +17,7 @@ Every command takes `--config FILE` and repeated `--set section.field=value` ove
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -173,13 +174,20 @@ def stage_cmd(name: Annotated[str, typer.Argument(help="scene, calibrate, masks,
     """Run (or reuse) one stage of one scene, without Prefect; the stages before it must be finished."""
     def progress(done: int, total: int, detail) -> None:
         if done == total or done % 100 == 0:
-            typer.echo(f"{name}: {done}/{total}")
+            # Training passes every loss term, the Gaussian count and the feature separation.
+            text = " ".join(f"{k}={v:.4g}" for k, v in detail.items()) if isinstance(detail, dict) else ""
+            typer.echo(f"{name}: {done}/{total} {text}".rstrip())
 
     _, result = _stage(_config(config, set_), scene, name, force=force, progress=progress)
     if result is None:
         typer.echo(f"{scene}: read in place (no stage output)")
         return
     typer.echo(f"{name}: {result.reason} -> {result.stage_dir}")
+    record = result.stage_dir / "train.json"
+    if name == "train" and record.is_file():
+        warning = json.loads(record.read_text()).get("health", {}).get("warning")
+        if warning:
+            typer.echo(f"WARNING: {warning}", err=True)
     for key, value in result.manifest.info.items():
         if not isinstance(value, (dict, list)):
             typer.echo(f"  {key}: {value}")

@@ -70,7 +70,12 @@ def test_single_stages_need_their_upstream_then_cluster_export_and_report(tmp_pa
         assert done.exit_code == 0, done.output
     no_model = runner.invoke(app, ["cluster", *common])
     assert no_model.exit_code == 1 and "train stage has no finished output" in no_model.output
-    assert runner.invoke(app, ["stage", "train", *common]).exit_code == 0
+    trained = runner.invoke(app, ["stage", "train", *common])
+    assert trained.exit_code == 0, trained.output
+    progress = next(line for line in trained.output.splitlines() if line.startswith("train: 30/30 "))
+    assert " photometric=" in progress and " between=" in progress and " n=" in progress  # progress shows the health
+    # 30 iterations leave the U[0,1) features nearly parallel: the command says so
+    assert "WARNING: synthetic-tiny: the feature field has collapsed" in trained.output
     clustered = runner.invoke(app, ["cluster", *common])
     assert clustered.exit_code == 0, clustered.output
     assert "n_clusters" in clustered.output
