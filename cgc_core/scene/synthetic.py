@@ -415,17 +415,22 @@ def _albedo(points: np.ndarray, ids: np.ndarray, surface: np.ndarray, scene: Syn
         sel = surface == code
         if sel.any():
             albedo[sel] = np.asarray(colour) * (0.7 + 0.3 * fbm(points[sel] * scale, seed + 6 + code)[:, None])
-    for k, obj in enumerate(scene.objects, start=1):
-        sel = np.flatnonzero((surface == OBJECT) & (ids == k))
-        if sel.size == 0:
-            continue
+    for k, obj, sel, part in _object_hits(scene, points, surface, ids):
         if obj.kind == "compound":
-            part = obj.part_index(points[sel])
             for j, piece in enumerate(obj.parts):
                 albedo[sel[part == j]] = _object_albedo(piece, points[sel[part == j]], seed + 10 + k + 7 * j)
         else:
             albedo[sel] = _object_albedo(obj, points[sel], seed + 10 + k)
     return np.clip(albedo, 0.0, 1.0)
+
+
+def _object_hits(scene: SyntheticScene, points: np.ndarray, surface: np.ndarray, ids: np.ndarray):
+    """For every object hit by some ray: (1-based id, shape, indices of its hits, the part index of
+    each hit: the nearest part of a compound, 0 otherwise)."""
+    for k, obj in enumerate(scene.objects, start=1):
+        sel = np.flatnonzero((surface == OBJECT) & (ids == k))
+        if sel.size:
+            yield k, obj, sel, obj.part_index(points[sel])
 
 
 def _object_albedo(obj: Shape, points: np.ndarray, seed: int) -> np.ndarray:
@@ -585,12 +590,8 @@ def _surface_normals(scene: SyntheticScene, points: np.ndarray, surface: np.ndar
 def _materials(scene: SyntheticScene, points: np.ndarray, surface: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """Material name of every hit ("matte" off objects; a compound's nearest part's material)."""
     material = np.full(len(points), "matte", dtype=object)
-    for k, obj in enumerate(scene.objects, start=1):
-        sel = np.flatnonzero((surface == OBJECT) & (ids == k))
-        if sel.size == 0:
-            continue
+    for _, obj, sel, part in _object_hits(scene, points, surface, ids):
         if obj.kind == "compound":
-            part = obj.part_index(points[sel])
             material[sel] = np.array([p.material for p in obj.parts], dtype=object)[part]
         else:
             material[sel] = obj.material
