@@ -382,16 +382,19 @@ def _case_prompt_absent_from_every_view(tiny_scene_dir, tmp_path):
     return lambda: evaluate_scene(scene, features, out, EvaluateConfig(), 0.7), "red sphere"
 
 
-def _case_config_unknown_key(tiny_scene_dir, tmp_path):
+def _config_file_case(tmp_path: Path, text: str, expected: str):
+    """A config YAML with `text`, and the error `load_config` must raise for it."""
     path = tmp_path / "cfg.yaml"
-    path.write_text("train:\n  iteratons: 10\n")
-    return lambda: load_config(path), "cfg.yaml: train.iteratons: unknown key"
+    path.write_text(text)
+    return lambda: load_config(path), expected
+
+
+def _case_config_unknown_key(tiny_scene_dir, tmp_path):
+    return _config_file_case(tmp_path, "train:\n  iteratons: 10\n", "cfg.yaml: train.iteratons: unknown key")
 
 
 def _case_config_negative_learning_rate(tiny_scene_dir, tmp_path):
-    path = tmp_path / "cfg.yaml"
-    path.write_text("train:\n  lr_opacities: -0.05\n")
-    return lambda: load_config(path), "cfg.yaml: train.lr_opacities must be > 0, got -0.05"
+    return _config_file_case(tmp_path, "train:\n  lr_opacities: -0.05\n", "cfg.yaml: train.lr_opacities must be > 0, got -0.05")
 
 
 def _case_sam_checkpoint_not_a_checkpoint(tiny_scene_dir, tmp_path):
@@ -531,15 +534,11 @@ def _case_truncated_image(tiny_scene_dir, tmp_path):
 
 
 def _case_config_yaml_not_a_mapping(tiny_scene_dir, tmp_path):
-    path = tmp_path / "cfg.yaml"
-    path.write_text("- train.iterations=10\n- masks.generator=sam\n")
-    return lambda: load_config(path), "cfg.yaml: the top level must be a mapping of config sections"
+    return _config_file_case(tmp_path, "- train.iterations=10\n- masks.generator=sam\n", "cfg.yaml: the top level must be a mapping of config sections")
 
 
 def _case_config_section_not_a_mapping(tiny_scene_dir, tmp_path):
-    path = tmp_path / "cfg.yaml"
-    path.write_text("train: 1500\n")
-    return lambda: load_config(path), "cfg.yaml: train: expected a mapping of TrainConfig fields"
+    return _config_file_case(tmp_path, "train: 1500\n", "cfg.yaml: train: expected a mapping of TrainConfig fields")
 
 
 BAD_INPUTS = {name.removeprefix("_case_"): fn for name, fn in dict(globals()).items() if name.startswith("_case_")}
