@@ -184,26 +184,38 @@ def test_half_filled_or_damaged_stage_folders_are_not_taken_as_finished(tmp_path
     assert_nothing_half_written(data_dir)
 
 
-def _old_output_intact(stage_dir: Path, before: dict) -> None:
-    from cgc_core.stage import check_stage_dir
-
-    assert json.loads((stage_dir / MANIFEST).read_text()) == before
-    assert check_stage_dir(stage_dir, before["key"]) is None  # every file still has its checksum
-
-
 def _disk_full(*args, **kwargs):
     raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def _finished_stage(tmp_path: Path, stage: str):
+    """A config over a fresh data folder, with `stage` and everything before it finished; and
+    that stage's manifest, to compare with after a failed rerun."""
+    cfg = _cfg(tmp_path / "data")
+    first = _stages_up_to(cfg, stage)
+    return cfg, first.stage_dir, json.loads((first.stage_dir / MANIFEST).read_text())
+
+
+def _rerun_fills_the_disk(cfg, stage: str, stage_dir: Path, before: dict):
+    """Force `stage` while the disk fills up (patched by the caller): a `StageWriteError` naming
+    the stage and folder, the previous output intact and verified, no work folder left."""
+    from cgc_core.stage import StageWriteError, check_stage_dir
+
+    with pytest.raises(StageWriteError) as info:
+        run_scene_stage(cfg, "synthetic", stage, force=True)
+    assert info.value.errno == errno.ENOSPC and f"{stage} stage: no space left" in str(info.value)
+    assert str(stage_dir) in str(info.value) and "the previous output is unchanged" in str(info.value)
+    assert json.loads((stage_dir / MANIFEST).read_text()) == before
+    assert check_stage_dir(stage_dir, before["key"]) is None  # every file still has its checksum
+    assert not list(stage_dir.parent.glob(f".{stage}.partial-*"))  # the work folder is gone
+    assert_nothing_half_written(Path(cfg.data_dir))
 
 
 @pytest.mark.fault
 def test_disk_full_while_writing_masks_keeps_the_previous_output(tmp_path, monkeypatch):
     from cgc_core.masks.store import MaskStore
-    from cgc_core.stage import StageWriteError
 
-    data_dir = tmp_path / "data"
-    cfg = _cfg(data_dir)
-    first = _stages_up_to(cfg, "masks")
-    before = json.loads((first.stage_dir / MANIFEST).read_text())
+    cfg, stage_dir, before = _finished_stage(tmp_path, "masks")
     written = []
     real_write = MaskStore.write_image
 
@@ -214,24 +226,13 @@ def test_disk_full_while_writing_masks_keeps_the_previous_output(tmp_path, monke
         return real_write(self, image_name, *args, **kwargs)
 
     monkeypatch.setattr(MaskStore, "write_image", write_then_fill_up)
-    with pytest.raises(StageWriteError) as info:
-        run_scene_stage(cfg, "synthetic", "masks", force=True)
-    assert info.value.errno == errno.ENOSPC and len(written) == 4
-    assert "masks stage: no space left" in str(info.value) and str(first.stage_dir) in str(info.value)
-    assert "the previous output is unchanged" in str(info.value)
-    _old_output_intact(first.stage_dir, before)
-    assert not list((data_dir / "synthetic").glob(".masks.partial-*"))  # the work folder is gone
-    assert_nothing_half_written(data_dir)
+    _rerun_fills_the_disk(cfg, "masks", stage_dir, before)
+    assert len(written) == 4
 
 
 @pytest.mark.fault
 def test_disk_full_while_writing_a_checkpoint_keeps_the_previous_output(tmp_path, monkeypatch):
-    from cgc_core.stage import StageWriteError
-
-    data_dir = tmp_path / "data"
-    cfg = _cfg(data_dir)
-    first = _stages_up_to(cfg, "train")
-    before = json.loads((first.stage_dir / MANIFEST).read_text())
+    cfg, stage_dir, before = _finished_stage(tmp_path, "train")
     real_save = torch.save
 
     def save_half_then_fill_up(obj, handle, *args, **kwargs):
@@ -239,14 +240,7 @@ def test_disk_full_while_writing_a_checkpoint_keeps_the_previous_output(tmp_path
         _disk_full()
 
     monkeypatch.setattr(torch, "save", save_half_then_fill_up)
-    with pytest.raises(StageWriteError) as info:
-        run_scene_stage(cfg, "synthetic", "train", force=True)
-    monkeypatch.setattr(torch, "save", real_save)
-    assert info.value.errno == errno.ENOSPC and "train stage: no space left" in str(info.value)
-    assert str(first.stage_dir) in str(info.value)
-    _old_output_intact(first.stage_dir, before)
-    assert not list((data_dir / "synthetic").glob(".train.partial-*"))
-    assert_nothing_half_written(data_dir)
+    _rerun_fills_the_disk(cfg, "train", stage_dir, before)
 
 
 _CONCURRENT_RUN = """
