@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .losses import segment_pixels
+
 COLLAPSE_BETWEEN = 0.5
 """Default warning level of the mean between-segment cosine (trained demo model: about 0.0-0.2;
 the collapsed realistic scene of issue 16: most object pairs above 0.6)."""
@@ -59,15 +61,10 @@ def feature_separation(features: Tensor, labels: Tensor, min_pixels: int = 100,
         A `FeatureSeparation`, or None when fewer than two segments are large enough.
     """
     with torch.no_grad():
-        flat = labels.reshape(-1)
-        ids, counts = torch.unique(flat[flat > 0], return_counts=True)
-        ids = ids[counts > min_pixels]
-        if len(ids) < 2:
+        found = segment_pixels(features.double(), labels, min_pixels)
+        if found is None:
             return None
-        keep = torch.isin(flat, ids)
-        f = F.normalize(features.reshape(-1, features.shape[-1])[keep].double(), dim=-1)
-        seg = torch.searchsorted(ids, flat[keep])
-        k = len(ids)
+        f, seg, k = found
         n_p = torch.bincount(seg, minlength=k).double()
         means = F.normalize(torch.zeros(k, f.shape[1], dtype=f.dtype).index_add_(0, seg, f), dim=-1)
         per_pixel = (f * means[seg]).sum(-1)

@@ -44,6 +44,28 @@ def photometric_loss(rendered: Tensor, target: Tensor, ssim_weight: float = 0.2)
 # --- contrastive clustering (Eq. 3) ---------------------------------------------------------------
 
 
+def segment_pixels(features: Tensor, labels: Tensor, min_pixels: int) -> tuple[Tensor, Tensor, int] | None:
+    """The unit features of the pixels of every segment with more than `min_pixels` pixels.
+
+    Args:
+        features: [H, W, D] rendered features (any norm).
+        labels: [H, W] int segment ids; 0 is unlabelled.
+        min_pixels: Smaller segments are left out.
+
+    Returns:
+        (f [P, D] L2-normalised features of the kept pixels, seg [P] their segment index 0..K-1 in
+        increasing id order, K), or None with fewer than two such segments.
+    """
+    flat_labels = labels.reshape(-1)
+    ids, counts = torch.unique(flat_labels[flat_labels > 0], return_counts=True)
+    ids = ids[counts > min_pixels]
+    if len(ids) < 2:
+        return None
+    keep = torch.isin(flat_labels, ids)
+    f = F.normalize(features.reshape(-1, features.shape[-1])[keep], dim=-1)
+    return f, torch.searchsorted(ids, flat_labels[keep]), len(ids)
+
+
 def contrastive_clustering_loss(features: Tensor, labels: Tensor, min_pixels: int = 100, eps: float = 100.0,
                                 temperature_scale: float = 10.0, temperature_clip: tuple[float, float] | None = (0.1, 1.0),
                                 detach_temperature: bool = True, reduction: str = "pixels") -> Tensor:
@@ -71,15 +93,10 @@ def contrastive_clustering_loss(features: Tensor, labels: Tensor, min_pixels: in
     Returns:
         The scalar loss (0 with fewer than two segments).
     """
-    flat_labels = labels.reshape(-1)
-    ids, counts = torch.unique(flat_labels[flat_labels > 0], return_counts=True)
-    ids = ids[counts > min_pixels]
-    if len(ids) < 2:
+    found = segment_pixels(features, labels, min_pixels)
+    if found is None:
         return features.sum() * 0.0
-    keep = torch.isin(flat_labels, ids)
-    f = F.normalize(features.reshape(-1, features.shape[-1])[keep], dim=-1)
-    seg = torch.searchsorted(ids, flat_labels[keep])  # 0..K-1
-    k = len(ids)
+    f, seg, k = found
     n_p = torch.bincount(seg, minlength=k).to(f.dtype)
     centroids = torch.zeros(k, f.shape[1], dtype=f.dtype, device=f.device).index_add_(0, seg, f) / n_p[:, None]
     spread = torch.zeros(k, dtype=f.dtype, device=f.device).index_add_(0, seg, (f - centroids[seg]).norm(dim=-1))
