@@ -125,7 +125,7 @@ def scene_summaries(run: dict) -> list[dict]:
             "paper_mbiou": paper[1] / 100 if paper and paper[1] is not None else None,
             "n_clusters": cluster.get("n_clusters"), "ari": cluster.get("ari"),
             "mean_object_iou": cluster.get("mean_object_iou"), "mean_selection_iou": cluster.get("mean_selection_iou"),
-            "health": health.get("final"), "health_views": health.get("views"), "health_warning": health.get("warning"),
+            "training_health": health,  # train.json's health record: history, final, views, warning
         })
     return rows
 
@@ -181,15 +181,15 @@ def _tables(run: dict, summaries: list[dict]) -> list[tuple[str, str, list[str],
                        ["scene", "clusters", "ARI", "object IoU", "selection IoU"],
                        [[s["scene"], s["n_clusters"], f"{s['ari']:.3f}" if s["ari"] is not None else "—",
                          _pct(s["mean_object_iou"]), _pct(s["mean_selection_iou"])] for s in clustered]))
-    healthy = [s for s in summaries if s.get("health")]
+    healthy = [(s["scene"], s["training_health"]) for s in summaries if s["training_health"].get("final")]
     if healthy:
         tables.append(("Training health", "Feature separation of the trained model over its training views "
                        "(cgc_core.health): within = mean cosine of a pixel's feature to its mask segment's mean "
                        "direction; between = mean cosine between different segments' mean directions; confusable = "
                        "share of segment pairs at or above the 0.7 selection threshold.",
                        ["scene", "views", "within", "between", "confusable", "warning"],
-                       [[s["scene"], s["health_views"], f"{s['health']['within']:.2f}", f"{s['health']['between']:.2f}",
-                         _pct(s["health"]["confusable"]), s["health_warning"] or "none"] for s in healthy]))
+                       [[scene, h["views"], f"{h['final']['within']:.2f}", f"{h['final']['between']:.2f}",
+                         _pct(h["final"]["confusable"]), h["warning"] or "none"] for scene, h in healthy]))
     stage_rows = []
     for entry in run["scenes"]:
         for stage, info in entry["stages"].items():
@@ -323,13 +323,10 @@ def build_report(run_dir: str | Path, cfg: ReportConfig | None = None, scenes: d
         chart = bar_chart(summaries)
         if chart is not None:
             figures.append(("mIoU per scene: ours and the CGC paper's", chart))
-        for entry in run["scenes"]:
-            train_dir = entry["stages"].get("train", {}).get("dir")
-            train_record = Path(train_dir) / "train.json" if train_dir else None
-            if train_record is not None and train_record.is_file():
-                chart = training_health_chart(entry["scene"], _read_json(train_record).get("health", {}))
-                if chart is not None:
-                    figures.append((f"{entry['scene']}: training health (loss terms; feature separation)", chart))
+        for summary in summaries:
+            chart = training_health_chart(summary["scene"], summary["training_health"])
+            if chart is not None:
+                figures.append((f"{summary['scene']}: training health (loss terms; feature separation)", chart))
         for entry in run["scenes"]:
             scene = (scenes or {}).get(entry["scene"])
             if scene is None or table.empty:
