@@ -232,9 +232,7 @@ def check_prompt_name(prompt: str, source: Path | str) -> str:
 
 def _read_image(path: Path) -> np.ndarray:
     """[H, W, 3|4] float32 in [0, 1]; a missing or unreadable file raises SceneError naming it."""
-    if not path.is_file():
-        raise SceneError(f"{path}: image file not found")
-    with open_image(path) as img:
+    with open_image(path) as img:  # names a missing file, a non-image and a decompression bomb
         try:
             mode = "RGBA" if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info else "RGB"
             return np.asarray(img.convert(mode), dtype=np.float32) / 255.0
