@@ -196,6 +196,10 @@ class TrainConfig:
     reg_far: Literal["farthest", "random"] = "farthest"
     """Paper/code: the l_far farthest Gaussians; `random`: drawn from the farther half (see
     losses.sample_neighbours)."""
+    reg_far_similarity: Literal["signed", "positive"] = "signed"
+    """Paper/code: `signed`, the far term is σ(s), which keeps pushing a Gaussian's feature
+    towards the opposite of its far ones' even once they are orthogonal; `positive`: σ(max(s, 0)),
+    orthogonal counts as dissimilar (see losses.spatial_regularization)."""
     reg_sigmoid_of_mean: bool = True
     """Code: sigmoid of the mean similarity; paper: mean of sigmoids."""
     densify: Literal["default", "mcmc", "none"] = "default"

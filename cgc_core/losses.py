@@ -187,17 +187,31 @@ def sample_neighbours(means: Tensor, n_samples: int, k_near: int, l_far: int, ma
 
 
 def spatial_regularization(features: Tensor, samples: Tensor, near: Tensor, far: Tensor, lambda_near: float = 0.05,
-                           lambda_far: float = 0.15, sigmoid_of_mean: bool = True) -> Tensor:
+                           lambda_far: float = 0.15, sigmoid_of_mean: bool = True,
+                           far_similarity: str = "signed") -> Tensor:
     """Spatial-similarity regulariser on Gaussian features (cosine similarity s = f_j·f_i):
 
         paper:  λ_near/(MK) Σ_i Σ_{j∈near(i)} σ(1 − s_ij) + λ_far/(ML) Σ_i Σ_{j∈far(i)} σ(s_ij)
         code:   λ_near · σ(mean over near of (1 − s)) + λ_far · σ(mean over far of s)   (default)
 
-    A zero λ drops its term (the ablations "no near" / "no far").
+    Args:
+        features: [N, D] Gaussian features (normalised here).
+        samples, near, far: From `sample_neighbours`.
+        lambda_near, lambda_far: Term weights; a zero λ drops its term (the ablations "no near" /
+            "no far").
+        sigmoid_of_mean: The code's form (True) or the paper's (False).
+        far_similarity: `signed` (paper) uses s in the far term; `positive` uses max(s, 0), so
+            a feature orthogonal to its far ones is already "dissimilar". With `signed`, every
+            object whose far Gaussians are the same walls is pushed towards the walls' opposite
+            direction, i.e. towards one shared feature.
     """
+    if far_similarity not in ("signed", "positive"):
+        raise ValueError(f"spatial_regularization: unknown far_similarity={far_similarity!r} (signed, positive)")
     f = F.normalize(features, dim=-1)
     sim_near = (f[near] * f[samples][:, None]).sum(-1)
     sim_far = (f[far] * f[samples][:, None]).sum(-1)
+    if far_similarity == "positive":
+        sim_far = sim_far.clamp(min=0)
     if sigmoid_of_mean:
         return lambda_near * torch.sigmoid((1 - sim_near).mean()) + lambda_far * torch.sigmoid(sim_far.mean())
     return lambda_near * torch.sigmoid(1 - sim_near).mean() + lambda_far * torch.sigmoid(sim_far).mean()
@@ -205,13 +219,17 @@ def spatial_regularization(features: Tensor, samples: Tensor, near: Tensor, far:
 
 def spatial_regularization_reference(features: Tensor, samples: Tensor, near: Tensor, far: Tensor,
                                      lambda_near: float = 0.05, lambda_far: float = 0.15,
-                                     sigmoid_of_mean: bool = True) -> Tensor:
+                                     sigmoid_of_mean: bool = True, far_similarity: str = "signed") -> Tensor:
     """Eq. 4 with loops (slow; the tests' oracle)."""
     def cos(i, j):
         return F.normalize(features[i], dim=0) @ F.normalize(features[j], dim=0)
 
+    def far_sim(i, j):
+        s = cos(i, j)
+        return torch.clamp(s, min=0) if far_similarity == "positive" else s
+
     near_terms = [1 - cos(int(i), int(j)) for row, i in enumerate(samples) for j in near[row]]
-    far_terms = [cos(int(i), int(j)) for row, i in enumerate(samples) for j in far[row]]
+    far_terms = [far_sim(int(i), int(j)) for row, i in enumerate(samples) for j in far[row]]
     if sigmoid_of_mean:
         return (lambda_near * torch.sigmoid(torch.stack(near_terms).mean())
                 + lambda_far * torch.sigmoid(torch.stack(far_terms).mean()))

@@ -393,7 +393,7 @@ def _case_config_negative_learning_rate(tiny_scene_dir, tmp_path):
 
 def _case_sam_checkpoint_not_a_checkpoint(tiny_scene_dir, tmp_path):
     from cgc_core.config import SamConfig
-    from cgc_core.masks.generators import load_sam
+    from cgc_core.models import load_sam
 
     path = tmp_path / "sam_vit_b.pth"
     path.write_bytes(b"<html>404 Not Found</html>")
@@ -546,10 +546,11 @@ def test_bad_input_is_a_clear_error_and_leaves_nothing_half_written(case, tiny_s
     from cgc_core.masks.generators import MaskGeneratorError
     from cgc_core.masks.store import MaskStoreError
     from cgc_core.metrics import MissingPredictionError
+    from cgc_core.models import ModelLoadError
     from cgc_core.scene import SceneError
 
     action, expected = BAD_INPUTS[case](tiny_scene_dir, tmp_path)
-    with pytest.raises((SceneError, ConfigError, CalibrationError, MaskGeneratorError, MissingPredictionError,
+    with pytest.raises((SceneError, ConfigError, CalibrationError, MaskGeneratorError, ModelLoadError, MissingPredictionError,
                         MaskStoreError, GaussianFileError)) as info:
         action()
     assert expected in str(info.value)

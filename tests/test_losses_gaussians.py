@@ -102,14 +102,34 @@ def test_spatial_regularization_equals_loop_reference():
     feats_a = torch.randn(60, 8, dtype=torch.float64, requires_grad=True)
     feats_b = feats_a.detach().clone().requires_grad_()
     samples, near, far = sample_neighbours(means, 10, 2, 5, generator=torch.Generator().manual_seed(0))
-    for sigmoid_of_mean in (True, False):
+    for sigmoid_of_mean, far_similarity in [(True, "signed"), (False, "signed"), (True, "positive"), (False, "positive")]:
         feats_a.grad = feats_b.grad = None
-        fast = spatial_regularization(feats_a, samples, near, far, sigmoid_of_mean=sigmoid_of_mean)
-        slow = spatial_regularization_reference(feats_b, samples, near, far, sigmoid_of_mean=sigmoid_of_mean)
+        fast = spatial_regularization(feats_a, samples, near, far, sigmoid_of_mean=sigmoid_of_mean,
+                                      far_similarity=far_similarity)
+        slow = spatial_regularization_reference(feats_b, samples, near, far, sigmoid_of_mean=sigmoid_of_mean,
+                                                far_similarity=far_similarity)
         fast.backward()
         slow.backward()
         torch.testing.assert_close(fast, slow)
         torch.testing.assert_close(feats_a.grad, feats_b.grad)
+
+
+def test_positive_far_similarity_leaves_orthogonal_and_opposite_features_alone():
+    # sample 0 with far Gaussians 1 (orthogonal), 2 (opposite) and 3 (similar): with `positive` only
+    # the similar one is pushed; `signed` also pushes the orthogonal and opposite ones further.
+    features = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.8, 0.6]], requires_grad=True)
+    samples, near, far = torch.tensor([0]), torch.tensor([[3]]), torch.tensor([[1, 2, 3]])
+    grads = {}
+    for mode in ("signed", "positive"):
+        features.grad = None
+        spatial_regularization(features, samples, near, far, lambda_near=0.0, lambda_far=1.0,
+                               sigmoid_of_mean=False, far_similarity=mode).backward()
+        grads[mode] = features.grad.clone()
+    assert grads["positive"][1].abs().max() == 0 and grads["positive"][2].abs().max() == 0
+    assert grads["positive"][3].abs().max() > 0
+    assert grads["signed"][1].abs().max() > 0 and grads["signed"][2].abs().max() == 0  # opposite: tangent 0
+    with pytest.raises(ValueError, match="far_similarity"):
+        spatial_regularization(features, samples, near, far, far_similarity="absolute")
 
 
 def test_neighbour_sampling_is_by_distance():

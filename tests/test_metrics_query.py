@@ -155,7 +155,7 @@ def test_text_query_without_weights_names_the_missing_file(tmp_path):
     missing = tmp_path / "groundingdino_swint_ogc.pth"
     with pytest.raises(QueryModelError, match="groundingdino_swint_ogc.pth: Grounding DINO checkpoint file not found"):
         TextDetector(QueryConfig(gdino_checkpoint=str(missing))).model()
-    with pytest.raises(QueryModelError, match="box/text queries need SAM: masks.sam.checkpoint is not set"):
+    with pytest.raises(QueryModelError, match="box/text queries need SAM: query.sam.checkpoint is not set"):
         BoxSegmenter(SamConfig(model_type="vit_b")).predictor()
     # clicks still work without any weights
     assert click_query(fmap, [(0, 0)]).sum() == 20 * 15

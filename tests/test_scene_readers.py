@@ -159,6 +159,30 @@ def test_ovs3d_llff_poses_are_converted_to_opencv(tmp_path):
     _expect_point_right_and_above(cam, focal=50.0)
 
 
+def test_ovs3d_segmentation_folders_are_sorted_image_indices_and_masks_are_exactly_255(tmp_path):
+    # file names whose sorted order differs from their numbers: "10.jpg" sorts before "2.jpg"
+    names = ["1.jpg", "10.jpg", "2.jpg"]
+    _write_images(tmp_path / "images", names, size=(40, 30))
+    pose = np.concatenate([np.eye(3), np.zeros((3, 1)), [[30], [40], [50.0]]], axis=1)
+    np.save(tmp_path / "poses_bounds.npy", np.stack([np.concatenate([pose.ravel(), [0.1, 10.0]])] * 3))
+    seg = tmp_path / "segmentations"
+    (seg / "2").mkdir(parents=True)
+    (seg / "classes.txt").write_text("banana\n")
+    mask = np.zeros((30, 40), np.uint8)
+    mask[:10] = 255
+    mask[10:20] = 254  # the loader's `// 255` keeps only 255; the LERF-Mask rule (> 128) would keep these
+    Image.fromarray(mask).save(seg / "2" / "banana.png")
+    scene = load_scene(tmp_path)
+    assert sorted(names) == ["1.jpg", "10.jpg", "2.jpg"]
+    assert scene.test_names == ["2.jpg"]  # folder 2 is the third image in sorted order, "2.jpg" here
+    assert scene.load_gt_mask("2.jpg", "banana").sum() == 10 * 40
+    (seg / "2").rename(seg / "1")
+    assert load_scene(tmp_path).test_names == ["10.jpg"]  # folder 1: the second sorted image, not "1.jpg"
+    (seg / "7").mkdir()
+    with pytest.raises(SceneError, match=r"segmentations/7: image index 7 but .* has 3 images"):
+        load_scene(tmp_path)
+
+
 def test_ovs3d_errors(tmp_path):
     _write_images(tmp_path / "images", ["0.jpg", "1.jpg"])
     np.save(tmp_path / "poses_bounds.npy", np.zeros((2, 15)))

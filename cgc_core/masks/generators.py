@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Protocol
 
 import numpy as np
@@ -17,11 +16,12 @@ import pyarrow as pa
 from PIL import Image
 
 from ..config import ClassicalConfig, MasksConfig, SamConfig, section_hash
+from ..models import ModelLoadError, load_sam
 from ..scene.model import Scene
 from .store import MaskStore, records_from_masks, records_from_sam
 
 
-class MaskGeneratorError(RuntimeError):
+class MaskGeneratorError(ModelLoadError):
     """A generator cannot be built or run (missing or corrupt weights, ...); the message says which file."""
 
 
@@ -90,48 +90,6 @@ class ClassicalGenerator:
         return records_from_masks(image_name, masks, self.name, self.version, self.config_hash), (height, width)
 
 
-def resolve_device(device: str) -> str:
-    """`auto` -> "cuda" when a GPU is present, else "cpu"; any other value is kept."""
-    import torch
-
-    if device != "auto":
-        return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def load_sam(cfg: SamConfig):
-    """The SAM model of `cfg.model_type` with weights from `cfg.checkpoint`, on the configured device.
-
-    Never downloads. With no checkpoint, refuses unless `cfg.allow_random_weights` (tests: the
-    real architecture with random weights). A missing or corrupt file raises `MaskGeneratorError`
-    naming it.
-    """
-    from segment_anything import sam_model_registry
-
-    checkpoint = cfg.checkpoint
-    if checkpoint is None:
-        if not cfg.allow_random_weights:
-            raise MaskGeneratorError(
-                "masks.sam.checkpoint is not set: SAM needs its weights file (for example "
-                f"sam_{cfg.model_type}_*.pth), which cgc never downloads. Set masks.sam.checkpoint=/path/to/file, "
-                "or use masks.generator=classical."
-            )
-    elif not Path(checkpoint).is_file():
-        raise MaskGeneratorError(f"{checkpoint}: SAM checkpoint file not found (masks.sam.checkpoint)")
-    import torch
-
-    sam = sam_model_registry[cfg.model_type](checkpoint=None)
-    if checkpoint is not None:
-        # Loaded here rather than by segment-anything so that it is weights-only (no pickled code
-        # runs) and a wrong or damaged file is reported with its name.
-        try:
-            state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-            sam.load_state_dict(state)
-        except Exception as exc:  # unpickling and load_state_dict raise several types for a bad file
-            raise MaskGeneratorError(f"{checkpoint}: not a valid SAM {cfg.model_type} checkpoint ({exc})") from exc
-    return sam.to(resolve_device(cfg.device)).eval()
-
-
 class SamGenerator:
     """segment-anything's `SamAutomaticMaskGenerator` with COCO-RLE output.
 
@@ -156,8 +114,12 @@ class SamGenerator:
             from segment_anything import SamAutomaticMaskGenerator
 
             cfg = self.config
+            try:
+                sam = load_sam(cfg, "masks.sam")
+            except ModelLoadError as exc:
+                raise MaskGeneratorError(str(exc)) from exc
             self._generator = SamAutomaticMaskGenerator(
-                load_sam(cfg), points_per_side=cfg.points_per_side, points_per_batch=cfg.points_per_batch,
+                sam, points_per_side=cfg.points_per_side, points_per_batch=cfg.points_per_batch,
                 pred_iou_thresh=cfg.pred_iou_thresh, stability_score_thresh=cfg.stability_score_thresh,
                 box_nms_thresh=cfg.box_nms_thresh, crop_n_layers=cfg.crop_n_layers,
                 min_mask_region_area=cfg.min_mask_region_area, output_mode="coco_rle",

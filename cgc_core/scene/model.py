@@ -139,6 +139,9 @@ class Scene:
             `synthetic`).
         pinhole_images: The images come from an ideal pinhole camera (rendered datasets), so
             calibration need not model lens distortion.
+        gt_mask_rule: How a ground-truth mask PNG (as grayscale) becomes boolean: `gt128` (> 128,
+            the LERF-Mask evaluation) or `eq255` (exactly 255: the 3D-OVS loader's integer
+            division by 255).
     """
 
     name: str
@@ -155,6 +158,7 @@ class Scene:
     background: tuple[float, float, float] | None = None
     layout: str = "colmap"
     pinhole_images: bool = False
+    gt_mask_rule: str = "gt128"
 
     @property
     def has_poses(self) -> bool:
@@ -212,13 +216,15 @@ class Scene:
         return sizes
 
     def load_gt_mask(self, test_name: str, prompt: str) -> np.ndarray:
-        """Boolean ground-truth mask, binarised at > 128 as the LERF-Mask protocol does."""
+        """Boolean ground-truth mask, binarised by the dataset's own rule (`gt_mask_rule`)."""
         path = self.gt_masks[test_name][prompt]
         with open_image(path) as img:
             try:
                 gray = np.asarray(img.convert("L"))
             except (OSError, ValueError) as exc:
                 raise SceneError(f"{path}: cannot read ground-truth mask: {exc}") from exc
+        if self.gt_mask_rule == "eq255":
+            return gray == 255
         return gray > 128
 
 

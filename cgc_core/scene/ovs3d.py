@@ -7,8 +7,12 @@
     <scene>/segmentations/classes.txt        one class name per line
     <scene>/segmentations/<frame_idx>/<class>.png
                                              ground truth for an annotated frame; <frame_idx> is the
-                                             image's index in sorted order (an image's file stem is
-                                             accepted too)
+                                             image's index in sorted file-name order, as the
+                                             dataset's loader reads it (`int(folder)`, so "03" is
+                                             the fourth image); a folder whose name is not a number
+                                             may name an image's file stem instead
+
+Masks are binarised as that loader does (grayscale // 255): only pixels of exactly 255 are in.
 
 The annotated frames are among the training images, so every image trains and the annotated
 frames are also the evaluation views.
@@ -76,12 +80,17 @@ def read_ovs3d_scene(root: Path, name: str | None = None, image_dir: Path | None
     stems = {Path(n).stem: n for n in names}
     gt_masks: dict[str, dict[str, Path]] = {}
     for entry in sorted(p for p in seg_root.iterdir() if p.is_dir()):
-        if entry.name in stems:
-            image_name = stems[entry.name]
-        elif entry.name.isdigit() and int(entry.name) < len(names):
+        if entry.name.isdigit():
+            if int(entry.name) >= len(names):
+                raise SceneError(f"{entry}: image index {int(entry.name)} but {image_dir} has {len(names)} images "
+                                 f"(indices 0..{len(names) - 1}, sorted by file name)")
             image_name = names[int(entry.name)]
+        elif entry.name in stems:
+            image_name = stems[entry.name]
         else:
             raise SceneError(f"{entry}: not an image index (0..{len(names) - 1}) nor an image name")
+        if image_name in gt_masks:
+            raise SceneError(f"{entry}: a second ground-truth folder for {image_name}")
         masks = {p.stem: p for p in sorted(entry.glob("*.png"))}
         unknown = sorted(set(masks) - set(classes))
         if unknown:
@@ -90,5 +99,5 @@ def read_ovs3d_scene(root: Path, name: str | None = None, image_dir: Path | None
     return Scene(
         name=name or root.name, root=root, image_dir=image_dir, image_names=names, cameras=cameras,
         train_names=list(names), test_names=sorted(gt_masks), prompts=classes, gt_masks=gt_masks,
-        layout="ovs3d",
+        layout="ovs3d", gt_mask_rule="eq255",
     )
