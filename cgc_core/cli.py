@@ -204,16 +204,16 @@ def cluster_cmd(scene: Annotated[str, typer.Option(help="scene source, as for `c
 def export_cmd(scene: Annotated[str, typer.Option(help="scene source, as for `cgc stage`")],
                out: Annotated[Path, typer.Option("-o", "--out", help=".ply file to write")],
                object_: Annotated[Optional[str], typer.Option("--object", help="prompt: a text query, or the "
-                                  "click protocol's query when the scene has ground truth for it")] = None,
+                                  "click-oracle query when no detector is configured and the scene has ground truth for it")] = None,
                cluster: Annotated[Optional[int], typer.Option(help="cluster id from `cgc cluster`")] = None,
                click: Annotated[Optional[str], typer.Option(help="VIEW,ROW,COL: the feature of this pixel")] = None,
                config: ConfigOpt = None, set_: SetOpt = None) -> None:
     """Write one object's Gaussians to their own .ply (same attributes as the trained model)."""
     import numpy as np
-    import torch
 
-    from .cluster import export_selection, select_gaussians
+    from .cluster import export_selection
     from .gaussians import load_ply, read_ply_attribute
+    from .selection import Selector
     from .train import PLY_NAME, feature_renderer
 
     if sum(x is not None for x in (object_, cluster, click)) != 1:
@@ -231,20 +231,18 @@ def export_cmd(scene: Annotated[str, typer.Option(help="scene source, as for `cg
             raise typer.Exit(1)
         keep = labels == cluster
     else:
+        selector = Selector.from_config(cfg)
         render_features = feature_renderer(params, calibrated, cfg.train.backend)
         if click is not None:
             try:
                 view, row, col = click.split(",")
-                fmap = render_features(view)
-                query = fmap[int(row), int(col)]
+                query = selector.click(render_features(view), [(int(row), int(col))], view)
             except (ValueError, KeyError, IndexError) as exc:
                 typer.echo(f"error: --click {click!r}: expected VIEW,ROW,COL inside a calibrated view ({exc})", err=True)
                 raise typer.Exit(2) from exc
         else:
-            query = _object_query(cfg, calibrated, render_features, object_)
-        opacities = torch.sigmoid(params["opacities"])
-        keep = select_gaussians(params["features"], query, cfg.query.threshold, params["means"], opacities,
-                                cfg.cluster.min_opacity, cfg.cluster.outlier_neighbours, cfg.cluster.outlier_std_ratio)
+            query = _object_query(cfg, calibrated, render_features, selector, object_)
+        keep = selector.gaussians(params, [query])
     try:
         path = export_selection(params, keep, out)
     except ValueError as exc:
@@ -253,31 +251,32 @@ def export_cmd(scene: Annotated[str, typer.Option(help="scene source, as for `cg
     typer.echo(f"wrote {int(np.count_nonzero(keep))} of {len(keep)} Gaussians to {path}")
 
 
-def _object_query(cfg, scene, render_features, prompt: str):
-    """A text query through Grounding DINO + SAM when their weights are configured; otherwise the
-    click protocol's query for a prompt with ground truth."""
-    from .evaluate import click_queries
-    from .query import BoxSegmenter, QueryModelError, TextDetector, text_query
+def _object_query(cfg, scene, render_features, selector, prompt: str):
+    """A text query (Grounding DINO + SAM) when the detector's weights are configured; otherwise the
+    click-oracle query (deepest pixel of the ground truth) for a prompt with ground truth."""
+    from .evaluate import protocol_queries
+    from .query import QueryModelError
 
-    if cfg.query.gdino_checkpoint:
+    if cfg.query.gdino_checkpoint or cfg.query.allow_random_weights:
+        view = scene.test_names[0] if scene.test_names else scene.train_names[0]
         try:
-            view = scene.test_names[0] if scene.test_names else scene.train_names[0]
-            image = (scene.load_image(view) * 255).astype("uint8")
-            query = text_query(render_features(view), image, prompt, TextDetector(cfg.query),
-                               BoxSegmenter(cfg.query.sam), cfg.query.box_query_mode)
+            image = (scene.load_image(view) * 255 + 0.5).astype("uint8")
+            query = selector.text(render_features(view), image, prompt, view)
         except QueryModelError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from exc
-        if query is None:
+        if not query.detected:
             typer.echo(f"error: Grounding DINO found no {prompt!r} in {view}", err=True)
             raise typer.Exit(1)
         return query
-    queries = click_queries(scene, render_features)
+    queries = protocol_queries("click-oracle", scene, render_features, selector)
     if prompt not in queries:
         typer.echo(f"error: {prompt!r}: no text model configured (query.gdino_checkpoint) and no ground truth "
                    f"for it; prompts with ground truth: {sorted(queries)}", err=True)
         raise typer.Exit(1)
-    return queries[prompt].feature
+    typer.echo(f"{prompt!r}: no text model configured; using the click-oracle query (the deepest pixel of its "
+               f"ground truth in {queries[prompt].view})")
+    return queries[prompt]
 
 
 @app.command("report")

@@ -289,16 +289,31 @@ class ReportConfig:
     """Draw the figures (bar chart, mask strips); off: tables only."""
 
 
+EVALUATION_PROTOCOLS = ("text", "box-oracle", "click-oracle", "ovs-argmax")
+
+
 @dataclass
 class EvaluateConfig:
-    """The evaluate stage."""
+    """The evaluate stage: which protocols choose the query features, and the scoring rules."""
 
-    protocol: Literal["click"] = "click"
-    """How query features are chosen; `click`: the deepest pixel of the first test view's ground truth."""
+    protocol: str | list[str] = "auto"
+    """One protocol or a list (rows for each, side by side):
+    `text` (the paper's: Grounding DINO box for the prompt -> SAM mask -> query; needs
+    query.gdino_checkpoint and query.sam.checkpoint), `box-oracle` (the ground truth's bounding box
+    -> SAM -> query; needs query.sam.checkpoint), `click-oracle` (the rendered feature at the deepest
+    pixel of the ground truth; needs no weights, an upper bound), `ovs-argmax` (3D-OVS's own metric:
+    each pixel takes the class whose query it is most similar to; queries from `ovs_queries`), or
+    `auto`: `text` for LERF-Mask and 3D-OVS scenes, `click-oracle` for the others."""
+    grounding_image: Literal["photo", "render"] = "photo"
+    """What the detector and SAM see in the grounding view (the first test view with the prompt's
+    ground truth): the test photo, or our render of that view."""
+    ovs_queries: Literal["text", "box-oracle", "click-oracle"] = "text"
+    """Where `ovs-argmax` takes each class's query from."""
     missing_as_zero: bool = False
     """Count a missing prediction as IoU 0 with a warning instead of failing."""
-    empty_union: Literal["one", "skip"] = "one"
-    """A view where ground truth and prediction are both empty scores 1 (`one`) or is left out (`skip`)."""
+    empty_union: Literal["nan", "one"] = "nan"
+    """A view where ground truth and prediction are both empty: `nan` (the reference script's
+    rule: left out of the mean, counted and shown in the report) or `one` (scored 1)."""
 
 
 @dataclass
@@ -467,6 +482,9 @@ _RULES: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
     ("train", "init_opacity"): (lambda v: 0 < v < 1, "in (0, 1)"),
     ("train", "oom_retries"): (lambda v: v >= 0, ">= 0"),
     ("query", "threshold"): (lambda v: -1 <= v <= 1, "a cosine similarity in [-1, 1]"),
+    ("evaluate", "protocol"): (lambda v: bool(v) and all(p in EVALUATION_PROTOCOLS + ("auto",)
+                                                        for p in ([v] if isinstance(v, str) else v)),
+                               f"one of {['auto', *EVALUATION_PROTOCOLS]} or a non-empty list of them"),
     ("cluster", "min_cluster_size"): (lambda v: v >= 2, ">= 2"),
     ("cluster", "max_fit_points"): (lambda v: v is None or v >= 2, ">= 2 or null"),
     ("stage", "retries"): (lambda v: v >= 0, ">= 0"),

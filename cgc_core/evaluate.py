@@ -1,15 +1,29 @@
-"""Evaluation of a scene with ground truth: click-protocol queries, predicted masks, scores.
+"""Evaluation of a scene with ground truth under named protocols: queries, predicted masks, scores.
 
-`evaluate_scene` works on any feature renderer (a callable from a test image name to its
-[H, W, D] feature map), so it runs on a trained model and, in tests, on hand-made feature maps.
-Predicted masks are written in the LERF-Mask result layout, `<out>/<scene>/<i>/<prompt>.png`
-(i: the test view's index, as in `test_mask/<i>/`), and scored from those files by
-`score_predictions`, which any other tool's predictions can go through too.
+Protocols (`evaluate.protocol`, one or a list; `auto` picks per scene):
+
+- `text` — the paper's: for each prompt, in its grounding view (the first test view that has the
+  prompt's ground truth, as the public LERF-Mask evaluations do), Grounding DINO's top box for the
+  prompt, SAM's mask of that box, and the query is the mean unit rendered feature inside the mask
+  (or the one at its deepest pixel, `query.box_query_mode`); every test view is thresholded. A
+  prompt that is not detected predicts empty masks (IoU 0, counted and flagged), never a
+  skipped row.
+- `box-oracle` — as `text`, with the ground truth's bounding box in place of the detector's: for
+  users with SAM but no detector, and to tell detector misses from feature quality.
+- `click-oracle` — the rendered feature at the deepest pixel of the ground truth: an upper bound
+  (the query comes from the answer), not comparable with published numbers.
+- `ovs-argmax` — the 3D-OVS dataset's own metric: in each view every pixel takes the class whose
+  query it is most similar to; per-class IoU; mean over classes per view, then over views.
+
+`evaluate_scene` works on any feature renderer (test image name -> [H, W, D] feature map), so it
+runs on a trained model and, in tests, on hand-made feature maps. Predictions are written in the
+LERF-Mask result layout, `<out>/predictions/<protocol>/<scene>/<i>/<prompt>.png`, and scored from
+those files by `score_predictions`, which any other tool's predictions can go through too.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
@@ -19,48 +33,152 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from .config import EvaluateConfig
+from .config import EVALUATION_PROTOCOLS, CgcConfig, EvaluateConfig
 from .metrics import MaskScore, MissingPredictionError, average_scores, read_mask, score_pair
-from .query import deepest_pixel, feature_at, select
+from .query import deepest_pixel
 from .scene.model import Scene
+from .selection import Query, Selector
 
 FeatureRenderer = Callable[[str], Tensor]
+ImageRenderer = Callable[[str], np.ndarray]
+
+# The layouts whose benchmarks publish text-protocol numbers.
+TEXT_PROTOCOL_LAYOUTS = ("lerf_mask", "ovs3d")
+# What each protocol needs loaded: SAM for a box's mask, Grounding DINO for text.
+NEEDS_SAM = ("text", "box-oracle")
+NEEDS_DETECTOR = ("text",)
 
 
-@dataclass(frozen=True)
-class ClickQuery:
-    """The click protocol's query for one prompt: where it was taken and the feature."""
-
-    prompt: str
-    view: str
-    row: int
-    col: int
-    feature: Tensor
+class EvaluationSetupError(RuntimeError):
+    """The chosen protocols cannot run with this config (missing weights); says which key and file."""
 
 
-def click_queries(scene: Scene, render_features: FeatureRenderer) -> dict[str, ClickQuery]:
-    """Per prompt: the deepest pixel of its ground truth in the first test view that has it.
+def resolve_protocols(protocol: str | list[str], layout: str, ovs_queries: str = "text") -> list[str]:
+    """The concrete protocols for a scene: `auto` -> `text` for LERF-Mask and 3D-OVS scenes,
+    `click-oracle` otherwise; duplicates dropped, order kept."""
+    wanted = [protocol] if isinstance(protocol, str) else list(protocol)
+    out: list[str] = []
+    for p in wanted:
+        p = ("text" if layout in TEXT_PROTOCOL_LAYOUTS else "click-oracle") if p == "auto" else p
+        if p not in EVALUATION_PROTOCOLS:
+            raise ValueError(f"unknown evaluation protocol {p!r}; protocols are {list(EVALUATION_PROTOCOLS)} or auto")
+        if p not in out:
+            out.append(p)
+    return out
 
-    The feature at that pixel (of the view's rendered feature map, scaled to the ground truth's
-    size) is the query for every test view.
+
+def _query_sources(protocols: list[str], ovs_queries: str) -> list[str]:
+    """The query-making protocols behind `protocols` (`ovs-argmax` borrows `ovs_queries`')."""
+    return sorted({ovs_queries if p == "ovs-argmax" else p for p in protocols})
+
+
+def check_protocol_weights(cfg: CgcConfig, scene: Scene) -> list[str]:
+    """Check, before any stage computes, that the weights the scene's protocols need are configured
+    and exist. Returns the protocols; a scene without ground truth needs none.
+
+    Raises:
+        EvaluationSetupError: naming the missing file or unset key, the protocol that needs it,
+            and that `click-oracle` needs no weights.
     """
-    queries: dict[str, ClickQuery] = {}
-    cache: dict[str, Tensor] = {}
+    if not any(scene.gt_masks.values()):
+        return []
+    protocols = resolve_protocols(cfg.evaluate.protocol, scene.layout, cfg.evaluate.ovs_queries)
+    sources = _query_sources(protocols, cfg.evaluate.ovs_queries)
+    hint = ("; evaluate.protocol=click-oracle needs no weights (an upper bound with a ground-truth query, not "
+            "comparable with published numbers)")
+    problems = []
+    if any(p in NEEDS_SAM for p in sources):
+        sam = cfg.query.sam
+        who = "/".join(p for p in sources if p in NEEDS_SAM)
+        if sam.checkpoint is None and not sam.allow_random_weights:
+            problems.append(f"protocol {who} needs SAM: query.sam.checkpoint is not set")
+        elif sam.checkpoint is not None and not Path(sam.checkpoint).is_file():
+            problems.append(f"{sam.checkpoint}: SAM checkpoint file not found (query.sam.checkpoint, needed by "
+                            f"protocol {who})")
+    if any(p in NEEDS_DETECTOR for p in sources):
+        q = cfg.query
+        if q.gdino_checkpoint is None and not q.allow_random_weights:
+            problems.append("protocol text needs Grounding DINO: query.gdino_checkpoint is not set")
+        elif q.gdino_checkpoint is not None and not Path(q.gdino_checkpoint).is_file():
+            problems.append(f"{q.gdino_checkpoint}: Grounding DINO checkpoint file not found "
+                            "(query.gdino_checkpoint, needed by protocol text)")
+        if q.text_encoder is not None and not Path(q.text_encoder).is_dir():
+            problems.append(f"{q.text_encoder}: BERT text-encoder folder not found (query.text_encoder)")
+    if problems:
+        raise EvaluationSetupError(f"{scene.name}: " + "; ".join(problems) + hint)
+    return protocols
+
+
+def selection_protocol(cfg: CgcConfig, scene: Scene) -> str:
+    """The query-making protocol whose queries stand for the scene's prompts outside evaluation
+    (the cluster stage's objects/*.ply, `cgc export --object`): the first configured one."""
+    protocols = resolve_protocols(cfg.evaluate.protocol, scene.layout, cfg.evaluate.ovs_queries)
+    return cfg.evaluate.ovs_queries if protocols[0] == "ovs-argmax" else protocols[0]
+
+
+def grounding_view(scene: Scene, prompt: str) -> str | None:
+    """The first test view (in test order) whose ground truth for `prompt` is not empty."""
     for view in scene.test_names:
-        for prompt in sorted(scene.gt_masks.get(view, {})):
-            if prompt in queries:
-                continue
-            gt = scene.load_gt_mask(view, prompt)
-            if not gt.any():
-                continue
-            row, col = deepest_pixel(gt)
-            if view not in cache:
-                cache[view] = render_features(view)
-            fmap = cache[view]
-            # Map the ground-truth pixel to the feature map's grid (they may differ in size).
-            fr = min(int((row + 0.5) * fmap.shape[0] / gt.shape[0]), fmap.shape[0] - 1)
-            fc = min(int((col + 0.5) * fmap.shape[1] / gt.shape[1]), fmap.shape[1] - 1)
-            queries[prompt] = ClickQuery(prompt, view, row, col, feature_at(fmap, [(fr, fc)])[0])
+        if prompt in scene.gt_masks.get(view, {}) and scene.load_gt_mask(view, prompt).any():
+            return view
+    return None
+
+
+def _scene_prompts(scene: Scene) -> list[str]:
+    return sorted({p for masks in scene.gt_masks.values() for p in masks})
+
+
+def _to_grid(row: int, col: int, source: tuple[int, int], target: tuple[int, int]) -> tuple[int, int]:
+    """A pixel of a `source`-sized image mapped to the `target` grid (pixel centres)."""
+    return (min(int((row + 0.5) * target[0] / source[0]), target[0] - 1),
+            min(int((col + 0.5) * target[1] / source[1]), target[1] - 1))
+
+
+def protocol_queries(protocol: str, scene: Scene, render_features: FeatureRenderer, selector: Selector,
+                     grounding_image: ImageRenderer | None = None) -> dict[str, Query]:
+    """One query per prompt of the scene under a query-making protocol (`text`, `box-oracle`,
+    `click-oracle`). A text prompt that is not detected gets a Query whose feature is None.
+
+    Args:
+        protocol: The protocol.
+        scene: The scene with ground truth.
+        render_features: Test view name -> [H, W, D] rendered features.
+        selector: The selection service (threshold, SAM, detector).
+        grounding_image: Test view name -> [H, W, 3] uint8 image the detector and SAM see
+            (default: the test photo).
+    """
+    if grounding_image is None:
+        def grounding_image(view: str) -> np.ndarray:
+            return (scene.load_image(view) * 255 + 0.5).astype(np.uint8)
+
+    cache: dict[str, Tensor] = {}
+
+    def features(view: str) -> Tensor:
+        if view not in cache:
+            cache[view] = render_features(view)
+        return cache[view]
+
+    queries: dict[str, Query] = {}
+    for prompt in _scene_prompts(scene):
+        view = grounding_view(scene, prompt)
+        if view is None:
+            continue  # ground truth empty in every view: nothing to query, every row is an empty union
+        fmap = features(view)
+        gt = scene.load_gt_mask(view, prompt)
+        if protocol == "click-oracle":
+            row, col = _to_grid(*deepest_pixel(gt), gt.shape, tuple(fmap.shape[:2]))
+            queries[prompt] = selector.click(fmap, [(row, col)], view, require_rendered=False)
+        elif protocol in ("box-oracle", "text"):
+            image = grounding_image(view)
+            if protocol == "text":
+                queries[prompt] = selector.text(fmap, image, prompt, view)
+            else:
+                rows, cols = np.nonzero(gt)
+                sy, sx = image.shape[0] / gt.shape[0], image.shape[1] / gt.shape[1]
+                box = [cols.min() * sx, rows.min() * sy, (cols.max() + 1) * sx, (rows.max() + 1) * sy]
+                queries[prompt] = selector.box(fmap, image, box, view)
+        else:
+            raise ValueError(f"protocol_queries: {protocol!r} does not make queries (text, box-oracle, click-oracle)")
     return queries
 
 
@@ -69,24 +187,46 @@ def prediction_path(out_dir: Path, scene: Scene, view: str, prompt: str) -> Path
     return Path(out_dir) / scene.name / str(scene.test_names.index(view)) / f"{prompt}.png"
 
 
-def predict_masks(scene: Scene, render_features: FeatureRenderer, queries: dict[str, ClickQuery],
-                  out_dir: Path, threshold: float) -> list[Path]:
-    """Select every queried prompt in every test view that has ground truth; write the PNGs."""
+def _write_mask(path: Path, mask: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.asarray(mask, dtype=np.uint8) * 255).save(path)
+    return path
+
+
+def predict_masks(scene: Scene, render_features: FeatureRenderer, queries: dict[str, Query], out_dir: Path,
+                  selector: Selector) -> list[Path]:
+    """Threshold every prompt's query in every test view that has its ground truth; write the PNGs.
+    A prompt without a (detected) query gets empty masks."""
     written = []
-    prompts = sorted(queries)
-    features = torch.stack([queries[p].feature for p in prompts]) if prompts else None
+    prompts = _scene_prompts(scene)
     for view in scene.test_names:
         wanted = [p for p in prompts if p in scene.gt_masks.get(view, {})]
         if not wanted:
             continue
-        masks = select(render_features(view), features, threshold)
-        for k, prompt in enumerate(prompts):
-            if prompt not in wanted:
-                continue
-            path = prediction_path(out_dir, scene, view, prompt)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(masks[k].cpu().numpy().astype(np.uint8) * 255).save(path)
-            written.append(path)
+        fmap = render_features(view)
+        masks = selector.masks(fmap, [queries.get(p) or Query(None, "none") for p in wanted])
+        for k, prompt in enumerate(wanted):
+            written.append(_write_mask(prediction_path(out_dir, scene, view, prompt), masks[k].cpu().numpy()))
+    return written
+
+
+def predict_argmax(scene: Scene, render_features: FeatureRenderer, queries: dict[str, Query], out_dir: Path,
+                   selector: Selector) -> list[Path]:
+    """3D-OVS's prediction: per test view, each pixel takes the class (among the scene's prompts)
+    whose query it is most similar to; one PNG per class of the view's ground truth. Classes
+    without a query never win a pixel; a view where no class has a query predicts nothing."""
+    written = []
+    classes = scene.prompts or _scene_prompts(scene)
+    for view in scene.test_names:
+        wanted = [p for p in classes if p in scene.gt_masks.get(view, {})]
+        if not wanted:
+            continue
+        sims = selector.similarity(render_features(view), [queries.get(c) or Query(None, "none") for c in classes])
+        winner = sims.argmax(0).cpu().numpy()
+        anything = torch.isfinite(sims).any(0).cpu().numpy()
+        for prompt in wanted:
+            written.append(_write_mask(prediction_path(out_dir, scene, view, prompt),
+                                       (winner == classes.index(prompt)) & anything))
     return written
 
 
@@ -108,24 +248,71 @@ def score_predictions(scene: Scene, pred_dir: Path, cfg: EvaluateConfig) -> list
     return scores
 
 
+def ovs_average(scores: list[MaskScore], scene_name: str) -> dict:
+    """3D-OVS averaging: per view, the mean IoU over its classes (empty unions left out), then the
+    mean over views. Same keys as `metrics.average_scores` (mBIoU: the boundary IoU likewise)."""
+    base = average_scores(scores)
+    by_view: dict[str, list[MaskScore]] = {}
+    for s in scores:
+        by_view.setdefault(s.view, []).append(s)
+    view_iou = [np.mean(v) for rows in by_view.values() if (v := [r.iou for r in rows if r.iou is not None])]
+    view_biou = [np.mean(v) for rows in by_view.values() if (v := [r.biou for r in rows if r.biou is not None])]
+    miou = float(np.mean(view_iou)) if view_iou else float("nan")
+    mbiou = float(np.mean(view_biou)) if view_biou else float("nan")
+    base["miou"], base["mbiou"] = miou, mbiou
+    if scene_name in base["scenes"]:
+        base["scenes"][scene_name].update(miou=miou, mbiou=mbiou)
+    return base
+
+
 def evaluate_scene(scene: Scene, render_features: FeatureRenderer, out_dir: str | Path, cfg: EvaluateConfig,
-                   threshold: float) -> tuple[pd.DataFrame, dict]:
-    """Click protocol end to end: queries, predicted PNGs, scores, `results.parquet`.
+                   selector: Selector, grounding_image: ImageRenderer | None = None,
+                   protocols: list[str] | None = None) -> tuple[pd.DataFrame, dict[str, dict]]:
+    """Every protocol end to end: queries, predicted PNGs, scores, one `results.parquet`.
+
+    Args:
+        scene: A scene with ground-truth masks.
+        render_features: Test view name -> [H, W, D] rendered features.
+        out_dir: Folder for `predictions/<protocol>/...` and `results.parquet`.
+        cfg: The evaluate section (protocols, grounding image, scoring rules).
+        selector: The selection service (threshold, SAM and detector for box/text queries).
+        grounding_image: View name -> uint8 image for the detector and SAM (default: the photo).
+        protocols: Concrete protocols (default: `resolve_protocols` of the config for the scene).
 
     Returns:
-        The per-(scene, view, prompt) rows and the protocol averages (`metrics.average_scores`).
+        Every (protocol, view, prompt) row — with the protocol, the query's grounding view, pixel,
+        box, detection score and SAM mask area, and flags for undetected prompts and empty
+        unions — and per protocol its averages (`metrics.average_scores`, plus `not_detected`).
     """
     out_dir = Path(out_dir)
-    queries = click_queries(scene, render_features)
-    predict_masks(scene, render_features, queries, out_dir / "predictions", threshold)
-    scores = score_predictions(scene, out_dir / "predictions", cfg)
-    rows = []
-    for s in scores:
-        q = queries.get(s.prompt)
-        rows.append({**asdict(s), "view_index": scene.test_names.index(s.view), "protocol": cfg.protocol,
-                     "threshold": threshold, "query_view": q.view if q else None,
-                     "query_row": q.row if q else None, "query_col": q.col if q else None})
+    protocols = protocols or resolve_protocols(cfg.protocol, scene.layout, cfg.ovs_queries)
+    made: dict[str, dict[str, Query]] = {}
+    for source in _query_sources(protocols, cfg.ovs_queries):
+        made[source] = protocol_queries(source, scene, render_features, selector, grounding_image)
+    rows, results = [], {}
+    for protocol in protocols:
+        queries = made[cfg.ovs_queries if protocol == "ovs-argmax" else protocol]
+        pred_dir = out_dir / "predictions" / protocol
+        if protocol == "ovs-argmax":
+            predict_argmax(scene, render_features, queries, pred_dir, selector)
+        else:
+            predict_masks(scene, render_features, queries, pred_dir, selector)
+        scores = score_predictions(scene, pred_dir, cfg)
+        averages = ovs_average(scores, scene.name) if protocol == "ovs-argmax" else average_scores(scores)
+        averages["not_detected"] = sorted(p for p, q in queries.items() if not q.detected)
+        results[protocol] = averages
+        for s in scores:
+            q = queries.get(s.prompt)
+            box = q.box if q is not None and q.box is not None else [None] * 4
+            rows.append({
+                **asdict(s), "view_index": scene.test_names.index(s.view), "protocol": protocol,
+                "threshold": selector.threshold, "query_source": cfg.ovs_queries if protocol == "ovs-argmax" else protocol,
+                "grounding_view": q.view if q else None, "detected": bool(q and q.detected),
+                "query_row": q.pixel[0] if q and q.pixel else None, "query_col": q.pixel[1] if q and q.pixel else None,
+                "box_x0": box[0], "box_y0": box[1], "box_x1": box[2], "box_y1": box[3],
+                "detection_score": q.score if q else None, "sam_mask_area": q.mask_area if q else None,
+            })
     table = pd.DataFrame(rows)
     out_dir.mkdir(parents=True, exist_ok=True)
     table.to_parquet(out_dir / "results.parquet", index=False)
-    return table, average_scores(scores)
+    return table, results

@@ -10,8 +10,9 @@ LERF-Mask protocol (Gaussian Grouping's evaluation, which CGC's numbers follow):
 - averages: per prompt over the test views that have it, per scene over prompts, and the plain
   mean over scenes.
 Deviations from the reference script, on purpose: a missing prediction is an error (or, when
-asked, counts as IoU 0 with a warning) instead of being skipped; an empty union (both masks
-empty) is explicit: `empty_union` decides whether it scores 1 or is excluded, never NaN.
+asked, counts as IoU 0 with a warning) instead of being skipped. An empty union (both masks
+empty) follows the reference script by default (`empty_union="nan"`: no score, left out of the
+mean) but is never silent: the row is flagged and `average_scores` counts such views.
 
 3D-OVS's own protocol (a different number, labelled so): per view, argmax over all classes' score
 maps, then per-class Jaccard, averaged over classes and views.
@@ -28,7 +29,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-EmptyUnion = Literal["one", "skip"]
+EmptyUnion = Literal["nan", "one"]
 
 
 class MissingPredictionError(FileNotFoundError):
@@ -54,13 +55,15 @@ def resize_nearest(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.asarray(img.resize((shape[1], shape[0]), Image.Resampling.NEAREST)) > 128
 
 
-def iou(pred: np.ndarray, gt: np.ndarray, empty_union: EmptyUnion = "one") -> float | None:
+def iou(pred: np.ndarray, gt: np.ndarray, empty_union: EmptyUnion = "nan") -> float | None:
     """Intersection over union of two boolean masks of one size.
 
     Returns:
-        The IoU; for an empty union (both masks empty), 1.0 when `empty_union="one"` (a correct
-        "nothing here"), or None when `"skip"` (the caller leaves the pair out).
+        The IoU; for an empty union (both masks empty), None when `empty_union="nan"` (the
+        reference script's NaN: the caller leaves the pair out of the mean), or 1.0 when `"one"`.
     """
+    if empty_union not in ("nan", "one"):
+        raise ValueError(f"iou: empty_union must be 'nan' or 'one', got {empty_union!r}")
     if pred.shape != gt.shape:
         raise ValueError(f"iou: shapes differ, prediction {pred.shape} vs ground truth {gt.shape}")
     union = np.logical_or(pred, gt).sum()
@@ -85,7 +88,7 @@ def mask_boundary(mask: np.ndarray, dilation: int) -> np.ndarray:
     return mask & ~eroded[1:-1, 1:-1]
 
 
-def boundary_iou(pred: np.ndarray, gt: np.ndarray, empty_union: EmptyUnion = "one") -> float | None:
+def boundary_iou(pred: np.ndarray, gt: np.ndarray, empty_union: EmptyUnion = "nan") -> float | None:
     """Boundary IoU (Cheng et al.) with the LERF-Mask evaluation's d and padding."""
     if pred.shape != gt.shape:
         raise ValueError(f"boundary_iou: shapes differ, prediction {pred.shape} vs ground truth {gt.shape}")
@@ -103,10 +106,12 @@ class MaskScore:
     iou: float | None
     biou: float | None
     missing: bool = False
+    empty_union: bool = False
+    """Both the ground truth and the prediction are empty (no score under `empty_union="nan"`)."""
 
 
 def score_pair(pred: np.ndarray | None, gt: np.ndarray, scene: str, view: str, prompt: str,
-               missing_as_zero: bool = False, empty_union: EmptyUnion = "one") -> MaskScore:
+               missing_as_zero: bool = False, empty_union: EmptyUnion = "nan") -> MaskScore:
     """Score one predicted mask against its ground truth (prediction resized to the GT's size).
 
     A missing prediction (None) raises `MissingPredictionError`, or with `missing_as_zero` scores
@@ -119,7 +124,9 @@ def score_pair(pred: np.ndarray | None, gt: np.ndarray, scene: str, view: str, p
         warnings.warn(message + " (counted as IoU 0)", stacklevel=2)
         return MaskScore(scene, view, prompt, 0.0, 0.0, missing=True)
     pred = resize_nearest(pred.astype(bool), gt.shape)
-    return MaskScore(scene, view, prompt, iou(pred, gt, empty_union), boundary_iou(pred, gt, empty_union))
+    empty = not (pred.any() or gt.any())
+    return MaskScore(scene, view, prompt, iou(pred, gt, empty_union), boundary_iou(pred, gt, empty_union),
+                     empty_union=empty)
 
 
 def average_scores(scores: Iterable[MaskScore]) -> dict:
@@ -127,8 +134,10 @@ def average_scores(scores: Iterable[MaskScore]) -> dict:
 
     Returns:
         {"scenes": {scene: {"miou", "mbiou", "prompts": {prompt: {"iou", "biou", "views"}}}},
-         "miou", "mbiou"}; pairs whose score is None (skipped empty unions) are left out.
+         "miou", "mbiou", "empty_union_views"}; pairs whose score is None (empty unions under
+        `empty_union="nan"`) are left out of the means and counted in `empty_union_views`.
     """
+    scores = list(scores)
     by_scene: dict[str, dict[str, list[MaskScore]]] = {}
     for s in scores:
         by_scene.setdefault(s.scene, {}).setdefault(s.prompt, []).append(s)
@@ -148,6 +157,7 @@ def average_scores(scores: Iterable[MaskScore]) -> dict:
     scene_values = list(result["scenes"].values())
     result["miou"] = float(np.mean([s["miou"] for s in scene_values])) if scene_values else float("nan")
     result["mbiou"] = float(np.mean([s["mbiou"] for s in scene_values])) if scene_values else float("nan")
+    result["empty_union_views"] = sum(1 for s in scores if s.empty_union and s.iou is None)
     return result
 
 

@@ -183,8 +183,8 @@ def cluster_stage(cfg: CgcConfig, scene: Scene, trained: StageResult, force: boo
     """Cluster the trained Gaussians into 3D objects in `<data>/<scene>/cluster/`.
 
     Writes `scene_clusters.ply` (a `cluster` attribute per Gaussian) and `cluster_XXX.ply` per
-    cluster, `objects/<prompt>.ply` (the Gaussians a click-protocol query selects, spatially
-    cleaned) for scenes with ground-truth masks, a cluster-palette render of the first test view,
+    cluster, `objects/<prompt>.ply` (the Gaussians the prompt's query selects, through the selection
+    service and the first configured protocol's queries, spatially cleaned) for scenes with ground-truth masks, a cluster-palette render of the first test view,
     and summary.json. For the synthetic scene, whose objects are known in 3D, the summary also
     scores clusters and selections against the id of the nearest object surface (ARI, IoU).
     """
@@ -194,9 +194,10 @@ def cluster_stage(cfg: CgcConfig, scene: Scene, trained: StageResult, force: boo
     import torch
     from PIL import Image
 
-    from .cluster import cluster_gaussians, export_clusters, export_selection, render_clusters, select_gaussians
-    from .evaluate import click_queries
+    from .cluster import cluster_gaussians, export_clusters, export_selection, render_clusters
+    from .evaluate import protocol_queries, selection_protocol
     from .gaussians import load_ply
+    from .selection import Selector
     from .train import PLY_NAME, feature_renderer
 
     def compute(work: Path) -> dict:
@@ -207,12 +208,15 @@ def cluster_stage(cfg: CgcConfig, scene: Scene, trained: StageResult, force: boo
         seconds = time.perf_counter() - started
         export_clusters(params, clustering, work, per_cluster=cfg.cluster.export_clusters)
         selections = {}
+        query_protocol = None
         if any(scene.gt_masks.values()):
-            queries = click_queries(scene, feature_renderer(params, scene, cfg.train.backend))
+            # The prompts' objects in 3D, selected through the same service and queries as evaluation.
+            selector = Selector.from_config(cfg)
+            query_protocol = selection_protocol(cfg, scene)
+            queries = protocol_queries(query_protocol, scene, feature_renderer(params, scene, cfg.train.backend),
+                                       selector)
             for prompt, query in sorted(queries.items()):
-                keep = select_gaussians(params["features"], query.feature, cfg.query.threshold, params["means"],
-                                        opacities, cfg.cluster.min_opacity, cfg.cluster.outlier_neighbours,
-                                        cfg.cluster.outlier_std_ratio)
+                keep = selector.gaussians(params, [query])
                 if keep.any():
                     export_selection(params, keep, work / "objects" / f"{safe_name(prompt)}.ply")
                 selections[prompt] = keep
@@ -222,7 +226,7 @@ def cluster_stage(cfg: CgcConfig, scene: Scene, trained: StageResult, force: boo
         summary = {"n_gaussians": int(len(clustering.labels)), "n_clusters": clustering.n_clusters,
                    "n_fitted": clustering.n_fitted, "cluster_sizes": clustering.sizes.tolist(),
                    "cluster_seconds": round(seconds, 3), "palette_view": view,
-                   "selected": {p: int(k.sum()) for p, k in selections.items()}}
+                   "selected": {p: int(k.sum()) for p, k in selections.items()}, "query_protocol": query_protocol}
         if scene.layout == "synthetic":
             summary.update(synthetic_cluster_scores(scene, params, clustering.labels, selections,
                                                     (opacities >= cfg.cluster.min_opacity).numpy()))
@@ -230,8 +234,21 @@ def cluster_stage(cfg: CgcConfig, scene: Scene, trained: StageResult, force: boo
         return {k: v for k, v in summary.items() if k in ("n_clusters", "cluster_seconds", "ari", "mean_object_iou",
                                                           "mean_selection_iou")}
 
-    return run_stage(scene_dir(cfg, scene.name) / "cluster", "cluster", {"train": trained.manifest.key},
-                     (cfg.cluster, cfg.query.threshold), compute, force=force)
+    return run_stage(scene_dir(cfg, scene.name) / "cluster", "cluster",
+                     {"train": trained.manifest.key, **weight_stamps(cfg)},
+                     (cfg.cluster, cfg.query, cfg.evaluate.protocol, cfg.evaluate.ovs_queries), compute, force=force)
+
+
+def weight_stamps(cfg: CgcConfig) -> dict[str, str]:
+    """Size and modification time of the configured query weights (SAM, Grounding DINO), so that a
+    replaced weights file recomputes what used it, without hashing gigabytes on every run."""
+    stamps = {}
+    for key, path in (("query.sam.checkpoint", cfg.query.sam.checkpoint), ("query.gdino_checkpoint",
+                                                                           cfg.query.gdino_checkpoint)):
+        if path is not None and Path(path).is_file():
+            st = Path(path).stat()
+            stamps[f"weights:{key}"] = f"{st.st_size}:{st.st_mtime_ns}"
+    return stamps
 
 
 def synthetic_cluster_scores(scene: Scene, params: dict, labels, selections: dict, considered) -> dict:
@@ -290,22 +307,26 @@ def train_with_oom_retries(scene: Scene, store: MaskStore, out_dir: Path, train_
 
 
 def evaluate_stage(cfg: CgcConfig, scene: Scene, trained: StageResult, force: bool = False) -> StageResult:
-    """Click-protocol evaluation of the trained model on the scene's ground truth, in `<data>/<scene>/evaluate/`.
+    """Evaluation of the trained model on the scene's ground truth under every configured protocol
+    (`evaluate.protocol`), in `<data>/<scene>/evaluate/`.
 
-    Writes predictions (LERF-Mask result layout), results.parquet and summary.json (averages and
-    test-view PSNR). A scene without ground truth is recorded as skipped.
+    Writes predictions per protocol (LERF-Mask result layout), results.parquet (every protocol's
+    rows) and summary.json (per protocol averages, undetected prompts, empty-union views; test-view
+    PSNR). A scene without ground truth is recorded as skipped.
     """
     import json
 
     import torch
 
-    from .evaluate import evaluate_scene
+    from .evaluate import evaluate_scene, resolve_protocols
     from .gaussians import load_ply
     from .render import Gaussians, render
+    from .selection import Selector
     from .train import PLY_NAME, feature_renderer, psnr
 
     gt_files = [p for masks in scene.gt_masks.values() for p in masks.values()]
-    inputs = {"train": trained.manifest.key, **{f"gt:{p.parent.name}/{p.name}": hash_file(p) for p in gt_files}}
+    inputs = {"train": trained.manifest.key, **{f"gt:{p.parent.name}/{p.name}": hash_file(p) for p in gt_files},
+              **weight_stamps(cfg)}
 
     def compute(work: Path) -> dict:
         if not gt_files:
@@ -313,22 +334,38 @@ def evaluate_stage(cfg: CgcConfig, scene: Scene, trained: StageResult, force: bo
         else:
             params = load_ply(trained.stage_dir / PLY_NAME)
             backend = cfg.train.backend
-            table, averages = evaluate_scene(scene, feature_renderer(params, scene, backend), work, cfg.evaluate,
-                                             cfg.query.threshold)
             gaussians = Gaussians.from_params(params)
+            background = tuple(cfg.train.background)
+
+            @torch.no_grad()
+            def rendered_image(view: str):
+                rgb = render(gaussians, scene.cameras[view], backend=backend, background=background).rgb
+                return (rgb.clamp(0, 1).cpu().numpy() * 255 + 0.5).astype("uint8")
+
+            protocols = resolve_protocols(cfg.evaluate.protocol, scene.layout, cfg.evaluate.ovs_queries)
+            table, results = evaluate_scene(
+                scene, feature_renderer(params, scene, backend), work, cfg.evaluate, Selector.from_config(cfg),
+                grounding_image=rendered_image if cfg.evaluate.grounding_image == "render" else None,
+                protocols=protocols)
             with torch.no_grad():
-                psnrs = [psnr(render(gaussians, scene.cameras[n], backend=backend,
-                                     background=tuple(cfg.train.background)).rgb,
+                psnrs = [psnr(render(gaussians, scene.cameras[n], backend=backend, background=background).rgb,
                               torch.as_tensor(scene.load_image(n))) for n in scene.test_names]
-            summary = {"protocol": cfg.evaluate.protocol, "threshold": cfg.query.threshold,
-                       "miou": averages["miou"], "mbiou": averages["mbiou"],
+            per_protocol = {
+                p: {"miou": r["miou"], "mbiou": r["mbiou"], "not_detected": r["not_detected"],
+                    "empty_union_views": r["empty_union_views"], "rows": int((table["protocol"] == p).sum()),
+                    "prompts": r["scenes"].get(scene.name, {}).get("prompts", {})}
+                for p, r in results.items()}
+            first = per_protocol[protocols[0]]
+            # The top-level numbers are the first protocol's; every protocol's are under "protocols".
+            summary = {"protocol": protocols[0], "threshold": cfg.query.threshold,
+                       "miou": first["miou"], "mbiou": first["mbiou"], "prompts": first["prompts"],
                        "psnr": float(sum(psnrs) / len(psnrs)) if psnrs else None,
-                       "prompts": averages["scenes"].get(scene.name, {}).get("prompts", {})}
+                       "empty_union": cfg.evaluate.empty_union, "protocols": per_protocol}
         (work / "summary.json").write_text(json.dumps(summary, indent=2))
-        return {k: v for k, v in summary.items() if k != "prompts"}
+        return {k: v for k, v in summary.items() if k not in ("prompts", "protocols")}
 
     return run_stage(scene_dir(cfg, scene.name) / "evaluate", "evaluate", inputs,
-                     (cfg.evaluate, cfg.query.threshold), compute, force=force)
+                     (cfg.evaluate, cfg.query), compute, force=force)
 
 
 def stage_record(result: StageResult | None, scene: Scene | None = None) -> dict:

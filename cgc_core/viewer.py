@@ -5,7 +5,8 @@ camera (RGB, feature PCA or similarity to the query), turn a click into a query 
 at the current threshold, select the object's Gaussians, export them. `serve` puts it behind a
 viser server on 127.0.0.1: the trained Gaussians as splats, the training cameras as frustums, our
 `render()` of the browser's camera as the viewport's background image, clicks on it (shift-click
-adds a click), a threshold slider, view-mode and cluster-palette toggles, and an export button.
+adds a click), a text prompt (Grounding DINO + SAM, when their weights are configured), a
+threshold slider, view-mode and cluster-palette toggles, and an export button.
 
     cgc view --scene synthetic        (or the Prefect-free entry point `cgc-view --scene synthetic`)
 """
@@ -21,14 +22,14 @@ from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from .cluster import export_selection, render_clusters, select_gaussians
+from .cluster import export_selection, render_clusters
 from .gaussians import read_ply_attribute
 from .query import normalize_features
 from .render import Gaussians, render
 from .scene.model import Camera
+from .selection import Selector
 from .serving import DEFAULT_HOST, warn_if_exposed
 
 Mode = Literal["rgb", "pca", "similarity", "clusters"]
@@ -94,14 +95,15 @@ class ViewerSession:
     Attributes:
         params: The trained parameter dict (`load_ply`).
         backend: Render backend (`auto`, `torch`, `gsplat`).
-        threshold: Cosine similarity for the mask and the 3D selection (CGC: 0.7).
+        selector: The selection service (threshold, opacity floor and cleaning of 3D selections,
+            SAM and Grounding DINO for text prompts); `Selector.from_config(cfg)` in `load_session`.
         mode: What `render_view` shows: rgb, pca (features), similarity (to the query), clusters.
         cluster_labels: Per-Gaussian labels for the `clusters` mode (from the cluster stage), or None.
     """
 
     params: dict[str, Tensor]
     backend: str = "auto"
-    threshold: float = 0.7
+    selector: Selector = field(default_factory=Selector)
     mode: Mode = "rgb"
     cluster_labels: np.ndarray | None = None
     queries: list[Tensor] = field(default_factory=list)
@@ -109,7 +111,14 @@ class ViewerSession:
 
     def __post_init__(self) -> None:
         self.gaussians = Gaussians.from_params(self.params)
-        self.opacities = torch.sigmoid(self.params["opacities"])
+
+    @property
+    def threshold(self) -> float:
+        return self.selector.threshold
+
+    @threshold.setter
+    def threshold(self, value: float) -> None:
+        self.selector.threshold = float(value)
 
     @torch.no_grad()
     def render_view(self, camera: Camera) -> Frame:
@@ -135,12 +144,11 @@ class ViewerSession:
 
     def similarity(self, features: Tensor) -> np.ndarray:
         """[H, W] highest cosine similarity of each pixel to any query."""
-        sims = normalize_features(features) @ F.normalize(torch.stack(self.queries), dim=-1).T
-        return sims.max(-1).values.numpy()
+        return self.selector.similarity(features, self.queries).max(0).values.numpy()
 
     def mask(self, features: Tensor) -> np.ndarray | None:
         """[H, W] pixels at or above the threshold for any query (None without a query)."""
-        return None if not self.queries else self.similarity(features) >= self.threshold
+        return None if not self.queries else self.selector.union_mask(features, self.queries).numpy()
 
     def click(self, u: float, v: float, add: bool = False) -> np.ndarray:
         """A click at normalised image coordinates (u, v) in [0, 1] (OpenCV: u right, v down) on the
@@ -150,22 +158,30 @@ class ViewerSession:
             raise RuntimeError("nothing rendered yet: render_view first")
         h, w = self.last.features.shape[:2]
         row, col = min(int(v * h), h - 1), min(int(u * w), w - 1)
-        query = self.last.features[row, col]
-        if float(query.norm()) < 1e-6:
-            raise ValueError(f"nothing is rendered at pixel ({row}, {col}): click on an object")
+        query = self.selector.click(self.last.features, [(row, col)]).feature
         self.queries = [*self.queries, query] if add else [query]
+        return self.mask(self.last.features)
+
+    def text(self, prompt: str, add: bool = False) -> np.ndarray | None:
+        """A text prompt on the last rendered frame (Grounding DINO box -> SAM mask -> query, the
+        configured models). Returns the new mask, or None when the prompt is not found (the
+        selection is then left as it was). Raises `models.ModelLoadError` without weights."""
+        if self.last is None:
+            raise RuntimeError("nothing rendered yet: render_view first")
+        image = (self.last.rgb * 255 + 0.5).astype(np.uint8)
+        query = self.selector.text(self.last.features, image, prompt)
+        if not query.detected:
+            return None
+        self.queries = [*self.queries, query.feature] if add else [query.feature]
         return self.mask(self.last.features)
 
     def clear(self) -> None:
         self.queries = []
 
     def selected_gaussians(self) -> np.ndarray:
-        """[N] boolean: Gaussians similar to any query (union), spatially cleaned."""
-        keep = np.zeros(len(self.opacities), dtype=bool)
-        for query in self.queries:
-            keep |= select_gaussians(self.params["features"], query, self.threshold, self.params["means"],
-                                     self.opacities, min_opacity=0.1)
-        return keep
+        """[N] boolean: Gaussians similar to any query (union), spatially cleaned, with the
+        configured opacity floor and cleaning (`Selector.gaussians`)."""
+        return self.selector.gaussians(self.params, self.queries)
 
     def export(self, path: str | Path) -> tuple[Path, int]:
         """Write the selected Gaussians to a .ply; returns the path and how many."""
@@ -205,6 +221,8 @@ def serve(session: ViewerSession, cameras: dict[str, Camera], export_dir: str | 
     status = server.gui.add_markdown("Click the image to select an object (shift-click adds a click).")
     mode = server.gui.add_dropdown("View", ("rgb", "pca", "similarity", "clusters"), initial_value=session.mode)
     threshold = server.gui.add_slider("Threshold", min=0.0, max=1.0, step=0.01, initial_value=session.threshold)
+    prompt = server.gui.add_text("Text prompt", initial_value="")
+    find = server.gui.add_button("Select by text")
     clear = server.gui.add_button("Clear selection")
     export = server.gui.add_button("Export selection")
     timing = server.gui.add_markdown("")
@@ -273,6 +291,26 @@ def serve(session: ViewerSession, cameras: dict[str, Camera], export_dir: str | 
         redraw_all()
         show_selection()
 
+    @find.on_click
+    def _(_) -> None:
+        text = prompt.value.strip()
+        if not text:
+            status.content = "type a prompt first"
+            return
+        from .models import ModelLoadError
+
+        try:
+            with lock:
+                found = session.text(text)
+        except (ModelLoadError, RuntimeError) as exc:
+            status.content = f"text selection unavailable: {exc}"
+            return
+        if found is None:
+            status.content = f"no {text!r} found in this view"
+            return
+        redraw_all()
+        show_selection()
+
     @clear.on_click
     def _(_) -> None:
         session.clear()
@@ -308,7 +346,7 @@ def load_session(cfg, source: str) -> tuple[ViewerSession, dict[str, Camera], Pa
         labels = read_ply_attribute(clustered.stage_dir / "scene_clusters.ply", "cluster")
     except StageMissingError:
         pass
-    session = ViewerSession(params, backend=cfg.train.backend, threshold=cfg.query.threshold, cluster_labels=labels)
+    session = ViewerSession(params, backend=cfg.train.backend, selector=Selector.from_config(cfg), cluster_labels=labels)
     names = scene.test_names + scene.train_names
     cameras = {n: scene.cameras[n] for n in names if n in scene.cameras}
     return session, cameras, scene_dir(cfg, scene.name) / "viewer"

@@ -21,6 +21,7 @@ from prefect import flow, get_run_logger, task
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from cgc_core.config import CgcConfig, load_config
+from cgc_core.evaluate import check_protocol_weights
 from cgc_core.pipeline import STAGES, scene_dir, scene_name_of, stage_record, with_downstream
 from tasks.calibrate import calibrate_task
 from tasks.cluster import cluster_task
@@ -57,6 +58,8 @@ def cgc_scene(source: str, config_path: str | None = None, overrides: list[str] 
     start = time.perf_counter()
     loaded = _run(scene_task, cfg, cfg, source, force="scene" in force)
     stages["scene"] = _summary(loaded)
+    # Weights the evaluation protocols need are checked before any expensive stage starts.
+    check_protocol_weights(cfg, loaded["scene"])
     calibrated = _run(calibrate_task, cfg, cfg, loaded["scene"], force="calibrate" in force)
     stages["calibrate"] = _summary(calibrated)
     masks = _run(masks_task, cfg, cfg, calibrated["scene"], force="masks" in force)
@@ -151,7 +154,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for r in results:
         info = r["stages"]["evaluate"]["info"]
         if "miou" in info:
-            print(f"[cgc] {r['scene']}: click protocol mIoU {info['miou']:.3f}, mBIoU {info['mbiou']:.3f}, "
+            print(f"[cgc] {r['scene']}: {info['protocol']} protocol mIoU {info['miou']:.3f}, mBIoU {info['mbiou']:.3f}, "
                   f"test PSNR {info['psnr']:.2f} dB; rows in {Path(r['stages']['evaluate']['dir']).resolve()}/results.parquet")
     print(f"[cgc] report ({'cached' if run['report_cached'] else 'written'}): {Path(run['report']) / 'report.html'}")
     print(f"[cgc]   also report.md, results.parquet and figures/ in {run['report']}")

@@ -1,4 +1,4 @@
-"""Task: click-protocol evaluation of the trained model (mIoU, mBIoU, PSNR; predictions and results.parquet)."""
+"""Task: evaluation of the trained model under the configured protocols (mIoU, mBIoU, PSNR; predictions and results.parquet)."""
 
 from __future__ import annotations
 

@@ -34,11 +34,25 @@ def test_iou_of_overlapping_squares_by_hand():
     assert iou(a, a) == 1.0 and iou(a, np.zeros_like(a)) == 0.0
 
 
-def test_empty_union_is_explicit():
-    empty = np.zeros((5, 5), bool)
-    assert iou(empty, empty) == 1.0
-    assert iou(empty, empty, empty_union="skip") is None
-    assert boundary_iou(empty, empty) == 1.0
+def test_empty_union_is_nan_left_out_of_the_mean_and_counted():
+    empty = np.zeros((4, 4), bool)
+    assert iou(empty, empty) is None and boundary_iou(empty, empty) is None  # the reference script's NaN
+    assert iou(empty, empty, empty_union="one") == 1.0
+    with pytest.raises(ValueError, match="empty_union"):
+        iou(empty, empty, empty_union="skip")
+    # one prompt in three views: IoU 1/2, an empty union, IoU 1 -> mean (1/2 + 1) / 2 = 0.75, one
+    # empty-union view counted; scored as 1 it would be (1/2 + 1 + 1) / 3.
+    half_gt, half_pred = _square((4, 4), 0, 0, 2), _square((4, 4), 0, 0, 2) | _square((4, 4), 2, 2, 2)
+    full = np.ones((4, 4), bool)
+    pairs = [(half_pred, half_gt, "v0"), (empty, empty, "v1"), (full, full, "v2")]
+    nan_rule = [score_pair(p, g, "s", v, "apple") for p, g, v in pairs]
+    assert [s.empty_union for s in nan_rule] == [False, True, False]
+    averaged = average_scores(nan_rule)
+    assert averaged["miou"] == pytest.approx(0.75)
+    assert averaged["scenes"]["s"]["prompts"]["apple"]["views"] == 2
+    assert averaged["empty_union_views"] == 1
+    one_rule = average_scores([score_pair(p, g, "s", v, "apple", empty_union="one") for p, g, v in pairs])
+    assert one_rule["miou"] == pytest.approx((0.5 + 1 + 1) / 3) and one_rule["empty_union_views"] == 0
 
 
 def test_boundary_of_a_square_and_edge_touching_masks_by_hand():
@@ -193,9 +207,10 @@ def test_grounding_dino_and_sam_load_with_random_weights_and_run(tmp_path):
     assert mask.shape == (96, 128) and mask.dtype == bool
 
 
-def test_click_protocol_evaluation_on_the_synthetic_scene(tiny_scene_dir, tmp_path):
+def test_click_oracle_evaluation_on_the_synthetic_scene(tiny_scene_dir, tmp_path):
     from cgc_core.evaluate import evaluate_scene, prediction_path, score_predictions
     from cgc_core.scene import load_scene
+    from cgc_core.selection import Selector
 
     scene = load_scene(tiny_scene_dir, name="tiny")
     meta = json.loads((tiny_scene_dir / "ground_truth" / "scene.json").read_text())
@@ -205,14 +220,17 @@ def test_click_protocol_evaluation_on_the_synthetic_scene(tiny_scene_dir, tmp_pa
         ids = np.asarray(Image.open(tiny_scene_dir / "ground_truth" / f"instance_{view}"))
         return torch.nn.functional.one_hot(torch.as_tensor(ids, dtype=torch.long), n_ids).float()
 
-    table, averages = evaluate_scene(scene, instance_features, tmp_path, EvaluateConfig(), threshold=0.7)
+    table, results = evaluate_scene(scene, instance_features, tmp_path, EvaluateConfig(), Selector(threshold=0.7))
+    assert list(results) == ["click-oracle"]  # `auto` on a synthetic scene
+    averages = results["click-oracle"]
     assert len(table) == sum(len(m) for m in scene.gt_masks.values())
+    assert set(table["protocol"]) == {"click-oracle"} and table["detected"].all()
     assert averages["miou"] == 1.0 and averages["mbiou"] == 1.0
     assert (tmp_path / "results.parquet").is_file()
     first_view = scene.test_names[0]
     prompt = sorted(scene.gt_masks[first_view])[0]
-    written = prediction_path(tmp_path / "predictions", scene, first_view, prompt)
-    assert written == tmp_path / "predictions" / "tiny" / "0" / f"{prompt}.png"
+    written = prediction_path(tmp_path / "predictions" / "click-oracle", scene, first_view, prompt)
+    assert written == tmp_path / "predictions" / "click-oracle" / "tiny" / "0" / f"{prompt}.png"
 
     # a feature map that merges two objects scores below 1 for them
     def merged(view):
@@ -221,15 +239,15 @@ def test_click_protocol_evaluation_on_the_synthetic_scene(tiny_scene_dir, tmp_pa
         f[..., 2] = f[..., 1]
         return f
 
-    _, worse = evaluate_scene(scene, merged, tmp_path / "merged", EvaluateConfig(), threshold=0.7)
-    assert worse["miou"] < 1.0
+    _, worse = evaluate_scene(scene, merged, tmp_path / "merged", EvaluateConfig(), Selector(threshold=0.7))
+    assert worse["click-oracle"]["miou"] < 1.0
 
     # a deleted prediction is reported, not skipped
     written.unlink()
     with pytest.raises(MissingPredictionError, match=f"{prompt}.png: missing prediction"):
-        score_predictions(scene, tmp_path / "predictions", EvaluateConfig())
+        score_predictions(scene, tmp_path / "predictions" / "click-oracle", EvaluateConfig())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        scores = score_predictions(scene, tmp_path / "predictions", EvaluateConfig(missing_as_zero=True))
+        scores = score_predictions(scene, tmp_path / "predictions" / "click-oracle", EvaluateConfig(missing_as_zero=True))
     assert sum(s.missing for s in scores) == 1
 

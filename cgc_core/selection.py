@@ -1,0 +1,177 @@
+"""One selection service: queries from clicks, boxes and text, similarity maps, 2D masks and the 3D
+Gaussians of a selection, built once from the config.
+
+`evaluate` (every protocol), the cluster stage's `objects/*.ply`, `cgc export` and the viewer all
+select through a `Selector`, so one threshold, one query rule and one 3D cleaning apply
+everywhere. The models behind box and text queries (SAM, Grounding DINO) load on first use; a
+detector or segmenter can be passed in instead (a test double, a model already loaded).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Literal, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .cluster import select_gaussians
+from .config import CgcConfig
+from .metrics import resize_nearest
+from .query import feature_at, mask_query, similarity_maps
+
+Detector = Callable[[np.ndarray, str], "tuple[list[float], float] | None"]
+Segmenter = Callable[[np.ndarray, Sequence[float]], np.ndarray]
+
+
+@dataclass
+class Query:
+    """A query feature and where it came from.
+
+    Attributes:
+        feature: [D] unit query feature, or None when a text prompt was not detected (its
+            selection is empty everywhere).
+        kind: `click`, `box` or `text`.
+        view: The image it was taken in (None when given as a bare feature).
+        pixel: (row, col) of a click query, in the feature map's grid.
+        box: (x0, y0, x1, y1) in the grounding image's pixels (box and text queries).
+        score: The detector's score of that box (text queries).
+        mask_area: Pixels of SAM's mask of the box (box and text queries).
+    """
+
+    feature: Tensor | None
+    kind: str
+    view: str | None = None
+    pixel: tuple[int, int] | None = None
+    box: list[float] | None = None
+    score: float | None = None
+    mask_area: int | None = None
+
+    @property
+    def detected(self) -> bool:
+        return self.feature is not None
+
+
+@dataclass
+class Selector:
+    """Object selection with one set of settings.
+
+    Attributes:
+        threshold: Cosine similarity at or above which a pixel or Gaussian is selected (CGC: 0.7).
+        mask_query_mode: From a box's SAM mask, the query is the `mean` unit feature inside it or
+            the feature at its `deepest` pixel.
+        min_opacity: 3D selections leave out Gaussians fainter than this.
+        outlier_neighbours, outlier_std_ratio: Spatial cleaning of a 3D selection
+            (`cluster.remove_spatial_outliers`; a ratio of None skips it).
+        detector: (image, text) -> (box, score) or None; default: Grounding DINO from the config.
+        segmenter: (image, box) -> boolean mask; default: SAM's predictor from the config.
+    """
+
+    threshold: float = 0.7
+    mask_query_mode: Literal["mean", "deepest"] = "mean"
+    min_opacity: float = 0.1
+    outlier_neighbours: int = 10
+    outlier_std_ratio: float | None = 2.0
+    detector: Detector | None = field(default=None, repr=False)
+    segmenter: Segmenter | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_config(cls, cfg: CgcConfig, detector: Detector | None = None,
+                    segmenter: Segmenter | None = None) -> "Selector":
+        """The selector of a config: `query` (threshold, box query mode, SAM, Grounding DINO) and
+        `cluster` (opacity floor and outlier cleaning of 3D selections). The models are built
+        lazily, so clicks never need weights."""
+        if detector is None or segmenter is None:
+            from .models import BoxSegmenter, TextDetector
+
+            detector = detector or TextDetector(cfg.query)
+            segmenter = segmenter or BoxSegmenter(cfg.query.sam, "query.sam")
+        return cls(threshold=cfg.query.threshold, mask_query_mode=cfg.query.box_query_mode,
+                   min_opacity=cfg.cluster.min_opacity, outlier_neighbours=cfg.cluster.outlier_neighbours,
+                   outlier_std_ratio=cfg.cluster.outlier_std_ratio, detector=detector, segmenter=segmenter)
+
+    # --- queries ---------------------------------------------------------------------------------
+
+    def click(self, feature_map: Tensor, pixels: Sequence[tuple[int, int]], view: str | None = None,
+              require_rendered: bool = True) -> Query:
+        """One or several clicks ((row, col) in the feature map): the normalised mean of their unit
+        features. Raises ValueError for a click outside the map, or (with `require_rendered`) on a
+        pixel where nothing is rendered."""
+        height, width = feature_map.shape[:2]
+        for row, col in pixels:
+            if not (0 <= row < height and 0 <= col < width):
+                raise ValueError(f"click ({row}, {col}) is outside the {width}x{height} view")
+            if require_rendered and float(feature_map[row, col].norm()) < 1e-6:
+                raise ValueError(f"nothing is rendered at pixel ({row}, {col}): click on an object")
+        feature = F.normalize(feature_at(feature_map, pixels).mean(0), dim=0)
+        return Query(feature, "click", view, pixel=tuple(pixels[0]) if len(pixels) == 1 else None)
+
+    def mask(self, feature_map: Tensor, mask: np.ndarray, view: str | None = None) -> Query:
+        """A query from a 2D mask of any size (resized, nearest, to the feature map)."""
+        mask = resize_nearest(np.asarray(mask, dtype=bool), tuple(feature_map.shape[:2]))
+        return Query(mask_query(feature_map, mask, self.mask_query_mode), "mask", view, mask_area=int(mask.sum()))
+
+    def box(self, feature_map: Tensor, image: np.ndarray, box: Sequence[float], view: str | None = None) -> Query:
+        """SAM's mask of `box` (x0, y0, x1, y1 in `image` pixels) -> the query. An empty SAM mask
+        gives an undetected query (nothing selected), never an error mid-benchmark."""
+        if self.segmenter is None:
+            raise ValueError("box queries need a segmenter (SAM): build the Selector with from_config")
+        sam_mask = np.asarray(self.segmenter(image, list(box)), dtype=bool)
+        area = int(sam_mask.sum())
+        if area == 0:
+            return Query(None, "box", view, box=[float(v) for v in box], mask_area=0)
+        feature = self.mask(feature_map, sam_mask).feature
+        return Query(feature, "box", view, box=[float(v) for v in box], mask_area=area)
+
+    def text(self, feature_map: Tensor, image: np.ndarray, text: str, view: str | None = None) -> Query:
+        """Grounding DINO's top box for `text` in `image`, then `box`. Not detected: a Query whose
+        feature is None (selects nothing)."""
+        if self.detector is None:
+            raise ValueError("text queries need a detector (Grounding DINO): build the Selector with from_config")
+        found = self.detector(image, text)
+        if found is None:
+            return Query(None, "text", view)
+        box, score = found
+        query = self.box(feature_map, image, box, view)
+        return Query(query.feature, "text", view, box=query.box, score=float(score), mask_area=query.mask_area)
+
+    # --- selections ------------------------------------------------------------------------------
+
+    def similarity(self, feature_map: Tensor, queries: Sequence[Query | Tensor]) -> Tensor:
+        """[Q, H, W] cosine similarity of every pixel to each query (-inf for an undetected query)."""
+        height, width = feature_map.shape[:2]
+        features = [_feature(q) for q in queries]
+        out = torch.full((len(features), height, width), float("-inf"), dtype=feature_map.dtype)
+        present = [k for k, f in enumerate(features) if f is not None]
+        if present:
+            out[present] = similarity_maps(feature_map, torch.stack([features[k] for k in present]))
+        return out
+
+    def masks(self, feature_map: Tensor, queries: Sequence[Query | Tensor]) -> Tensor:
+        """[Q, H, W] boolean: similarity ≥ threshold, one mask per query."""
+        return self.similarity(feature_map, queries) >= self.threshold
+
+    def union_mask(self, feature_map: Tensor, queries: Sequence[Query | Tensor]) -> Tensor:
+        """[H, W] boolean: pixels selected by any query."""
+        height, width = feature_map.shape[:2]
+        if not queries:
+            return torch.zeros(height, width, dtype=torch.bool)
+        return self.masks(feature_map, queries).any(0)
+
+    def gaussians(self, params: dict[str, Tensor], queries: Sequence[Query | Tensor]) -> np.ndarray:
+        """[N] boolean: Gaussians selected by any query (union), each query's selection cleaned
+        spatially (`cluster.select_gaussians`)."""
+        opacities = torch.sigmoid(params["opacities"])
+        keep = np.zeros(len(opacities), dtype=bool)
+        for query in queries:
+            feature = _feature(query)
+            if feature is not None:
+                keep |= select_gaussians(params["features"], feature, self.threshold, params["means"], opacities,
+                                         self.min_opacity, self.outlier_neighbours, self.outlier_std_ratio)
+        return keep
+
+
+def _feature(query: Query | Tensor) -> Tensor | None:
+    return query.feature if isinstance(query, Query) else query
