@@ -89,6 +89,9 @@ class SamConfig:
     are meaningless)."""
     device: str = "auto"
     """`auto`: CUDA when present, else CPU."""
+    image_size: int = 1024
+    """SAM's input side (the published checkpoints are for 1024). Smaller sides build the same
+    architecture for a smaller input, with random weights only: fast CPU tests."""
     max_side: int = 1024
     """Images are downscaled so that their long side is at most this before generation; masks
     are stored at that resolution."""
@@ -482,6 +485,10 @@ _RULES: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
     ("train", "init_opacity"): (lambda v: 0 < v < 1, "in (0, 1)"),
     ("train", "oom_retries"): (lambda v: v >= 0, ">= 0"),
     ("query", "threshold"): (lambda v: -1 <= v <= 1, "a cosine similarity in [-1, 1]"),
+    ("masks", "sam"): (lambda v: v.image_size == 1024 or v.allow_random_weights,
+                       "of image_size 1024 unless allow_random_weights (the checkpoints are for 1024)"),
+    ("query", "sam"): (lambda v: v.image_size == 1024 or v.allow_random_weights,
+                       "of image_size 1024 unless allow_random_weights (the checkpoints are for 1024)"),
     ("evaluate", "protocol"): (lambda v: bool(v) and all(p in EVALUATION_PROTOCOLS + ("auto",)
                                                         for p in ([v] if isinstance(v, str) else v)),
                                f"one of {['auto', *EVALUATION_PROTOCOLS]} or a non-empty list of them"),

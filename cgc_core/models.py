@@ -36,6 +36,45 @@ def resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+# segment-anything's encoder settings per model type (its build_sam.py).
+_SAM_ENCODERS = {
+    "vit_h": dict(embed_dim=1280, depth=32, num_heads=16, global_attn_indexes=(7, 15, 23, 31)),
+    "vit_l": dict(embed_dim=1024, depth=24, num_heads=16, global_attn_indexes=(5, 11, 17, 23)),
+    "vit_b": dict(embed_dim=768, depth=12, num_heads=12, global_attn_indexes=(2, 5, 8, 11)),
+}
+
+
+def sam_architecture(model_type: str, image_size: int = 1024):
+    """An untrained SAM of `model_type` for `image_size`² inputs, from segment-anything's modules.
+    At 1024 it is exactly `sam_model_registry[model_type]()`; smaller sides keep every layer and
+    shrink only the input (and so the positional embeddings): random-weight CPU tests."""
+    from functools import partial
+
+    import torch
+    from segment_anything import sam_model_registry
+    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+    if image_size == 1024:
+        return sam_model_registry[model_type](checkpoint=None)
+    if image_size % 16:
+        raise ValueError(f"SAM image_size must be a multiple of 16 (the patch size), got {image_size}")
+    enc = _SAM_ENCODERS[model_type]
+    grid = image_size // 16
+    return Sam(
+        image_encoder=ImageEncoderViT(
+            depth=enc["depth"], embed_dim=enc["embed_dim"], img_size=image_size, mlp_ratio=4,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), num_heads=enc["num_heads"], patch_size=16,
+            qkv_bias=True, use_rel_pos=True, global_attn_indexes=enc["global_attn_indexes"], window_size=14,
+            out_chans=256),
+        prompt_encoder=PromptEncoder(embed_dim=256, image_embedding_size=(grid, grid),
+                                     input_image_size=(image_size, image_size), mask_in_chans=16),
+        mask_decoder=MaskDecoder(num_multimask_outputs=3, transformer=TwoWayTransformer(
+            depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8), transformer_dim=256, iou_head_depth=3,
+            iou_head_hidden_dim=256),
+        pixel_mean=[123.675, 116.28, 103.53], pixel_std=[58.395, 57.12, 57.375],
+    )
+
+
 def load_sam(cfg: SamConfig, config_key: str = "masks.sam"):
     """The SAM model of `cfg.model_type` with weights from `cfg.checkpoint`, on the configured device.
 
@@ -48,8 +87,6 @@ def load_sam(cfg: SamConfig, config_key: str = "masks.sam"):
         ModelLoadError: no checkpoint configured (unless `allow_random_weights`), the file is
             missing, or it is not a checkpoint of that model type.
     """
-    from segment_anything import sam_model_registry
-
     checkpoint = cfg.checkpoint
     if checkpoint is None:
         if not cfg.allow_random_weights:
@@ -62,7 +99,9 @@ def load_sam(cfg: SamConfig, config_key: str = "masks.sam"):
         raise ModelLoadError(f"{checkpoint}: SAM checkpoint file not found ({config_key}.checkpoint)")
     import torch
 
-    sam = sam_model_registry[cfg.model_type](checkpoint=None)
+    if cfg.image_size != 1024 and not cfg.allow_random_weights:
+        raise ModelLoadError(f"{config_key}.image_size={cfg.image_size}: the SAM checkpoints are for 1024")
+    sam = sam_architecture(cfg.model_type, cfg.image_size)
     if checkpoint is not None:
         # Loaded here rather than by segment-anything so that it is weights-only (no pickled code
         # runs) and a wrong or damaged file is reported with its name.
@@ -83,6 +122,7 @@ class BoxSegmenter:
 
     def __post_init__(self) -> None:
         self._predictor = None
+        self._image_key = None
 
     def predictor(self):
         if self._predictor is None:
@@ -97,8 +137,15 @@ class BoxSegmenter:
     def __call__(self, image: np.ndarray, box: Sequence[float]) -> np.ndarray:
         import torch
 
+        import hashlib
+
         predictor = self.predictor()
-        predictor.set_image(image)
+        # The image embedding (the expensive part) is reused while the image stays the same: every
+        # prompt grounded in one view costs one encoding.
+        key = (image.shape, hashlib.sha1(np.ascontiguousarray(image).tobytes()).hexdigest())
+        if key != self._image_key:
+            predictor.set_image(image)
+            self._image_key = key
         with torch.inference_mode():
             masks, _, _ = predictor.predict(box=np.asarray(box, dtype=np.float32), multimask_output=False)
         return masks[0].astype(bool)

@@ -50,13 +50,26 @@ PUBLISHED: dict[str, dict[str, dict[str, tuple[float, float | None]]]] = {
 }
 BENCHMARK_OF_LAYOUT = {"lerf_mask": "LERF-Mask", "ovs3d": "3D-OVS", "synthetic": "cgc synthetic"}
 PROTOCOL_TEXT = {
-    "click": "click protocol: the query is the rendered feature at the deepest pixel of the prompt's ground "
-             "truth in the first test view that has it; a pixel belongs to the object when its cosine "
-             "similarity is >= the threshold; IoU and boundary IoU as in Gaussian Grouping's LERF-Mask script, "
-             "averaged per prompt over views, per scene over prompts",
+    "text": "text (the paper's protocol): Grounding DINO's top box for the prompt in the grounding view (the first "
+            "test view with the prompt's ground truth), SAM's mask of that box, the mean rendered feature inside "
+            "it as the query; a prompt not detected predicts nothing (IoU 0)",
+    "box-oracle": "box-oracle (upper bound on detection): the ground truth's bounding box in the grounding view, "
+                  "SAM's mask of it, the mean rendered feature inside it as the query",
+    "click-oracle": "click-oracle (upper bound): the rendered feature at the deepest pixel of the prompt's ground "
+                    "truth in the grounding view as the query",
+    "ovs-argmax": "ovs-argmax (3D-OVS's own metric): each pixel takes the class whose query it is most similar "
+                  "to; per-class IoU, mean over classes per view, then over views",
 }
-PAPER_PROTOCOL = ("published numbers: the papers' own query procedure (CGC: click/text query, threshold 0.7) "
-                  "on LERF-Mask and 3D-OVS, as listed in PROTOCOL.md")
+SCORING_TEXT = ("a pixel belongs to the object when its cosine similarity to the query is >= the threshold; IoU "
+                "and boundary IoU as in Gaussian Grouping's LERF-Mask script, averaged per prompt over views, per "
+                "scene over prompts; a view whose ground truth and prediction are both empty is left out (NaN, "
+                "as the reference script) and counted")
+ORACLE_PROTOCOLS = ("box-oracle", "click-oracle")
+"""Protocols whose query comes from the ground truth: upper bounds, never beside published numbers."""
+COMPARABLE_PROTOCOL = "text"
+"""The protocol of the published CGC numbers (PROTOCOL.md): the only one set beside them."""
+PAPER_PROTOCOL = ("published numbers: the papers' own text-query procedure (CGC: Grounding DINO box -> SAM mask -> "
+                  "query, threshold 0.7) on LERF-Mask and 3D-OVS, as listed in PROTOCOL.md")
 
 
 class ReportError(RuntimeError):
@@ -106,27 +119,33 @@ def _published(benchmark: str, scene: str, method: str = "CGC (paper)") -> tuple
 
 
 def scene_summaries(run: dict) -> list[dict]:
-    """Per scene: averages, PSNR, the 3D cluster scores and the published CGC figure if the scene is theirs."""
+    """One row per (scene, protocol): averages, PSNR, the 3D cluster scores, the training health,
+    and the published CGC figure where the scene is theirs and the protocol is the paper's."""
     rows = []
     for entry in run["scenes"]:
         benchmark = BENCHMARK_OF_LAYOUT.get(entry.get("layout", ""), entry.get("layout", ""))
         evaluate = _read_json(Path(entry["stages"]["evaluate"]["dir"]) / "summary.json")
         cluster_dir = entry["stages"].get("cluster", {}).get("dir")
         cluster = _read_json(Path(cluster_dir) / "summary.json") if cluster_dir else {}
-        paper = _published(benchmark, entry["scene"])
         train_dir = entry["stages"].get("train", {}).get("dir")
         train_record = Path(train_dir) / "train.json" if train_dir else None
         health = _read_json(train_record).get("health", {}) if train_record and train_record.is_file() else {}
-        rows.append({
-            "scene": entry["scene"], "benchmark": benchmark, "protocol": evaluate.get("protocol", "—"),
-            "threshold": evaluate.get("threshold"), "miou": evaluate.get("miou"), "mbiou": evaluate.get("mbiou"),
-            "psnr": evaluate.get("psnr"), "prompts": evaluate.get("prompts", {}), "skipped": evaluate.get("skipped"),
-            "paper_miou": paper[0] / 100 if paper else None,
-            "paper_mbiou": paper[1] / 100 if paper and paper[1] is not None else None,
-            "n_clusters": cluster.get("n_clusters"), "ari": cluster.get("ari"),
-            "mean_object_iou": cluster.get("mean_object_iou"), "mean_selection_iou": cluster.get("mean_selection_iou"),
-            "training_health": health,  # train.json's health record: history, final, views, warning
-        })
+        protocols = evaluate.get("protocols") or {evaluate.get("protocol", "—"): evaluate}
+        for k, (protocol, result) in enumerate(protocols.items()):
+            paper = _published(benchmark, entry["scene"]) if protocol == COMPARABLE_PROTOCOL else None
+            rows.append({
+                "scene": entry["scene"], "benchmark": benchmark, "protocol": protocol,
+                "threshold": evaluate.get("threshold"), "miou": result.get("miou"), "mbiou": result.get("mbiou"),
+                "not_detected": result.get("not_detected", []), "empty_union_views": result.get("empty_union_views"),
+                "psnr": evaluate.get("psnr"), "prompts": result.get("prompts", {}), "skipped": evaluate.get("skipped"),
+                "paper_miou": paper[0] / 100 if paper else None,
+                "paper_mbiou": paper[1] / 100 if paper and paper[1] is not None else None,
+                "first_of_scene": k == 0,
+                "n_clusters": cluster.get("n_clusters"), "ari": cluster.get("ari"),
+                "mean_object_iou": cluster.get("mean_object_iou"),
+                "mean_selection_iou": cluster.get("mean_selection_iou"),
+                "training_health": health,  # train.json's health record: history, final, views, warning
+            })
     return rows
 
 
@@ -142,27 +161,32 @@ def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
 def _tables(run: dict, summaries: list[dict]) -> list[tuple[str, str, list[str], list[list[Any]]]]:
     """(title, note, header, rows) of every table in the report, in order."""
     tables = []
-    tables.append(("Results per scene", "mIoU / mBIoU in %; " + "; ".join(
-        f"`{k}`: {v}" for k, v in PROTOCOL_TEXT.items() if any(s["protocol"] == k for s in summaries)) + ".",
-        ["scene", "benchmark", "protocol", "threshold", "mIoU", "mBIoU", "test PSNR (dB)", "CGC paper mIoU / mBIoU"],
-        [[s["scene"], s["benchmark"], s["protocol"], s["threshold"] if s["threshold"] is not None else "—",
-          _pct(s["miou"]), _pct(s["mbiou"]), f"{s['psnr']:.2f}" if s["psnr"] is not None else "—",
-          f"{_pct(s['paper_miou'])} / {_pct(s['paper_mbiou'])}" if s["paper_miou"] is not None else "not a paper scene"]
-         for s in summaries]))
+    present = [p for p in PROTOCOL_TEXT if any(s["protocol"] == p for s in summaries)]
+    tables.append(("Results per scene and protocol", "mIoU / mBIoU in %. Protocols: " + "; ".join(
+        f"`{p}`: {PROTOCOL_TEXT[p]}" for p in present) + ". Scoring: " + SCORING_TEXT + ". Rows of `box-oracle` "
+        "and `click-oracle` are upper bounds with a ground-truth query, not comparable to published numbers.",
+        ["scene", "benchmark", "protocol", "threshold", "mIoU", "mBIoU", "not detected", "empty-union views",
+         "test PSNR (dB)"],
+        [[s["scene"], s["benchmark"], f"`{s['protocol']}`" + (" (upper bound)" if s["protocol"] in ORACLE_PROTOCOLS
+                                                             else ""),
+          s["threshold"] if s["threshold"] is not None else "—", _pct(s["miou"]), _pct(s["mbiou"]),
+          ", ".join(s["not_detected"]) or "none", s["empty_union_views"] if s["empty_union_views"] is not None else "—",
+          f"{s['psnr']:.2f}" if s["psnr"] is not None else "—"] for s in summaries]))
     for s in summaries:
         if s["prompts"]:
-            tables.append((f"Per prompt: {s['scene']}", f"protocol `{s['protocol']}`; IoU / boundary IoU in %, "
-                           "mean over the test views that have the prompt.", ["prompt", "views", "IoU", "BIoU"],
+            tables.append((f"Per prompt: {s['scene']}, protocol `{s['protocol']}`",
+                           PROTOCOL_TEXT.get(s["protocol"], s["protocol"]) + "; IoU / boundary IoU in %, mean over "
+                           "the test views that have the prompt.", ["prompt", "views", "IoU", "BIoU"],
                            [[p, v["views"], _pct(v["iou"]), _pct(v["biou"])] for p, v in sorted(s["prompts"].items())]))
     for benchmark, methods in PUBLISHED.items():
-        ours = {s["scene"]: s for s in summaries if s["benchmark"] == benchmark}
-        if not ours:
+        ours = {s["scene"]: s for s in summaries if s["benchmark"] == benchmark and s["protocol"] == COMPARABLE_PROTOCOL}
+        if not any(s["benchmark"] == benchmark for s in summaries):
             continue
         scenes = [k for k in next(iter(methods.values())) if k != "mean"] + ["mean"]
         header = ["method"] + scenes
         rows = [[m] + [(f"{v[0]:.1f}" + (f" / {v[1]:.1f}" if v[1] is not None else "")) if (v := vals.get(sc)) else "—"
                        for sc in scenes] for m, vals in methods.items()]
-        our_row = ["cgc (this run)"]
+        our_row = ["cgc (this run, `text`)"]
         for sc in scenes:
             if sc == "mean":
                 done = [ours[k] for k in scenes[:-1] if k in ours]
@@ -170,10 +194,12 @@ def _tables(run: dict, summaries: list[dict]) -> list[tuple[str, str, list[str],
                 our_row.append(f"{_pct(np.mean([d['miou'] for d in done]))} / {_pct(np.mean([d['mbiou'] for d in done]))}"
                                if full else "— (not every scene run)")
             else:
-                our_row.append(f"{_pct(ours[sc]['miou'])} / {_pct(ours[sc]['mbiou'])}" if sc in ours else "not run")
-        tables.append((f"{benchmark}: ours beside the published numbers", PAPER_PROTOCOL + "; ours: the protocol "
-                       "named in the first table.", header, rows + [our_row]))
-    clustered = [s for s in summaries if s["n_clusters"] is not None]
+                our_row.append(f"{_pct(ours[sc]['miou'])} / {_pct(ours[sc]['mbiou'])}" if sc in ours
+                               else "not run with `text`")
+        tables.append((f"{benchmark}: ours beside the published numbers (text protocol only)", PAPER_PROTOCOL +
+                       "; ours: only rows of the same protocol (`text`) on the same benchmark scenes; oracle and "
+                       "ovs-argmax rows are never set here.", header, rows + [our_row]))
+    clustered = [s for s in summaries if s["n_clusters"] is not None and s["first_of_scene"]]
     if clustered:
         tables.append(("3D clustering", "HDBSCAN on Gaussian features. On the synthetic scene each Gaussian's "
                        "truth is the id of the nearest analytic surface: ARI of clusters, mean best-cluster IoU per "
@@ -181,7 +207,8 @@ def _tables(run: dict, summaries: list[dict]) -> list[tuple[str, str, list[str],
                        ["scene", "clusters", "ARI", "object IoU", "selection IoU"],
                        [[s["scene"], s["n_clusters"], f"{s['ari']:.3f}" if s["ari"] is not None else "—",
                          _pct(s["mean_object_iou"]), _pct(s["mean_selection_iou"])] for s in clustered]))
-    healthy = [(s["scene"], s["training_health"]) for s in summaries if s["training_health"].get("final")]
+    healthy = [(s["scene"], s["training_health"]) for s in summaries
+               if s["training_health"].get("final") and s["first_of_scene"]]
     if healthy:
         tables.append(("Training health", "Feature separation of the trained model over its training views "
                        "(cgc_core.health): within = mean cosine of a pixel's feature to its mask segment's mean "
@@ -211,28 +238,31 @@ def _figure_bytes(fig) -> bytes:
 
 
 def bar_chart(summaries: list[dict]) -> bytes | None:
-    """PNG: our mIoU per scene beside the paper's where the scene is theirs."""
+    """PNG: our mIoU per (scene, protocol); the paper's bar only beside rows of its own protocol
+    (`text`) on its own scenes, and oracle rows marked as upper bounds."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [s for s in summaries if s["miou"] is not None]
+    rows = [s for s in summaries if s["miou"] is not None and not math.isnan(s["miou"])]
     if not rows:
         return None
     x = np.arange(len(rows))
-    fig, ax = plt.subplots(figsize=(max(4, 1.4 * len(rows) + 2), 3.2))
-    ax.bar(x - 0.2, [100 * s["miou"] for s in rows], 0.4, label="cgc (this run)", color="#3b7dd8")
+    fig, ax = plt.subplots(figsize=(max(4, 1.6 * len(rows) + 2), 3.4))
+    colours = ["#9bb8e0" if s["protocol"] in ORACLE_PROTOCOLS else "#3b7dd8" for s in rows]
+    ax.bar(x - 0.2, [100 * s["miou"] for s in rows], 0.4, label="cgc (this run)", color=colours)
     paper = [100 * s["paper_miou"] if s["paper_miou"] is not None else 0 for s in rows]
-    ax.bar(x + 0.2, paper, 0.4, label="CGC paper", color="#d8843b")
+    ax.bar(x + 0.2, paper, 0.4, label="CGC paper (text protocol)", color="#d8843b")
     for i, s in enumerate(rows):
         if s["paper_miou"] is None:
             ax.text(x[i] + 0.2, 2, "n/a", ha="center", fontsize=8)
-    ax.set_xticks(x, [s["scene"] for s in rows])
+    ax.set_xticks(x, [f"{s['scene']}\n{s['protocol']}" + ("\n(upper bound)" if s["protocol"] in ORACLE_PROTOCOLS
+                                                         else "") for s in rows], fontsize=8)
     ax.set_ylabel("mIoU (%)")
     ax.set_ylim(0, 100)
     ax.legend(loc="lower right", fontsize=8)
-    ax.set_title("mIoU per scene")
+    ax.set_title("mIoU per scene and protocol")
     return _figure_bytes(fig)
 
 
@@ -322,8 +352,8 @@ def build_report(run_dir: str | Path, cfg: ReportConfig | None = None, scenes: d
     if cfg.figures:
         chart = bar_chart(summaries)
         if chart is not None:
-            figures.append(("mIoU per scene: ours and the CGC paper's", chart))
-        for summary in summaries:
+            figures.append(("mIoU per scene and protocol; the CGC paper's only beside the text protocol", chart))
+        for summary in (s for s in summaries if s["first_of_scene"]):
             chart = training_health_chart(summary["scene"], summary["training_health"])
             if chart is not None:
                 figures.append((f"{summary['scene']}: training health (loss terms; feature separation)", chart))
@@ -331,8 +361,12 @@ def build_report(run_dir: str | Path, cfg: ReportConfig | None = None, scenes: d
             scene = (scenes or {}).get(entry["scene"])
             if scene is None or table.empty:
                 continue
-            pred_root = Path(entry["stages"]["evaluate"]["dir"]) / "predictions" / entry["scene"]
             rows = table[table["scene"] == entry["scene"]]
+            if rows.empty:
+                continue
+            protocol = rows["protocol"].iloc[0]  # strips show the scene's first protocol
+            rows = rows[rows["protocol"] == protocol]
+            pred_root = Path(entry["stages"]["evaluate"]["dir"]) / "predictions" / protocol / entry["scene"]
             for prompt in sorted(rows["prompt"].unique()):
                 views = []
                 prompt_rows = rows[rows["prompt"] == prompt].sort_values("view").head(cfg.views_per_prompt)
@@ -342,7 +376,7 @@ def build_report(run_dir: str | Path, cfg: ReportConfig | None = None, scenes: d
                     views.append((view, scene.load_image(view), scene.load_gt_mask(view, prompt), pred,
                                   None if pd.isna(iou) else float(iou)))
                 if views:
-                    figures.append((f"{entry['scene']}: {prompt}", mask_strip(prompt, views)))
+                    figures.append((f"{entry['scene']}: {prompt} (protocol {protocol})", mask_strip(prompt, views)))
     figure_dir = run_dir / "figures"
     figure_dir.mkdir(exist_ok=True)
     figure_paths = []

@@ -127,32 +127,41 @@ def test_cluster_palette_render_colours_each_cluster():
     assert np.allclose(right / right.max(), palette[1] / palette[1].max(), atol=0.05)
 
 
-def _fake_run(tmp_path: Path, scene_dir: Path, scene_name: str, layout: str) -> tuple[Path, object]:
+def _fake_run(tmp_path: Path, scene_dir: Path, scene_name: str, layout: str,
+              protocols: tuple[str, ...] = ("click-oracle",)) -> tuple[Path, object]:
     """The files a run leaves for the report: evaluate (results.parquet + summary.json from real
-    scoring of ground-truth-derived predictions), cluster summary, run.json."""
+    scoring of ground-truth-derived predictions, per protocol: shifted by 2 pixels more for each
+    further protocol), cluster summary, run.json."""
     from cgc_core.config import EvaluateConfig
     from cgc_core.evaluate import prediction_path, score_predictions
     from cgc_core.metrics import average_scores
     from cgc_core.scene import load_scene
+    from PIL import Image
 
     scene = load_scene(scene_dir, name=scene_name)
     evaluate_dir = tmp_path / "data" / scene_name / "evaluate"
-    rows = []
-    for view in scene.test_names:
-        for prompt in scene.gt_masks.get(view, {}):
-            gt = scene.load_gt_mask(view, prompt)
-            pred = np.roll(gt, 2, axis=1)  # a slightly shifted prediction: IoU < 1
-            path = prediction_path(evaluate_dir / "predictions", scene, view, prompt)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            from PIL import Image
-
-            Image.fromarray(pred.astype(np.uint8) * 255).save(path)
-    scores = score_predictions(scene, evaluate_dir / "predictions", EvaluateConfig())
-    averages = average_scores(scores)
-    pd.DataFrame([{**s.__dict__, "protocol": "click"} for s in scores]).to_parquet(evaluate_dir / "results.parquet")
+    frames, per_protocol = [], {}
+    for k, protocol in enumerate(protocols):
+        for view in scene.test_names:
+            for prompt in scene.gt_masks.get(view, {}):
+                gt = scene.load_gt_mask(view, prompt)
+                pred = np.roll(gt, 2 * (k + 1), axis=1)  # a shifted prediction: IoU < 1
+                path = prediction_path(evaluate_dir / "predictions" / protocol, scene, view, prompt)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(pred.astype(np.uint8) * 255).save(path)
+        scores = score_predictions(scene, evaluate_dir / "predictions" / protocol, EvaluateConfig())
+        averages = average_scores(scores)
+        frames.append(pd.DataFrame([{**s.__dict__, "protocol": protocol} for s in scores]))
+        per_protocol[protocol] = {"miou": averages["miou"], "mbiou": averages["mbiou"], "not_detected": [],
+                                  "empty_union_views": averages["empty_union_views"],
+                                  "prompts": averages["scenes"][scene_name]["prompts"]}
+        if k == 0:
+            first_averages, first_scores = averages, scores
+    pd.concat(frames, ignore_index=True).to_parquet(evaluate_dir / "results.parquet")
     (evaluate_dir / "summary.json").write_text(json.dumps({
-        "protocol": "click", "threshold": 0.7, "miou": averages["miou"], "mbiou": averages["mbiou"], "psnr": 30.0,
-        "prompts": averages["scenes"][scene_name]["prompts"]}))
+        "protocol": protocols[0], "threshold": 0.7, "miou": first_averages["miou"], "mbiou": first_averages["mbiou"],
+        "psnr": 30.0, "prompts": first_averages["scenes"][scene_name]["prompts"], "protocols": per_protocol}))
+    averages, scores = first_averages, first_scores
     cluster_dir = tmp_path / "data" / scene_name / "cluster"
     cluster_dir.mkdir(parents=True)
     (cluster_dir / "summary.json").write_text(json.dumps({"n_clusters": 7, "ari": 0.61, "mean_object_iou": 0.8,
@@ -173,20 +182,31 @@ def test_report_has_tables_protocol_published_numbers_and_embedded_figures(tmp_p
     scene_copy = tmp_path / "figurines"
     shutil.copytree(tiny_scene_dir, scene_copy)
     shutil.rmtree(scene_copy / "ground_truth")  # read as a plain LERF-Mask folder
-    run_dir, scene, averages, scores = _fake_run(tmp_path, scene_copy, "figurines", "lerf_mask")
+    run_dir, scene, averages, scores = _fake_run(tmp_path, scene_copy, "figurines", "lerf_mask",
+                                                 protocols=("text", "click-oracle"))
+    oracle = json.loads((tmp_path / "data" / "figurines" / "evaluate" / "summary.json").read_text())["protocols"][
+        "click-oracle"]
     files = build_report(run_dir, ReportConfig(views_per_prompt=2), {"figurines": scene})
     md = files.markdown.read_text()
-    assert f"{100 * averages['miou']:.1f}" in md and "91.6 / 88.8" in md  # ours beside the paper's figurines
-    assert "click protocol" in md and "PROTOCOL.md" in md
-    assert "| cgc (this run) | " in md and "not run" in md  # ramen/teatime were not run
+    published = md[md.index("## LERF-Mask: ours beside the published numbers"):].split("\n## ")[0]
+    # the text row (the paper's protocol) beside the paper's figurines; the oracle row never there
+    ours = f"{100 * averages['miou']:.1f} / {100 * averages['mbiou']:.1f}"
+    assert "91.6 / 88.8" in published and f"| cgc (this run, `text`) | {ours} |" in published
+    assert f"{100 * oracle['miou']:.1f} / {100 * oracle['mbiou']:.1f}" not in published
+    assert "not run with `text`" in published  # ramen/teatime were not run
+    results = md[md.index("## Results per scene and protocol"):].split("\n## ")[0]
+    assert "| figurines | LERF-Mask | `text` | 0.7 |" in results
+    assert "| figurines | LERF-Mask | `click-oracle` (upper bound) | 0.7 |" in results
+    assert "not comparable to published numbers" in results and "PROTOCOL.md" in md
+    assert "## Per prompt: figurines, protocol `text`" in md and "## Per prompt: figurines, protocol `click-oracle`" in md
     assert "| figurines | train | computed | 123.4 |" in md
     page = files.html.read_text()
     assert page.count("<table>") == md.count("\n## ") - 1  # one table per section but the figures
     assert page.count("data:image/png;base64,") == len(files.figures) == 1 + len(scene.prompts)
     assert not re.search(r"(src|href)=['\"]?(https?:|//)", page)  # self-contained: nothing fetched
     table = pd.read_parquet(files.results)
-    assert len(table) == len(scores) and set(table["benchmark"]) == {"LERF-Mask"}
-    assert table["iou"].mean() < 1.0
+    assert len(table) == 2 * len(scores) and set(table["benchmark"]) == {"LERF-Mask"}
+    assert set(table["protocol"]) == {"text", "click-oracle"} and table["iou"].mean() < 1.0
 
 
 def test_report_of_missing_run_record_names_the_file(tmp_path):
