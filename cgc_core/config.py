@@ -203,6 +203,9 @@ class TrainConfig:
     """Paper/code: `signed`, the far term is σ(s), which keeps pushing a Gaussian's feature
     towards the opposite of its far ones' even once they are orthogonal; `positive`: σ(max(s, 0)),
     orthogonal counts as dissimilar (see losses.spatial_regularization)."""
+    reg_near_pairs: Literal["all", "similar"] = "all"
+    """Paper/code: `all` near pairs are pulled together; `similar`: only pairs whose features
+    already agree (cosine > 0), see losses.spatial_regularization."""
     reg_sigmoid_of_mean: bool = True
     """Code: sigmoid of the mean similarity; paper: mean of sigmoids."""
     densify: Literal["default", "mcmc", "none"] = "default"

@@ -36,7 +36,7 @@ from torch import Tensor
 from .config import EVALUATION_PROTOCOLS, CgcConfig, EvaluateConfig
 from .metrics import MaskScore, MissingPredictionError, average_scores, read_mask, score_pair
 from .query import deepest_pixel
-from .scene.model import Scene
+from .scene.model import Scene, SceneError
 from .selection import Query, Selector
 
 FeatureRenderer = Callable[[str], Tensor]
@@ -286,6 +286,11 @@ def evaluate_scene(scene: Scene, render_features: FeatureRenderer, out_dir: str 
     """
     out_dir = Path(out_dir)
     protocols = protocols or resolve_protocols(cfg.protocol, scene.layout, cfg.ovs_queries)
+    for prompt in _scene_prompts(scene):
+        if grounding_view(scene, prompt) is None:
+            files = sorted(str(m[prompt]) for m in scene.gt_masks.values() if prompt in m)
+            raise SceneError(f"{files[0]}: the ground truth of {prompt!r} is empty in every test view "
+                             f"({len(files)} mask files): nothing to query or score it on")
     made: dict[str, dict[str, Query]] = {}
     for source in _query_sources(protocols, cfg.ovs_queries):
         made[source] = protocol_queries(source, scene, render_features, selector, grounding_image)

@@ -188,7 +188,7 @@ def sample_neighbours(means: Tensor, n_samples: int, k_near: int, l_far: int, ma
 
 def spatial_regularization(features: Tensor, samples: Tensor, near: Tensor, far: Tensor, lambda_near: float = 0.05,
                            lambda_far: float = 0.15, sigmoid_of_mean: bool = True,
-                           far_similarity: str = "signed") -> Tensor:
+                           far_similarity: str = "signed", near_pairs: str = "all") -> Tensor:
     """Spatial-similarity regulariser on Gaussian features (cosine similarity s = f_j·f_i):
 
         paper:  λ_near/(MK) Σ_i Σ_{j∈near(i)} σ(1 − s_ij) + λ_far/(ML) Σ_i Σ_{j∈far(i)} σ(s_ij)
@@ -204,14 +204,24 @@ def spatial_regularization(features: Tensor, samples: Tensor, near: Tensor, far:
             a feature orthogonal to its far ones is already "dissimilar". With `signed`, every
             object whose far Gaussians are the same walls is pushed towards the walls' opposite
             direction, i.e. towards one shared feature.
+        near_pairs: `all` (paper) pulls every near pair together; `similar` only pairs whose
+            features already agree (s > 0), so that spatial neighbours the contrastive loss has
+            told apart (a mirror ball's Gaussians behind its surface, next to the table's) are
+            left apart: the near term smooths within objects and does not merge them.
     """
     if far_similarity not in ("signed", "positive"):
         raise ValueError(f"spatial_regularization: unknown far_similarity={far_similarity!r} (signed, positive)")
+    if near_pairs not in ("all", "similar"):
+        raise ValueError(f"spatial_regularization: unknown near_pairs={near_pairs!r} (all, similar)")
     f = F.normalize(features, dim=-1)
     sim_near = (f[near] * f[samples][:, None]).sum(-1)
     sim_far = (f[far] * f[samples][:, None]).sum(-1)
     if far_similarity == "positive":
         sim_far = sim_far.clamp(min=0)
+    if near_pairs == "similar":
+        sim_near = sim_near[sim_near.detach() > 0]
+        if sim_near.numel() == 0:
+            sim_near = torch.ones(1, dtype=f.dtype, device=f.device)  # no pair to pull: the term is constant
     if sigmoid_of_mean:
         return lambda_near * torch.sigmoid((1 - sim_near).mean()) + lambda_far * torch.sigmoid(sim_far.mean())
     return lambda_near * torch.sigmoid(1 - sim_near).mean() + lambda_far * torch.sigmoid(sim_far).mean()
@@ -219,7 +229,8 @@ def spatial_regularization(features: Tensor, samples: Tensor, near: Tensor, far:
 
 def spatial_regularization_reference(features: Tensor, samples: Tensor, near: Tensor, far: Tensor,
                                      lambda_near: float = 0.05, lambda_far: float = 0.15,
-                                     sigmoid_of_mean: bool = True, far_similarity: str = "signed") -> Tensor:
+                                     sigmoid_of_mean: bool = True, far_similarity: str = "signed",
+                                     near_pairs: str = "all") -> Tensor:
     """Eq. 4 with loops (slow; the tests' oracle)."""
     def cos(i, j):
         return F.normalize(features[i], dim=0) @ F.normalize(features[j], dim=0)
@@ -228,7 +239,10 @@ def spatial_regularization_reference(features: Tensor, samples: Tensor, near: Te
         s = cos(i, j)
         return torch.clamp(s, min=0) if far_similarity == "positive" else s
 
-    near_terms = [1 - cos(int(i), int(j)) for row, i in enumerate(samples) for j in near[row]]
+    near_terms = [1 - cos(int(i), int(j)) for row, i in enumerate(samples) for j in near[row]
+                  if near_pairs == "all" or float(cos(int(i), int(j))) > 0]
+    if not near_terms:
+        near_terms = [torch.zeros((), dtype=features.dtype)]
     far_terms = [far_sim(int(i), int(j)) for row, i in enumerate(samples) for j in far[row]]
     if sigmoid_of_mean:
         return (lambda_near * torch.sigmoid(torch.stack(near_terms).mean())

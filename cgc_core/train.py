@@ -210,7 +210,8 @@ def train(scene: Scene, store: MaskStore, out_dir: str | Path, cfg: TrainConfig,
                 params["means"], cfg.reg_samples, cfg.k_near, cfg.l_far, cfg.reg_max_points,
                 generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + step), far=cfg.reg_far)
             losses["reg"] = spatial_regularization(params["features"], samples, near, far, cfg.lambda_near,
-                                                   cfg.lambda_far, cfg.reg_sigmoid_of_mean, cfg.reg_far_similarity)
+                                                   cfg.lambda_far, cfg.reg_sigmoid_of_mean, cfg.reg_far_similarity,
+                                                   cfg.reg_near_pairs)
         loss = sum(losses.values())
         health_step = bool(cfg.health_every) and (step % cfg.health_every == 0 or step + 1 == cfg.iterations)
         if health_step:

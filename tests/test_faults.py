@@ -373,7 +373,10 @@ def _case_prompt_absent_from_every_view(tiny_scene_dir, tmp_path):
     scene = load_scene(root)
     features = lambda view: torch.rand(scene.cameras[view].height, scene.cameras[view].width, 16)  # noqa: E731
     out = tmp_path / "stage-temp"  # inside a stage, the temporary folder that run_stage removes on error
-    return lambda: evaluate_scene(scene, features, out, EvaluateConfig(), 0.7), "red sphere"
+    from cgc_core.selection import Selector
+
+    return lambda: evaluate_scene(scene, features, out, EvaluateConfig(), Selector(threshold=0.7)), \
+        "the ground truth of 'red sphere' is empty in every test view"
 
 
 def _config_file_case(tmp_path: Path, text: str, expected: str):

@@ -102,12 +102,13 @@ def test_spatial_regularization_equals_loop_reference():
     feats_a = torch.randn(60, 8, dtype=torch.float64, requires_grad=True)
     feats_b = feats_a.detach().clone().requires_grad_()
     samples, near, far = sample_neighbours(means, 10, 2, 5, generator=torch.Generator().manual_seed(0))
-    for sigmoid_of_mean, far_similarity in [(True, "signed"), (False, "signed"), (True, "positive"), (False, "positive")]:
+    for sigmoid_of_mean, far_similarity, near_pairs in [(True, "signed", "all"), (False, "signed", "all"),
+                                                        (True, "positive", "similar"), (False, "positive", "similar")]:
         feats_a.grad = feats_b.grad = None
         fast = spatial_regularization(feats_a, samples, near, far, sigmoid_of_mean=sigmoid_of_mean,
-                                      far_similarity=far_similarity)
+                                      far_similarity=far_similarity, near_pairs=near_pairs)
         slow = spatial_regularization_reference(feats_b, samples, near, far, sigmoid_of_mean=sigmoid_of_mean,
-                                                far_similarity=far_similarity)
+                                                far_similarity=far_similarity, near_pairs=near_pairs)
         fast.backward()
         slow.backward()
         torch.testing.assert_close(fast, slow)
@@ -130,6 +131,21 @@ def test_positive_far_similarity_leaves_orthogonal_and_opposite_features_alone()
     assert grads["signed"][1].abs().max() > 0 and grads["signed"][2].abs().max() == 0  # opposite: tangent 0
     with pytest.raises(ValueError, match="far_similarity"):
         spatial_regularization(features, samples, near, far, far_similarity="absolute")
+
+
+def test_similar_near_pairs_leave_neighbours_the_features_tell_apart():
+    # sample 0 with near Gaussians 1 (similar, cos 0.8) and 2 (told apart, cos -0.6): `similar`
+    # pulls only the first; `all` pulls both.
+    features = torch.tensor([[1.0, 0.0], [0.8, 0.6], [-0.6, 0.8]], requires_grad=True)
+    samples, near, far = torch.tensor([0]), torch.tensor([[1, 2]]), torch.tensor([[1]])
+    grads = {}
+    for mode in ("all", "similar"):
+        features.grad = None
+        spatial_regularization(features, samples, near, far, lambda_near=1.0, lambda_far=0.0,
+                               sigmoid_of_mean=False, near_pairs=mode).backward()
+        grads[mode] = features.grad.clone()
+    assert grads["similar"][2].abs().max() == 0 and grads["similar"][1].abs().max() > 0
+    assert grads["all"][2].abs().max() > 0
 
 
 def test_neighbour_sampling_is_by_distance():

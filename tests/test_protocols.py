@@ -238,3 +238,18 @@ def test_every_protocol_through_the_flow_on_a_lerf_mask_fixture(tmp_path, prefec
     report = (tmp_path / "reports").glob("run-*/report.md")
     md = next(report).read_text()
     assert "`text`" in md and "`box-oracle`" in md and "upper bound" in md
+
+
+def test_missing_weights_stop_the_flow_before_calibration(tmp_path, prefect_harness, tiny_scene_dir):
+    import shutil
+
+    from flows.benchmark import cgc_benchmark
+
+    lerf = tmp_path / "lerf_tiny"
+    shutil.copytree(tiny_scene_dir, lerf)
+    shutil.rmtree(lerf / "ground_truth")  # a plain LERF-Mask folder: `auto` is the text protocol
+    overrides = [f"data_dir={tmp_path / 'data'}", f"reports_dir={tmp_path / 'reports'}", "stage.retries=0"]
+    with pytest.raises(EvaluationSetupError, match="query.gdino_checkpoint is not set.*click-oracle needs no weights"):
+        cgc_benchmark([str(lerf)], overrides=overrides)
+    scene_data = tmp_path / "data" / "lerf_tiny"
+    assert not any((scene_data / stage).exists() for stage in ("calibrate", "masks", "train"))

@@ -71,6 +71,35 @@ def test_click_selects_the_clicked_blob_and_export_holds_its_gaussians(tmp_path)
         session.export(tmp_path / "none.ply")
 
 
+def test_text_prompt_selects_through_the_selection_service():
+    from cgc_core.selection import Selector
+
+    params = _two_blobs()
+    camera = _camera()
+    uv, _ = camera.project(np.array([[0.6, 0.0, 0.0]]))
+    u, v = int(uv[0, 0]), int(uv[0, 1])
+    boxes = {"right blob": [u - 2, v - 2, u + 3, v + 3], "ghost": None}
+
+    def detector(image, text):  # stands in for Grounding DINO: a fixed box around the right blob
+        return None if boxes[text] is None else (boxes[text], 0.9)
+
+    def segmenter(image, box):  # stands in for SAM: the box itself
+        mask = np.zeros(image.shape[:2], bool)
+        mask[box[1]:box[3], box[0]:box[2]] = True
+        return mask
+
+    session = ViewerSession(params, backend="torch",
+                            selector=Selector(threshold=0.7, detector=detector, segmenter=segmenter))
+    session.render_view(camera)
+    mask = session.text("right blob")
+    cols = np.nonzero(mask.any(0))[0]
+    assert mask.sum() > 50 and cols.min() >= 32  # the right half only
+    assert session.selected_gaussians()[60:].sum() >= 54 and not session.selected_gaussians()[:60].any()
+    assert session.text("ghost") is None and session.mask(session.last.features).sum() == mask.sum()  # unchanged
+    session.threshold = 1.01
+    assert session.selector.threshold == 1.01 and not session.mask(session.last.features).any()
+
+
 def test_view_modes_render_images():
     session = ViewerSession(_two_blobs(), backend="torch", cluster_labels=np.repeat([0, 1], 60))
     camera = _camera()
