@@ -150,7 +150,8 @@ def masks_show(scene: Annotated[str, typer.Option(help="scene source, as for `cg
 def _stage(cfg, scene: str, stage: str, force: bool = False, progress=None):
     """Run one scene stage; a missing upstream stage or bad input ends the command with code 1."""
     from .calibrate import CalibrationError
-    from .masks.generators import MaskGeneratorError
+    from .evaluate import EvaluationSetupError
+    from .models import ModelLoadError
     from .pipeline import run_scene_stage
     from .scene import SceneError
     from .stage import StageMissingError
@@ -162,7 +163,7 @@ def _stage(cfg, scene: str, stage: str, force: bool = False, progress=None):
         typer.echo(f"error: {exc} (`cgc stage <name> --scene {scene}` runs one; `make demo` or the "
                    "cgc-benchmark flow runs them all)", err=True)
         raise typer.Exit(1) from exc
-    except (CalibrationError, SceneError, MaskGeneratorError, TrainingError, ValueError) as exc:
+    except (CalibrationError, SceneError, ModelLoadError, EvaluationSetupError, TrainingError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
 

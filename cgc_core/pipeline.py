@@ -441,6 +441,10 @@ def run_scene_stage(cfg: CgcConfig, source: str, stage: str, force: bool = False
     scene, result = step("scene", scene_stage, cfg, source)
     if stage == "scene":
         return scene, result
+    if stage in ("cluster", "evaluate"):
+        from .evaluate import check_protocol_weights
+
+        check_protocol_weights(cfg, scene)  # the protocol's weights, before anything is loaded or computed
     scene, calibration = step("calibrate", calibrate_stage, cfg, scene)
     if stage == "calibrate":
         return scene, calibration

@@ -1,17 +1,12 @@
-"""Object selection on a rendered feature map: click, several clicks, box, and text queries.
+"""Feature-map primitives of object selection: similarity maps, thresholding, the feature at a
+pixel, clicks, and the query of a 2D mask.
 
 Every query ends as one or more query features q (unit vectors); a pixel belongs to the object
 when the cosine similarity of its L2-normalised rendered feature to q is ≥ t (CGC: t = 0.7).
 Queries are batched: Q query features against one view give Q similarity maps at once.
 
-- click: the feature at a pixel;
-- several clicks: their mean feature (`mode="mean"`), or the union of each click's mask;
-- box: SAM's predictor turns the box into a mask; the query is the mean feature inside it, or the
-  feature at its deepest pixel;
-- text: Grounding DINO turns (image, text) into a box, then as box.
-
-The detector and SAM load weights from configured paths; without them, box and text queries
-raise an error naming the missing file, and clicks still work.
+Box and text queries (SAM, Grounding DINO) and 3D selections are composed from these by the one
+selection service, `cgc_core.selection.Selector`; the models load in `cgc_core.models`.
 """
 
 from __future__ import annotations
@@ -24,7 +19,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 from torch import Tensor
 
-from .models import BoxSegmenter, ModelLoadError, TextDetector
+from .models import ModelLoadError
 
 DEFAULT_THRESHOLD = 0.7
 
@@ -92,21 +87,3 @@ def mask_query(feature_map: Tensor, mask: np.ndarray, mode: Literal["mean", "dee
     if inside.shape[0] == 0:
         raise ValueError("mask_query: the mask is empty")
     return F.normalize(inside.mean(0), dim=-1)
-
-
-def box_query(feature_map: Tensor, image: np.ndarray, box: Sequence[float], segmenter: BoxSegmenter,
-              mode: Literal["mean", "deepest"] = "mean") -> Tensor:
-    """Query feature [D] from a box: SAM's mask of the box, then `mask_query`.
-
-    The image and the feature map must be of one size.
-    """
-    return mask_query(feature_map, segmenter(image, box), mode)
-
-
-def text_query(feature_map: Tensor, image: np.ndarray, text: str, detector: TextDetector, segmenter: BoxSegmenter,
-               mode: Literal["mean", "deepest"] = "mean") -> Tensor | None:
-    """Query feature [D] from text (Grounding DINO box -> SAM mask -> feature), or None when nothing is detected."""
-    found = detector(image, text)
-    if found is None:
-        return None
-    return box_query(feature_map, image, found[0], segmenter, mode)

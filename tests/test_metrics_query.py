@@ -15,10 +15,9 @@ from cgc_core.metrics import (
     MaskScore, MissingPredictionError, average_scores, boundary_distance, boundary_iou, iou, mask_boundary,
     ovs3d_view_miou, resize_nearest, score_pair,
 )
-from cgc_core.query import (
-    BoxSegmenter, QueryModelError, TextDetector, click_query, deepest_pixel, mask_query, select, similarity_maps,
-    text_query,
-)
+from cgc_core.models import BoxSegmenter, TextDetector
+from cgc_core.query import QueryModelError, click_query, deepest_pixel, mask_query, select, similarity_maps
+from cgc_core.selection import Selector
 
 
 def _square(shape, top, left, size):
@@ -165,7 +164,7 @@ def test_text_query_without_weights_names_the_missing_file(tmp_path):
     image = np.zeros((20, 30, 3), np.uint8)
     detector = TextDetector(QueryConfig())
     with pytest.raises(QueryModelError, match="query.gdino_checkpoint is not set"):
-        text_query(fmap, image, "red apple", detector, BoxSegmenter(SamConfig()))
+        Selector(detector=detector, segmenter=BoxSegmenter(SamConfig())).text(fmap, image, "red apple")
     missing = tmp_path / "groundingdino_swint_ogc.pth"
     with pytest.raises(QueryModelError, match="groundingdino_swint_ogc.pth: Grounding DINO checkpoint file not found"):
         TextDetector(QueryConfig(gdino_checkpoint=str(missing))).model()
