@@ -115,17 +115,24 @@ def test_spatial_regularization_equals_loop_reference():
         torch.testing.assert_close(feats_a.grad, feats_b.grad)
 
 
+def _regulariser_gradients(features, near, far, option: str, modes, **weights) -> dict:
+    """Feature gradients of the paper-form regulariser for sample 0, one per value of `option`."""
+    grads = {}
+    for mode in modes:
+        leaf = features.clone().requires_grad_()
+        spatial_regularization(leaf, torch.tensor([0]), near, far, sigmoid_of_mean=False, **weights,
+                               **{option: mode}).backward()
+        grads[mode] = leaf.grad
+    return grads
+
+
 def test_positive_far_similarity_leaves_orthogonal_and_opposite_features_alone():
     # sample 0 with far Gaussians 1 (orthogonal), 2 (opposite) and 3 (similar): with `positive` only
     # the similar one is pushed; `signed` also pushes the orthogonal and opposite ones further.
-    features = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.8, 0.6]], requires_grad=True)
+    features = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.8, 0.6]])
     samples, near, far = torch.tensor([0]), torch.tensor([[3]]), torch.tensor([[1, 2, 3]])
-    grads = {}
-    for mode in ("signed", "positive"):
-        features.grad = None
-        spatial_regularization(features, samples, near, far, lambda_near=0.0, lambda_far=1.0,
-                               sigmoid_of_mean=False, far_similarity=mode).backward()
-        grads[mode] = features.grad.clone()
+    grads = _regulariser_gradients(features, near, far, "far_similarity", ("signed", "positive"),
+                                   lambda_near=0.0, lambda_far=1.0)
     assert grads["positive"][1].abs().max() == 0 and grads["positive"][2].abs().max() == 0
     assert grads["positive"][3].abs().max() > 0
     assert grads["signed"][1].abs().max() > 0 and grads["signed"][2].abs().max() == 0  # opposite: tangent 0
@@ -136,14 +143,9 @@ def test_positive_far_similarity_leaves_orthogonal_and_opposite_features_alone()
 def test_similar_near_pairs_leave_neighbours_the_features_tell_apart():
     # sample 0 with near Gaussians 1 (similar, cos 0.8) and 2 (told apart, cos -0.6): `similar`
     # pulls only the first; `all` pulls both.
-    features = torch.tensor([[1.0, 0.0], [0.8, 0.6], [-0.6, 0.8]], requires_grad=True)
-    samples, near, far = torch.tensor([0]), torch.tensor([[1, 2]]), torch.tensor([[1]])
-    grads = {}
-    for mode in ("all", "similar"):
-        features.grad = None
-        spatial_regularization(features, samples, near, far, lambda_near=1.0, lambda_far=0.0,
-                               sigmoid_of_mean=False, near_pairs=mode).backward()
-        grads[mode] = features.grad.clone()
+    features = torch.tensor([[1.0, 0.0], [0.8, 0.6], [-0.6, 0.8]])
+    grads = _regulariser_gradients(features, torch.tensor([[1, 2]]), torch.tensor([[1]]), "near_pairs",
+                                   ("all", "similar"), lambda_near=1.0, lambda_far=0.0)
     assert grads["similar"][2].abs().max() == 0 and grads["similar"][1].abs().max() > 0
     assert grads["all"][2].abs().max() > 0
 
