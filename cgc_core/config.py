@@ -182,6 +182,11 @@ class TrainConfig:
     cc_reduction: Literal["pixels", "segments"] = "pixels"
     """Paper/code: `pixels` (sum over pixels / number of segments: large segments dominate);
     `segments`: every mask segment weighs the same (see losses.contrastive_clustering_loss)."""
+    features_grad_between_cc: Literal["zero", "none"] = "zero"
+    """On iterations without a feature loss (no contrastive or regulariser term): `zero` (released
+    code, and ours by construction: colour and features are rendered in one pass, so the
+    photometric loss hands the features an all-zero gradient) lets Adam keep moving them on
+    momentum; `none` drops that gradient, so Adam leaves them and their moments untouched."""
     feature_init: Literal["uniform", "normal"] = "uniform"
     """Code: U[0, 1) features (all in one orthant); `normal`: N(0, 1) (see gaussians.init_params)."""
     use_reg: bool = True
@@ -203,6 +208,10 @@ class TrainConfig:
     """Paper/code: `signed`, the far term is σ(s), which keeps pushing a Gaussian's feature
     towards the opposite of its far ones' even once they are orthogonal; `positive`: σ(max(s, 0)),
     orthogonal counts as dissimilar (see losses.spatial_regularization)."""
+    reg_near_includes_self: bool = False
+    """Released code: True. Its K nearest are a top-k over distances that include the sampled
+    Gaussian's own (0), so one of the K "neighbours" is the sample itself (a zero pull) and the near
+    term averages over K-1 real neighbours and itself. Ours (False) leaves the sample out."""
     reg_near_pairs: Literal["all", "similar"] = "all"
     """Paper/code: `all` near pairs are pulled together; `similar`: only pairs whose features
     already agree (cosine > 0), see losses.spatial_regularization."""

@@ -148,7 +148,8 @@ def contrastive_clustering_loss_reference(features: Tensor, labels: Tensor, min_
 
 
 def sample_neighbours(means: Tensor, n_samples: int, k_near: int, l_far: int, max_points: int = 300_000,
-                      generator: torch.Generator | None = None, far: str = "farthest") -> tuple[Tensor, Tensor, Tensor]:
+                      generator: torch.Generator | None = None, far: str = "farthest",
+                      near_includes_self: bool = False) -> tuple[Tensor, Tensor, Tensor]:
     """Sample Gaussians and find, by 3D distance (positions detached), their near and far ones.
 
     Args:
@@ -163,9 +164,11 @@ def sample_neighbours(means: Tensor, n_samples: int, k_near: int, l_far: int, ma
             whose farthest Gaussians are the same walls for every object, `farthest` pushes every
             object's feature away from one set of features, that is towards one common direction;
             `random` pushes away from many different ones.
+        near_includes_self: The released code's top-k over distances that include the sample's
+            own (0): the sample is one of its K nearest. Default: it is left out.
 
     Returns:
-        samples [M], near [M, K] (excluding the sample itself), far [M, L] indices.
+        samples [M], near [M, K] (excluding the sample itself unless `near_includes_self`), far [M, L] indices.
     """
     n = means.shape[0]
     pool = torch.randperm(n, generator=generator)[:max_points] if n > max_points else torch.arange(n)
@@ -173,7 +176,8 @@ def sample_neighbours(means: Tensor, n_samples: int, k_near: int, l_far: int, ma
     samples = pool[positions]
     distances = torch.cdist(means.detach()[samples], means.detach()[pool])
     rows = torch.arange(len(samples))
-    distances[rows, positions] = float("inf")  # a Gaussian is not its own neighbour
+    if not near_includes_self:
+        distances[rows, positions] = float("inf")  # a Gaussian is not its own neighbour
     near = pool[torch.topk(distances, k_near, dim=1, largest=False).indices]
     distances[rows, positions] = -1.0
     if far == "farthest":

@@ -208,7 +208,8 @@ def train(scene: Scene, store: MaskStore, out_dir: str | Path, cfg: TrainConfig,
         if cfg.use_reg and step % cfg.reg_every == 0 and (cfg.lambda_near or cfg.lambda_far):
             samples, near, far = sample_neighbours(
                 params["means"], cfg.reg_samples, cfg.k_near, cfg.l_far, cfg.reg_max_points,
-                generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + step), far=cfg.reg_far)
+                generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + step), far=cfg.reg_far,
+                near_includes_self=cfg.reg_near_includes_self)
             losses["reg"] = spatial_regularization(params["features"], samples, near, far, cfg.lambda_near,
                                                    cfg.lambda_far, cfg.reg_sigmoid_of_mean, cfg.reg_far_similarity,
                                                    cfg.reg_near_pairs)
@@ -228,6 +229,8 @@ def train(scene: Scene, store: MaskStore, out_dir: str | Path, cfg: TrainConfig,
         if strategy is not None:
             strategy.step_pre_backward(params, optimizers, strategy_state, step, out.meta)
         loss.backward()
+        if cfg.features_grad_between_cc == "none" and not ({"cc", "reg"} & set(losses)):
+            params["features"].grad = None  # the one-pass render gave them zeros: Adam must skip them
         for group in optimizers["means"].param_groups:
             group["lr"] = cfg.lr_means * scale * decay**step
         for optimizer in optimizers.values():

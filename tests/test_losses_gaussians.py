@@ -157,6 +157,11 @@ def test_neighbour_sampling_is_by_distance():
     assert by_sample[0] == ({1, 2}, 5)
     assert by_sample[5][0] == {4, 3} and by_sample[5][1] == 0
     assert all(int(s) not in set(n.tolist()) for s, n in zip(samples, near))
+    # the released code's top-k includes the sample itself (distance 0): it and its nearest
+    samples, near, far = sample_neighbours(means, 6, 2, 1, generator=torch.Generator().manual_seed(0),
+                                           near_includes_self=True)
+    by_sample = {int(s): (set(n.tolist()), int(f[0])) for s, n, f in zip(samples, near, far)}
+    assert by_sample[0] == ({0, 1}, 5) and by_sample[5] == ({5, 4}, 0)
 
 
 def test_regularizer_pulls_near_together_and_pushes_far_apart():

@@ -52,6 +52,23 @@ def test_resume_equals_uninterrupted_run(tiny_inputs, tmp_path):
         torch.testing.assert_close(resumed.params[name], full.params[name], rtol=0, atol=0)
 
 
+def test_zero_feature_gradient_between_contrastive_steps_moves_features_on_momentum(tiny_inputs, tmp_path):
+    # Two iterations, the contrastive loss on the first only (cc_every=2), no regulariser and no
+    # densification: with `none` the second iteration leaves the features where the first put
+    # them; with the released code's `zero` gradient (our default: the one-pass render of colour
+    # and features hands them zeros), Adam moves them again on its momentum.
+    scene, store = tiny_inputs
+    results = {}
+    for mode in ("none", "zero"):
+        for iterations in (1, 2):
+            cfg = _cfg(iterations=iterations, cc_every=2, use_reg=False, densify="none", checkpoint_every=100,
+                       features_grad_between_cc=mode)
+            results[mode, iterations] = train(scene, store, tmp_path / f"{mode}{iterations}", cfg).params["features"]
+    torch.testing.assert_close(results["none", 1], results["zero", 1], rtol=0, atol=0)  # same first step
+    torch.testing.assert_close(results["none", 2], results["none", 1], rtol=0, atol=0)
+    assert (results["zero", 2] - results["zero", 1]).abs().max() > 1e-4
+
+
 def test_corrupt_newest_checkpoint_falls_back_to_the_previous(tiny_inputs, tmp_path):
     scene, store = tiny_inputs
     train(scene, store, tmp_path, _cfg(iterations=20, checkpoint_every=5))
