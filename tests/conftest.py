@@ -70,6 +70,21 @@ def tiny_scene_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_inputs(tmp_path_factory):
+    """The tiny synthetic preset through scene, calibrate (true poses) and masks: the calibrated
+    scene and its mask store, for tests that train (read only: shared by the whole session)."""
+    from cgc_core.config import CgcConfig
+    from cgc_core.pipeline import calibrate_stage, masks_stage, scene_stage
+
+    cfg = CgcConfig(data_dir=str(tmp_path_factory.mktemp("tiny-inputs")))
+    cfg.synthetic.preset, cfg.synthetic.supersample, cfg.calibrate.mode = "tiny", 1, "known_poses"
+    scene, _ = scene_stage(cfg, "synthetic")
+    calibrated, _ = calibrate_stage(cfg, scene)
+    store, _ = masks_stage(cfg, calibrated)
+    return calibrated, store
+
+
+@pytest.fixture(scope="session")
 def demo_scene_dir(tmp_path_factory) -> Path:
     from cgc_core.config import SyntheticConfig
     from cgc_core.scene.synthetic import write_synthetic_scene

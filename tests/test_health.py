@@ -71,19 +71,6 @@ def test_half_separated_field_is_measured_in_between():
     assert collapse_warning(measure, "s", 1, collapse_between=0.65) is None
 
 
-@pytest.fixture(scope="module")
-def tiny_inputs(tmp_path_factory):
-    from cgc_core.config import CgcConfig
-    from cgc_core.pipeline import calibrate_stage, masks_stage, scene_stage
-
-    cfg = CgcConfig(data_dir=str(tmp_path_factory.mktemp("health")))
-    cfg.synthetic.preset, cfg.synthetic.supersample, cfg.calibrate.mode = "tiny", 1, "known_poses"
-    scene, _ = scene_stage(cfg, "synthetic")
-    calibrated, _ = calibrate_stage(cfg, scene)
-    store, _ = masks_stage(cfg, calibrated)
-    return calibrated, store
-
-
 def test_training_without_the_contrastive_loss_warns_that_features_collapsed(tiny_inputs, tmp_path, caplog):
     from cgc_core.config import TrainConfig
     from cgc_core.train import train

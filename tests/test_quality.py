@@ -14,19 +14,6 @@ QUALITY_FLOOR = 0.2
 TINY_ITERATIONS = 800
 
 
-@pytest.fixture(scope="module")
-def tiny_inputs(tmp_path_factory):
-    from cgc_core.config import CgcConfig
-    from cgc_core.pipeline import calibrate_stage, masks_stage, scene_stage
-
-    cfg = CgcConfig(data_dir=str(tmp_path_factory.mktemp("quality")))
-    cfg.synthetic.preset, cfg.synthetic.supersample, cfg.calibrate.mode = "tiny", 1, "known_poses"
-    scene, _ = scene_stage(cfg, "synthetic")
-    calibrated, _ = calibrate_stage(cfg, scene)
-    store, _ = masks_stage(cfg, calibrated)
-    return calibrated, store
-
-
 @pytest.mark.parametrize("use_cc", [True, False], ids=["contrastive", "no-contrastive"])
 def test_trained_tiny_scene_clears_the_quality_floor_only_with_the_contrastive_loss(tiny_inputs, tmp_path, use_cc):
     from cgc_core.config import EvaluateConfig, TrainConfig

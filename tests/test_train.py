@@ -5,22 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cgc_core.config import CgcConfig, TrainConfig
-from cgc_core.pipeline import calibrate_stage, masks_stage, scene_stage
+from cgc_core.config import TrainConfig
 from cgc_core.train import TrainingError, load_newest_checkpoint, train
-
-
-@pytest.fixture(scope="module")
-def tiny_inputs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train")
-    cfg = CgcConfig(data_dir=str(root))
-    cfg.synthetic.preset = "tiny"
-    cfg.synthetic.supersample = 1
-    cfg.calibrate.mode = "known_poses"
-    scene, _ = scene_stage(cfg, "synthetic")
-    calibrated, _ = calibrate_stage(cfg, scene)
-    store, _ = masks_stage(cfg, calibrated)
-    return calibrated, store
 
 
 def _cfg(**kw):
