@@ -256,14 +256,14 @@ def _object_query(cfg, scene, render_features, selector, prompt: str):
     """A text query (Grounding DINO + SAM) when the detector's weights are configured; otherwise the
     click-oracle query (deepest pixel of the ground truth) for a prompt with ground truth."""
     from .evaluate import protocol_queries
-    from .query import QueryModelError
+    from .models import ModelLoadError
 
     if cfg.query.gdino_checkpoint or cfg.query.allow_random_weights:
         view = scene.test_names[0] if scene.test_names else scene.train_names[0]
         try:
             image = (scene.load_image(view) * 255 + 0.5).astype("uint8")
             query = selector.text(render_features(view), image, prompt, view)
-        except QueryModelError as exc:
+        except ModelLoadError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from exc
         if not query.detected:

@@ -19,14 +19,8 @@ import torch.nn.functional as F
 from scipy import ndimage
 from torch import Tensor
 
-from .models import ModelLoadError
-
 DEFAULT_THRESHOLD = 0.7
 
-
-# A detector or segmenter needed by a box/text query cannot be loaded (names the file); the
-# models module raises it.
-QueryModelError = ModelLoadError
 
 def normalize_features(feature_map: Tensor) -> Tensor:
     """L2-normalise a [H, W, D] feature map (or [N, D] features) along the last axis."""

@@ -15,8 +15,8 @@ from cgc_core.metrics import (
     MaskScore, MissingPredictionError, average_scores, boundary_distance, boundary_iou, iou, mask_boundary,
     ovs3d_view_miou, resize_nearest, score_pair,
 )
-from cgc_core.models import BoxSegmenter, TextDetector
-from cgc_core.query import QueryModelError, click_query, deepest_pixel, mask_query, select, similarity_maps
+from cgc_core.models import BoxSegmenter, ModelLoadError, TextDetector
+from cgc_core.query import click_query, deepest_pixel, mask_query, select, similarity_maps
 from cgc_core.selection import Selector
 
 
@@ -163,12 +163,12 @@ def test_text_query_without_weights_names_the_missing_file(tmp_path):
     fmap = _piecewise_feature_map()
     image = np.zeros((20, 30, 3), np.uint8)
     detector = TextDetector(QueryConfig())
-    with pytest.raises(QueryModelError, match="query.gdino_checkpoint is not set"):
+    with pytest.raises(ModelLoadError, match="query.gdino_checkpoint is not set"):
         Selector(detector=detector, segmenter=BoxSegmenter(SamConfig())).text(fmap, image, "red apple")
     missing = tmp_path / "groundingdino_swint_ogc.pth"
-    with pytest.raises(QueryModelError, match="groundingdino_swint_ogc.pth: Grounding DINO checkpoint file not found"):
+    with pytest.raises(ModelLoadError, match="groundingdino_swint_ogc.pth: Grounding DINO checkpoint file not found"):
         TextDetector(QueryConfig(gdino_checkpoint=str(missing))).model()
-    with pytest.raises(QueryModelError, match="box/text queries need SAM: query.sam.checkpoint is not set"):
+    with pytest.raises(ModelLoadError, match="box/text queries need SAM: query.sam.checkpoint is not set"):
         BoxSegmenter(SamConfig(model_type="vit_b")).predictor()
     # clicks still work without any weights
     assert click_query(fmap, [(0, 0)]).sum() == 20 * 15
