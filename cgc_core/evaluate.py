@@ -118,10 +118,24 @@ def selection_protocol(cfg: CgcConfig, scene: Scene) -> str:
 
 def grounding_view(scene: Scene, prompt: str) -> str | None:
     """The first test view (in test order) whose ground truth for `prompt` is not empty."""
+    found = _grounding(scene, prompt)
+    return found[0] if found else None
+
+
+def _grounding(scene: Scene, prompt: str) -> tuple[str, np.ndarray] | None:
+    """The grounding view of `prompt` and its ground-truth mask there, or None."""
     for view in scene.test_names:
-        if prompt in scene.gt_masks.get(view, {}) and scene.load_gt_mask(view, prompt).any():
-            return view
+        if prompt in scene.gt_masks.get(view, {}):
+            gt = scene.load_gt_mask(view, prompt)
+            if gt.any():
+                return view, gt
     return None
+
+
+def grounding_masks(scene: Scene) -> dict[str, tuple[str, np.ndarray] | None]:
+    """Per prompt of the scene: its grounding view and ground-truth mask there (None when the
+    ground truth is empty in every view), read once for every protocol."""
+    return {prompt: _grounding(scene, prompt) for prompt in _scene_prompts(scene)}
 
 
 def _scene_prompts(scene: Scene) -> list[str]:
@@ -135,7 +149,8 @@ def _to_grid(row: int, col: int, source: tuple[int, int], target: tuple[int, int
 
 
 def protocol_queries(protocol: str, scene: Scene, render_features: FeatureRenderer, selector: Selector,
-                     grounding_image: ImageRenderer | None = None) -> dict[str, Query]:
+                     grounding_image: ImageRenderer | None = None,
+                     grounding: dict[str, tuple[str, np.ndarray] | None] | None = None) -> dict[str, Query]:
     """One query per prompt of the scene under a query-making protocol (`text`, `box-oracle`,
     `click-oracle`). A text prompt that is not detected gets a Query whose feature is None.
 
@@ -146,25 +161,19 @@ def protocol_queries(protocol: str, scene: Scene, render_features: FeatureRender
         selector: The selection service (threshold, SAM, detector).
         grounding_image: Test view name -> [H, W, 3] uint8 image the detector and SAM see
             (default: the test photo).
+        grounding: `grounding_masks(scene)`, when the caller has it already.
     """
     if grounding_image is None:
         def grounding_image(view: str) -> np.ndarray:
             return (scene.load_image(view) * 255 + 0.5).astype(np.uint8)
 
-    cache: dict[str, Tensor] = {}
-
-    def features(view: str) -> Tensor:
-        if view not in cache:
-            cache[view] = render_features(view)
-        return cache[view]
-
+    features = _cached(render_features)
     queries: dict[str, Query] = {}
-    for prompt in _scene_prompts(scene):
-        view = grounding_view(scene, prompt)
-        if view is None:
+    for prompt, found in (grounding if grounding is not None else grounding_masks(scene)).items():
+        if found is None:
             continue  # ground truth empty in every view: nothing to query, every row is an empty union
+        view, gt = found
         fmap = features(view)
-        gt = scene.load_gt_mask(view, prompt)
         if protocol == "click-oracle":
             row, col = _to_grid(*deepest_pixel(gt), gt.shape, tuple(fmap.shape[:2]))
             queries[prompt] = selector.click(fmap, [(row, col)], view, require_rendered=False)
@@ -180,6 +189,21 @@ def protocol_queries(protocol: str, scene: Scene, render_features: FeatureRender
         else:
             raise ValueError(f"protocol_queries: {protocol!r} does not make queries (text, box-oracle, click-oracle)")
     return queries
+
+
+def _cached(render_features: FeatureRenderer) -> FeatureRenderer:
+    """`render_features` remembering every view it rendered (for the few grounding views)."""
+    if getattr(render_features, "cache", None) is not None:
+        return render_features
+    cache: dict[str, Tensor] = {}
+
+    def features(view: str) -> Tensor:
+        if view not in cache:
+            cache[view] = render_features(view)
+        return cache[view]
+
+    features.cache = cache
+    return features
 
 
 def prediction_path(out_dir: Path, scene: Scene, view: str, prompt: str) -> Path:
@@ -286,14 +310,16 @@ def evaluate_scene(scene: Scene, render_features: FeatureRenderer, out_dir: str 
     """
     out_dir = Path(out_dir)
     protocols = protocols or resolve_protocols(cfg.protocol, scene.layout, cfg.ovs_queries)
-    for prompt in _scene_prompts(scene):
-        if grounding_view(scene, prompt) is None:
+    grounding = grounding_masks(scene)
+    for prompt, found in grounding.items():
+        if found is None:
             files = sorted(str(m[prompt]) for m in scene.gt_masks.values() if prompt in m)
             raise SceneError(f"{files[0]}: the ground truth of {prompt!r} is empty in every test view "
                              f"({len(files)} mask files): nothing to query or score it on")
+    grounding_features = _cached(render_features)  # the grounding views, rendered once for every source
     made: dict[str, dict[str, Query]] = {}
     for source in _query_sources(protocols, cfg.ovs_queries):
-        made[source] = protocol_queries(source, scene, render_features, selector, grounding_image)
+        made[source] = protocol_queries(source, scene, grounding_features, selector, grounding_image, grounding)
     rows, results = [], {}
     for protocol in protocols:
         queries = made[cfg.ovs_queries if protocol == "ovs-argmax" else protocol]
