@@ -208,6 +208,8 @@ def export_cmd(scene: Annotated[str, typer.Option(help="scene source, as for `cg
                                   "click-oracle query when no detector is configured and the scene has ground truth for it")] = None,
                cluster: Annotated[Optional[int], typer.Option(help="cluster id from `cgc cluster`")] = None,
                click: Annotated[Optional[str], typer.Option(help="VIEW,ROW,COL: the feature of this pixel")] = None,
+               level: Annotated[Optional[int], typer.Option(help="granularity of --object/--click on a model trained "
+                                "with several mask levels: 0 = parts, higher = whole objects (default: query.level)")] = None,
                config: ConfigOpt = None, set_: SetOpt = None) -> None:
     """Write one object's Gaussians to their own .ply (same attributes as the trained model)."""
     import numpy as np
@@ -233,6 +235,12 @@ def export_cmd(scene: Annotated[str, typer.Option(help="scene source, as for `cg
         keep = labels == cluster
     else:
         selector = Selector.from_config(cfg)
+        if level is not None:
+            if not 0 <= level < selector.levels:
+                typer.echo(f"error: --level {level}: the model has levels 0..{selector.levels - 1} "
+                           f"(train.mask_levels={cfg.train.mask_levels})", err=True)
+                raise typer.Exit(2)
+            selector = selector.at_level(level)
         render_features = feature_renderer(params, calibrated, cfg.train.backend)
         if click is not None:
             try:

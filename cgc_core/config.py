@@ -145,12 +145,20 @@ class MasksConfig:
 class TrainConfig:
     """Training of the Gaussian feature field (3DGS + contrastive clustering + regulariser)."""
 
+    schedule: Literal["auto", "paper", "cpu-short"] = "auto"
+    """`paper`: the released code's 30k iterations, contrastive loss every 50, regulariser every
+    100, densification from 500 to 15k every 100 at gradient threshold 2e-4, SH degree up every
+    1000. `cpu-short` (the defaults below): 1,500 iterations that train the demo on 2 CPU cores.
+    `auto`: paper on CUDA, cpu-short on CPU. A schedule sets only the fields left at their
+    defaults, so `train.iterations=200` still shortens any schedule; train.json records which ran
+    (`cgc_core.train.resolve_schedule`)."""
     iterations: int = 1500
     """Paper: 30k (GPU). The default is a short schedule that trains the demo scene on 2 CPU cores
     in about 6 minutes."""
     sh_degree: int = 3
-    sh_degree_every: int = 500
-    """Raise the SH degree used by one every this many iterations (3DGS: 1000)."""
+    sh_degree_every: int = 375
+    """Raise the SH degree used by one every this many iterations (3DGS: 1000; here 375, so the
+    1,500-iteration schedule reaches degree 3 at iteration 1,125)."""
     downscale: int = 1
     """Train on images downscaled by this factor."""
     backend: str = "auto"
@@ -182,6 +190,15 @@ class TrainConfig:
     cc_reduction: Literal["pixels", "segments"] = "pixels"
     """Paper/code: `pixels` (sum over pixels / number of segments: large segments dominate);
     `segments`: every mask segment weighs the same (see losses.contrastive_clustering_loss)."""
+    mask_levels: int = 1
+    """Granularity of the contrastive loss. 1 (paper and code): one term on the finest masks (each
+    pixel labelled by the smallest mask that contains it, so a part hides its whole). L > 1: one
+    term per nesting level (`MaskStore.read_label_maps`: level l labels a pixel by the (l+1)-th
+    smallest mask containing it), level l on the first `level_dims[l]` feature channels, and
+    their mean: the leading channels learn whole objects, the rest tell parts apart, and a
+    selection steps between levels by reading fewer or more channels (`query.level`)."""
+    level_dims: list[int] = field(default_factory=lambda: [16, 8, 4])
+    """Feature channels of each level, finest first, decreasing; the first `mask_levels` are used."""
     features_grad_between_cc: Literal["zero", "none"] = "zero"
     """On iterations without a feature loss (no contrastive or regulariser term): `zero` (released
     code, and ours by construction: colour and features are rendered in one pass, so the
@@ -248,6 +265,10 @@ class QueryConfig:
     """Cosine similarity at or above which a pixel belongs to the queried object (CGC: 0.7)."""
     box_query_mode: Literal["mean", "deepest"] = "mean"
     """From a box's SAM mask: the mean feature inside it, or the feature at its deepest pixel."""
+    level: int | None = None
+    """Granularity of a selection when training used several mask levels (`train.mask_levels`):
+    0 is the finest (parts), higher levels read fewer feature channels (whole objects). None: the
+    coarsest trained level, so a click selects the whole object."""
     sam: SamConfig = field(default_factory=SamConfig)
     """SAM for box → mask (its predictor); its checkpoint is configured here."""
     gdino_config: str | None = None
@@ -495,6 +516,10 @@ _RULES: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
     ("train", "lambda_far"): (lambda v: v >= 0, ">= 0"),
     ("train", "sh_degree"): (lambda v: 0 <= v <= 3, "between 0 and 3"),
     ("train", "init_opacity"): (lambda v: 0 < v < 1, "in (0, 1)"),
+    ("train", "mask_levels"): (lambda v: v >= 1, ">= 1"),
+    ("train", "level_dims"): (lambda v: bool(v) and all(0 < b < a for a, b in zip([17, *v], v)),
+                              "a non-empty decreasing list of channel counts between 1 and 16"),
+    ("query", "level"): (lambda v: v is None or v >= 0, "null or >= 0"),
     ("train", "oom_retries"): (lambda v: v >= 0, ">= 0"),
     ("query", "threshold"): (lambda v: -1 <= v <= 1, "a cosine similarity in [-1, 1]"),
     ("masks", "sam"): (lambda v: v.image_size == 1024 or v.allow_random_weights,
@@ -524,6 +549,13 @@ def validate_config(config: CgcConfig) -> list[str]:
                 rule = (lambda v: v > 0, "> 0")
             if rule is not None and not rule[0](getattr(value, f.name)):
                 problems.append(f"{section.name}.{f.name} must be {rule[1]}, got {getattr(value, f.name)!r}")
+    train = config.train
+    if len(train.level_dims) < train.mask_levels:
+        problems.append(f"train.level_dims must name at least train.mask_levels={train.mask_levels} channel counts, "
+                        f"got {train.level_dims!r}")
+    if config.query.level is not None and config.query.level >= train.mask_levels:
+        problems.append(f"query.level must be below train.mask_levels={train.mask_levels} (levels 0.."
+                        f"{train.mask_levels - 1}), got {config.query.level}")
     return problems
 
 

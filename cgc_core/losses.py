@@ -144,6 +144,38 @@ def contrastive_clustering_loss_reference(features: Tensor, labels: Tensor, min_
     return total / len(segments)
 
 
+def multilevel_contrastive_loss(features: Tensor, level_labels: Tensor, level_dims: list[int] | tuple[int, ...],
+                                **options) -> Tensor:
+    """The contrastive clustering loss at several mask granularities, on nested feature channels:
+
+        L = (1/L) Σ_l L_CC(features[..., :level_dims[l]], level_labels[l])
+
+    Level 0 is the finest masks (parts) on the most channels; each coarser level (objects,
+    groups) on a prefix of them, so the leading channels agree across an object's parts while the
+    remaining ones tell the parts apart. With one level and all channels it is Eq. 3.
+
+    Args:
+        features: [H, W, D] rendered features.
+        level_labels: [L, H, W] int label maps, finest first (`MaskStore.read_label_maps`).
+        level_dims: Channels of each level, at least L of them; D or fewer.
+        **options: `contrastive_clustering_loss`'s (min_pixels, eps, temperature..., reduction).
+    """
+    levels = level_labels.shape[0]
+    if len(level_dims) < levels:
+        raise ValueError(f"multilevel_contrastive_loss: {levels} label levels but only {len(level_dims)} level_dims")
+    terms = [contrastive_clustering_loss(features[..., : level_dims[l]], level_labels[l], **options) for l in range(levels)]
+    return torch.stack(terms).mean()
+
+
+def multilevel_contrastive_loss_reference(features: Tensor, level_labels: Tensor,
+                                          level_dims: list[int] | tuple[int, ...], **options) -> Tensor:
+    """`multilevel_contrastive_loss` through the loop reference of Eq. 3 (the tests' oracle)."""
+    total = features.sum() * 0.0
+    for l in range(level_labels.shape[0]):
+        total = total + contrastive_clustering_loss_reference(features[..., : level_dims[l]], level_labels[l], **options)
+    return total / level_labels.shape[0]
+
+
 # --- spatial-similarity regularisation (Eq. 4) -----------------------------------------------------
 
 

@@ -167,15 +167,20 @@ def train_stage(cfg: CgcConfig, scene: Scene, masks: StageResult, calibration: S
     Keyed on the calibration and masks stages' keys (their inputs and configs) and the train
     config; a killed or failed run resumes from its newest checkpoint.
     """
+    from .train import resolve_schedule
+
     inputs = {"calibrate": calibration.manifest.key, "masks": masks.manifest.key}
+    # Keyed on the schedule that runs here (auto resolves by device), not on the word `auto`.
+    train_cfg = resolve_schedule(cfg.train)
 
     def compute(work: Path) -> dict:
-        result, downscale = train_with_oom_retries(scene, MaskStore(masks.stage_dir / "store"), work, cfg.train,
+        result, downscale = train_with_oom_retries(scene, MaskStore(masks.stage_dir / "store"), work, train_cfg,
                                                    progress)
-        return {"steps": result.steps, "seconds": round(result.seconds, 2), "resumed_from": result.resumed_from,
+        return {"steps": result.steps, "schedule": train_cfg.schedule, "seconds": round(result.seconds, 2),
+                "resumed_from": result.resumed_from,
                 "n_gaussians": int(result.params["means"].shape[0]), "downscale": downscale}
 
-    return run_stage(scene_dir(cfg, scene.name) / "train", "train", inputs, cfg.train, compute, force=force,
+    return run_stage(scene_dir(cfg, scene.name) / "train", "train", inputs, train_cfg, compute, force=force,
                      resumable=True)
 
 
@@ -204,14 +209,15 @@ def cluster_stage(cfg: CgcConfig, scene: Scene, trained: StageResult, force: boo
         params = load_ply(trained.stage_dir / PLY_NAME)
         opacities = torch.sigmoid(params["opacities"])
         started = time.perf_counter()
-        clustering = cluster_gaussians(params["features"], params["means"], opacities, cfg.cluster)
+        selector = Selector.from_config(cfg)
+        # Objects at the selection's granularity (the coarsest trained mask level by default).
+        clustering = cluster_gaussians(selector.restrict(params["features"]), params["means"], opacities, cfg.cluster)
         seconds = time.perf_counter() - started
         export_clusters(params, clustering, work, per_cluster=cfg.cluster.export_clusters)
         selections = {}
         query_protocol = None
         if any(scene.gt_masks.values()):
             # The prompts' objects in 3D, selected through the same service and queries as evaluation.
-            selector = Selector.from_config(cfg)
             query_protocol = selection_protocol(cfg, scene)
             queries = protocol_queries(query_protocol, scene, feature_renderer(params, scene, cfg.train.backend),
                                        selector)

@@ -9,7 +9,7 @@ detector or segmenter can be passed in instead (a test double, a model already l
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Literal, Sequence
 
 import numpy as np
@@ -67,6 +67,11 @@ class Selector:
             (`cluster.remove_spatial_outliers`; a ratio of None skips it).
         detector: (image, text) -> (box, score) or None; default: Grounding DINO from the config.
         segmenter: (image, box) -> boolean mask; default: SAM's predictor from the config.
+        level_dims: Feature channels of each trained mask level, finest first (`train.level_dims`
+            cut to `train.mask_levels`); None: one level on every channel.
+        level: The granularity selections use: an index into `level_dims` (0 finest). Queries,
+            similarities and 3D selections compare the first `level_dims[level]` channels (queries
+            keep every channel), so `at_level` steps between parts and whole objects.
     """
 
     threshold: float = 0.7
@@ -76,6 +81,31 @@ class Selector:
     outlier_std_ratio: float | None = 2.0
     detector: Detector | None = field(default=None, repr=False)
     segmenter: Segmenter | None = field(default=None, repr=False)
+    level_dims: tuple[int, ...] | None = None
+    level: int = 0
+
+    def __post_init__(self):
+        levels = len(self.level_dims) if self.level_dims else 1
+        if not 0 <= self.level < levels:
+            raise ValueError(f"Selector: level {self.level} is not a trained level (0..{levels - 1})")
+
+    @property
+    def levels(self) -> int:
+        """How many granularity levels the features were trained with."""
+        return len(self.level_dims) if self.level_dims else 1
+
+    @property
+    def channels(self) -> int | None:
+        """Feature channels read at the current level (None: all)."""
+        return self.level_dims[self.level] if self.level_dims else None
+
+    def at_level(self, level: int) -> "Selector":
+        """The same selector at another granularity (clamped to the trained levels: 0 finest)."""
+        return replace(self, level=max(0, min(int(level), self.levels - 1)))
+
+    def restrict(self, features: Tensor) -> Tensor:
+        """The channels of this level of [..., D] features (a feature map, Gaussians' features, a query)."""
+        return features if self.channels is None else features[..., : self.channels]
 
     @classmethod
     def from_config(cls, cfg: CgcConfig, detector: Detector | None = None,
@@ -88,9 +118,13 @@ class Selector:
 
             detector = detector or TextDetector(cfg.query)
             segmenter = segmenter or BoxSegmenter(cfg.query.sam, "query.sam")
+        levels = cfg.train.mask_levels if cfg.train.use_cc else 1
+        level_dims = tuple(cfg.train.level_dims[:levels]) if levels > 1 else None
+        level = cfg.query.level if cfg.query.level is not None else levels - 1
         return cls(threshold=cfg.query.threshold, mask_query_mode=cfg.query.box_query_mode,
                    min_opacity=cfg.cluster.min_opacity, outlier_neighbours=cfg.cluster.outlier_neighbours,
-                   outlier_std_ratio=cfg.cluster.outlier_std_ratio, detector=detector, segmenter=segmenter)
+                   outlier_std_ratio=cfg.cluster.outlier_std_ratio, detector=detector, segmenter=segmenter,
+                   level_dims=level_dims, level=min(level, levels - 1))
 
     # --- queries ---------------------------------------------------------------------------------
 
@@ -146,7 +180,8 @@ class Selector:
         out = torch.full((len(features), height, width), float("-inf"), dtype=feature_map.dtype)
         present = [k for k, f in enumerate(features) if f is not None]
         if present:
-            out[present] = similarity_maps(feature_map, torch.stack([features[k] for k in present]))
+            stacked = self.restrict(torch.stack([features[k] for k in present]))
+            out[present] = similarity_maps(self.restrict(feature_map), stacked)
         return out
 
     def masks(self, feature_map: Tensor, queries: Sequence[Query | Tensor]) -> Tensor:
@@ -168,7 +203,8 @@ class Selector:
         for query in queries:
             feature = _feature(query)
             if feature is not None:
-                keep |= select_gaussians(params["features"], feature, self.threshold, params["means"], opacities,
+                keep |= select_gaussians(self.restrict(params["features"]), self.restrict(feature), self.threshold,
+                                         params["means"], opacities,
                                          self.min_opacity, self.outlier_neighbours, self.outlier_std_ratio)
         return keep
 

@@ -15,7 +15,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -27,7 +27,7 @@ from torch import Tensor
 from .config import TrainConfig
 from .gaussians import init_params, save_ply
 from .health import collapse_warning, feature_separation, mean_separation
-from .losses import contrastive_clustering_loss, photometric_loss, sample_neighbours, spatial_regularization
+from .losses import multilevel_contrastive_loss, photometric_loss, sample_neighbours, spatial_regularization
 from .masks.store import MaskStore
 from .render import Gaussians, render
 from .scene.model import Camera, Scene
@@ -57,6 +57,39 @@ def scene_scale(cameras: list[Camera]) -> float:
     return float(1.1 * np.linalg.norm(centers - centers.mean(0), axis=1).max())
 
 
+SCHEDULES: dict[str, dict[str, float | int]] = {
+    # The released code's (PROTOCOL.md): 30k iterations, L_CC every 50, L_reg every 100, 3DGS's
+    # densification (until 15k, every 100, gradient 2e-4) and SH schedule (a degree per 1000).
+    "paper": {"iterations": 30_000, "cc_every": 50, "reg_every": 100, "refine_start_iter": 500,
+              "refine_stop_iter": 15_000, "refine_every": 100, "reset_every": 3000, "grow_grad2d": 2e-4,
+              "sh_degree_every": 1000, "checkpoint_every": 5000},
+    # TrainConfig's defaults: 1,500 iterations on 2 CPU cores, every rate scaled to keep about as
+    # many contrastive steps; SH degree 3 is reached at iteration 1,125.
+    "cpu-short": {},
+}
+
+
+def resolve_schedule(cfg: TrainConfig, cuda: bool | None = None) -> TrainConfig:
+    """The train config with its schedule applied: `auto` becomes `paper` on CUDA (the gsplat
+    backend, or `auto` with a GPU) and `cpu-short` otherwise, and the schedule's values replace
+    the fields still at their defaults (a field set by the user keeps its value).
+
+    Args:
+        cfg: The train section.
+        cuda: Whether training runs on CUDA; None decides from `cfg.backend` and the machine.
+    """
+    name = cfg.schedule
+    if name == "auto":
+        if cuda is None:
+            cuda = cfg.backend == "gsplat" or (cfg.backend == "auto" and torch.cuda.is_available())
+        name = "paper" if cuda else "cpu-short"
+    if name not in SCHEDULES:
+        raise ValueError(f"train.schedule: unknown schedule {name!r} (auto, {', '.join(SCHEDULES)})")
+    defaults = TrainConfig()
+    changes = {k: v for k, v in SCHEDULES[name].items() if getattr(cfg, k) == getattr(defaults, k)}
+    return replace(cfg, schedule=name, **changes)
+
+
 def train_view(scene: Scene, name: str, downscale: int) -> tuple[Camera, Tensor]:
     """The camera and the [H, W, 3] image of a training view at the training resolution."""
     camera = scene.cameras[name]
@@ -68,12 +101,13 @@ def train_view(scene: Scene, name: str, downscale: int) -> tuple[Camera, Tensor]
     return camera, torch.as_tensor(np.asarray(image), dtype=torch.float32)
 
 
-def label_map_at(store: MaskStore, name: str, height: int, width: int) -> Tensor:
-    """The stored label map of an image, resized (nearest) to the training resolution."""
-    labels = store.read_label_map(name)
-    if labels.shape != (height, width):
-        labels = np.asarray(Image.fromarray(labels).resize((width, height), Image.Resampling.NEAREST))
-    return torch.as_tensor(labels.astype(np.int64))
+def label_map_at(store: MaskStore, name: str, height: int, width: int, levels: int = 1) -> Tensor:
+    """[levels, H, W]: the stored label maps of an image's mask levels (finest first), resized
+    (nearest) to the training resolution."""
+    maps = store.read_label_maps(name, levels)
+    if maps.shape[1:] != (height, width):
+        maps = np.stack([np.asarray(Image.fromarray(m).resize((width, height), Image.Resampling.NEAREST)) for m in maps])
+    return torch.as_tensor(maps.astype(np.int64))
 
 
 def _optimizers(params: torch.nn.ParameterDict, cfg: TrainConfig, scale: float) -> dict[str, torch.optim.Optimizer]:
@@ -155,13 +189,14 @@ def train(scene: Scene, store: MaskStore, out_dir: str | Path, cfg: TrainConfig,
         TrainingError: a non-finite loss (the last good checkpoint is kept and named), or no points.
     """
     out_dir = Path(out_dir)
+    cfg = resolve_schedule(cfg)
     if scene.points is None or len(scene.points) < 4:
         raise TrainingError(f"{scene.name}: no sparse points to initialise Gaussians from; run calibration first")
     torch.manual_seed(cfg.seed)
     names = sorted(n for n in scene.train_names if n in scene.cameras)
     views = {n: train_view(scene, n, cfg.downscale) for n in names}
     # The label maps feed the contrastive loss and the health measure (also when use_cc is off).
-    labels = {n: label_map_at(store, n, *views[n][1].shape[:2]) for n in names}
+    labels = {n: label_map_at(store, n, *views[n][1].shape[:2], cfg.mask_levels) for n in names}
     scale = scene_scale([scene.cameras[n] for n in names])
     params = torch.nn.ParameterDict({
         k: torch.nn.Parameter(v) for k, v in init_params(scene.points, scene.point_colors, cfg.sh_degree,
@@ -202,9 +237,10 @@ def train(scene: Scene, store: MaskStore, out_dir: str | Path, cfg: TrainConfig,
         losses = {"photometric": photometric_loss(out.rgb, target)}
         if cfg.use_cc and step % cfg.cc_every == 0:
             clip = tuple(cfg.cc_temperature_clip) if cfg.cc_temperature_clip is not None else None
-            losses["cc"] = cfg.cc_weight * contrastive_clustering_loss(
-                out.features, labels[name], min_pixels=cfg.cc_min_pixels, temperature_scale=cfg.cc_temperature_scale,
-                temperature_clip=clip, detach_temperature=cfg.cc_detach_temperature, reduction=cfg.cc_reduction)
+            losses["cc"] = cfg.cc_weight * multilevel_contrastive_loss(
+                out.features, labels[name], cfg.level_dims, min_pixels=cfg.cc_min_pixels,
+                temperature_scale=cfg.cc_temperature_scale, temperature_clip=clip,
+                detach_temperature=cfg.cc_detach_temperature, reduction=cfg.cc_reduction)
         if cfg.use_reg and step % cfg.reg_every == 0 and (cfg.lambda_near or cfg.lambda_far):
             samples, near, far = sample_neighbours(
                 params["means"], cfg.reg_samples, cfg.k_near, cfg.l_far, cfg.reg_max_points,
@@ -245,7 +281,7 @@ def train(scene: Scene, store: MaskStore, out_dir: str | Path, cfg: TrainConfig,
         done = step + 1
         latest |= {k: float(v.detach()) for k, v in losses.items()} | {"n": int(params["means"].shape[0])}
         if health_step:
-            measure = feature_separation(out.features.detach(), labels[name], cfg.cc_min_pixels)
+            measure = feature_separation(out.features.detach(), labels[name][0], cfg.cc_min_pixels)
             latest |= {k: v for k, v in (measure.as_dict() if measure else {}).items() if k != "segments"}
             health.append({"step": done, "view": name, **latest})
         if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.iterations:
@@ -261,7 +297,7 @@ def train(scene: Scene, store: MaskStore, out_dir: str | Path, cfg: TrainConfig,
     if final_health["warning"]:
         logger.warning("%s", final_health["warning"])
     (out_dir / "train.json").write_text(json.dumps({
-        "steps": cfg.iterations, "resumed_from": resumed_from, "seconds": seconds,
+        "steps": cfg.iterations, "schedule": cfg.schedule, "resumed_from": resumed_from, "seconds": seconds,
         "n_gaussians": int(final["means"].shape[0]), "scene_scale": scale,
         "health": {"history": health, **final_health},
     }, indent=2))
@@ -280,7 +316,7 @@ def final_feature_health(params: dict[str, Tensor], views: dict[str, tuple[Camer
     with torch.no_grad():
         for name in dict.fromkeys(chosen):
             features = render(gaussians, views[name][0], features=params["features"], backend=cfg.backend).features
-            measures.append(feature_separation(features, labels[name], cfg.cc_min_pixels))
+            measures.append(feature_separation(features, labels[name][0], cfg.cc_min_pixels))
     measure = mean_separation(measures)
     return {"final": measure.as_dict() if measure else None, "views": len(set(chosen)),
             "collapse_between": cfg.collapse_between,

@@ -120,6 +120,15 @@ class ViewerSession:
     def threshold(self, value: float) -> None:
         self.selector.threshold = float(value)
 
+    @property
+    def level(self) -> int:
+        """The selection's granularity (0 finest; see `Selector.level`)."""
+        return self.selector.level
+
+    @level.setter
+    def level(self, value: int) -> None:
+        self.selector = self.selector.at_level(value)
+
     @torch.no_grad()
     def render_view(self, camera: Camera) -> Frame:
         """Render `camera` in the current mode, with the current selection's mask overlaid."""
@@ -221,6 +230,9 @@ def serve(session: ViewerSession, cameras: dict[str, Camera], export_dir: str | 
     status = server.gui.add_markdown("Click the image to select an object (shift-click adds a click).")
     mode = server.gui.add_dropdown("View", ("rgb", "pca", "similarity", "clusters"), initial_value=session.mode)
     threshold = server.gui.add_slider("Threshold", min=0.0, max=1.0, step=0.01, initial_value=session.threshold)
+    # Granularity: only models trained on several mask levels have more than one.
+    level = (server.gui.add_slider("Level (0 = parts)", min=0, max=session.selector.levels - 1, step=1,
+                                   initial_value=session.level) if session.selector.levels > 1 else None)
     prompt = server.gui.add_text("Text prompt", initial_value="")
     find = server.gui.add_button("Select by text")
     clear = server.gui.add_button("Clear selection")
@@ -290,6 +302,13 @@ def serve(session: ViewerSession, cameras: dict[str, Camera], export_dir: str | 
         session.threshold = float(threshold.value)
         redraw_all()
         show_selection()
+
+    if level is not None:
+        @level.on_update
+        def _(_) -> None:
+            session.level = int(level.value)
+            redraw_all()
+            show_selection()
 
     @find.on_click
     def _(_) -> None:

@@ -229,12 +229,38 @@ class MaskStore:
 
     def read_label_map(self, image_name: str, min_area: int = 0) -> np.ndarray:
         """[H, W] int32 label map: smaller masks on top, value mask_index + 1, 0 unlabelled."""
+        return self.read_label_maps(image_name, 1, min_area)[0]
+
+    def read_label_maps(self, image_name: str, levels: int, min_area: int = 0) -> np.ndarray:
+        """[levels, H, W] int32 label maps of the masks' nesting levels, finest first.
+
+        Level l gives each pixel the (l+1)-th smallest of the masks that contain it, or the
+        largest of them when fewer contain it: level 0 is `read_label_map` (the finest mask
+        everywhere), and higher levels step out to the enclosing masks (SAM's part → object →
+        group; the classical generator's finer → coarser scale). Value mask_index + 1, 0 where no
+        mask covers the pixel.
+        """
+        if levels < 1:
+            raise ValueError(f"read_label_maps: levels must be at least 1 (got {levels})")
         rles, indices, (height, width) = self._rles(image_name, min_area)
-        labels = np.zeros((height, width), dtype=np.int32)
+        labels = np.zeros((levels, height, width), dtype=np.int32)
         if not rles:
             return labels
         masks = self._decode(image_name, rles)
         areas = masks.reshape(len(masks), -1).sum(1)
-        for k in np.argsort(-areas, kind="stable"):  # largest first, so smaller ones end on top
-            labels[masks[k]] = indices[k] + 1
+        ids = np.asarray(indices, dtype=np.int32) + 1
+        covered = np.zeros((height, width), dtype=np.int32)  # masks seen so far at each pixel
+        # Smallest first, so the j-th mask seen at a pixel is its j-th smallest; among equal areas the
+        # later mask_index counts as the smaller (as in painting largest first, later on top).
+        for k in np.lexsort((-np.arange(len(masks)), areas)):
+            inside = masks[k]
+            rank = covered[inside]
+            # The mask fills its own rank and every coarser level (until a larger mask takes them).
+            for level in range(levels):
+                take = rank <= level
+                plane = labels[level]
+                values = plane[inside]
+                values[take] = ids[k]
+                plane[inside] = values
+            covered[inside] += 1
         return labels
