@@ -29,9 +29,12 @@ class ConfigError(ValueError):
 class SyntheticConfig:
     """The embedded synthetic tabletop scene (`cgc_core.scene.synthetic`)."""
 
-    preset: Literal["demo", "hard", "tiny", "realistic"] = "demo"
+    preset: Literal["demo", "hard", "tiny", "realistic", "heldout-parts", "heldout-clutter"] = "demo"
     """Object layout and size: `demo` for `make demo`, `hard` for the difficult cases, `tiny` for fast tests,
-    `realistic` (small objects in a furnished room, soft shadows, highlights, reflections) for development."""
+    `realistic` (small objects in a furnished room, soft shadows, highlights, reflections) for development;
+    `heldout-parts` (objects of several coloured parts) and `heldout-clutter` (a room: same-coloured
+    neighbours, a thin pen, glossy and textured objects, occlusion) to judge on, never to tune on;
+    their layouts follow `seed`."""
     seed: int = 0
     """Everything (layout jitter, textures, camera jitter) is deterministic in this seed."""
     n_views: int | None = None

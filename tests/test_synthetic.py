@@ -114,7 +114,7 @@ def test_supersampling_keeps_centre_ids_and_smooths_edges():
 
 
 def test_unknown_preset_is_rejected():
-    assert set(PRESETS) == {"tiny", "demo", "hard", "realistic"}
+    assert set(PRESETS) == {"tiny", "demo", "hard", "realistic", "heldout-parts", "heldout-clutter"}
     with pytest.raises(ValueError, match="unknown synthetic preset"):
         build_scene(SyntheticConfig(preset="huge"))  # type: ignore[arg-type]
 
@@ -153,3 +153,32 @@ def test_realistic_preset_is_small_objects_in_a_lit_room():
     darker = (lit[table].sum(1) < unshadowed[table].sum(1) - 1e-6).mean()
     assert 0.005 < darker < 0.5  # some of the table lies in shadow, not all of it
     assert (surface == OBJECT).mean() > 0.02
+
+
+def test_heldout_presets_change_layout_with_the_seed_and_keep_multi_part_objects_whole():
+    seeds = [build_scene(SyntheticConfig(preset="heldout-parts", seed=k, supersample=1, width=160, height=120))
+             for k in (0, 1)]
+    centres = [{o.name: o.center for o in scene.objects} for scene in seeds]
+    assert set(centres[0]) == set(centres[1]) and centres[0] != centres[1]
+    assert {o.name for o in seeds[0].objects if o.kind == "compound"} == {"toy robot", "mushroom", "table lamp", "snowman"}
+    # A compound's parts move with it (their axes stay on its centre).
+    for scene in seeds:
+        lamp = next(o for o in scene.objects if o.name == "table lamp")
+        for part in lamp.parts:
+            assert np.hypot(part.center[0] - lamp.center[0], part.center[1] - lamp.center[1]) < 1e-9
+    robot = next(o for o in seeds[1].objects if o.name == "toy robot")
+    # The ground truth gives the whole object one id: its parts' colours all lie inside its mask.
+    scene = seeds[1]
+    k = scene.objects.index(robot) + 1
+    rgb, ids, _ = render_view(scene, scene.cameras[0])
+    inside = rgb[ids == k]
+    assert len(inside) > 50
+    blue = inside[:, 2] > inside[:, 0] + 0.2
+    yellow = inside[:, 0] > inside[:, 2] + 0.2
+    assert blue.mean() > 0.1 and yellow.mean() > 0.05  # body and head under one id
+    clutter = build_scene(SyntheticConfig(preset="heldout-clutter", seed=2, supersample=1, width=160, height=120))
+    by_name = {o.name: o for o in clutter.objects}
+    assert clutter.room is not None
+    assert by_name["orange ball"].color == by_name["orange box"].color
+    assert by_name["orange ball"].kind != by_name["orange box"].kind
+    assert min(by_name["black pen"].size) < 0.01 and by_name["checker book"].material == "checker"

@@ -162,7 +162,7 @@ _SDF = {
 }
 
 
-def _demo_objects() -> list[Shape]:
+def _demo_objects(rng: np.random.Generator | None = None) -> list[Shape]:
     # Resting on z = 0; the capsule touches the sphere and the box, the cone stands close behind
     # the cylinder so that they occlude each other from one side.
     return [
@@ -175,7 +175,7 @@ def _demo_objects() -> list[Shape]:
     ]
 
 
-def _hard_objects() -> list[Shape]:
+def _hard_objects(rng: np.random.Generator | None = None) -> list[Shape]:
     # The difficult cases: a thin pole, two same-coloured cubes side by side, and a small ball
     # far out at the table edge behind a tall panel, so that few views see it.
     return _demo_objects() + [
@@ -187,7 +187,7 @@ def _hard_objects() -> list[Shape]:
     ]
 
 
-def _realistic_objects() -> list[Shape]:
+def _realistic_objects(rng: np.random.Generator | None = None) -> list[Shape]:
     # Nine small objects (1-3 % of a 320x240 view at 0.7 m) on a wooden table in a room: two red
     # neighbours of different shapes, a lamp of three materials, a chrome ball, a checker box, a
     # pencil, a ball that the bottle hides from part of the orbit, a glossy bottle, a white bowl.
@@ -211,6 +211,96 @@ def _realistic_objects() -> list[Shape]:
         )),
         Shape("white bowl", "bowl", (0.06, 0.2, 0.06), (0.06, 0.006), (0.92, 0.9, 0.86)),
     ]
+
+
+def _placed(rng: np.random.Generator | None, slots: list[tuple[float, float]], objects: list[Shape]) -> list[Shape]:
+    """Objects moved to `slots` (x, y table positions) in a seeded order, each turned by a seeded
+    yaw: a held-out preset's layout differs from seed to seed. Without `rng`, slot k holds object k."""
+    order = list(range(len(objects))) if rng is None else list(rng.permutation(len(objects)))
+    placed = []
+    for slot, index in zip(slots, order):
+        obj = objects[index]
+        dx, dy = slot[0] - obj.center[0], slot[1] - obj.center[1]
+        yaw = 0.0 if rng is None else float(rng.uniform(-180, 180))
+        placed.append(_moved(obj, dx, dy, yaw))
+    return placed
+
+
+def _moved(obj: Shape, dx: float, dy: float, yaw_deg: float) -> Shape:
+    """`obj` shifted on the table by (dx, dy) and turned by `yaw_deg` about its own centre
+    (a compound's parts turn about the compound's centre)."""
+    from dataclasses import replace
+
+    cx, cy = obj.center[0] + dx, obj.center[1] + dy
+    if obj.kind != "compound":
+        return replace(obj, center=(cx, cy, obj.center[2]), yaw_deg=obj.yaw_deg + yaw_deg)
+    c, s = math.cos(math.radians(yaw_deg)), math.sin(math.radians(yaw_deg))
+    parts = []
+    for part in obj.parts:
+        ox, oy = part.center[0] - obj.center[0], part.center[1] - obj.center[1]
+        parts.append(replace(part, center=(cx + c * ox - s * oy, cy + s * ox + c * oy, part.center[2]),
+                             yaw_deg=part.yaw_deg + yaw_deg))
+    return replace(obj, center=(cx, cy, obj.center[2]), parts=tuple(parts))
+
+
+def _parts_objects(rng: np.random.Generator | None = None) -> list[Shape]:
+    # Held-out: objects made of differently coloured parts (one prompt, one ground-truth mask for
+    # the whole), beside plain ones; the layout and the objects' turns follow the seed.
+    robot = Shape("toy robot", "compound", (0, 0, 0.25), (), (0.2, 0.3, 0.8), parts=(
+        Shape("robot body", "box", (0, 0, 0.16), (0.14, 0.1, 0.16), (0.15, 0.3, 0.8)),
+        Shape("robot head", "box", (0, 0, 0.4), (0.08, 0.08, 0.08), (0.9, 0.85, 0.2)),
+    ))
+    mushroom = Shape("mushroom", "compound", (0, 0, 0.2), (), (0.8, 0.1, 0.1), parts=(
+        Shape("mushroom stem", "cylinder", (0, 0, 0.13), (0.06, 0.13), (0.92, 0.88, 0.75)),
+        Shape("mushroom cap", "cone", (0, 0, 0.32), (0.2, 0.08), (0.85, 0.12, 0.1)),
+    ))
+    lamp = Shape("table lamp", "compound", (0, 0, 0.25), (), (0.9, 0.8, 0.2), parts=(
+        Shape("lamp base", "cylinder", (0, 0, 0.03), (0.14, 0.03), (0.2, 0.2, 0.22)),
+        Shape("lamp pole", "cylinder", (0, 0, 0.25), (0.025, 0.2), (0.7, 0.7, 0.72)),
+        Shape("lamp shade", "cone", (0, 0, 0.48), (0.17, 0.09), (0.95, 0.75, 0.15)),
+    ))
+    snowman = Shape("snowman", "compound", (0, 0, 0.25), (), (0.95, 0.95, 0.95), parts=(
+        Shape("snowman body", "sphere", (0, 0, 0.17), (0.17,), (0.93, 0.93, 0.95)),
+        Shape("snowman head", "sphere", (0, 0, 0.42), (0.11,), (0.93, 0.93, 0.95)),
+        Shape("snowman hat", "cylinder", (0, 0, 0.57), (0.07, 0.05), (0.1, 0.1, 0.12)),
+    ))
+    plain = [
+        Shape("green box", "box", (0, 0, 0.12), (0.16, 0.12, 0.12), (0.15, 0.65, 0.2)),
+        Shape("purple torus", "torus", (0, 0, 0.07), (0.18, 0.07), (0.55, 0.2, 0.75)),
+    ]
+    slots = [(-0.45, 0.3), (0.05, 0.42), (0.5, 0.25), (-0.45, -0.3), (0.05, -0.4), (0.5, -0.3)]
+    return _placed(rng, slots, [robot, mushroom, lamp, snowman, *plain])
+
+
+def _clutter_objects(rng: np.random.Generator | None = None) -> list[Shape]:
+    # Held-out, in a furnished room (pictures behind, wood grain, soft shadows, highlights): two
+    # same-coloured neighbours of different shapes, a thin pen, a glossy mug, a checker-textured
+    # book, a teapot of two parts, and a small ball that a tall vase hides from part of the orbit.
+    objects = [
+        Shape("orange ball", "sphere", (0, 0, 0.06), (0.06,), (0.95, 0.5, 0.1)),
+        Shape("orange box", "box", (0, 0, 0.05), (0.05, 0.05, 0.05), (0.95, 0.5, 0.1)),
+        Shape("black pen", "box", (0, 0, 0.007), (0.1, 0.007, 0.007), (0.08, 0.08, 0.1)),  # lying on the table
+        Shape("blue mug", "cylinder", (0, 0, 0.06), (0.05, 0.06), (0.15, 0.3, 0.8), material="glossy"),
+        Shape("checker book", "box", (0, 0, 0.025), (0.09, 0.06, 0.025), (1.0, 1.0, 1.0), texture_scale=40.0,
+              material="checker"),
+        Shape("teapot", "compound", (0, 0, 0.08), (), (0.1, 0.55, 0.55), parts=(
+            Shape("teapot body", "sphere", (0, 0, 0.07), (0.07,), (0.1, 0.55, 0.55), material="glossy"),
+            Shape("teapot lid", "cone", (0, 0, 0.16), (0.04, 0.025), (0.92, 0.9, 0.85)),
+        )),
+    ]
+    # A fixed pair of neighbours (touching in every layout) and the hidden ball behind the vase.
+    slots = [(-0.28, 0.12), (-0.17, 0.14), (0.05, -0.2), (0.25, 0.12), (0.0, 0.15), (0.3, -0.15)]
+    order = [0, 1] + ([2, 3, 4, 5] if rng is None else [2 + int(i) for i in rng.permutation(4)])
+    placed = []
+    for k, index in enumerate(order):
+        obj = objects[index]
+        yaw = 0.0 if rng is None else float(rng.uniform(-180, 180))
+        placed.append(_moved(obj, slots[k][0] - obj.center[0], slots[k][1] - obj.center[1], yaw))
+    placed += [
+        Shape("white vase", "cylinder", (0.45, 0.0, 0.14), (0.045, 0.14), (0.92, 0.9, 0.86), material="glossy"),
+        Shape("pink ball", "sphere", (0.53, 0.0, 0.035), (0.035,), (0.95, 0.45, 0.7)),
+    ]
+    return placed
 
 
 @dataclass(frozen=True)
@@ -239,7 +329,8 @@ class Room:
 class Preset:
     """A synthetic scene: its objects, how many views of what size, the orbit, and the room (if any)."""
 
-    make_objects: Callable[[], list[Shape]]
+    make_objects: Callable[[np.random.Generator | None], list[Shape]]
+    """Objects of the scene; held-out presets place them by the seeded generator it is given."""
     n_views: int
     width: int
     height: int
@@ -257,6 +348,11 @@ PRESETS = {
     # The realistic development scene of issue 16: small objects in a room, seen from about 0.7 m.
     "realistic": Preset(_realistic_objects, 64, 320, 240, orbit_radius=0.62, orbit_height=0.36, height_swing=0.1,
                         target=(0.0, 0.02, 0.05), room=Room()),
+    # Held-out scenes (issue 19): never used to choose a setting; reported as means over seeds,
+    # and their layouts change with the seed.
+    "heldout-parts": Preset(_parts_objects, 48, 320, 240),
+    "heldout-clutter": Preset(_clutter_objects, 48, 320, 240, orbit_radius=1.0, orbit_height=0.55, height_swing=0.2,
+                              target=(0.0, 0.0, 0.06), room=Room()),
 }
 
 
@@ -338,7 +434,8 @@ def build_scene(cfg: SyntheticConfig) -> SyntheticScene:
         eye = np.array([radius * math.cos(azimuth), radius * math.sin(azimuth), height_m])
         look = target + jitter * rng.uniform(-0.05, 0.05, size=3)
         cameras.append(Camera(K, look_at(eye, look), width, height, f"view_{i:03d}.png"))
-    return SyntheticScene(preset.make_objects(), cameras, cfg.seed, cfg.test_every, target, preset.room)
+    objects = preset.make_objects(np.random.default_rng([cfg.seed, 17]))
+    return SyntheticScene(objects, cameras, cfg.seed, cfg.test_every, target, preset.room)
 
 
 # --- procedural texture --------------------------------------------------------------------------
