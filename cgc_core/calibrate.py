@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -84,10 +84,11 @@ def resolve_camera_model(scene: Scene, cfg: CalibrateConfig) -> str:
 
 
 def resolve_mode(scene: Scene, cfg: CalibrateConfig) -> str:
-    """`sfm` or `known_poses`; `auto` keeps shipped poses, except the synthetic scene's (ground truth)."""
+    """`sfm` or `known_poses`; `auto` keeps shipped poses, except exact ones (`Scene.poses_are_truth`),
+    which SfM is checked against."""
     if cfg.mode != "auto":
         return cfg.mode
-    return "known_poses" if scene.has_poses and scene.layout != "synthetic" else "sfm"
+    return "known_poses" if scene.has_poses and not scene.poses_are_truth else "sfm"
 
 
 def run_sfm(scene: Scene, work_dir: Path, cfg: CalibrateConfig, timings: dict[str, float]) -> pycolmap.Reconstruction:
@@ -239,13 +240,9 @@ def apply_calibration(scene: Scene, calib_dir: str | Path) -> Scene:
     image_dir = Path(summary.image_dir)
     if not image_dir.is_absolute():
         image_dir = calib_dir / image_dir
-    return Scene(
-        name=scene.name, root=scene.root, image_dir=image_dir, image_names=scene.image_names,
-        cameras=cameras, train_names=[n for n in scene.train_names if n in cameras],
-        test_names=list(scene.test_names), prompts=list(scene.prompts), gt_masks=dict(scene.gt_masks),
-        points=points, point_colors=colors, background=scene.background, layout=scene.layout,
-        pinhole_images=scene.pinhole_images,
-    )
+    return replace(scene, image_dir=image_dir, cameras=cameras, train_names=[n for n in scene.train_names if n in cameras],
+                   test_names=list(scene.test_names), prompts=list(scene.prompts), gt_masks=dict(scene.gt_masks),
+                   points=points, point_colors=colors)
 
 
 def _common_centres(estimated: dict, truth: dict) -> tuple[np.ndarray, np.ndarray]:

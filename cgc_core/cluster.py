@@ -221,3 +221,28 @@ def scores_against_truth(labels: np.ndarray, truth: np.ndarray, considered: np.n
         object_iou[int(obj)] = max(set_iou(in_obj, labels == k) for k in np.unique(labels[in_obj]))
     return {"ari": float(adjusted_rand_score(truth, labels)), "object_iou": object_iou,
             "mean_object_iou": float(np.mean(list(object_iou.values()))) if object_iou else float("nan")}
+
+
+def scores_3d(object_truth, scene, params: dict, labels: np.ndarray, selections: dict[str, np.ndarray],
+              considered: np.ndarray) -> dict:
+    """Clusters and per-prompt 3D selections against a scene's 3D ground truth.
+
+    Args:
+        object_truth: The scene's `Scene.object_truth` ((scene, points) -> (ids, {id: prompt})).
+        scene: The calibrated scene (its frame is the Gaussians').
+        params: Trained parameters (`means` are scored).
+        labels: [N] cluster labels; selections: prompt -> [N] boolean selection.
+        considered: [N] boolean, the Gaussians scored (opaque enough).
+
+    Returns:
+        ari, mean_object_iou, object_iou (by prompt), selection_iou (by prompt), mean_selection_iou.
+    """
+    truth, names = object_truth(scene, params["means"].detach().cpu().numpy())
+    scores = scores_against_truth(labels, truth, considered)
+    ids = {name: k for k, name in names.items()}
+    selection_iou = {prompt: set_iou((truth == ids[prompt]) & considered, keep & considered)
+                     for prompt, keep in selections.items() if prompt in ids}
+    return {"ari": scores["ari"], "mean_object_iou": scores["mean_object_iou"],
+            "object_iou": {names[k]: v for k, v in scores["object_iou"].items()},
+            "selection_iou": selection_iou,
+            "mean_selection_iou": float(np.mean(list(selection_iou.values()))) if selection_iou else None}

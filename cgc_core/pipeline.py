@@ -199,7 +199,7 @@ def cluster_stage(cfg: CgcConfig, scene: Scene, trained: StageResult, force: boo
     import torch
     from PIL import Image
 
-    from .cluster import cluster_gaussians, export_clusters, export_selection, render_clusters
+    from .cluster import cluster_gaussians, export_clusters, export_selection, render_clusters, scores_3d
     from .evaluate import protocol_queries, selection_protocol
     from .gaussians import load_ply
     from .selection import Selector
@@ -233,9 +233,9 @@ def cluster_stage(cfg: CgcConfig, scene: Scene, trained: StageResult, force: boo
                    "n_fitted": clustering.n_fitted, "cluster_sizes": clustering.sizes.tolist(),
                    "cluster_seconds": round(seconds, 3), "palette_view": view,
                    "selected": {p: int(k.sum()) for p, k in selections.items()}, "query_protocol": query_protocol}
-        if scene.layout == "synthetic":
-            summary.update(synthetic_cluster_scores(scene, params, clustering.labels, selections,
-                                                    (opacities >= cfg.cluster.min_opacity).numpy()))
+        if scene.object_truth is not None:
+            summary.update(scores_3d(scene.object_truth, scene, params, clustering.labels, selections,
+                                     (opacities >= cfg.cluster.min_opacity).numpy()))
         (work / "summary.json").write_text(json.dumps(summary, indent=2))
         return {k: v for k, v in summary.items() if k in ("n_clusters", "cluster_seconds", "ari", "mean_object_iou",
                                                           "mean_selection_iou")}
@@ -255,34 +255,6 @@ def weight_stamps(cfg: CgcConfig) -> dict[str, str]:
             st = Path(path).stat()
             stamps[f"weights:{key}"] = f"{st.st_size}:{st.st_mtime_ns}"
     return stamps
-
-
-def synthetic_cluster_scores(scene: Scene, params: dict, labels, selections: dict, considered) -> dict:
-    """3D scores on the synthetic scene: each Gaussian's truth is the nearest analytic surface's id,
-    after mapping the (SfM-calibrated) Gaussians into the scene's true frame by the similarity
-    between calibrated and true camera centres."""
-    import numpy as np
-
-    from .calibrate import similarity_to_truth
-    from .cluster import scores_against_truth, set_iou
-    from .scene.synthetic import read_ground_truth
-
-    truth_scene = read_synthetic_scene(scene.root)
-    matrix = similarity_to_truth(scene.cameras, truth_scene.cameras)
-    world = params["means"].detach().cpu().numpy() @ matrix[:3, :3].T + matrix[:3, 3]
-    analytic = read_ground_truth(scene.root)
-    truth, _ = analytic.nearest_object(world)
-    scores = scores_against_truth(labels, truth, considered)
-    names = {i + 1: obj.name for i, obj in enumerate(analytic.objects)}
-    selection_iou = {}
-    for prompt, keep in selections.items():
-        obj = next((i for i, n in names.items() if n == prompt), None)
-        if obj is not None:
-            selection_iou[prompt] = set_iou((truth == obj) & considered, keep & considered)
-    return {"ari": scores["ari"], "mean_object_iou": scores["mean_object_iou"],
-            "object_iou": {names[k]: v for k, v in scores["object_iou"].items()},
-            "selection_iou": selection_iou,
-            "mean_selection_iou": float(np.mean(list(selection_iou.values()))) if selection_iou else None}
 
 
 def train_with_oom_retries(scene: Scene, store: MaskStore, out_dir: Path, train_cfg, progress=None):

@@ -137,10 +137,11 @@ class SamGenerator:
 
 
 def make_generator(cfg: MasksConfig, scene: Scene) -> MaskGenerator:
-    """The configured generator; `auto` is classical for the synthetic scene and SAM otherwise."""
+    """The configured generator; `auto` is the scene's own (`Scene.mask_generator`: classical for
+    the synthetic scenes, SAM otherwise)."""
     kind = cfg.generator
     if kind == "auto":
-        kind = "classical" if scene.layout == "synthetic" else "sam"
+        kind = scene.mask_generator
     return ClassicalGenerator(cfg.classical) if kind == "classical" else SamGenerator(cfg.sam)
 
 

@@ -12,6 +12,7 @@ import contextlib
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from PIL import Image
@@ -142,6 +143,13 @@ class Scene:
         gt_mask_rule: How a ground-truth mask PNG (as grayscale) becomes boolean: `gt128` (> 128,
             the LERF-Mask evaluation) or `eq255` (exactly 255: the 3D-OVS loader's integer
             division by 255).
+        poses_are_truth: The shipped poses are exact (a rendered scene): calibration then runs SfM
+            by default and is checked against them instead of adopting them.
+        mask_generator: The mask generator `masks.generator=auto` picks for this scene (`sam`;
+            `classical` where weights-free masks suffice, as for the synthetic scenes).
+        object_truth: 3D ground truth, when the reader has it: (calibrated scene, [N, 3] points in
+            its frame) -> ([N] id of the nearest true object, 0 for background; {id: prompt}).
+            The cluster stage scores its clusters and selections with it.
     """
 
     name: str
@@ -159,6 +167,10 @@ class Scene:
     layout: str = "colmap"
     pinhole_images: bool = False
     gt_mask_rule: str = "gt128"
+    poses_are_truth: bool = False
+    mask_generator: str = "sam"
+    object_truth: Callable[["Scene", np.ndarray], tuple[np.ndarray, dict[int, str]]] | None = field(default=None,
+                                                                                                 repr=False)
 
     @property
     def has_poses(self) -> bool:

@@ -865,4 +865,20 @@ def read_synthetic_scene(root: str | Path, name: str | None = None) -> Scene:
     scene = read_lerf_mask_scene(Path(root), name=name)
     scene.layout = "synthetic"
     scene.pinhole_images = True
+    scene.poses_are_truth = True  # rendered: SfM is run and checked against them
+    scene.mask_generator = "classical"  # no SAM weights needed for plain rendered objects
+    scene.object_truth = lambda calibrated, points: _nearest_true_object(Path(root), calibrated, points)
     return scene
+
+
+def _nearest_true_object(root: Path, calibrated: Scene, points: np.ndarray) -> tuple[np.ndarray, dict[int, str]]:
+    """Each point's nearest analytic surface (object id, 0 background), after mapping the
+    calibrated frame onto the true one by the similarity between the calibrated and true cameras'
+    centres; and the objects' names by id."""
+    from ..calibrate import similarity_to_truth
+    from .lerf_mask import read_lerf_mask_scene
+
+    matrix = similarity_to_truth(calibrated.cameras, read_lerf_mask_scene(root).cameras)
+    analytic = read_ground_truth(root)
+    truth, _ = analytic.nearest_object(points @ matrix[:3, :3].T + matrix[:3, 3])
+    return truth, {i + 1: obj.name for i, obj in enumerate(analytic.objects)}
