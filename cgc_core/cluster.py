@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from scipy.spatial import cKDTree
 from torch import Tensor
 
-from .config import ClusterConfig
+from .config import SELECTION_THRESHOLD, ClusterConfig
 from .gaussians import save_ply, subset_params
 
 NOISE = -1
@@ -117,7 +117,7 @@ def remove_spatial_outliers(points: np.ndarray, neighbours: int = 10, std_ratio:
     return mean_d <= mean_d.mean() + std_ratio * mean_d.std()
 
 
-def select_gaussians(features: Tensor, query: Tensor, threshold: float = 0.7, means: Tensor | None = None,
+def select_gaussians(features: Tensor, query: Tensor, threshold: float = SELECTION_THRESHOLD, means: Tensor | None = None,
                      opacities: Tensor | None = None, min_opacity: float = 0.0, outlier_neighbours: int = 10,
                      outlier_std_ratio: float | None = 2.0) -> np.ndarray:
     """The Gaussians of one object: cosine(feature, query) >= threshold, then spatial cleaning.

@@ -20,6 +20,9 @@ from typing import Any, Callable, Literal
 
 import yaml
 
+SELECTION_THRESHOLD = 0.7
+"""CGC's cosine similarity at or above which a pixel or Gaussian belongs to the queried object."""
+
 
 class ConfigError(ValueError):
     """A config file or override is malformed: the message names the source and the key."""
@@ -264,7 +267,7 @@ class TrainConfig:
 class QueryConfig:
     """Object selection: threshold, and the models behind box and text queries."""
 
-    threshold: float = 0.7
+    threshold: float = SELECTION_THRESHOLD
     """Cosine similarity at or above which a pixel belongs to the queried object (CGC: 0.7)."""
     box_query_mode: Literal["mean", "deepest"] = "mean"
     """From a box's SAM mask: the mean feature inside it, or the feature at its deepest pixel."""
@@ -373,8 +376,6 @@ class CgcConfig:
     """Where stage outputs go: `<data_dir>/<scene>/<stage>/`."""
     reports_dir: str = "reports"
     """Where generated reports go."""
-    device: str = "auto"
-    """Torch device for rendering and training: `auto` picks CUDA when present, else CPU."""
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     calibrate: CalibrateConfig = field(default_factory=CalibrateConfig)
     masks: MasksConfig = field(default_factory=MasksConfig)

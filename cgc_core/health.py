@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .config import SELECTION_THRESHOLD
 from .losses import segment_pixels
 
 COLLAPSE_BETWEEN = 0.5
@@ -48,7 +49,7 @@ class FeatureSeparation:
 
 
 def feature_separation(features: Tensor, labels: Tensor, min_pixels: int = 100,
-                       threshold: float = 0.7) -> FeatureSeparation | None:
+                       threshold: float = SELECTION_THRESHOLD) -> FeatureSeparation | None:
     """The separation of a feature map's segments (vectorised; `feature_separation_reference` is the oracle).
 
     Args:
@@ -76,7 +77,7 @@ def feature_separation(features: Tensor, labels: Tensor, min_pixels: int = 100,
 
 
 def feature_separation_reference(features: Tensor, labels: Tensor, min_pixels: int = 100,
-                                 threshold: float = 0.7) -> FeatureSeparation | None:
+                                 threshold: float = SELECTION_THRESHOLD) -> FeatureSeparation | None:
     """The same with explicit loops over segments and pairs (slow; the tests' oracle)."""
     directions, withins = [], []
     for sid in sorted(int(v) for v in torch.unique(labels) if v > 0):
@@ -105,7 +106,7 @@ def mean_separation(measures: list[FeatureSeparation | None]) -> FeatureSeparati
 
 
 def collapse_warning(measure: FeatureSeparation | None, where: str, views: int,
-                     collapse_between: float = COLLAPSE_BETWEEN, threshold: float = 0.7) -> str | None:
+                     collapse_between: float = COLLAPSE_BETWEEN, threshold: float = SELECTION_THRESHOLD) -> str | None:
     """The warning to give when the features of different segments are alike, else None.
 
     Args:

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from scipy import ndimage
 from torch import Tensor
 
-DEFAULT_THRESHOLD = 0.7
+from .config import SELECTION_THRESHOLD
+
 
 
 def normalize_features(feature_map: Tensor) -> Tensor:
@@ -34,7 +35,7 @@ def similarity_maps(feature_map: Tensor, queries: Tensor) -> Tensor:
     return torch.einsum("hwd,qd->qhw", fmap, q)
 
 
-def select(feature_map: Tensor, queries: Tensor, threshold: float = DEFAULT_THRESHOLD) -> Tensor:
+def select(feature_map: Tensor, queries: Tensor, threshold: float = SELECTION_THRESHOLD) -> Tensor:
     """Boolean masks [Q, H, W]: similarity ≥ threshold (a threshold above 1 selects nothing)."""
     return similarity_maps(feature_map, queries) >= threshold
 
@@ -47,7 +48,7 @@ def feature_at(feature_map: Tensor, pixels: Sequence[tuple[int, int]]) -> Tensor
 
 
 def click_query(feature_map: Tensor, pixels: Sequence[tuple[int, int]],
-                mode: Literal["mean", "union"] = "mean", threshold: float = DEFAULT_THRESHOLD) -> Tensor:
+                mode: Literal["mean", "union"] = "mean", threshold: float = SELECTION_THRESHOLD) -> Tensor:
     """Mask [H, W] from one or several clicks ((row, col) pixels).
 
     `mean` selects with the normalised mean of the clicked features; `union` is the union of

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .cluster import select_gaussians
-from .config import CgcConfig
+from .config import SELECTION_THRESHOLD, CgcConfig
 from .metrics import resize_nearest
 from .query import feature_at, mask_query, similarity_maps
 
@@ -74,7 +74,7 @@ class Selector:
             keep every channel), so `at_level` steps between parts and whole objects.
     """
 
-    threshold: float = 0.7
+    threshold: float = SELECTION_THRESHOLD
     mask_query_mode: Literal["mean", "deepest"] = "mean"
     min_opacity: float = 0.1
     outlier_neighbours: int = 10

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from .cluster import export_selection, render_clusters
-from .gaussians import read_ply_attribute
+from .gaussians import SH_C0, read_ply_attribute
 from .query import normalize_features
 from .render import Gaussians, render
 from .scene.model import Camera
@@ -219,7 +219,7 @@ def serve(session: ViewerSession, cameras: dict[str, Camera], export_dir: str | 
     lock = threading.Lock()
     export_dir = Path(export_dir)
     params = session.params
-    colours = (0.5 + 0.28209479177387814 * params["sh0"][:, 0, :]).clamp(0, 1).numpy()
+    colours = (0.5 + SH_C0 * params["sh0"][:, 0, :]).clamp(0, 1).numpy()
     server.scene.add_point_cloud("/gaussians", points=params["means"].numpy(), colors=colours, point_size=0.01)
     for name, cam in cameras.items():
         wxyz, position, fov_y = camera_to_viser(cam)

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..gaussians import SH_C0
+
 EPS_2D = 0.3
 """Low-pass filter added to every 2D covariance (pixels²): no splat is smaller than a pixel."""
 NEAR_PLANE = 0.01
@@ -112,7 +114,6 @@ def project_gaussians(means: Tensor, quats: Tensor, scales: Tensor, viewmat: Ten
 
 
 # Real spherical-harmonics constants (as in 3DGS and gsplat).
-_C0 = 0.28209479177387814
 _C1 = 0.4886025119029199
 _C2 = (1.0925484305920792, -1.0925484305920792, 0.31539156525252005, -1.0925484305920792, 0.5462742152960396)
 _C3 = (-0.5900435899266435, 2.890611442640554, -0.4570457994644658, 0.3731763325901154,
@@ -126,7 +127,7 @@ def sh_to_rgb(sh: Tensor, dirs: Tensor, degree: int) -> Tensor:
     """
     if not 0 <= degree <= 3 or sh.shape[1] < (degree + 1) ** 2:
         raise ValueError(f"sh_degree {degree} needs (degree+1)^2 <= {sh.shape[1]} coefficients and degree in 0..3")
-    result = _C0 * sh[:, 0]
+    result = SH_C0 * sh[:, 0]
     if degree > 0:
         x, y, z = F.normalize(dirs, dim=-1).unbind(-1)
         x, y, z = x[:, None], y[:, None], z[:, None]
