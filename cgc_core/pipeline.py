@@ -8,7 +8,7 @@ crash-safe stage. Stage outputs live in `<data_dir>/<scene>/<stage>/`.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -20,27 +20,67 @@ from .scene import Scene, load_scene
 from .scene.synthetic import read_synthetic_scene, write_synthetic_scene
 from .stage import StageResult, cached_only, digest, hash_file, run_stage
 
-STAGES = ("scene", "calibrate", "masks", "train", "cluster", "evaluate", "report")
-SCENE_STAGES = STAGES[:-1]
-"""Stages run per scene; `report` runs once over all scenes of a benchmark run."""
-CONSUMERS = {"scene": ("calibrate",), "calibrate": ("masks", "train"), "masks": ("train",),
-             "train": ("cluster", "evaluate"), "cluster": ("report",), "evaluate": ("report",), "report": ()}
-"""The DAG: which stages read each stage's output."""
+@dataclass(frozen=True)
+class StageSpec:
+    """One stage of the DAG, declared once: `run_scene_stage`, `with_downstream`, the `cgc-scene`
+    flow and its one generic Prefect task (`tasks.stage`) all read these.
+
+    Attributes:
+        name: The stage's name (its folder under `<data>/<scene>/`, its task's name).
+        reads: The stages whose outputs it takes (the DAG's edges).
+        run: (cfg, scene, {read stage: its StageResult}, force, progress) -> (the scene for the
+            next stages, this stage's StageResult; None for a dataset read in place). The scene
+            stage gets the scene's source string instead of a Scene.
+        progress_every: Log its progress every this many steps (0: it reports none).
+        needs_query_weights: Its work loads the evaluation protocol's models, whose weights are
+            checked before any stage runs.
+    """
+
+    name: str
+    reads: tuple[str, ...]
+    run: Callable[..., tuple[Scene, StageResult | None]] | None
+    progress_every: int = 0
+    needs_query_weights: bool = False
+
+
+# The functions are looked up when a stage runs (not bound here), so a test can replace one.
+SCENE_SPECS = (
+    StageSpec("scene", (), lambda cfg, source, up, force, progress: scene_stage(cfg, source, force=force)),
+    StageSpec("calibrate", ("scene",), lambda cfg, scene, up, force, progress: calibrate_stage(cfg, scene, force=force)),
+    StageSpec("masks", ("calibrate",), lambda cfg, scene, up, force, progress:
+              (scene, masks_stage(cfg, scene, force=force, progress=progress)[1]), progress_every=10),
+    StageSpec("train", ("calibrate", "masks"), lambda cfg, scene, up, force, progress:
+              (scene, train_stage(cfg, scene, up["masks"], up["calibrate"], force=force, progress=progress)),
+              progress_every=100),
+    StageSpec("cluster", ("train",), lambda cfg, scene, up, force, progress:
+              (scene, cluster_stage(cfg, scene, up["train"], force=force)), needs_query_weights=True),
+    StageSpec("evaluate", ("train",), lambda cfg, scene, up, force, progress:
+              (scene, evaluate_stage(cfg, scene, up["train"], force=force)), needs_query_weights=True),
+)
+"""The per-scene stages in the order they run (each after the stages it reads)."""
+REPORT_SPEC = StageSpec("report", ("cluster", "evaluate"), None)
+"""Runs once over every scene of a benchmark run (`report_stage`)."""
+SPECS = {spec.name: spec for spec in (*SCENE_SPECS, REPORT_SPEC)}
+"""Every stage by name. The graph is read from here whenever it is needed, so adding a stage is one
+new `StageSpec` in `SCENE_SPECS` (and `STAGES`, the command-line choices, follows)."""
+STAGES = tuple(SPECS)
 
 
 def with_downstream(stages) -> set[str]:
     """The stages plus every stage that (transitively) reads their output: what a forced
     recomputation of `stages` must also recompute."""
-    unknown = set(stages) - set(STAGES)
+    unknown = set(stages) - set(SPECS)
     if unknown:
-        raise ValueError(f"unknown stage(s) {sorted(unknown)}; stages are {list(STAGES)}")
+        raise ValueError(f"unknown stage(s) {sorted(unknown)}; stages are {list(SPECS)}")
     out, todo = set(), list(stages)
     while todo:
         stage = todo.pop()
         if stage not in out:
             out.add(stage)
-            todo.extend(CONSUMERS[stage])
+            todo.extend(s.name for s in SPECS.values() if stage in s.reads)
     return out
+
+
 SYNTHETIC = "synthetic"
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -396,7 +436,7 @@ def run_scene_stage(cfg: CgcConfig, source: str, stage: str, force: bool = False
     Args:
         cfg: Root config.
         source: Scene source (`synthetic`, `synthetic-<preset>`, a dataset folder).
-        stage: One of `SCENE_STAGES`.
+        stage: The name of one of `SCENE_SPECS`.
         force: Recompute the stage even when its output is current.
         progress: Passed to the masks and train stages.
 
@@ -407,29 +447,26 @@ def run_scene_stage(cfg: CgcConfig, source: str, stage: str, force: bool = False
         StageMissingError: an upstream stage has no finished output for the current inputs and
             config; the message names its folder.
     """
-    if stage not in SCENE_STAGES:
-        raise ValueError(f"unknown scene stage {stage!r}; stages are {list(SCENE_STAGES)} (the report runs over a whole run)")
+    names = [spec.name for spec in SCENE_SPECS]
+    if stage not in names:
+        raise ValueError(f"unknown scene stage {stage!r}; stages are {names} (the report runs over a whole run)")
+    target = SPECS[stage]
+    needed, todo = set(), [stage]  # the target and every stage it reads, transitively
+    while todo:
+        name = todo.pop()
+        if name not in needed:
+            needed.add(name)
+            todo.extend(SPECS[name].reads)
+    scene, results = source, {}
+    for spec in (s for s in SCENE_SPECS if s.name in needed):
+        upstream = {name: results[name] for name in spec.reads}
+        if spec.name == stage:
+            scene, results[spec.name] = spec.run(cfg, scene, upstream, force, progress)
+        else:
+            with cached_only():
+                scene, results[spec.name] = spec.run(cfg, scene, upstream, False, None)
+        if spec.name == "scene" and target.needs_query_weights:
+            from .evaluate import check_protocol_weights
 
-    def step(name, fn, *args, **kwargs):
-        if name == stage:
-            return fn(*args, force=force, **kwargs)
-        with cached_only():
-            return fn(*args, **kwargs)
-
-    scene, result = step("scene", scene_stage, cfg, source)
-    if stage == "scene":
-        return scene, result
-    if stage in ("cluster", "evaluate"):
-        from .evaluate import check_protocol_weights
-
-        check_protocol_weights(cfg, scene)  # the protocol's weights, before anything is loaded or computed
-    scene, calibration = step("calibrate", calibrate_stage, cfg, scene)
-    if stage == "calibrate":
-        return scene, calibration
-    _, masks = step("masks", masks_stage, cfg, scene, progress=progress if stage == "masks" else None)
-    if stage == "masks":
-        return scene, masks
-    trained = step("train", train_stage, cfg, scene, masks, calibration, progress=progress if stage == "train" else None)
-    if stage == "train":
-        return scene, trained
-    return scene, (cluster_stage if stage == "cluster" else evaluate_stage)(cfg, scene, trained, force=force)
+            check_protocol_weights(cfg, scene)  # the protocol's weights, before anything is loaded or computed
+    return scene, results[stage]

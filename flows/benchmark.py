@@ -22,14 +22,10 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from cgc_core.config import CgcConfig, load_config
 from cgc_core.evaluate import check_protocol_weights
+from cgc_core import pipeline
 from cgc_core.pipeline import STAGES, scene_dir, scene_name_of, stage_record, with_downstream
-from tasks.calibrate import calibrate_task
-from tasks.cluster import cluster_task
-from tasks.evaluate import evaluate_task
-from tasks.masks import masks_task
 from tasks.report import report_task
-from tasks.scene import scene_task
-from tasks.train import train_task
+from tasks.stage import stage_task
 
 
 def _configured(task, cfg: CgcConfig):
@@ -56,24 +52,18 @@ def cgc_scene(source: str, config_path: str | None = None, overrides: list[str] 
     force = with_downstream(force or [])
     stages: dict[str, dict] = {}
     start = time.perf_counter()
-    loaded = _run(scene_task, cfg, cfg, source, force="scene" in force)
-    stages["scene"] = _summary(loaded)
-    # Weights the evaluation protocols need are checked before any expensive stage starts.
-    check_protocol_weights(cfg, loaded["scene"])
-    calibrated = _run(calibrate_task, cfg, cfg, loaded["scene"], force="calibrate" in force)
-    stages["calibrate"] = _summary(calibrated)
-    masks = _run(masks_task, cfg, cfg, calibrated["scene"], force="masks" in force)
-    stages["masks"] = _summary(masks)
-    trained = _run(train_task, cfg, cfg, calibrated["scene"], masks["result"], calibrated["result"],
-                   force="train" in force)
-    stages["train"] = _summary(trained)
-    clustered = _run(cluster_task, cfg, cfg, calibrated["scene"], trained["result"], force="cluster" in force)
-    stages["cluster"] = _summary(clustered)
-    evaluated = _run(evaluate_task, cfg, cfg, calibrated["scene"], trained["result"], force="evaluate" in force)
-    stages["evaluate"] = _summary(evaluated)
-    return {"scene": scene_name_of(source), "layout": loaded["scene"].layout,
+    scene, results = source, {}
+    for spec in pipeline.SCENE_SPECS:  # read at run time: the one declaration of the graph
+        payload = _run(stage_task.with_options(name=spec.name), cfg, spec.name, cfg, scene,
+                       {name: results[name] for name in spec.reads}, force=spec.name in force)
+        scene, results[spec.name] = payload["scene"], payload.get("result")
+        stages[spec.name] = _summary(payload)
+        if spec.name == "scene":
+            # Weights the evaluation protocols need are checked before any expensive stage starts.
+            check_protocol_weights(cfg, scene)
+    return {"scene": scene_name_of(source), "layout": scene.layout,
             "dir": str(scene_dir(cfg, scene_name_of(source))), "stages": stages,
-            "seconds": round(time.perf_counter() - start, 2), "scene_object": loaded["scene"]}
+            "seconds": round(time.perf_counter() - start, 2), "scene_object": scene}
 
 
 DASK_ADDRESS_ENV = "CGC_DASK_ADDRESS"
@@ -110,9 +100,7 @@ def cgc_benchmark(scenes: list[str] | None = None, config_path: str | None = Non
             stage that reads a forced stage's output is recomputed too (force=["train"]: train,
             cluster, evaluate and report).
     """
-    unknown = set(force or []) - set(STAGES)
-    if unknown:
-        raise ValueError(f"force: unknown stage(s) {sorted(unknown)}; stages are {list(STAGES)}")
+    forced = with_downstream(force or [])  # also refuses unknown stage names, before any work
     sources = scenes or ["synthetic"]
     if len(sources) == 1:
         results = [cgc_scene(sources[0], config_path, overrides, force)]
@@ -128,7 +116,7 @@ def cgc_benchmark(scenes: list[str] | None = None, config_path: str | None = Non
                    "stages": {k: {f: v[f] for f in ("dir", "key", "cached", "seconds")} for k, v in r["stages"].items()}}
                   for r in results]
     report = _run(report_task, cfg, cfg, run_scenes, {r["scene"]: r.pop("scene_object") for r in results},
-                  force="report" in with_downstream(force or []))
+                  force="report" in forced)
     logger.info("report: %s", Path(report["report_dir"]) / "report.html")
     return {"scenes": results, "report": report["report_dir"], "report_cached": report["cached"]}
 

@@ -56,10 +56,10 @@ def test_flow_caches_stages_and_reruns_only_what_changed(tmp_path, prefect_harne
 
 
 def test_a_stage_that_fails_once_succeeds_on_retry(tmp_path, prefect_harness, monkeypatch):
-    import tasks.cluster
+    import cgc_core.pipeline
 
     overrides = _overrides(tmp_path)
-    real = tasks.cluster.cluster_stage
+    real = cgc_core.pipeline.cluster_stage
     calls = []
 
     def flaky(*args, **kwargs):
@@ -68,7 +68,7 @@ def test_a_stage_that_fails_once_succeeds_on_retry(tmp_path, prefect_harness, mo
             raise OSError("transient: disk hiccup")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(tasks.cluster, "cluster_stage", flaky)
+    monkeypatch.setattr(cgc_core.pipeline, "cluster_stage", flaky)  # the spec calls it by name
     run = cgc_benchmark(["synthetic"], overrides=overrides)
     assert len(calls) == 2 and not run["scenes"][0]["stages"]["cluster"]["cached"]
     assert (tmp_path / "data" / "synthetic" / "cluster" / "summary.json").is_file()

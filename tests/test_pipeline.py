@@ -52,3 +52,32 @@ def test_calibrate_inputs_follow_image_content_and_mode(tiny_scene_dir, tmp_path
     changed = calibrate_inputs(cfg, scene)
     assert changed != base
     assert {k for k in base if base[k] != changed[k]} == {f"image:{scene.image_names[0]}"}
+
+
+def test_a_new_stage_is_one_spec(tiny_scene_dir, tmp_path, monkeypatch):
+    # A trial stage that reads the scene stage: declaring its spec is all it takes for
+    # run_scene_stage to run it (its upstream cached), and for a forced scene to recompute it.
+    import json
+
+    from cgc_core import pipeline
+    from cgc_core.stage import run_stage
+
+    def count_views(cfg, scene, upstream, force, progress):
+        def compute(work):
+            (work / "views.json").write_text(json.dumps(len(scene.image_names)))
+            return {"views": len(scene.image_names)}
+
+        return scene, run_stage(scene_dir(cfg, scene.name) / "views", "views", {"scene": str(scene.root)}, None,
+                                compute, force=force)
+
+    trial = pipeline.StageSpec("views", ("scene",), count_views)
+    specs = (pipeline.SCENE_SPECS[0], trial, *pipeline.SCENE_SPECS[1:])
+    monkeypatch.setattr(pipeline, "SCENE_SPECS", specs)
+    monkeypatch.setattr(pipeline, "SPECS", {s.name: s for s in (*specs, pipeline.REPORT_SPEC)})
+    cfg = CgcConfig(data_dir=str(tmp_path))
+    scene, result = pipeline.run_scene_stage(cfg, str(tiny_scene_dir), "views")
+    assert not result.cached and json.loads((result.stage_dir / "views.json").read_text()) == len(scene.image_names)
+    assert pipeline.run_scene_stage(cfg, str(tiny_scene_dir), "views")[1].cached
+    assert "views" in pipeline.with_downstream(["scene"]) and "views" not in pipeline.with_downstream(["calibrate"])
+    with pytest.raises(ValueError, match="unknown scene stage 'report'"):
+        pipeline.run_scene_stage(cfg, str(tiny_scene_dir), "report")
