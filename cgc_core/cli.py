@@ -184,7 +184,9 @@ def stage_cmd(name: Annotated[str, typer.Argument(help="scene, calibrate, masks,
         typer.echo(f"{scene}: read in place (no stage output)")
         return
     typer.echo(f"{name}: {result.reason} -> {result.stage_dir}")
-    record = result.stage_dir / "train.json"
+    from .train import RECORD_NAME
+
+    record = result.stage_dir / RECORD_NAME
     if name == "train" and record.is_file():
         warning = json.loads(record.read_text()).get("health", {}).get("warning")
         if warning:
@@ -227,7 +229,9 @@ def export_cmd(scene: Annotated[str, typer.Option(help="scene source, as for `cg
     params = load_ply(trained.stage_dir / PLY_NAME)
     if cluster is not None:
         _, clustered = _stage(cfg, scene, "cluster")
-        labels = read_ply_attribute(clustered.stage_dir / "scene_clusters.ply", "cluster")
+        from .cluster import CLUSTERS_PLY
+
+        labels = read_ply_attribute(clustered.stage_dir / CLUSTERS_PLY, "cluster")
         if not (labels == cluster).any():
             typer.echo(f"error: cluster {cluster} does not exist (clusters 0..{labels.max()}; see "
                        f"{clustered.stage_dir / 'summary.json'})", err=True)

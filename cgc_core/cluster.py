@@ -22,6 +22,9 @@ from torch import Tensor
 from .config import SELECTION_THRESHOLD, ClusterConfig
 from .gaussians import save_ply, subset_params
 
+CLUSTERS_PLY = "scene_clusters.ply"
+"""The whole trained model with a `cluster` attribute per Gaussian."""
+
 NOISE = -1
 
 
@@ -158,7 +161,7 @@ def export_clusters(params: dict[str, Tensor], clustering: Clustering, out_dir: 
     """`scene_clusters.ply` (every Gaussian, with a `cluster` attribute) and, if `per_cluster`,
     `cluster_XXX.ply` per cluster, under `out_dir`."""
     out_dir = Path(out_dir)
-    written = [save_ply(params, out_dir / "scene_clusters.ply", extra={"cluster": clustering.labels.astype(np.int32)})]
+    written = [save_ply(params, out_dir / CLUSTERS_PLY, extra={"cluster": clustering.labels.astype(np.int32)})]
     if per_cluster:
         for k in range(clustering.n_clusters):
             if (clustering.labels == k).any():

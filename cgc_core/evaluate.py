@@ -46,6 +46,8 @@ ImageRenderer = Callable[[str], np.ndarray]
 TEXT_PROTOCOL_LAYOUTS = ("lerf_mask", "ovs3d")
 # What each protocol needs loaded: SAM for a box's mask, Grounding DINO for text.
 NEEDS_SAM = ("text", "box-oracle")
+RESULTS_TABLE = "results.parquet"
+"""Every (protocol, scene, test view, prompt) row of an evaluation, in its output folder."""
 NEEDS_DETECTOR = ("text",)
 
 
@@ -345,5 +347,5 @@ def evaluate_scene(scene: Scene, render_features: FeatureRenderer, out_dir: str 
             })
     table = pd.DataFrame(rows)
     out_dir.mkdir(parents=True, exist_ok=True)
-    table.to_parquet(out_dir / "results.parquet", index=False)
+    table.to_parquet(out_dir / RESULTS_TABLE, index=False)
     return table, results

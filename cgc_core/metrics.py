@@ -20,6 +20,7 @@ maps, then per-class Jaccard, averaged over classes and views.
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,3 +182,9 @@ def ovs3d_view_miou(scores: np.ndarray, gt_labels: np.ndarray, n_classes: int) -
         if union:
             values.append(np.logical_and(p, g).sum() / union)
     return float(np.mean(values)) if values else float("nan")
+
+
+def psnr(a, b) -> float:
+    """Peak signal-to-noise ratio in dB of two images in [0, 1] (tensors or arrays of one shape)."""
+    mse = float(((a - b) ** 2).mean())
+    return 10 * math.log10(1.0 / max(mse, 1e-12))

@@ -18,7 +18,7 @@ from .masks.generators import generate_scene_masks, make_generator
 from .masks.store import MaskStore
 from .scene import Scene, load_scene
 from .scene.synthetic import read_synthetic_scene, write_synthetic_scene
-from .stage import StageResult, cached_only, digest, hash_file, run_stage
+from .stage import SUMMARY, StageResult, cached_only, digest, hash_file, run_stage
 
 @dataclass(frozen=True)
 class StageSpec:
@@ -207,7 +207,7 @@ def train_stage(cfg: CgcConfig, scene: Scene, masks: StageResult, calibration: S
     Keyed on the calibration and masks stages' keys (their inputs and configs) and the train
     config; a killed or failed run resumes from its newest checkpoint.
     """
-    from .train import resolve_schedule
+    from .train import resolve_schedule, train_with_oom_retries
 
     inputs = {"calibrate": calibration.manifest.key, "masks": masks.manifest.key}
     # Keyed on the schedule that runs here (auto resolves by device), not on the word `auto`.
@@ -276,7 +276,7 @@ def cluster_stage(cfg: CgcConfig, scene: Scene, trained: StageResult, force: boo
         if scene.object_truth is not None:
             summary.update(scores_3d(scene.object_truth, scene, params, clustering.labels, selections,
                                      (opacities >= cfg.cluster.min_opacity).numpy()))
-        (work / "summary.json").write_text(json.dumps(summary, indent=2))
+        (work / SUMMARY).write_text(json.dumps(summary, indent=2))
         return {k: v for k, v in summary.items() if k in ("n_clusters", "cluster_seconds", "ari", "mean_object_iou",
                                                           "mean_selection_iou")}
 
@@ -297,33 +297,6 @@ def weight_stamps(cfg: CgcConfig) -> dict[str, str]:
     return stamps
 
 
-def train_with_oom_retries(scene: Scene, store: MaskStore, out_dir: Path, train_cfg, progress=None):
-    """`train`, retried at twice the image downscale after a CUDA out-of-memory error, up to
-    `train_cfg.oom_retries` times; says so in the log. Returns the result and the downscale used."""
-    import logging
-    from dataclasses import replace
-
-    import torch
-
-    from .train import TrainingError, train
-
-    downscale = train_cfg.downscale
-    for attempt in range(train_cfg.oom_retries + 1):
-        try:
-            return train(scene, store, out_dir, replace(train_cfg, downscale=downscale), progress), downscale
-        except torch.OutOfMemoryError as exc:
-            if attempt == train_cfg.oom_retries:
-                raise TrainingError(f"{scene.name}: out of GPU memory at train.downscale={downscale} after "
-                                    f"{attempt} retries; raise train.downscale or use a larger GPU") from exc
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            logging.getLogger("cgc").warning(
-                "%s: CUDA out of memory while training at train.downscale=%d; retrying at train.downscale=%d "
-                "(resuming from the newest checkpoint)", scene.name, downscale, downscale * 2)
-            downscale *= 2
-    raise AssertionError("unreachable")
-
-
 def evaluate_stage(cfg: CgcConfig, scene: Scene, trained: StageResult, force: bool = False) -> StageResult:
     """Evaluation of the trained model on the scene's ground truth under every configured protocol
     (`evaluate.protocol`), in `<data>/<scene>/evaluate/`.
@@ -340,7 +313,8 @@ def evaluate_stage(cfg: CgcConfig, scene: Scene, trained: StageResult, force: bo
     from .gaussians import load_ply
     from .render import Gaussians, render
     from .selection import Selector
-    from .train import PLY_NAME, feature_renderer, psnr
+    from .metrics import psnr
+    from .train import PLY_NAME, feature_renderer
 
     gt_files = [p for masks in scene.gt_masks.values() for p in masks.values()]
     inputs = {"train": trained.manifest.key, **{f"gt:{p.parent.name}/{p.name}": hash_file(p) for p in gt_files},
@@ -379,7 +353,7 @@ def evaluate_stage(cfg: CgcConfig, scene: Scene, trained: StageResult, force: bo
                        "miou": first["miou"], "mbiou": first["mbiou"], "prompts": first["prompts"],
                        "psnr": float(sum(psnrs) / len(psnrs)) if psnrs else None,
                        "empty_union": cfg.evaluate.empty_union, "protocols": per_protocol}
-        (work / "summary.json").write_text(json.dumps(summary, indent=2))
+        (work / SUMMARY).write_text(json.dumps(summary, indent=2))
         return {k: v for k, v in summary.items() if k not in ("prompts", "protocols")}
 
     return run_stage(scene_dir(cfg, scene.name) / "evaluate", "evaluate", inputs,

@@ -23,9 +23,18 @@ import pandas as pd
 from PIL import Image
 
 from .config import ReportConfig
+from .evaluate import RESULTS_TABLE
 from .metrics import read_mask
+from .stage import SUMMARY
+from .train import RECORD_NAME
 
 RUN_RECORD = "run.json"
+FIGURES_HEADING = "## Figures"
+
+
+def report_tables(markdown: str) -> str:
+    """A report's markdown without its figures section (what a text-only viewer can show)."""
+    return markdown.split("\n" + FIGURES_HEADING)[0]
 
 # Published results (mIoU, mBIoU in %; None where the benchmark reports no mBIoU), from the paper
 # (Silva et al. 2024, Tables 1-2) as gathered in PROTOCOL.md.
@@ -97,7 +106,7 @@ def results_table(run: dict) -> pd.DataFrame:
     frames = []
     for entry in run["scenes"]:
         evaluate_dir = Path(entry["stages"]["evaluate"]["dir"])
-        path = evaluate_dir / "results.parquet"
+        path = evaluate_dir / RESULTS_TABLE
         if not path.is_file():
             continue  # a scene without ground truth has no rows
         try:
@@ -124,11 +133,11 @@ def scene_summaries(run: dict) -> list[dict]:
     rows = []
     for entry in run["scenes"]:
         benchmark = BENCHMARK_OF_LAYOUT.get(entry.get("layout", ""), entry.get("layout", ""))
-        evaluate = _read_json(Path(entry["stages"]["evaluate"]["dir"]) / "summary.json")
+        evaluate = _read_json(Path(entry["stages"]["evaluate"]["dir"]) / SUMMARY)
         cluster_dir = entry["stages"].get("cluster", {}).get("dir")
-        cluster = _read_json(Path(cluster_dir) / "summary.json") if cluster_dir else {}
+        cluster = _read_json(Path(cluster_dir) / SUMMARY) if cluster_dir else {}
         train_dir = entry["stages"].get("train", {}).get("dir")
-        train_record = Path(train_dir) / "train.json" if train_dir else None
+        train_record = Path(train_dir) / RECORD_NAME if train_dir else None
         health = _read_json(train_record).get("health", {}) if train_record and train_record.is_file() else {}
         protocols = evaluate.get("protocols") or {evaluate.get("protocol", "—"): evaluate}
         for k, (protocol, result) in enumerate(protocols.items()):
@@ -398,7 +407,7 @@ def _markdown(title: str, run: dict, tables, figures: list[tuple[str, Path]]) ->
     for name, note, header, rows in tables:
         parts += [f"## {name}", "", note, "", markdown_table(header, rows), ""]
     if figures:
-        parts += ["## Figures", ""]
+        parts += [FIGURES_HEADING, ""]
         parts += [f"![{caption}]({path.as_posix()})\n\n*{caption}*\n" for caption, path in figures]
     return "\n".join(parts)
 

@@ -38,6 +38,8 @@ from filelock import FileLock, Timeout
 from .config import section_hash
 
 MANIFEST = "manifest.json"
+SUMMARY = "summary.json"
+"""A stage's own summary of its figures (the cluster and evaluate stages write one)."""
 LOCK_WAIT_LOG_S = 30.0
 """While waiting for another run's lock, log that we wait this often."""
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)

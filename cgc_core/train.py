@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
 from dataclasses import dataclass, replace
@@ -36,6 +35,8 @@ from .stage import hash_file
 CHECKPOINT_DIR = "checkpoints"
 logger = logging.getLogger("cgc")
 PLY_NAME = "point_cloud.ply"
+RECORD_NAME = "train.json"
+"""The training record: steps, schedule, seconds, Gaussian count, health history."""
 
 
 class TrainingError(RuntimeError):
@@ -296,7 +297,7 @@ def train(scene: Scene, store: MaskStore, out_dir: str | Path, cfg: TrainConfig,
     final_health = final_feature_health(final, views, labels, scene.name, cfg)
     if final_health["warning"]:
         logger.warning("%s", final_health["warning"])
-    (out_dir / "train.json").write_text(json.dumps({
+    (out_dir / RECORD_NAME).write_text(json.dumps({
         "steps": cfg.iterations, "schedule": cfg.schedule, "resumed_from": resumed_from, "seconds": seconds,
         "n_gaussians": int(final["means"].shape[0]), "scene_scale": scale,
         "health": {"history": health, **final_health},
@@ -323,9 +324,24 @@ def final_feature_health(params: dict[str, Tensor], views: dict[str, tuple[Camer
             "warning": collapse_warning(measure, scene_name, len(set(chosen)), cfg.collapse_between)}
 
 
-def psnr(a: Tensor, b: Tensor) -> float:
-    mse = float(((a - b) ** 2).mean())
-    return 10 * math.log10(1.0 / max(mse, 1e-12))
+def train_with_oom_retries(scene: Scene, store: MaskStore, out_dir: Path, train_cfg, progress=None):
+    """`train`, retried at twice the image downscale after a CUDA out-of-memory error, up to
+    `train_cfg.oom_retries` times; says so in the log. Returns the result and the downscale used."""
+    downscale = train_cfg.downscale
+    for attempt in range(train_cfg.oom_retries + 1):
+        try:
+            return train(scene, store, out_dir, replace(train_cfg, downscale=downscale), progress), downscale
+        except torch.OutOfMemoryError as exc:
+            if attempt == train_cfg.oom_retries:
+                raise TrainingError(f"{scene.name}: out of GPU memory at train.downscale={downscale} after "
+                                    f"{attempt} retries; raise train.downscale or use a larger GPU") from exc
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            logger.warning(
+                "%s: CUDA out of memory while training at train.downscale=%d; retrying at train.downscale=%d "
+                "(resuming from the newest checkpoint)", scene.name, downscale, downscale * 2)
+            downscale *= 2
+    raise AssertionError("unreachable")
 
 
 def feature_renderer(params: dict[str, Tensor], scene: Scene, backend: str = "auto",

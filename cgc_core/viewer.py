@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .cluster import export_selection, render_clusters
+from .cluster import CLUSTERS_PLY, export_selection, render_clusters
 from .gaussians import SH_C0, read_ply_attribute
 from .query import normalize_features
 from .render import Gaussians, render
@@ -362,7 +362,7 @@ def load_session(cfg, source: str) -> tuple[ViewerSession, dict[str, Camera], Pa
     labels = None
     try:
         _, clustered = run_scene_stage(cfg, source, "cluster")
-        labels = read_ply_attribute(clustered.stage_dir / "scene_clusters.ply", "cluster")
+        labels = read_ply_attribute(clustered.stage_dir / CLUSTERS_PLY, "cluster")
     except StageMissingError:
         pass
     session = ViewerSession(params, backend=cfg.train.backend, selector=Selector.from_config(cfg), cluster_labels=labels)

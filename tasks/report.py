@@ -11,7 +11,7 @@ from prefect.states import Completed
 
 from cgc_core.config import CgcConfig
 from cgc_core.pipeline import report_stage
-from cgc_core.report import scene_summaries
+from cgc_core.report import RUN_RECORD, report_tables, scene_summaries
 
 
 @task(name="report", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2)
@@ -22,9 +22,9 @@ def report_task(cfg: CgcConfig, run_scenes: list[dict], scenes: dict | None = No
     get_run_logger().info("report: %s -> %s", result.reason, folder / "report.html")
     markdown = (folder / "report.md").read_text()
     # The artifact carries the tables; the figures stay in the HTML (Prefect renders no local images).
-    create_markdown_artifact(key="cgc-report", markdown=markdown.split("\n## Figures")[0],
+    create_markdown_artifact(key="cgc-report", markdown=report_tables(markdown),
                              description=f"cgc benchmark report {folder.name}")
-    run = json.loads((folder / "run.json").read_text())
+    run = json.loads((folder / RUN_RECORD).read_text())
     create_table_artifact(key="cgc-results", description="mIoU / mBIoU per scene (protocol named per row)", table=[
         {k: s[k] for k in ("scene", "benchmark", "protocol", "miou", "mbiou", "psnr", "paper_miou", "ari")}
         for s in scene_summaries(run)])

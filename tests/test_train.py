@@ -97,7 +97,7 @@ def test_non_finite_loss_stops_with_a_clear_error(tiny_inputs, tmp_path):
 
 def test_cuda_out_of_memory_retries_at_a_coarser_resolution(tiny_inputs, tmp_path, monkeypatch, caplog):
     import cgc_core.train as train_module
-    from cgc_core.pipeline import train_with_oom_retries
+    from cgc_core.train import train_with_oom_retries
 
     scene, store = tiny_inputs
     real_train = train_module.train
