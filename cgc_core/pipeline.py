@@ -8,7 +8,7 @@ crash-safe stage. Stage outputs live in `<data_dir>/<scene>/<stage>/`.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -17,7 +17,7 @@ from .config import CgcConfig, SyntheticConfig
 from .masks.generators import generate_scene_masks, make_generator
 from .masks.store import MaskStore
 from .scene import Scene, load_scene
-from .scene.synthetic import read_synthetic_scene, write_synthetic_scene
+from .scene.synthetic import read_synthetic_scene, source_preset, write_synthetic_scene
 from .stage import SUMMARY, StageResult, cached_only, digest, hash_file, run_stage
 
 @dataclass(frozen=True)
@@ -81,7 +81,6 @@ def with_downstream(stages) -> set[str]:
     return out
 
 
-SYNTHETIC = "synthetic"
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -98,20 +97,9 @@ def scene_dir(cfg: CgcConfig, scene_name: str) -> Path:
     return Path(cfg.data_dir) / safe_name(scene_name)
 
 
-def is_synthetic_source(source: str) -> bool:
-    """`synthetic` (preset from config) or `synthetic-<preset>` name the embedded scene."""
-    return source == SYNTHETIC or source.startswith(SYNTHETIC + "-")
-
-
 def scene_name_of(source: str) -> str:
-    """The data-folder name of a scene source: the synthetic name, or the dataset folder's name."""
-    return source if is_synthetic_source(source) else Path(source).name
-
-
-def synthetic_config(cfg: CgcConfig, source: str) -> SyntheticConfig:
-    if source == SYNTHETIC:
-        return cfg.synthetic
-    return SyntheticConfig(**{**asdict(cfg.synthetic), "preset": source.removeprefix(SYNTHETIC + "-")})
+    """The data-folder name of a scene source: the embedded scene's name, or the dataset folder's name."""
+    return source if source_preset(source, configured="") is not None else Path(source).name
 
 
 def scene_stage(cfg: CgcConfig, source: str, force: bool = False) -> tuple[Scene, StageResult | None]:
@@ -125,9 +113,10 @@ def scene_stage(cfg: CgcConfig, source: str, force: bool = False) -> tuple[Scene
     Returns:
         The `Scene`, and the stage result (None for a dataset folder, which is read in place).
     """
-    if not is_synthetic_source(source):
+    preset = source_preset(source, cfg.synthetic.preset)
+    if preset is None:
         return load_scene(source), None
-    syn_cfg = synthetic_config(cfg, source)
+    syn_cfg = replace(cfg.synthetic, preset=preset)
     result = run_stage(
         scene_dir(cfg, source) / "scene", "scene", inputs={}, config_section=syn_cfg,
         compute=lambda tmp: _render_synthetic(syn_cfg, tmp), force=force,

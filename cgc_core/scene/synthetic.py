@@ -847,6 +847,21 @@ def is_synthetic(root: Path) -> bool:
     return (Path(root) / "ground_truth" / "scene.json").is_file()
 
 
+SOURCE = "synthetic"
+"""Scene sources naming the embedded scene: `synthetic` (the config's `synthetic.preset`) or
+`synthetic-<preset>`."""
+
+
+def source_preset(source: str, configured: str) -> str | None:
+    """The preset a scene source names (`synthetic`: the `configured` one; `synthetic-hard`:
+    `hard`), or None when the source is not the embedded scene (a dataset folder)."""
+    if source == SOURCE:
+        return configured
+    if source.startswith(SOURCE + "-"):
+        return source.removeprefix(SOURCE + "-")
+    return None
+
+
 def read_ground_truth(root: str | Path) -> SyntheticScene:
     """The analytic scene (objects with their SDFs) behind a folder written by `write_synthetic_scene`,
     for 3D checks such as `SyntheticScene.nearest_object`."""
