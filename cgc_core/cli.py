@@ -332,13 +332,16 @@ def view_cmd(scene: Annotated[str, typer.Option(help="scene source, as for `cgc 
              view: Annotated[Optional[str], typer.Option(help="camera (image name) to start at")] = None,
              config: ConfigOpt = None, set_: SetOpt = None) -> None:
     """Serve the trained scene in the browser: click to segment, see the selection in 3D, export it."""
-    from .viewer import main as viewer_main
+    from .viewer import run_viewer
 
-    args = ["--scene", scene, "--host", host, "--port", str(port), "--max-side", str(max_side)]
-    args += (["--view", view] if view else []) + (["--config", str(config)] if config else [])
-    for item in set_ or []:
-        args += ["--set", item]
-    viewer_main(args)
+    cfg = _config(config, set_)
+    _stage(cfg, scene, "train")  # a missing or stale model ends here with the stage's message
+    run_viewer(cfg, scene, host, port, max_side, view)
+
+
+view_app = typer.Typer(add_completion=False, help="The cgc viewer alone (`cgc view`).")
+view_app.command()(view_cmd)
+"""`cgc-view`: the same command as `cgc view`, as its own entry point."""
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ viser server on 127.0.0.1: the trained Gaussians as splats, the training cameras
 adds a click), a text prompt (Grounding DINO + SAM, when their weights are configured), a
 threshold slider, view-mode and cluster-palette toggles, and an export button.
 
-    cgc view --scene synthetic        (or the Prefect-free entry point `cgc-view --scene synthetic`)
+    cgc view --scene synthetic        (or its own entry point `cgc-view --scene synthetic`)
 """
 
 from __future__ import annotations
@@ -371,32 +371,22 @@ def load_session(cfg, source: str) -> tuple[ViewerSession, dict[str, Camera], Pa
     return session, cameras, scene_dir(cfg, scene.name) / "viewer"
 
 
-def main(argv: list[str] | None = None) -> None:
-    """`cgc-view`: the viewer without Prefect or the rest of the CLI."""
-    import argparse
+def run_viewer(cfg, scene_source: str, host: str = DEFAULT_HOST, port: int = 8080, max_side: int = 256,
+               start_view: str | None = None) -> None:
+    """Serve a trained scene until Ctrl-C (`cgc view` and `cgc-view`).
 
-    from .config import load_config
-
-    parser = argparse.ArgumentParser(description="Serve a trained cgc scene in the browser (viser).")
-    parser.add_argument("--scene", required=True, help="synthetic, synthetic-<preset>, or a dataset folder")
-    parser.add_argument("--config", default=None)
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE")
-    parser.add_argument("--host", default=DEFAULT_HOST,
-                        help="interface to listen on (default loopback only; others are reachable from the network)")
-    parser.add_argument("--port", type=int, default=8080)
-    parser.add_argument("--max-side", type=int, default=256)
-    parser.add_argument("--view", default=None, help="camera (image name) the browser starts at")
-    args = parser.parse_args(argv)
-    cfg = load_config(args.config, args.overrides)
-    session, cameras, export_dir = load_session(cfg, args.scene)
-    server = serve(session, cameras, export_dir, args.host, args.port, args.max_side, args.view)
-    print(f"cgc viewer: http://{args.host}:{server.get_port()}  (exports go to {export_dir}; Ctrl-C stops)", flush=True)
+    Args:
+        cfg: The root config (the same stages as the flow's must be finished).
+        scene_source: `synthetic`, `synthetic-<preset>` or a dataset folder.
+        host, port: Where to listen (default loopback only; others are reachable from the network).
+        max_side: Long side of the CPU-rendered viewport.
+        start_view: The camera (image name) a new browser starts at.
+    """
+    session, cameras, export_dir = load_session(cfg, scene_source)
+    server = serve(session, cameras, export_dir, host, port, max_side, start_view)
+    print(f"cgc viewer: http://{host}:{server.get_port()}  (exports go to {export_dir}; Ctrl-C stops)", flush=True)
     try:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
         server.stop()
-
-
-if __name__ == "__main__":
-    main()

@@ -99,3 +99,15 @@ def test_single_stages_need_their_upstream_then_cluster_export_and_report(tmp_pa
 
     no_run = runner.invoke(app, ["report", "--run", "run-nope", *common[2:]])
     assert no_run.exit_code == 1 and "run.json: no run record" in no_run.output
+
+
+def test_the_viewer_entry_point_is_the_cgc_view_command(tmp_path):
+    from cgc_core.cli import view_app
+
+    help_text = runner.invoke(view_app, ["--help"]).output
+    assert "--scene" in help_text and "--max-side" in help_text
+    # No trained model: both front-ends stop with the missing stage named, before serving anything.
+    for front, args in ((view_app, []), (app, ["view"])):
+        result = runner.invoke(front, [*args, "--scene", "synthetic", "--set", f"data_dir={tmp_path}"])
+        assert result.exit_code == 1, result.output
+        assert "the scene stage has no finished output" in result.output
