@@ -133,7 +133,8 @@ def masks_show(scene: Annotated[str, typer.Option(help="scene source, as for `cg
     """Write an overlay PNG of one image's stored masks (label map, smaller masks on top)."""
     from .masks.overlay import write_overlay
     from .masks.store import MaskStore, MaskStoreError
-    from .pipeline import safe_name, scene_dir, scene_name_of
+    from .pipeline import scene_dir, scene_name_of
+    from .stage import safe_name
 
     cfg = _config(config, set_)
     calibrated, _ = _calibrated(cfg, scene)

@@ -400,10 +400,11 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def section_hash(section: Any) -> str:
-    """Stable hex digest of one config section (or a tuple of sections and values), for stage cache keys."""
+def section_hash(section: Any, length: int = 16) -> str:
+    """Stable hex digest of a config section, a tuple of sections and values, or any JSON-able
+    mapping (sorted keys, dataclasses as dicts): the one hasher behind every stage cache key."""
     payload = json.dumps(_plain(section), sort_keys=True, default=str)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+    return hashlib.sha256(payload.encode()).hexdigest()[:length]
 
 
 def _check_type(value: Any, annotation: Any, where: str) -> Any:

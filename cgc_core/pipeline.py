@@ -7,7 +7,6 @@ crash-safe stage. Stage outputs live in `<data_dir>/<scene>/<stage>/`.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -18,7 +17,7 @@ from .masks.generators import generate_scene_masks, make_generator
 from .masks.store import MaskStore
 from .scene import Scene, load_scene
 from .scene.synthetic import read_synthetic_scene, source_preset, write_synthetic_scene
-from .stage import SUMMARY, StageResult, cached_only, digest, hash_file, run_stage
+from .stage import SUMMARY, StageResult, cached_only, digest, hash_file, run_stage, safe_name
 
 @dataclass(frozen=True)
 class StageSpec:
@@ -79,17 +78,6 @@ def with_downstream(stages) -> set[str]:
             out.add(stage)
             todo.extend(s.name for s in SPECS.values() if stage in s.reads)
     return out
-
-
-_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
-
-
-def safe_name(name: str) -> str:
-    """A scene or prompt name made safe as one path component (no separators, no '..')."""
-    cleaned = _SAFE.sub("_", name.strip()).strip("._")
-    if not cleaned:
-        raise ValueError(f"name {name!r} has no usable characters for a folder name")
-    return cleaned
 
 
 def scene_dir(cfg: CgcConfig, scene_name: str) -> Path:

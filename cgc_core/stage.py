@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -154,9 +155,20 @@ def hash_tree(root: str | Path, exclude: tuple[str, ...] = (MANIFEST,)) -> dict[
     return hash_files(files, root)
 
 
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_name(name: str) -> str:
+    """A scene or prompt name made safe as one path component (no separators, no '..')."""
+    cleaned = _SAFE.sub("_", name.strip()).strip("._")
+    if not cleaned:
+        raise ValueError(f"name {name!r} has no usable characters for a folder name")
+    return cleaned
+
+
 def digest(mapping: dict[str, Any]) -> str:
-    """Stable short digest of a JSON-able mapping."""
-    return hashlib.sha256(json.dumps(mapping, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    """Stable short digest of a JSON-able mapping (`config.section_hash`, 20 hex digits)."""
+    return section_hash(mapping, 20)
 
 
 @dataclass

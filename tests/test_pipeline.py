@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from cgc_core.config import CgcConfig
-from cgc_core.pipeline import calibrate_inputs, safe_name, scene_dir, scene_name_of
+from cgc_core.pipeline import calibrate_inputs, scene_dir, scene_name_of
+from cgc_core.stage import safe_name
 from cgc_core.scene import load_scene
 
 

@@ -16,7 +16,6 @@ masks are painted largest first, so a smaller mask lies on top of any larger one
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -25,6 +24,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 from pycocotools import mask as coco_mask
+
+from ..stage import safe_name
 
 SCHEMA = pa.schema([
     ("image", pa.string()),
@@ -66,7 +67,7 @@ def decode_rles(rles: list[dict[str, Any]]) -> np.ndarray:
 
 def _file_name(image_name: str) -> str:
     # Image names may hold sub-folders (Blender's train/r_0.png): flatten to one safe file name.
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", image_name) + ".parquet"
+    return safe_name(image_name) + ".parquet"
 
 
 def records_from_sam(image_name: str, sam_masks: Iterable[dict[str, Any]], generator: str, version: str,
