@@ -8,10 +8,11 @@ from .blender import is_blender, read_blender_scene
 from .colmap import read_colmap_scene
 from .lerf_mask import is_lerf_mask, read_lerf_mask_scene
 from .model import Camera, Scene, SceneError, list_images
+from .nerfstudio import is_nerfstudio, read_nerfstudio_scene
 from .ovs3d import is_ovs3d, read_ovs3d_scene
 from .synthetic import is_synthetic, read_synthetic_scene
 
-LAYOUTS = ("auto", "synthetic", "lerf_mask", "ovs3d", "blender", "colmap", "photos")
+LAYOUTS = ("auto", "synthetic", "lerf_mask", "ovs3d", "blender", "nerfstudio", "colmap", "photos")
 
 
 def read_photos(root: Path, name: str | None = None) -> Scene:
@@ -36,6 +37,8 @@ def detect_layout(root: Path) -> str:
         return "ovs3d"
     if is_blender(root):
         return "blender"
+    if is_nerfstudio(root):
+        return "nerfstudio"
     if (root / "sparse").is_dir():
         return "colmap"
     return "photos"
@@ -59,7 +62,7 @@ def load_scene(root: str | Path, layout: str = "auto", name: str | None = None) 
         layout = detect_layout(root)
     readers = {
         "synthetic": read_synthetic_scene, "lerf_mask": read_lerf_mask_scene, "ovs3d": read_ovs3d_scene, "blender": read_blender_scene,
-        "colmap": read_colmap_scene, "photos": read_photos,
+        "nerfstudio": read_nerfstudio_scene, "colmap": read_colmap_scene, "photos": read_photos,
     }
     return readers[layout](root, name=name)
 

@@ -136,8 +136,8 @@ class Scene:
         point_colors: [N, 3] uint8 colours of `points`, or None.
         background: For RGBA datasets, the RGB colour in [0, 1] that images are composited on;
             the alpha channel stays available through `load_alpha`.
-        layout: Which reader produced the scene (`colmap`, `lerf_mask`, `ovs3d`, `blender`, `photos`,
-            `synthetic`).
+        layout: Which reader produced the scene (`colmap`, `lerf_mask`, `ovs3d`, `blender`,
+            `nerfstudio`, `photos`, `synthetic`).
         pinhole_images: The images come from an ideal pinhole camera (rendered datasets), so
             calibration need not model lens distortion.
         gt_mask_rule: How a ground-truth mask PNG (as grayscale) becomes boolean: `gt128` (> 128,
