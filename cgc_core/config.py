@@ -196,6 +196,13 @@ class TrainConfig:
     cc_reduction: Literal["pixels", "segments"] = "pixels"
     """Paper/code: `pixels` (sum over pixels / number of segments: large segments dominate);
     `segments`: every mask segment weighs the same (see losses.contrastive_clustering_loss)."""
+    init_ply: str | None = None
+    """Start from a trained 3DGS model (.ply in the standard attributes: Inria, gsplat, splatfacto
+    exports) instead of the sparse points. Its frame must be the calibrated cameras' frame, i.e.
+    the dataset's own poses (`calibrate.mode=known_poses`) that it was trained on."""
+    freeze_geometry: bool = False
+    """With `init_ply`: train only the feature field on the given Gaussians (no densification, no
+    photometric loss; positions, shapes, opacities and colours stay as loaded)."""
     mask_levels: int = 1
     """Granularity of the contrastive loss. 1 (paper and code): one term on the finest masks (each
     pixel labelled by the smallest mask that contains it, so a part hides its whole). L > 1: one

@@ -187,6 +187,8 @@ def train_stage(cfg: CgcConfig, scene: Scene, masks: StageResult, calibration: S
     from .train import resolve_schedule, train_with_oom_retries
 
     inputs = {"calibrate": calibration.manifest.key, "masks": masks.manifest.key}
+    if cfg.train.init_ply:  # a model to start from is an input: its content keys the stage
+        inputs["init_ply"] = hash_file(Path(cfg.train.init_ply))
     # Keyed on the schedule that runs here (auto resolves by device), not on the word `auto`.
     train_cfg = resolve_schedule(cfg.train)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass, replace
@@ -24,7 +25,7 @@ from PIL import Image
 from torch import Tensor
 
 from .config import TrainConfig
-from .gaussians import init_params, save_ply
+from .gaussians import FEATURE_DIM, init_params, load_ply, save_ply
 from .health import collapse_warning, feature_separation, mean_separation
 from .losses import multilevel_contrastive_loss, photometric_loss, sample_neighbours, spatial_regularization
 from .masks.store import MaskStore
@@ -111,9 +112,28 @@ def label_map_at(store: MaskStore, name: str, height: int, width: int, levels: i
     return torch.as_tensor(maps.astype(np.int64))
 
 
+def model_params(cfg: TrainConfig) -> dict[str, Tensor]:
+    """The parameters of `cfg.init_ply` (a trained 3DGS model), with features drawn as for a new
+    model where the file has none (`GaussianFileError` names a bad file)."""
+    loaded = load_ply(cfg.init_ply)
+    if "features" not in loaded:
+        n = loaded["means"].shape[0]
+        generator = torch.Generator().manual_seed(cfg.seed)
+        loaded["features"] = (torch.rand(n, FEATURE_DIM, generator=generator) if cfg.feature_init == "uniform"
+                              else torch.randn(n, FEATURE_DIM, generator=generator))
+    return loaded
+
+
+def _parameters(values: dict[str, Tensor], cfg: TrainConfig) -> torch.nn.ParameterDict:
+    return torch.nn.ParameterDict({k: torch.nn.Parameter(v.detach().clone(), requires_grad=not cfg.freeze_geometry
+                                                         or k == "features") for k, v in values.items()})
+
+
 def _optimizers(params: torch.nn.ParameterDict, cfg: TrainConfig, scale: float) -> dict[str, torch.optim.Optimizer]:
     rates = {"means": cfg.lr_means * scale, "quats": cfg.lr_quats, "scales": cfg.lr_scales,
              "opacities": cfg.lr_opacities, "sh0": cfg.lr_sh0, "shN": cfg.lr_shN, "features": cfg.lr_features}
+    if cfg.freeze_geometry:
+        rates = {"features": cfg.lr_features}
     return {k: torch.optim.Adam([{"params": params[k], "lr": lr, "name": k}], eps=1e-15) for k, lr in rates.items()}
 
 
@@ -191,7 +211,9 @@ def train(scene: Scene, store: MaskStore, out_dir: str | Path, cfg: TrainConfig,
     """
     out_dir = Path(out_dir)
     cfg = resolve_schedule(cfg)
-    if scene.points is None or len(scene.points) < 4:
+    if cfg.freeze_geometry and not cfg.init_ply:
+        raise TrainingError("train.freeze_geometry needs train.init_ply: a trained 3DGS .ply to freeze")
+    if not cfg.init_ply and (scene.points is None or len(scene.points) < 4):
         raise TrainingError(f"{scene.name}: no sparse points to initialise Gaussians from; run calibration first")
     torch.manual_seed(cfg.seed)
     names = sorted(n for n in scene.train_names if n in scene.cameras)
@@ -199,20 +221,19 @@ def train(scene: Scene, store: MaskStore, out_dir: str | Path, cfg: TrainConfig,
     # The label maps feed the contrastive loss and the health measure (also when use_cc is off).
     labels = {n: label_map_at(store, n, *views[n][1].shape[:2], cfg.mask_levels) for n in names}
     scale = scene_scale([scene.cameras[n] for n in names])
-    params = torch.nn.ParameterDict({
-        k: torch.nn.Parameter(v) for k, v in init_params(scene.points, scene.point_colors, cfg.sh_degree,
-                                                            init_opacity=cfg.init_opacity, seed=cfg.seed,
-                                                            feature_init=cfg.feature_init).items()
-    })
+    initial = (init_params(scene.points, scene.point_colors, cfg.sh_degree, init_opacity=cfg.init_opacity,
+                           seed=cfg.seed, feature_init=cfg.feature_init) if not cfg.init_ply else model_params(cfg))
+    # Frozen geometry: only the features are parameters that learn (and take gradients).
+    params = _parameters(initial, cfg)
     optimizers = _optimizers(params, cfg, scale)
-    strategy = _strategy(cfg)
+    strategy = _strategy(cfg) if not cfg.freeze_geometry else None
     strategy_state = strategy.initialize_state(scene_scale=scale) if strategy is not None else {}
     start_step, resumed_from = 0, None
     health: list[dict] = []
     found = load_newest_checkpoint(out_dir)
     if found is not None:
         state, path = found
-        params = torch.nn.ParameterDict({k: torch.nn.Parameter(v) for k, v in state["params"].items()})
+        params = _parameters(state["params"], cfg)
         optimizers = _optimizers(params, cfg, scale)
         for k, o in optimizers.items():
             o.load_state_dict(state["optimizers"][k])
@@ -223,6 +244,7 @@ def train(scene: Scene, store: MaskStore, out_dir: str | Path, cfg: TrainConfig,
     if strategy is not None:
         strategy.check_sanity(params, optimizers)
     background = torch.tensor(cfg.background, dtype=torch.float32)
+    model_sh_degree = math.isqrt(params["shN"].shape[1] + 1) - 1  # a loaded model may hold fewer bands
     decay = (cfg.lr_means_final / cfg.lr_means) ** (1.0 / max(cfg.iterations, 1))
     started = time.perf_counter()
     last_good = None
@@ -232,10 +254,10 @@ def train(scene: Scene, store: MaskStore, out_dir: str | Path, cfg: TrainConfig,
         order = torch.randperm(len(names), generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
         name = names[int(order[index])]
         camera, target = views[name]
-        sh_degree = min(step // cfg.sh_degree_every, cfg.sh_degree)
+        sh_degree = min(step // cfg.sh_degree_every, cfg.sh_degree, model_sh_degree)
         out = render(Gaussians.from_params(params), camera, features=params["features"], sh_degree=sh_degree,
                      background=background, backend=cfg.backend)
-        losses = {"photometric": photometric_loss(out.rgb, target)}
+        losses = {} if cfg.freeze_geometry else {"photometric": photometric_loss(out.rgb, target)}
         if cfg.use_cc and step % cfg.cc_every == 0:
             clip = tuple(cfg.cc_temperature_clip) if cfg.cc_temperature_clip is not None else None
             losses["cc"] = cfg.cc_weight * multilevel_contrastive_loss(
@@ -250,7 +272,7 @@ def train(scene: Scene, store: MaskStore, out_dir: str | Path, cfg: TrainConfig,
             losses["reg"] = spatial_regularization(params["features"], samples, near, far, cfg.lambda_near,
                                                    cfg.lambda_far, cfg.reg_sigmoid_of_mean, cfg.reg_far_similarity,
                                                    cfg.reg_near_pairs)
-        loss = sum(losses.values())
+        loss = sum(losses.values(), torch.zeros(()))
         health_step = bool(cfg.health_every) and (step % cfg.health_every == 0 or step + 1 == cfg.iterations)
         if health_step:
             # Which term moves the features: the norm of each term's gradient on them (the
@@ -265,10 +287,11 @@ def train(scene: Scene, store: MaskStore, out_dir: str | Path, cfg: TrainConfig,
                 f"the last good checkpoint is {last_good or 'none yet'} (lower the learning rates and resume)")
         if strategy is not None:
             strategy.step_pre_backward(params, optimizers, strategy_state, step, out.meta)
-        loss.backward()
+        if loss.requires_grad:  # frozen geometry on a step without a feature loss: nothing to learn
+            loss.backward()
         if cfg.features_grad_between_cc == "none" and not ({"cc", "reg"} & set(losses)):
             params["features"].grad = None  # the one-pass render gave them zeros: Adam must skip them
-        for group in optimizers["means"].param_groups:
+        for group in optimizers["means"].param_groups if "means" in optimizers else ():
             group["lr"] = cfg.lr_means * scale * decay**step
         for optimizer in optimizers.values():
             optimizer.step()

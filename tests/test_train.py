@@ -116,3 +116,26 @@ def test_cuda_out_of_memory_retries_at_a_coarser_resolution(tiny_inputs, tmp_pat
     assert "retrying at train.downscale=2" in caplog.text and "retrying at train.downscale=4" in caplog.text
     with pytest.raises(TrainingError, match="out of GPU memory at train.downscale=2 after 1 retries"):
         train_with_oom_retries(scene, store, tmp_path / "fail", _cfg(iterations=4, oom_retries=1))
+
+
+def test_a_trained_3dgs_model_trains_only_its_features_when_frozen(tiny_inputs, tmp_path):
+    # A model trained elsewhere (here: a few iterations of ours, saved without features, as an
+    # Inria/gsplat/splatfacto export is) is loaded; with frozen geometry only the features move.
+    from cgc_core.gaussians import GaussianFileError, load_ply, save_ply
+
+    scene, store = tiny_inputs
+    base = train(scene, store, tmp_path / "base", _cfg(iterations=8, use_cc=False, use_reg=False)).params
+    model = save_ply({k: v for k, v in base.items() if k != "features"}, tmp_path / "model.ply")
+    frozen = train(scene, store, tmp_path / "frozen", _cfg(iterations=6, init_ply=str(model), freeze_geometry=True,
+                                                           cc_every=1, checkpoint_every=3))
+    loaded = load_ply(model)
+    assert frozen.params["means"].shape == loaded["means"].shape  # no densification
+    for name in ("means", "quats", "scales", "opacities", "sh0", "shN"):
+        torch.testing.assert_close(frozen.params[name], loaded[name], rtol=0, atol=0)
+    initial = train(scene, store, tmp_path / "zero", _cfg(iterations=1, init_ply=str(model), freeze_geometry=True,
+                                                          use_cc=False, use_reg=False, checkpoint_every=0))
+    assert (frozen.params["features"] - initial.params["features"]).abs().max() > 1e-4
+    with pytest.raises(TrainingError, match="freeze_geometry needs train.init_ply"):
+        train(scene, store, tmp_path / "bad", _cfg(freeze_geometry=True))
+    with pytest.raises(GaussianFileError, match="nothing.ply"):
+        train(scene, store, tmp_path / "bad2", _cfg(init_ply=str(tmp_path / "nothing.ply")))
