@@ -54,6 +54,19 @@ class SyntheticConfig:
 
 
 @dataclass
+class VideoConfig:
+    """A video as a scene source (`cgc_core.scene.video`): frames sampled, the blurriest dropped."""
+
+    frames: int = 60
+    """Frames kept, evenly spaced over the video (after dropping the blurriest)."""
+    candidates: float = 1.5
+    """Candidate frames per kept frame: this many times `frames` are decoded evenly, and the
+    sharpest frame of each group of neighbours is kept (a sharpness score drops the blurred ones)."""
+    max_side: int = 1280
+    """Downscale frames so that their long side is at most this."""
+
+
+@dataclass
 class CalibrateConfig:
     """Camera calibration with COLMAP through pycolmap (`cgc_core.calibrate`)."""
 
@@ -384,6 +397,7 @@ class CgcConfig:
     reports_dir: str = "reports"
     """Where generated reports go."""
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    video: VideoConfig = field(default_factory=VideoConfig)
     calibrate: CalibrateConfig = field(default_factory=CalibrateConfig)
     masks: MasksConfig = field(default_factory=MasksConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

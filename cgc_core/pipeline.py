@@ -15,8 +15,9 @@ from .calibrate import apply_calibration, calibrate, resolve_camera_model, resol
 from .config import CgcConfig, SyntheticConfig
 from .masks.generators import generate_scene_masks, make_generator
 from .masks.store import MaskStore
-from .scene import Scene, load_scene
+from .scene import Scene, load_scene, read_photos
 from .scene.synthetic import read_synthetic_scene, source_preset, write_synthetic_scene
+from .scene.video import extract_frames, is_video
 from .stage import SUMMARY, StageResult, cached_only, digest, hash_file, run_stage, safe_name
 
 @dataclass(frozen=True)
@@ -87,7 +88,9 @@ def scene_dir(cfg: CgcConfig, scene_name: str) -> Path:
 
 def scene_name_of(source: str) -> str:
     """The data-folder name of a scene source: the embedded scene's name, or the dataset folder's name."""
-    return source if source_preset(source, configured="") is not None else Path(source).name
+    if source_preset(source, configured="") is not None:
+        return source
+    return Path(source).stem if is_video(source) else Path(source).name
 
 
 def scene_stage(cfg: CgcConfig, source: str, force: bool = False) -> tuple[Scene, StageResult | None]:
@@ -95,12 +98,19 @@ def scene_stage(cfg: CgcConfig, source: str, force: bool = False) -> tuple[Scene
 
     Args:
         cfg: Root config (reads `synthetic` for the embedded scene).
-        source: `synthetic`, `synthetic-<preset>`, or a dataset folder in a supported layout.
-        force: Re-render the synthetic scene even when cached.
+        source: `synthetic`, `synthetic-<preset>`, a dataset folder in a supported layout, or a
+            video file (its frames are extracted into the stage folder; `video` config).
+        force: Re-render the synthetic scene (re-extract the video's frames) even when cached.
 
     Returns:
         The `Scene`, and the stage result (None for a dataset folder, which is read in place).
     """
+    if is_video(source):  # frames extracted into the stage folder, then a photo folder
+        name = scene_name_of(source)
+        result = run_stage(scene_dir(cfg, name) / "scene", "scene", inputs={"video": hash_file(Path(source))},
+                           config_section=cfg.video, compute=lambda tmp: extract_frames(source, tmp, cfg.video),
+                           force=force)
+        return read_photos(result.stage_dir, name=name), result
     preset = source_preset(source, cfg.synthetic.preset)
     if preset is None:
         return load_scene(source), None
