@@ -195,6 +195,75 @@ def render_clusters(params: dict[str, Tensor], labels: np.ndarray, camera, backe
     return out.features.clamp(0, 1).cpu().numpy()
 
 
+def render_instance_ids(params: dict[str, Tensor], labels: np.ndarray, camera, backend: str = "auto",
+                        min_weight: float = 0.5) -> np.ndarray:
+    """[H, W] int32 cluster id per pixel of one view, the same id in every view: each cluster's
+    Gaussians are rendered as a one-hot channel, alpha-blended, and a pixel takes the cluster of
+    the largest blended weight; 0 where no cluster reaches `min_weight` (background, noise),
+    otherwise cluster k is k + 1.
+
+    Args:
+        params: Trained parameters; labels: [N] cluster per Gaussian (-1 noise).
+        camera: The view; backend: render backend.
+        min_weight: The least blended weight (of 1) a pixel's cluster must have.
+    """
+    from .render import Gaussians, render
+
+    labels = np.asarray(labels)
+    clusters = int(labels.max()) + 1 if (labels >= 0).any() else 0
+    if clusters == 0:
+        return np.zeros((camera.height, camera.width), dtype=np.int32)
+    onehot = torch.zeros(len(labels), clusters, dtype=params["means"].dtype)
+    member = torch.as_tensor(labels >= 0)
+    onehot[member, torch.as_tensor(labels[labels >= 0])] = 1.0
+    with torch.no_grad():
+        weights = render(Gaussians.from_params(params), camera, features=onehot, backend=backend).features
+    best, ids = weights.max(dim=-1)
+    return torch.where(best >= min_weight, ids + 1, 0).to(torch.int32).cpu().numpy()
+
+
+def export_instance_masks(params: dict[str, Tensor], labels: np.ndarray, cameras: dict, out_dir: str | Path,
+                          backend: str = "auto", min_weight: float = 0.5) -> dict:
+    """Multi-view consistent 2D masks from the 3D clusters, for every given view:
+    `labels/<view>.png` (16-bit PNG, 0 background, k + 1 = cluster k in every view) and
+    `instances.json` (COCO: images, one RLE annotation per cluster seen in a view, categories =
+    clusters). Written to temp names and renamed.
+
+    Returns:
+        Counts: views, annotations, clusters.
+    """
+    import json
+
+    from PIL import Image
+    from pycocotools import mask as coco_mask
+
+    out = Path(out_dir)
+    (out / "labels").mkdir(parents=True, exist_ok=True)
+    labels = np.asarray(labels)
+    clusters = int(labels.max()) + 1 if (labels >= 0).any() else 0
+    images, annotations = [], []
+    for image_id, (name, camera) in enumerate(sorted(cameras.items()), start=1):
+        ids = render_instance_ids(params, labels, camera, backend, min_weight)
+        target = out / "labels" / (Path(name).with_suffix(".png").as_posix().replace("/", "_"))
+        tmp = target.with_suffix(".tmp.png")
+        Image.fromarray(ids.astype(np.uint16)).save(tmp)
+        tmp.replace(target)
+        images.append({"id": image_id, "file_name": name, "height": camera.height, "width": camera.width,
+                       "label_map": f"labels/{target.name}"})
+        for k in np.unique(ids[ids > 0]):
+            rle = coco_mask.encode(np.asfortranarray((ids == k).astype(np.uint8)))
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": int(k),
+                                "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()},
+                                "area": int(coco_mask.area(rle)), "bbox": coco_mask.toBbox(rle).tolist(),
+                                "iscrowd": 0})
+    coco = {"images": images, "annotations": annotations,
+            "categories": [{"id": k + 1, "name": f"cluster_{k:03d}"} for k in range(clusters)]}
+    tmp = out / "instances.json.tmp"
+    tmp.write_text(json.dumps(coco))
+    tmp.replace(out / "instances.json")
+    return {"views": len(images), "annotations": len(annotations), "clusters": clusters}
+
+
 def set_iou(a: np.ndarray, b: np.ndarray) -> float:
     """IoU of two boolean masks over the same Gaussians (0 when both are empty)."""
     union = int((a | b).sum())

@@ -337,6 +337,9 @@ class ClusterConfig:
     """A selected Gaussian whose mean neighbour distance exceeds mean + ratio·std is dropped."""
     export_clusters: bool = True
     """Write one .ply per cluster beside the labelled whole-scene .ply."""
+    export_masks: bool = True
+    """Write multi-view consistent 2D masks of every training view from the clusters
+    (`instance_masks/`: 16-bit PNG label maps and COCO-RLE `instances.json`, ids = cluster ids)."""
     seed: int = 0
 
 

@@ -228,7 +228,8 @@ def cluster_stage(cfg: CgcConfig, scene: Scene, trained: StageResult, force: boo
     import torch
     from PIL import Image
 
-    from .cluster import cluster_gaussians, export_clusters, export_selection, render_clusters, scores_3d
+    from .cluster import (cluster_gaussians, export_clusters, export_instance_masks, export_selection, render_clusters,
+                          scores_3d)
     from .evaluate import protocol_queries, selection_protocol
     from .gaussians import load_ply
     from .selection import Selector
@@ -258,10 +259,14 @@ def cluster_stage(cfg: CgcConfig, scene: Scene, trained: StageResult, force: boo
         view = (scene.test_names or scene.train_names)[0]
         palette = render_clusters(params, clustering.labels, scene.cameras[view], cfg.train.backend)
         Image.fromarray((palette * 255 + 0.5).astype("uint8")).save(work / "palette.png")
+        masks_written = (export_instance_masks(params, clustering.labels, {n: scene.cameras[n] for n in scene.train_names},
+                                               work / "instance_masks", cfg.train.backend)
+                         if cfg.cluster.export_masks else None)
         summary = {"n_gaussians": int(len(clustering.labels)), "n_clusters": clustering.n_clusters,
                    "n_fitted": clustering.n_fitted, "cluster_sizes": clustering.sizes.tolist(),
                    "cluster_seconds": round(seconds, 3), "palette_view": view,
-                   "selected": {p: int(k.sum()) for p, k in selections.items()}, "query_protocol": query_protocol}
+                   "selected": {p: int(k.sum()) for p, k in selections.items()}, "query_protocol": query_protocol,
+                   "instance_masks": masks_written}
         if scene.object_truth is not None:
             summary.update(scores_3d(scene.object_truth, scene, params, clustering.labels, selections,
                                      (opacities >= cfg.cluster.min_opacity).numpy()))

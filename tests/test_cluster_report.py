@@ -127,6 +127,42 @@ def test_cluster_palette_render_colours_each_cluster():
     assert np.allclose(right / right.max(), palette[1] / palette[1].max(), atol=0.05)
 
 
+def test_instance_masks_give_every_view_the_same_cluster_ids(tmp_path):
+    import json
+
+    from PIL import Image
+    from pycocotools import mask as coco_mask
+
+    from cgc_core.cluster import export_instance_masks
+    from cgc_core.scene.model import Camera
+    from cgc_core.scene.synthetic import look_at
+
+    # Two blobs (clusters 0 and 1) seen from the front and from behind: the blob on the left
+    # in one view is on the right in the other, and keeps its id.
+    means = torch.tensor([[-0.5, 0.0, 0.0], [0.5, 0.0, 0.0]]).repeat_interleave(50, 0)
+    means += torch.randn(100, 3, generator=torch.Generator().manual_seed(0)) * 0.02
+    params = _params(torch.rand(100, 16), means)
+    params["scales"][:] = -3.0
+    params["opacities"][:] = 5.0
+    K = np.array([[60.0, 0, 32], [0, 60.0, 24], [0, 0, 1]])
+    cameras = {"front.png": Camera(K, look_at(np.array([0, -3.0, 0]), np.zeros(3)), 64, 48, "front.png"),
+               "back.png": Camera(K, look_at(np.array([0, 3.0, 0]), np.zeros(3)), 64, 48, "back.png")}
+    labels = np.repeat([0, 1], 50)
+    counts = export_instance_masks(params, labels, cameras, tmp_path, backend="torch")
+    assert counts == {"views": 2, "annotations": 4, "clusters": 2}
+    front = np.asarray(Image.open(tmp_path / "labels" / "front.png"))
+    back = np.asarray(Image.open(tmp_path / "labels" / "back.png"))
+    assert (front[24, 22], front[24, 42], front[0, 0]) == (1, 2, 0)  # cluster 0 left, cluster 1 right
+    assert (back[24, 22], back[24, 42]) == (2, 1)  # seen from behind: swapped places, same ids
+    coco = json.loads((tmp_path / "instances.json").read_text())
+    assert [c["id"] for c in coco["categories"]] == [1, 2]
+    for ann in coco["annotations"]:
+        image = next(i for i in coco["images"] if i["id"] == ann["image_id"])
+        label_map = np.asarray(Image.open(tmp_path / image["label_map"]))
+        rle = {"size": ann["segmentation"]["size"], "counts": ann["segmentation"]["counts"].encode()}
+        np.testing.assert_array_equal(coco_mask.decode(rle).astype(bool), label_map == ann["category_id"])
+
+
 def _fake_run(tmp_path: Path, scene_dir: Path, scene_name: str, layout: str,
               protocols: tuple[str, ...] = ("click-oracle",)) -> tuple[Path, object]:
     """The files a run leaves for the report: evaluate (results.parquet + summary.json from real
