@@ -326,6 +326,50 @@ def report_cmd(run: Annotated[str, typer.Option(help="run id (a folder under rep
     typer.echo(f"wrote {files.html} ({len(files.figures)} figures), {files.markdown}, {files.results}")
 
 
+@app.command("segment")
+def segment_cmd(path: Annotated[Optional[str], typer.Argument(help="photos folder, video file, dataset folder, "
+                                                               "or synthetic[-<preset>]")] = None,
+                model: Annotated[Optional[Path], typer.Option(help="a trained 3DGS .ply: train only its features "
+                                                               "(frozen geometry); give its images with --scene")] = None,
+                scene: Annotated[Optional[str], typer.Option(help="the images and cameras --model was trained on")] = None,
+                config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """From a capture to a segmented scene: calibrate -> masks -> train -> cluster, with progress
+    bars; ends with the viewer command and the exported files."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    source = scene if model is not None else path
+    if source is None or (model is not None and path is not None):
+        typer.echo("error: give a PATH, or --model scene.ply with --scene PATH", err=True)
+        raise typer.Exit(2)
+    extra = ([f"train.init_ply={model.resolve()}", "train.freeze_geometry=true", "calibrate.mode=known_poses"]
+             if model is not None else [])
+    cfg = _config(config, [*extra, *(set_ or [])])
+    columns = (TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[detail]}"),
+               TimeRemainingColumn())
+    with Progress(*columns, transient=False) as bars:
+        for name in ("scene", "calibrate", "masks", "train", "cluster"):
+            task = bars.add_task(name, total=None, detail="")
+
+            def progress(done, total, detail, task=task):
+                text = (f"loss {detail.get('photometric', detail.get('cc', 0.0)):.4g}  n {detail.get('n', 0)}"
+                        if isinstance(detail, dict) else str(detail))
+                bars.update(task, completed=done, total=total, detail=text)
+
+            _, result = _stage(cfg, source, name, progress=progress)
+            bars.update(task, total=1, completed=1, detail="cached" if result is None or result.cached else "done")
+    from .cluster import CLUSTERS_PLY
+    from .stage import SUMMARY
+
+    clustered = result.stage_dir
+    summary = json.loads((clustered / SUMMARY).read_text())
+    typer.echo(f"{summary['n_clusters']} clusters of {summary['n_gaussians']} Gaussians")
+    typer.echo(f"  scene with cluster ids: {clustered / CLUSTERS_PLY}")
+    typer.echo(f"  one .ply per cluster:   {clustered}/cluster_*.ply")
+    if summary.get("instance_masks"):
+        typer.echo(f"  consistent 2D masks:    {clustered / 'instance_masks'} (labels/*.png, instances.json)")
+    typer.echo(f"view it: cgc view --scene {source}" + "".join(f" --set {item}" for item in [*extra, *(set_ or [])]))
+
+
 @app.command("view")
 def view_cmd(scene: Annotated[str, typer.Option(help="scene source, as for `cgc stage`")],
              host: Annotated[str, typer.Option(help="interface to listen on; not loopback = reachable from the network")] = "127.0.0.1",

@@ -111,3 +111,23 @@ def test_the_viewer_entry_point_is_the_cgc_view_command(tmp_path):
         result = runner.invoke(front, [*args, "--scene", "synthetic", "--set", f"data_dir={tmp_path}"])
         assert result.exit_code == 1, result.output
         assert "the scene stage has no finished output" in result.output
+
+
+def test_segment_runs_a_capture_to_clusters_and_consistent_masks(tmp_path):
+    import json
+
+    result = runner.invoke(app, ["segment", "synthetic", "--set", f"data_dir={tmp_path}", "--set", "synthetic.preset=tiny",
+                                 "--set", "synthetic.supersample=1", "--set", "calibrate.mode=known_poses",
+                                 "--set", "train.iterations=30", "--set", "cluster.min_cluster_size=20"])
+    assert result.exit_code == 0, result.output
+    assert "clusters of" in result.output and "view it: cgc view --scene synthetic" in result.output
+    cluster_dir = tmp_path / "synthetic" / "cluster"
+    coco = json.loads((cluster_dir / "instance_masks" / "instances.json").read_text())
+    assert len(coco["images"]) == len(list((cluster_dir / "instance_masks" / "labels").glob("*.png"))) > 0
+    assert (cluster_dir / "scene_clusters.ply").is_file()
+    again = runner.invoke(app, ["segment", "synthetic", "--set", f"data_dir={tmp_path}", "--set", "synthetic.preset=tiny",
+                                "--set", "synthetic.supersample=1", "--set", "calibrate.mode=known_poses",
+                                "--set", "train.iterations=30", "--set", "cluster.min_cluster_size=20"])
+    assert again.exit_code == 0 and "cached" in again.output
+    usage = runner.invoke(app, ["segment"])
+    assert usage.exit_code == 2 and "give a PATH" in usage.output
