@@ -198,6 +198,23 @@ class ViewerSession:
         return export_selection(self.params, keep, path), int(keep.sum())
 
 
+def splat_arrays(params: dict[str, Tensor], highlight: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The trained Gaussians as viser's splat node takes them: centres [N, 3], world covariances
+    [N, 3, 3], RGB [N, 3] (the DC colour) and opacities [N, 1]; `highlight` ([N] bool) tints the
+    selected splats with the overlay colour."""
+    from .render.projection import covariance_3d
+
+    with torch.no_grad():
+        quats = torch.nn.functional.normalize(params["quats"], dim=-1)
+        covariances = covariance_3d(quats, torch.exp(params["scales"]))
+        rgbs = (0.5 + SH_C0 * params["sh0"][:, 0, :]).clamp(0, 1).numpy()
+    if highlight is not None and highlight.any():
+        rgbs = rgbs.copy()
+        rgbs[highlight] = 0.3 * rgbs[highlight] + 0.7 * OVERLAY
+    return {"centers": params["means"].numpy().astype(np.float32), "covariances": covariances.numpy().astype(np.float32),
+            "rgbs": rgbs.astype(np.float32), "opacities": torch.sigmoid(params["opacities"]).numpy()[:, None].astype(np.float32)}
+
+
 def serve(session: ViewerSession, cameras: dict[str, Camera], export_dir: str | Path, host: str = DEFAULT_HOST,
           port: int = 8080, max_side: int = 256, start_view: str | None = None):
     """Serve the session with viser; returns the `viser.ViserServer` (call `.stop()` to end it).
@@ -219,8 +236,9 @@ def serve(session: ViewerSession, cameras: dict[str, Camera], export_dir: str | 
     lock = threading.Lock()
     export_dir = Path(export_dir)
     params = session.params
-    colours = (0.5 + SH_C0 * params["sh0"][:, 0, :]).clamp(0, 1).numpy()
-    server.scene.add_point_cloud("/gaussians", points=params["means"].numpy(), colors=colours, point_size=0.01)
+    # The browser draws the splats at its own resolution and frame rate; our render() runs only for
+    # what needs features: the feature under a click, and the pca / similarity / clusters views.
+    splats = server.scene.add_gaussian_splats("/gaussians", **splat_arrays(params))
     for name, cam in cameras.items():
         wxyz, position, fov_y = camera_to_viser(cam)
         server.scene.add_camera_frustum(f"/cameras/{Path(name).stem}", fov=fov_y, aspect=cam.width / cam.height,
@@ -239,9 +257,15 @@ def serve(session: ViewerSession, cameras: dict[str, Camera], export_dir: str | 
     export = server.gui.add_button("Export selection")
     timing = server.gui.add_markdown("")
 
-    def redraw(client) -> None:
+    def client_camera(client) -> Camera:
         cam = client.camera
-        camera = camera_from_viser(cam.wxyz, cam.position, cam.fov, cam.aspect, max_side)
+        return camera_from_viser(cam.wxyz, cam.position, cam.fov, cam.aspect, max_side)
+
+    def redraw(client) -> None:
+        if session.mode == "rgb":  # the splats are the picture: nothing to render here
+            client.scene.set_background_image(None)
+            return
+        camera = client_camera(client)
         with lock:
             frame = session.render_view(camera)
         client.scene.set_background_image((frame.image * 255).astype(np.uint8), format="png")
@@ -252,20 +276,13 @@ def serve(session: ViewerSession, cameras: dict[str, Camera], export_dir: str | 
         for client in server.get_clients().values():
             redraw(client)
 
-    selection_handle = None
-
     def show_selection() -> None:
-        nonlocal selection_handle
+        nonlocal splats
         with lock:
-            keep = session.selected_gaussians() if session.queries else np.zeros(0, bool)
+            keep = session.selected_gaussians() if session.queries else np.zeros(len(params["means"]), bool)
             pixels = int(session.mask(session.last.features).sum()) if session.queries and session.last else 0
-        if selection_handle is not None:
-            selection_handle.remove()
-            selection_handle = None
-        if keep.any():
-            selection_handle = server.scene.add_point_cloud(
-                "/selection", points=params["means"].numpy()[keep], colors=np.tile(OVERLAY, (int(keep.sum()), 1)),
-                point_size=0.02)
+        splats.remove()  # the selection recolours its splats
+        splats = server.scene.add_gaussian_splats("/gaussians", **splat_arrays(params, keep))
         status.content = (f"selected {int(keep.sum())} Gaussians; mask {pixels} pixels at threshold "
                           f"{session.threshold:.2f} ({len(session.queries)} click(s))" if session.queries
                           else "Click the image to select an object (shift-click adds a click).")
@@ -279,8 +296,7 @@ def serve(session: ViewerSession, cameras: dict[str, Camera], export_dir: str | 
 
     def on_click(event, add: bool) -> None:
         with lock:
-            if session.last is None:
-                return
+            session.render_view(client_camera(event.client))  # the features under the click
             try:
                 session.click(*event.screen_pos, add=add)
             except ValueError as exc:

@@ -174,3 +174,20 @@ def test_viewer_in_headless_chromium_click_overlay_and_export(request, tmp_path,
     truth, _ = read_ground_truth(scene_root).nearest_object(exported["means"].numpy())
     assert np.bincount(truth).argmax() == clicked  # the export holds (mostly) the clicked object's Gaussians
     assert (tmp_path / "viewer.png").stat().st_size > 10_000
+
+
+def test_splat_arrays_hold_each_gaussians_covariance_colour_and_opacity():
+    from cgc_core.gaussians import SH_C0
+    from cgc_core.viewer import OVERLAY, splat_arrays
+
+    params = {"means": torch.tensor([[0.0, 0.0, 0.0], [1.0, 2.0, 3.0]]),
+              "quats": torch.tensor([[2.0, 0.0, 0.0, 0.0], [np.cos(np.pi / 4), 0.0, 0.0, np.sin(np.pi / 4)]]),
+              "scales": torch.log(torch.tensor([[1.0, 2.0, 3.0], [1.0, 2.0, 3.0]])),
+              "opacities": torch.tensor([0.0, 100.0]), "sh0": torch.zeros(2, 1, 3), "shN": torch.zeros(2, 0, 3)}
+    params["sh0"][1, 0] = torch.tensor([1.0, -1.0, 0.0]) / SH_C0 * 0.25
+    splats = splat_arrays(params, highlight=np.array([False, True]))
+    np.testing.assert_allclose(splats["covariances"][0], np.diag([1.0, 4.0, 9.0]), atol=1e-5)  # unnormalised quat: identity
+    np.testing.assert_allclose(splats["covariances"][1], np.diag([4.0, 1.0, 9.0]), atol=1e-5)  # 90 degrees about z
+    np.testing.assert_allclose(splats["opacities"][:, 0], [0.5, 1.0], atol=1e-6)
+    np.testing.assert_allclose(splats["rgbs"][0], [0.5, 0.5, 0.5], atol=1e-6)
+    np.testing.assert_allclose(splats["rgbs"][1], 0.3 * np.array([0.75, 0.25, 0.5]) + 0.7 * np.asarray(OVERLAY), atol=1e-5)
