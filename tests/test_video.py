@@ -66,3 +66,17 @@ def test_a_video_source_is_a_cached_scene_stage(tiny_scene_dir, tmp_path):
     (tmp_path / "broken.mp4").write_bytes(b"not a video at all")
     with pytest.raises(SceneError, match="broken.mp4: not a readable video"):
         scene_stage(cfg, str(tmp_path / "broken.mp4"))
+
+
+def test_a_video_of_the_bonsai_photos_becomes_its_frames(shared_dir, tmp_path):
+    # A real capture: the 42 bonsai photos, downscaled, as a 42-frame video; 14 frames kept (the
+    # sharpest of each run of 3), in order, at the configured size.
+    photos = sorted((shared_dir / "data" / "bonsai").glob("*.JPG"))
+    assert len(photos) == 42
+    frames = [np.asarray(Image.open(p).convert("RGB").resize((240, 160))) for p in photos]
+    video = _write_video(frames, tmp_path / "bonsai.mp4")
+    done = extract_frames(video, tmp_path / "out", VideoConfig(frames=14, candidates=3.0, max_side=200))
+    assert done["decoded"] == 42 and done["kept"] == 14
+    assert all(3 * k <= i < 3 * (k + 1) for k, i in enumerate(done["kept_indices"]))  # one per run of 3, in order
+    first = np.asarray(Image.open(tmp_path / "out" / "images" / "frame_0000.png"))
+    assert first.shape == (133, 200, 3)
