@@ -56,6 +56,30 @@ def test_nerfstudio_cameras_points_and_distortion_match_the_truth(tiny_scene_dir
     assert scene.cameras[scene.image_names[1]].distortion_model is None
     np.testing.assert_allclose(scene.points, points, atol=1e-6)
     assert scene.point_colors.shape == (200, 3) and scene.point_colors.dtype == np.uint8
+    # A known projection: each object's centre, through the converted camera, lands on that
+    # object's pixels in the rendered ground-truth instance map.
+    from PIL import Image
+
+    from cgc_core.scene.synthetic import read_ground_truth
+
+    analytic = read_ground_truth(tiny_scene_dir)
+    hits = 0
+    for name in truth.image_names:
+        cam = scene.cameras[f"images/{Path(name).name}"]
+        ids = np.asarray(Image.open(tiny_scene_dir / "ground_truth" / f"instance_{Path(name).stem}.png"))
+        depth = np.load(tiny_scene_dir / "ground_truth" / f"depth_{Path(name).stem}.npy")
+        for k, obj in enumerate(analytic.objects, start=1):
+            if obj.kind != "sphere":
+                continue  # a sphere's centre projects inside its own silhouette
+            x = cam.world_to_camera[:3, :3] @ np.asarray(obj.center) + cam.world_to_camera[:3, 3]
+            u, v = (cam.K @ x)[:2] / x[2]
+            if not (0 <= u < cam.width and 0 <= v < cam.height and x[2] > 0):
+                continue
+            if depth[int(v), int(u)] < x[2] - obj.size[0] - 1e-3:
+                continue  # something stands in front of the sphere there
+            hits += 1
+            assert ids[int(v), int(u)] == k, (name, obj.name)
+    assert hits >= 1
     # OpenCV axes: a sparse point seen by a camera lies in front of it (camera z > 0) and projects
     # inside its image, as with the true cameras.
     cam = scene.cameras[scene.image_names[1]]
