@@ -195,6 +195,17 @@ def render_clusters(params: dict[str, Tensor], labels: np.ndarray, camera, backe
     return out.features.clamp(0, 1).cpu().numpy()
 
 
+def _cluster_onehot(labels, dtype) -> Tensor:
+    """[N, K] one-hot cluster membership (noise rows all zero); accepts a ready one-hot as is."""
+    if isinstance(labels, Tensor) and labels.ndim == 2:
+        return labels
+    labels = np.asarray(labels)
+    clusters = int(labels.max()) + 1 if (labels >= 0).any() else 0
+    onehot = torch.zeros(len(labels), clusters, dtype=dtype)
+    onehot[torch.as_tensor(labels >= 0), torch.as_tensor(labels[labels >= 0])] = 1.0
+    return onehot
+
+
 def render_instance_ids(params: dict[str, Tensor], labels: np.ndarray, camera, backend: str = "auto",
                         min_weight: float = 0.5) -> np.ndarray:
     """[H, W] int32 cluster id per pixel of one view, the same id in every view: each cluster's
@@ -203,19 +214,15 @@ def render_instance_ids(params: dict[str, Tensor], labels: np.ndarray, camera, b
     otherwise cluster k is k + 1.
 
     Args:
-        params: Trained parameters; labels: [N] cluster per Gaussian (-1 noise).
+        params: Trained parameters; labels: [N] cluster per Gaussian (-1 noise), or their [N, K] one-hot.
         camera: The view; backend: render backend.
         min_weight: The least blended weight (of 1) a pixel's cluster must have.
     """
     from .render import Gaussians, render
 
-    labels = np.asarray(labels)
-    clusters = int(labels.max()) + 1 if (labels >= 0).any() else 0
-    if clusters == 0:
+    onehot = _cluster_onehot(labels, params["means"].dtype)
+    if onehot.shape[1] == 0:
         return np.zeros((camera.height, camera.width), dtype=np.int32)
-    onehot = torch.zeros(len(labels), clusters, dtype=params["means"].dtype)
-    member = torch.as_tensor(labels >= 0)
-    onehot[member, torch.as_tensor(labels[labels >= 0])] = 1.0
     with torch.no_grad():
         weights = render(Gaussians.from_params(params), camera, features=onehot, backend=backend).features
     best, ids = weights.max(dim=-1)
@@ -239,11 +246,11 @@ def export_instance_masks(params: dict[str, Tensor], labels: np.ndarray, cameras
 
     out = Path(out_dir)
     (out / "labels").mkdir(parents=True, exist_ok=True)
-    labels = np.asarray(labels)
-    clusters = int(labels.max()) + 1 if (labels >= 0).any() else 0
+    onehot = _cluster_onehot(labels, params["means"].dtype)  # once for every view
+    clusters = onehot.shape[1]
     images, annotations = [], []
     for image_id, (name, camera) in enumerate(sorted(cameras.items()), start=1):
-        ids = render_instance_ids(params, labels, camera, backend, min_weight)
+        ids = render_instance_ids(params, onehot, camera, backend, min_weight)
         target = out / "labels" / (Path(name).with_suffix(".png").as_posix().replace("/", "_"))
         tmp = target.with_suffix(".tmp.png")
         Image.fromarray(ids.astype(np.uint16)).save(tmp)

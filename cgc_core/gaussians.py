@@ -33,6 +33,16 @@ def rgb_to_sh0(rgb: Tensor) -> Tensor:
     return (rgb - 0.5) / SH_C0
 
 
+def init_features(n: int, feature_dim: int = FEATURE_DIM, feature_init: str = "uniform", seed: int = 0) -> Tensor:
+    """[n, feature_dim] initial features: U[0, 1) (the released code) or N(0, 1), seeded."""
+    generator = torch.Generator().manual_seed(seed)
+    if feature_init == "uniform":
+        return torch.rand(n, feature_dim, generator=generator)
+    if feature_init == "normal":
+        return torch.randn(n, feature_dim, generator=generator)
+    raise ValueError(f"init_params: unknown feature_init {feature_init!r} (uniform, normal)")
+
+
 def init_params(points: np.ndarray, colors: np.ndarray | None, sh_degree: int = 3, feature_dim: int = FEATURE_DIM,
                 init_opacity: float = 0.1, seed: int = 0, feature_init: str = "uniform") -> dict[str, Tensor]:
     """3DGS initialisation from coloured sparse points, plus CGC features.
@@ -60,13 +70,7 @@ def init_params(points: np.ndarray, colors: np.ndarray | None, sh_degree: int = 
     mean_dist = np.maximum(distances[:, 1:].mean(axis=1), 1e-7)
     n = len(points)
     rgb = torch.full((n, 3), 0.5) if colors is None else torch.as_tensor(np.asarray(colors), dtype=torch.float32) / 255
-    generator = torch.Generator().manual_seed(seed)
-    if feature_init == "uniform":
-        features = torch.rand(n, feature_dim, generator=generator)
-    elif feature_init == "normal":
-        features = torch.randn(n, feature_dim, generator=generator)
-    else:
-        raise ValueError(f"init_params: unknown feature_init {feature_init!r} (uniform, normal)")
+    features = init_features(n, feature_dim, feature_init, seed)
     return {
         "means": torch.as_tensor(points, dtype=torch.float32),
         "quats": torch.tensor([[1.0, 0.0, 0.0, 0.0]]).repeat(n, 1),

@@ -25,7 +25,7 @@ from PIL import Image
 from torch import Tensor
 
 from .config import TrainConfig
-from .gaussians import FEATURE_DIM, init_params, load_ply, save_ply
+from .gaussians import init_features, init_params, load_ply, save_ply
 from .health import collapse_warning, feature_separation, mean_separation
 from .losses import multilevel_contrastive_loss, photometric_loss, sample_neighbours, spatial_regularization
 from .masks.store import MaskStore
@@ -117,10 +117,7 @@ def model_params(cfg: TrainConfig) -> dict[str, Tensor]:
     model where the file has none (`GaussianFileError` names a bad file)."""
     loaded = load_ply(cfg.init_ply)
     if "features" not in loaded:
-        n = loaded["means"].shape[0]
-        generator = torch.Generator().manual_seed(cfg.seed)
-        loaded["features"] = (torch.rand(n, FEATURE_DIM, generator=generator) if cfg.feature_init == "uniform"
-                              else torch.randn(n, FEATURE_DIM, generator=generator))
+        loaded["features"] = init_features(loaded["means"].shape[0], feature_init=cfg.feature_init, seed=cfg.seed)
     return loaded
 
 
