@@ -29,7 +29,7 @@ from .gaussians import init_features, init_params, load_ply, save_ply
 from .health import collapse_warning, feature_separation, mean_separation
 from .losses import multilevel_contrastive_loss, photometric_loss, sample_neighbours, spatial_regularization
 from .masks.store import MaskStore
-from .render import Gaussians, render
+from .render import BlendWeights, Gaussians, blend_weights, render, resolve_backend
 from .scene.model import Camera, Scene
 from .stage import hash_file
 
@@ -244,6 +244,10 @@ def train(scene: Scene, store: MaskStore, out_dir: str | Path, cfg: TrainConfig,
     model_sh_degree = math.isqrt(params["shN"].shape[1] + 1) - 1  # a loaded model may hold fewer bands
     decay = (cfg.lr_means_final / cfg.lr_means) ** (1.0 / max(cfg.iterations, 1))
     started = time.perf_counter()
+    # Frozen geometry on the CPU: the blending weights never change, so each view's are computed
+    # once (on first use) and the features render as one sparse product, without the rasterizer.
+    frozen = FrozenViews(params, {n: v[0] for n, v in views.items()}) if (
+        cfg.freeze_geometry and resolve_backend(cfg.backend) == "torch") else None
     last_good = None
     latest: dict[str, float] = {}  # the last value of every term, also on steps that skip it
     for step in range(start_step, cfg.iterations):
@@ -252,16 +256,23 @@ def train(scene: Scene, store: MaskStore, out_dir: str | Path, cfg: TrainConfig,
         name = names[int(order[index])]
         camera, target = views[name]
         sh_degree = min(step // cfg.sh_degree_every, cfg.sh_degree, model_sh_degree)
-        out = render(Gaussians.from_params(params), camera, features=params["features"], sh_degree=sh_degree,
-                     background=background, backend=cfg.backend)
+        cc_step = cfg.use_cc and step % cfg.cc_every == 0
+        reg_step = cfg.use_reg and step % cfg.reg_every == 0 and bool(cfg.lambda_near or cfg.lambda_far)
+        health_step = bool(cfg.health_every) and (step % cfg.health_every == 0 or step + 1 == cfg.iterations)
+        if frozen is None:
+            out = render(Gaussians.from_params(params), camera, features=params["features"], sh_degree=sh_degree,
+                         background=background, backend=cfg.backend)
+            rendered_features, meta = out.features, out.meta
+        else:  # the features through the view's fixed weights, only on a step that reads them
+            rendered_features = frozen.render(name, params["features"]) if cc_step or health_step else None
         losses = {} if cfg.freeze_geometry else {"photometric": photometric_loss(out.rgb, target)}
-        if cfg.use_cc and step % cfg.cc_every == 0:
+        if cc_step:
             clip = tuple(cfg.cc_temperature_clip) if cfg.cc_temperature_clip is not None else None
             losses["cc"] = cfg.cc_weight * multilevel_contrastive_loss(
-                out.features, labels[name], cfg.level_dims, min_pixels=cfg.cc_min_pixels,
+                rendered_features, labels[name], cfg.level_dims, min_pixels=cfg.cc_min_pixels,
                 temperature_scale=cfg.cc_temperature_scale, temperature_clip=clip,
                 detach_temperature=cfg.cc_detach_temperature, reduction=cfg.cc_reduction)
-        if cfg.use_reg and step % cfg.reg_every == 0 and (cfg.lambda_near or cfg.lambda_far):
+        if reg_step:
             samples, near, far = sample_neighbours(
                 params["means"], cfg.reg_samples, cfg.k_near, cfg.l_far, cfg.reg_max_points,
                 generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + step), far=cfg.reg_far,
@@ -270,7 +281,6 @@ def train(scene: Scene, store: MaskStore, out_dir: str | Path, cfg: TrainConfig,
                                                    cfg.lambda_far, cfg.reg_sigmoid_of_mean, cfg.reg_far_similarity,
                                                    cfg.reg_near_pairs)
         loss = sum(losses.values(), torch.zeros(()))
-        health_step = bool(cfg.health_every) and (step % cfg.health_every == 0 or step + 1 == cfg.iterations)
         if health_step:
             # Which term moves the features: the norm of each term's gradient on them (the
             # photometric loss does not reach the features; densification does not read these).
@@ -283,7 +293,7 @@ def train(scene: Scene, store: MaskStore, out_dir: str | Path, cfg: TrainConfig,
                 f"{scene.name}: loss became {loss.item()} at step {step}; "
                 f"the last good checkpoint is {last_good or 'none yet'} (lower the learning rates and resume)")
         if strategy is not None:
-            strategy.step_pre_backward(params, optimizers, strategy_state, step, out.meta)
+            strategy.step_pre_backward(params, optimizers, strategy_state, step, meta)
         if loss.requires_grad:  # frozen geometry on a step without a feature loss: nothing to learn
             loss.backward()
         if cfg.features_grad_between_cc == "none" and not ({"cc", "reg"} & set(losses)):
@@ -295,14 +305,14 @@ def train(scene: Scene, store: MaskStore, out_dir: str | Path, cfg: TrainConfig,
             optimizer.zero_grad(set_to_none=True)
         if strategy is not None:
             if cfg.densify == "mcmc":
-                strategy.step_post_backward(params, optimizers, strategy_state, step, out.meta,
+                strategy.step_post_backward(params, optimizers, strategy_state, step, meta,
                                             lr=optimizers["means"].param_groups[0]["lr"])
             else:
-                strategy.step_post_backward(params, optimizers, strategy_state, step, out.meta, packed=False)
+                strategy.step_post_backward(params, optimizers, strategy_state, step, meta, packed=False)
         done = step + 1
         latest |= {k: float(v.detach()) for k, v in losses.items()} | {"n": int(params["means"].shape[0])}
         if health_step:
-            measure = feature_separation(out.features.detach(), labels[name][0], cfg.cc_min_pixels)
+            measure = feature_separation(rendered_features.detach(), labels[name][0], cfg.cc_min_pixels)
             latest |= {k: v for k, v in (measure.as_dict() if measure else {}).items() if k != "segments"}
             health.append({"step": done, "view": name, **latest})
         if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.iterations:
@@ -323,6 +333,22 @@ def train(scene: Scene, store: MaskStore, out_dir: str | Path, cfg: TrainConfig,
         "health": {"history": health, **final_health},
     }, indent=2))
     return TrainResult(final, cfg.iterations, seconds, resumed_from, ply)
+
+
+class FrozenViews:
+    """The blending weights of fixed Gaussians in each training view, computed on first use and kept
+    (about 24 bytes per blended Gaussian-pixel pair: some 100 MB per 320×240 view of 33k Gaussians)."""
+
+    def __init__(self, params: dict[str, Tensor], cameras: dict[str, Camera]):
+        self.gaussians = Gaussians.from_params({k: v.detach() for k, v in params.items()})
+        self.cameras = cameras
+        self.weights: dict[str, BlendWeights] = {}
+
+    def render(self, name: str, features: Tensor) -> Tensor:
+        """[H, W, D]: the features blended into view `name` (differentiable in `features`)."""
+        if name not in self.weights:
+            self.weights[name] = blend_weights(self.gaussians, self.cameras[name])
+        return self.weights[name].render(features)
 
 
 def final_feature_health(params: dict[str, Tensor], views: dict[str, tuple[Camera, Tensor]],

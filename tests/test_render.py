@@ -229,3 +229,31 @@ def test_gsplat_backend_matches_torch_backend_on_cuda():
     gpu, gpu_grads = _render_with_grads(cuda_params, camera, "gsplat")
     for name in ("rgb", "features", "alpha"):
         assert (getattr(gpu, name).cpu() - getattr(cpu, name)).abs().max() < 1e-3, name
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_blend_weights_render_features_exactly_as_the_reference(seed):
+    """Frozen geometry's fast path: the view's blending weights times any features equal the dense
+    reference's feature map, and their gradient equals the reference's gradient on the features."""
+    from cgc_core.render import blend_weights
+
+    params = _random_scene(60, seed)
+    camera = _camera()
+    gaussians = Gaussians(*(params[k].detach() for k in PARAMS[:5]))
+    weights = blend_weights(gaussians, camera)
+    assert weights.matrix.shape == (camera.height * camera.width, 60)
+    assert weights.matrix._nnz() > 0 and float(weights.matrix.values().min()) > 0
+    features = params["features"].detach().clone().requires_grad_()
+    fast = weights.render(features)
+    ramp = torch.linspace(0.5, 1.5, fast.numel(), dtype=fast.dtype).reshape(fast.shape)
+    (fast * ramp).sum().backward()
+    oracle_features = params["features"].detach().clone().requires_grad_()
+    oracle = render(gaussians, camera, features=oracle_features, backend="reference").features
+    (oracle * ramp).sum().backward()
+    assert _rel_err(fast, oracle) < 1e-10
+    assert _rel_err(features.grad, oracle_features.grad) < 1e-10
+    # Other features, same weights: the weights do not depend on what they blend.
+    other = torch.randn_like(features)
+    assert _rel_err(weights.render(other), render(gaussians, camera, features=other, backend="reference").features) < 1e-10
+    with pytest.raises(ValueError, match="one per Gaussian"):
+        weights.render(features[:10])

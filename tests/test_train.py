@@ -135,6 +135,14 @@ def test_a_trained_3dgs_model_trains_only_its_features_when_frozen(tiny_inputs, 
     initial = train(scene, store, tmp_path / "zero", _cfg(iterations=1, init_ply=str(model), freeze_geometry=True,
                                                           use_cc=False, use_reg=False, checkpoint_every=0))
     assert (frozen.params["features"] - initial.params["features"]).abs().max() > 1e-4
+    # The fast path (each view's blending weights, once) trains the same features as rendering
+    # every step with the dense reference renderer.
+    short = dict(iterations=3, init_ply=str(model), freeze_geometry=True, cc_every=1, checkpoint_every=0, downscale=2,
+                 health_every=0, health_views=1)
+    fast = train(scene, store, tmp_path / "fast", _cfg(**short))
+    oracle = train(scene, store, tmp_path / "oracle", _cfg(**short, backend="reference"))
+    torch.testing.assert_close(fast.params["features"], oracle.params["features"], rtol=1e-4, atol=1e-5)
+    assert (fast.params["features"] - initial.params["features"]).abs().max() > 1e-4
     with pytest.raises(TrainingError, match="freeze_geometry needs train.init_ply"):
         train(scene, store, tmp_path / "bad", _cfg(freeze_geometry=True))
     with pytest.raises(GaussianFileError, match="nothing.ply"):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 from pathlib import Path
 
 import torch
@@ -88,6 +89,27 @@ class _Rasterize(torch.autograd.Function):
             grad_image.contiguous(), grad_alpha.contiguous(), width, height, tile_size,
         )
         return g_means, g_conics, g_opac, g_colors, None, None, None, None, None, None, None
+
+
+@torch.no_grad()
+def blend_weight_matrix(means2d: Tensor, conics: Tensor, opacities: Tensor, radii: Tensor, depths: Tensor,
+                        width: int, height: int, tile_size: int = TILE_SIZE) -> Tensor:
+    """The weights alpha·T with which `rasterize_tiles` blends each Gaussian into each pixel.
+
+    Returns:
+        A sparse CSR matrix [H*W, N] (row p = y * width + x): the blended image of any per-Gaussian
+        values [N, C] is `matrix @ values` (background 0).
+    """
+    if means2d.device.type != "cpu":
+        raise ValueError("blending weights come from the CPU kernel; move the Gaussians to the CPU")
+    dtype = means2d.dtype
+    offsets, ids = bin_tiles(means2d, radii, depths, width, height, tile_size)
+    crow, col, weight = extension().blend_weights(
+        means2d.contiguous(), conics.contiguous().to(dtype), opacities.contiguous().to(dtype),
+        radii.to(torch.int32).contiguous(), offsets, ids, width, height, tile_size)
+    with warnings.catch_warnings():  # "CSR support is in beta": the product it is used for is tested
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(crow, col, weight, (height * width, means2d.shape[0]), check_invariants=False)
 
 
 def rasterize_tiles(means2d: Tensor, conics: Tensor, opacities: Tensor, colors: Tensor, radii: Tensor,

@@ -197,7 +197,70 @@ std::vector<torch::Tensor> rasterize_backward(torch::Tensor means2d, torch::Tens
           total.slice(1, 6, stride).contiguous()};
 }
 
+// The blending weights w = alpha * T of every (pixel, Gaussian) pair that the forward pass blends,
+// as CSR rows over pixels (row p = i * width + j): crow [H*W + 1] int64, col [nnz] int64 (Gaussian
+// ids), weight [nnz]. Any per-Gaussian channel then renders as weights @ values (background 0):
+// the frozen-geometry path renders features without re-running the rasterizer. Same loop, same
+// tests as rasterize_forward, so the weights are exactly those it blends with.
+std::vector<torch::Tensor> blend_weights(torch::Tensor means2d, torch::Tensor conics, torch::Tensor opacities,
+                                         torch::Tensor radii, torch::Tensor tile_offsets, torch::Tensor sorted_ids,
+                                         int64_t width, int64_t height, int64_t tile_size) {
+  const int64_t tiles_x = (width + tile_size - 1) / tile_size;
+  const int64_t tiles_y = (height + tile_size - 1) / tile_size;
+  auto crow = torch::zeros({height * width + 1}, tile_offsets.options());
+  torch::Tensor col, weight;
+
+  AT_DISPATCH_FLOATING_TYPES(means2d.scalar_type(), "blend_weights", [&] {
+    const auto splats = gather_splats<scalar_t>(means2d, conics, opacities, radii);
+    const int64_t* offsets = tile_offsets.data_ptr<int64_t>();
+    const int64_t* ids = sorted_ids.data_ptr<int64_t>();
+    // pass 0 counts each pixel's entries, pass 1 writes them where the counts' prefix sum says
+    for (int pass = 0; pass < 2; ++pass) {
+      int64_t* rows = crow.data_ptr<int64_t>();
+      int64_t* cols = pass ? col.data_ptr<int64_t>() : nullptr;
+      scalar_t* ws = pass ? weight.data_ptr<scalar_t>() : nullptr;
+      at::parallel_for(0, tiles_x * tiles_y, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t tile = begin; tile < end; ++tile) {
+          const int64_t ty = tile / tiles_x, tx = tile % tiles_x;
+          const int64_t start = offsets[tile], stop = offsets[tile + 1];
+          for (int64_t i = ty * tile_size; i < std::min(height, (ty + 1) * tile_size); ++i) {
+            for (int64_t j = tx * tile_size; j < std::min(width, (tx + 1) * tile_size); ++j) {
+              const int64_t p = i * width + j;
+              const scalar_t px = j + scalar_t(0.5), py = i + scalar_t(0.5);
+              int64_t out = pass ? rows[p] : 0;
+              scalar_t T = 1;
+              for (int64_t k = start; k < stop; ++k) {
+                const int64_t g = ids[k];
+                scalar_t alpha, gauss, dx, dy;
+                bool clamped;
+                if (!splat_alpha(splats[g], px, py, alpha, gauss, dx, dy, clamped)) continue;
+                const scalar_t next_t = T * (1 - alpha);
+                if (next_t < scalar_t(kTransmittanceMin)) break;
+                if (pass) {
+                  cols[out] = g;
+                  ws[out] = alpha * T;
+                }
+                ++out;
+                T = next_t;
+              }
+              if (!pass) rows[p + 1] = out;
+            }
+          }
+        }
+      });
+      if (!pass) {
+        crow = crow.cumsum(0);
+        const int64_t nnz = crow[height * width].item<int64_t>();
+        col = torch::empty({nnz}, tile_offsets.options());
+        weight = torch::empty({nnz}, means2d.options());
+      }
+    }
+  });
+  return {crow, col, weight};
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &rasterize_forward, "tile rasterization forward (CPU)");
   m.def("backward", &rasterize_backward, "tile rasterization backward (CPU)");
+  m.def("blend_weights", &blend_weights, "per-pixel blending weights as CSR (CPU)");
 }
