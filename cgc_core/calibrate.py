@@ -12,9 +12,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sqlite3
+import threading
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pycolmap
@@ -57,22 +60,70 @@ def _feature_options(cfg: CalibrateConfig) -> pycolmap.FeatureExtractionOptions:
     return options
 
 
+Progress = Callable[[int, int, str], None]
+"""progress(done, total, what): images whose features are extracted, or image pairs matched."""
+
+
+def _database_count(database: Path, table: str) -> int:
+    """Rows COLMAP has committed to a table of its SQLite database so far (0 before it exists)."""
+    try:
+        with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=0.2) as connection:
+            return int(connection.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+    except sqlite3.Error:
+        return 0
+
+
+def _with_progress(work: Callable[[], None], database: Path, table: str, total: int, what: str,
+                   progress: Progress | None) -> None:
+    """Run a pycolmap call (it releases the GIL) in a thread and report, while it runs, how many rows
+    of `table` it has written: pycolmap has no progress callback, its database is the one witness."""
+    if progress is None:
+        work()
+        return
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            work()
+        except BaseException as exc:  # handed to the calling thread below
+            failure.append(exc)
+
+    thread = threading.Thread(target=run, name=f"colmap-{table}", daemon=True)
+    thread.start()
+    reported = -1
+    while thread.is_alive():
+        thread.join(0.5)
+        done = min(_database_count(database, table), total)
+        if done != reported:
+            progress(done, total, what)
+            reported = done
+    if failure:
+        raise failure[0]
+    progress(total, total, what)
+
+
 def _extract_and_match(scene: Scene, database: Path, cfg: CalibrateConfig, reader: pycolmap.ImageReaderOptions,
-                       camera_mode: pycolmap.CameraMode, timings: dict[str, float]) -> None:
+                       camera_mode: pycolmap.CameraMode, timings: dict[str, float],
+                       progress: Progress | None = None) -> None:
+    n = len(scene.image_names)
     start = time.perf_counter()
-    pycolmap.extract_features(
+    _with_progress(lambda: pycolmap.extract_features(
         database, scene.image_dir, image_names=scene.image_names, camera_mode=camera_mode,
         reader_options=reader, extraction_options=_feature_options(cfg), device=pycolmap.Device.cpu,
-    )
+    ), database, "keypoints", n, "SIFT features (images)", progress)
     timings["features_s"] = time.perf_counter() - start
     start = time.perf_counter()
     matching = pycolmap.FeatureMatchingOptions()
     matching.num_threads = cfg.num_threads
     matching.use_gpu = False
-    if len(scene.image_names) <= cfg.sequential_matching_above:
-        pycolmap.match_exhaustive(database, matching_options=matching, device=pycolmap.Device.cpu)
-    else:
-        pycolmap.match_sequential(database, matching_options=matching, device=pycolmap.Device.cpu)
+    if n <= cfg.sequential_matching_above:
+        pairs = n * (n - 1) // 2
+        match = lambda: pycolmap.match_exhaustive(database, matching_options=matching, device=pycolmap.Device.cpu)
+    else:  # each image with its next `overlap` ones (COLMAP's default pairing; the bar may end early)
+        overlap = pycolmap.SequentialPairingOptions().overlap
+        pairs = sum(min(overlap, n - 1 - i) for i in range(n))
+        match = lambda: pycolmap.match_sequential(database, matching_options=matching, device=pycolmap.Device.cpu)
+    _with_progress(match, database, "two_view_geometries", pairs, "matching (image pairs)", progress)
     timings["matching_s"] = time.perf_counter() - start
 
 
@@ -91,13 +142,14 @@ def resolve_mode(scene: Scene, cfg: CalibrateConfig) -> str:
     return "known_poses" if scene.has_poses and not scene.poses_are_truth else "sfm"
 
 
-def run_sfm(scene: Scene, work_dir: Path, cfg: CalibrateConfig, timings: dict[str, float]) -> pycolmap.Reconstruction:
+def run_sfm(scene: Scene, work_dir: Path, cfg: CalibrateConfig, timings: dict[str, float],
+            progress: Progress | None = None) -> pycolmap.Reconstruction:
     """Feature extraction, matching and incremental mapping; returns the largest reconstruction."""
     database = work_dir / "database.db"
     reader = pycolmap.ImageReaderOptions()
     reader.camera_model = resolve_camera_model(scene, cfg)
     mode = pycolmap.CameraMode.SINGLE if cfg.single_camera else pycolmap.CameraMode.AUTO
-    _extract_and_match(scene, database, cfg, reader, mode, timings)
+    _extract_and_match(scene, database, cfg, reader, mode, timings, progress)
     start = time.perf_counter()
     options = pycolmap.IncrementalPipelineOptions()
     options.num_threads = cfg.num_threads
@@ -112,13 +164,14 @@ def run_sfm(scene: Scene, work_dir: Path, cfg: CalibrateConfig, timings: dict[st
     return max(maps.values(), key=lambda r: r.num_reg_images())
 
 
-def triangulate_known_poses(scene: Scene, work_dir: Path, cfg: CalibrateConfig,
-                            timings: dict[str, float]) -> pycolmap.Reconstruction:
+def triangulate_known_poses(scene: Scene, work_dir: Path, cfg: CalibrateConfig, timings: dict[str, float],
+                            progress: Progress | None = None) -> pycolmap.Reconstruction:
     """Keep the dataset's poses and intrinsics; match features and triangulate points only."""
     if not scene.has_poses:
         raise CalibrationError(f"{scene.root}: calibrate.mode=known_poses but the dataset has no poses for every image")
     database = work_dir / "database.db"
-    _extract_and_match(scene, database, cfg, pycolmap.ImageReaderOptions(), pycolmap.CameraMode.PER_IMAGE, timings)
+    _extract_and_match(scene, database, cfg, pycolmap.ImageReaderOptions(), pycolmap.CameraMode.PER_IMAGE, timings,
+                       progress)
     # The database got one guessed camera per image: overwrite each with the dataset's intrinsics
     # so the database and the posed reconstruction agree camera by camera.
     db = pycolmap.Database.open(str(database))
@@ -146,7 +199,8 @@ def triangulate_known_poses(scene: Scene, work_dir: Path, cfg: CalibrateConfig,
     return rec
 
 
-def calibrate(scene: Scene, out_dir: str | Path, cfg: CalibrateConfig) -> CalibrationSummary:
+def calibrate(scene: Scene, out_dir: str | Path, cfg: CalibrateConfig,
+              progress: Progress | None = None) -> CalibrationSummary:
     """Calibrate a scene's cameras into `out_dir` (see the module docstring for its layout).
 
     Args:
@@ -154,6 +208,8 @@ def calibrate(scene: Scene, out_dir: str | Path, cfg: CalibrateConfig) -> Calibr
         out_dir: An empty or missing folder for the outputs.
         cfg: The calibrate config section (`resolve_mode` and `resolve_camera_model` say what
             its `auto` values become for this scene).
+        progress: Called as progress(done, total, what) while features are extracted (images)
+            and matched (image pairs), from the counts in COLMAP's database.
 
     Returns:
         The `CalibrationSummary` also written to `calibration.json`.
@@ -174,9 +230,9 @@ def calibrate(scene: Scene, out_dir: str | Path, cfg: CalibrateConfig) -> Calibr
     pycolmap.set_random_seed(cfg.seed)
     pycolmap.logging.minloglevel = cfg.colmap_log_level
     if mode == "sfm":
-        rec = run_sfm(scene, work_dir, cfg, timings)
+        rec = run_sfm(scene, work_dir, cfg, timings, progress)
     else:
-        rec = triangulate_known_poses(scene, work_dir, cfg, timings)
+        rec = triangulate_known_poses(scene, work_dir, cfg, timings, progress)
 
     registered = sorted(rec.images[i].name for i in rec.reg_image_ids())
     share = len(registered) / len(scene.image_names)

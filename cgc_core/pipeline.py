@@ -46,7 +46,8 @@ class StageSpec:
 # The functions are looked up when a stage runs (not bound here), so a test can replace one.
 SCENE_SPECS = (
     StageSpec("scene", (), lambda cfg, source, up, force, progress: scene_stage(cfg, source, force=force)),
-    StageSpec("calibrate", ("scene",), lambda cfg, scene, up, force, progress: calibrate_stage(cfg, scene, force=force)),
+    StageSpec("calibrate", ("scene",), lambda cfg, scene, up, force, progress:
+              calibrate_stage(cfg, scene, force=force, progress=progress), progress_every=50),
     StageSpec("masks", ("calibrate",), lambda cfg, scene, up, force, progress:
               (scene, masks_stage(cfg, scene, force=force, progress=progress)[1]), progress_every=10),
     StageSpec("train", ("calibrate", "masks"), lambda cfg, scene, up, force, progress:
@@ -147,13 +148,15 @@ def calibrate_inputs(cfg: CgcConfig, scene: Scene) -> dict[str, str]:
     return inputs
 
 
-def calibrate_stage(cfg: CgcConfig, scene: Scene, force: bool = False) -> tuple[Scene, StageResult]:
-    """Calibrate (or reuse the calibration of) a scene; returns the calibrated scene and the stage result."""
+def calibrate_stage(cfg: CgcConfig, scene: Scene, force: bool = False,
+                    progress: Callable[[int, int, str], None] | None = None) -> tuple[Scene, StageResult]:
+    """Calibrate (or reuse the calibration of) a scene; returns the calibrated scene and the stage
+    result. `progress(done, total, what)` follows feature extraction and matching."""
     # Checked before the key is computed: a bad image is an error naming it, never a COLMAP failure.
     scene.check_images(single_size=cfg.calibrate.single_camera and not scene.has_poses)
 
     def compute(tmp: Path) -> dict:
-        summary = calibrate(scene, tmp, cfg.calibrate)
+        summary = calibrate(scene, tmp, cfg.calibrate, progress)
         return {
             "mode": summary.mode, "camera_model": summary.camera_model, "n_images": summary.n_images,
             "n_registered": len(summary.registered), "registered_share": summary.registered_share,

@@ -53,7 +53,13 @@ def test_sfm_on_real_photos_registers_most(shared_dir, tmp_path):
     if not photos.is_dir():
         pytest.skip(f"{photos} is absent")
     scene = load_scene(photos, layout="photos")
-    summary = calibrate(scene, tmp_path / "calib", CalibrateConfig())
+    reports = []
+    summary = calibrate(scene, tmp_path / "calib", CalibrateConfig(), progress=lambda *r: reports.append(r))
+    # Progress follows COLMAP's database: images with features, then matched pairs, each rising to its total.
+    n = len(scene.image_names)
+    for what, total in (("SIFT features (images)", n), ("matching (image pairs)", n * (n - 1) // 2)):
+        counts = [done for done, tot, w in reports if w == what and tot == total]
+        assert counts and counts == sorted(counts) and counts[-1] == total, (what, counts)
     assert summary.camera_model == "SIMPLE_RADIAL"
     assert summary.registered_share >= 0.9
     # distortion was modelled, so undistorted PINHOLE images were written and are used
