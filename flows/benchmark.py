@@ -1,6 +1,7 @@
 """The `cgc-benchmark` flow: one `cgc-scene` subflow per scene, stages chained inside it, then one report.
 
-Run it directly (`python -m flows.benchmark --scenes synthetic`, what `make demo` does) or as a
+Run it directly (`python -m flows.benchmark --scenes synthetic`, what `make demo` does; the
+command line is typer's, like `cgc`'s) or as a
 deployment (`prefect deployment run cgc-benchmark/cgc-benchmark`, see prefect.yaml and `make serve`).
 
 Scenes fan out on the flow's task runner: each scene is a task that runs its `cgc-scene` subflow.
@@ -11,15 +12,18 @@ variable CGC_DASK_ADDRESS, e.g. set in a work pool's job variables) it is prefec
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
 from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
 
 from prefect import flow, get_run_logger, task
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from cgc_core.cli import ConfigOpt, SetOpt
 from cgc_core.config import CgcConfig, load_config
 from cgc_core.evaluate import check_protocol_weights
 from cgc_core import pipeline
@@ -121,18 +125,26 @@ def cgc_benchmark(scenes: list[str] | None = None, config_path: str | None = Non
     return {"scenes": results, "report": report["report_dir"], "report_cached": report["cached"]}
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description="Run the cgc-benchmark flow locally.")
-    parser.add_argument("--scenes", nargs="+", default=["synthetic"])
-    parser.add_argument("--config", default=None, help="YAML config file")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE")
-    parser.add_argument("--force", nargs="*", default=[], choices=STAGES)
-    parser.add_argument("--dask-address", default=None, help="run scenes on this Dask scheduler (tcp://host:port)")
-    args = parser.parse_args(argv)
+cli = typer.Typer(add_completion=False, help="Run the cgc-benchmark flow locally.")
+
+
+@cli.command()
+def main(scenes: Annotated[list[str], typer.Option("--scenes", help="synthetic, synthetic-<preset>, a dataset "
+                                                   "folder or a video (repeat for several)")] = ["synthetic"],
+         config: ConfigOpt = None, set_: SetOpt = None,
+         force: Annotated[Optional[list[str]], typer.Option(help=f"recompute a stage and what reads it "
+                                                            f"(repeatable; one of {', '.join(STAGES)})")] = None,
+         dask_address: Annotated[Optional[str], typer.Option(help="run scenes on this Dask scheduler "
+                                                             "(tcp://host:port)")] = None) -> dict:
+    """Run every scene's stages and the report, then print where the outputs and the report are."""
+    try:
+        with_downstream(force or [])
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--force") from exc
     benchmark = cgc_benchmark
-    if args.dask_address:
-        benchmark = cgc_benchmark.with_options(task_runner=scene_task_runner(args.dask_address))
-    run = benchmark(args.scenes, args.config, args.overrides, args.force)
+    if dask_address:
+        benchmark = cgc_benchmark.with_options(task_runner=scene_task_runner(dask_address))
+    run = benchmark(scenes, str(config) if config else None, set_ or [], force or [])
     results = run["scenes"]
     print()
     for r in results:
@@ -151,4 +163,4 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    cli()

@@ -131,3 +131,13 @@ def test_segment_runs_a_capture_to_clusters_and_consistent_masks(tmp_path):
     assert again.exit_code == 0 and "cached" in again.output
     usage = runner.invoke(app, ["segment"])
     assert usage.exit_code == 2 and "give a PATH" in usage.output
+
+
+def test_the_flow_command_line_is_typer_and_refuses_unknown_stages_before_any_work(monkeypatch):
+    import flows.benchmark as benchmark
+
+    ran = []
+    monkeypatch.setattr(benchmark, "cgc_benchmark", lambda *args: ran.append(args))
+    bad = runner.invoke(benchmark.cli, ["--scenes", "synthetic", "--force", "nope"])
+    assert bad.exit_code == 2 and "unknown stage(s) ['nope']" in bad.output and not ran
+    assert "--dask-address" in runner.invoke(benchmark.cli, ["--help"]).output
