@@ -12,7 +12,6 @@ Last line:
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 
 from cgc_core.config import load_config
@@ -35,8 +34,8 @@ def run_variant(data_dir: str, preset: str, extra: list[str], overrides: list[st
     _, trained = run_scene_stage(cfg, "synthetic", "train")
     _, evaluated = run_scene_stage(cfg, "synthetic", "evaluate")
     _, clustered = run_scene_stage(cfg, "synthetic", "cluster")
-    summary = json.loads((evaluated.stage_dir / "summary.json").read_text())
-    cluster = json.loads((clustered.stage_dir / "summary.json").read_text())
+    summary = evaluated.outputs.summary
+    cluster = clustered.outputs.summary
     return {"miou": summary["miou"], "mbiou": summary["mbiou"], "psnr": summary["psnr"], "ari": cluster.get("ari"),
             "minutes": trained.manifest.info["seconds"] / 60, "n": trained.manifest.info["n_gaussians"],
             "prompts": {p: v["iou"] for p, v in summary["prompts"].items()}}

@@ -15,7 +15,6 @@ Last line:
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
@@ -27,7 +26,6 @@ from cgc_core.cluster import cluster_gaussians
 from cgc_core.config import load_config
 from cgc_core.gaussians import load_ply
 from cgc_core.pipeline import run_scene_stage
-from cgc_core.train import PLY_NAME
 
 
 def tiled(params: dict, n: int, seed: int = 0) -> dict:
@@ -54,10 +52,10 @@ def main() -> None:
         for stage in ("scene", "calibrate", "masks", "train"):
             _, result = run_scene_stage(cfg, "synthetic", stage)
             print(f"{stage}: {result.reason if result else 'read in place'}", flush=True)
-        trained_dir = result.stage_dir
+        trained = result
         _, clustered = run_scene_stage(cfg, "synthetic", "cluster", force=True)
-        summary = json.loads((clustered.stage_dir / "summary.json").read_text())
-        params = load_ply(trained_dir / PLY_NAME)
+        summary = clustered.outputs.summary
+        params = load_ply(trained.outputs.ply)
     print(f"{args.preset}: {summary['n_gaussians']} Gaussians -> {summary['n_clusters']} clusters in "
           f"{summary['cluster_seconds']:.1f} s; ARI {summary['ari']:.3f}, mean object IoU "
           f"{summary['mean_object_iou']:.3f}, mean click-selection IoU {summary['mean_selection_iou']:.3f}")

@@ -13,14 +13,11 @@ Last line:
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from cgc_core.config import load_config
 from cgc_core.gaussians import load_ply, save_ply
 from cgc_core.pipeline import run_scene_stage
-from cgc_core.stage import SUMMARY
-from cgc_core.train import PLY_NAME, RECORD_NAME
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,9 +27,8 @@ def train_and_evaluate(source: str, overrides: list[str]) -> tuple[dict, dict, P
     for stage in ("scene", "calibrate", "masks", "train", "evaluate"):
         _, result = run_scene_stage(cfg, source, stage)
         if stage == "train":
-            trained = result.stage_dir
-    return (json.loads((trained / RECORD_NAME).read_text()), json.loads((result.stage_dir / SUMMARY).read_text()),
-            trained)
+            trained = result.outputs
+    return trained.record, result.outputs.summary, trained.ply
 
 
 def main() -> None:
@@ -42,9 +38,9 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE")
     args = parser.parse_args()
     base = [f"data_dir={args.data_dir}", *args.overrides]
-    full_record, full_eval, full_dir = train_and_evaluate(args.scene, base)
+    full_record, full_eval, full_ply = train_and_evaluate(args.scene, base)
     model = Path(args.data_dir) / "model_without_features.ply"
-    save_ply({k: v for k, v in load_ply(full_dir / PLY_NAME).items() if k != "features"}, model)
+    save_ply({k: v for k, v in load_ply(full_ply).items() if k != "features"}, model)
     frozen_record, frozen_eval, _ = train_and_evaluate(
         args.scene, [*base, f"train.init_ply={model}", "train.freeze_geometry=true"])
     speedup = full_record["seconds"] / frozen_record["seconds"]

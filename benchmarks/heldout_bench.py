@@ -26,7 +26,6 @@ mean; ari: mean 3D ARI over every run; minutes: the sum of the training times)
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 from concurrent.futures import ProcessPoolExecutor
@@ -47,11 +46,11 @@ def run_one(preset: str, seed: int, overrides: list[str], data_dir: str) -> dict
     for stage in ("scene", "calibrate", "masks", "train", "evaluate", "cluster"):
         _, result = run_scene_stage(cfg, f"synthetic-{preset}", stage)
         if stage == "train":
-            record = json.loads((result.stage_dir / "train.json").read_text())
+            record = result.outputs.record
         if stage == "evaluate":
-            evaluated = json.loads((result.stage_dir / "summary.json").read_text())
+            evaluated = result.outputs.summary
         if stage == "cluster":
-            clustered = json.loads((result.stage_dir / "summary.json").read_text())
+            clustered = result.outputs.summary
     syn = cfg.synthetic
     syn.preset = preset
     multipart = [o.name for o in build_scene(syn).objects if o.kind == "compound"]

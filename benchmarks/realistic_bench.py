@@ -16,7 +16,6 @@ Last line:
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -26,14 +25,14 @@ import torch.nn.functional as F
 from cgc_core.config import load_config
 from cgc_core.gaussians import load_ply
 from cgc_core.pipeline import run_scene_stage
-from cgc_core.train import PLY_NAME, feature_renderer
+from cgc_core.train import TrainOutputs, feature_renderer
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def object_cosines(scene, trained_dir: Path, backend: str) -> tuple[list[str], np.ndarray]:
+def object_cosines(scene, trained: TrainOutputs, backend: str) -> tuple[list[str], np.ndarray]:
     """Prompts of the first test view and the cosine matrix of their mean unit rendered features."""
-    params = load_ply(trained_dir / PLY_NAME)
+    params = load_ply(trained.ply)
     view = scene.test_names[0]
     features = F.normalize(feature_renderer(params, scene, backend)(view), dim=-1)
     prompts = sorted(scene.gt_masks.get(view, {}))
@@ -51,13 +50,13 @@ def run_scene(source: str, overrides: list[str], data_dir: str) -> dict:
         scene, result = run_scene_stage(cfg, source, stage)
         print(f"[{source}] {stage:<9} {'cached' if result.cached else 'computed'}  {result.stage_dir}", flush=True)
         if stage == "train":
-            trained_dir = result.stage_dir
+            trained = result.outputs
         if stage == "evaluate":
-            evaluated = json.loads((result.stage_dir / "summary.json").read_text())
+            evaluated = result.outputs.summary
         if stage == "cluster":
-            clustered = json.loads((result.stage_dir / "summary.json").read_text())
-    record = json.loads((trained_dir / "train.json").read_text())
-    prompts, cos = object_cosines(scene, trained_dir, cfg.train.backend)
+            clustered = result.outputs.summary
+    record = trained.record
+    prompts, cos = object_cosines(scene, trained, cfg.train.backend)
     print(f"[{source}] click-oracle mIoU {evaluated['miou']:.3f}  mBIoU {evaluated['mbiou']:.3f}  "
           f"test PSNR {evaluated['psnr']:.2f} dB  clusters {clustered['n_clusters']}  "
           f"3D ARI {clustered.get('ari', float('nan')):.3f}  train {record['seconds'] / 60:.2f} min, "

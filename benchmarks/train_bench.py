@@ -11,7 +11,6 @@ Last line:
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 
 from cgc_core.config import load_config
@@ -32,7 +31,7 @@ def main() -> None:
         trained = train_stage(cfg, calibrated, masks, calibration, force=True)
         evaluated = evaluate_stage(cfg, calibrated, trained, force=True)
         info = trained.manifest.info
-        summary = json.loads((evaluated.stage_dir / "summary.json").read_text())
+        summary = evaluated.outputs.summary
     s_per_iter = info["seconds"] / info["steps"]
     print(f"{args.preset}: {info['steps']} iterations in {info['seconds'] / 60:.2f} min ({s_per_iter:.3f} s/iter), "
           f"{info['n_gaussians']} Gaussians at the end; test PSNR {summary['psnr']:.2f} dB")

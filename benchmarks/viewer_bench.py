@@ -23,7 +23,6 @@ from cgc_core.gaussians import load_ply
 from cgc_core.pipeline import run_scene_stage
 from cgc_core.render import Gaussians, render
 from cgc_core.scene.model import Camera
-from cgc_core.train import PLY_NAME
 from cgc_core.viewer import ViewerSession
 
 
@@ -33,7 +32,7 @@ def trained(data_dir: str, preset: str, overrides: list[str]) -> tuple[dict, lis
     for stage in ("scene", "calibrate", "masks", "train"):
         scene, result = run_scene_stage(cfg, "synthetic", stage)
     names = scene.test_names + scene.train_names
-    return load_ply(result.stage_dir / PLY_NAME), [scene.cameras[n] for n in names if n in scene.cameras]
+    return load_ply(result.outputs.ply), [scene.cameras[n] for n in names if n in scene.cameras]
 
 
 def main() -> None:

@@ -185,11 +185,8 @@ def stage_cmd(name: Annotated[str, typer.Argument(help="scene, calibrate, masks,
         typer.echo(f"{scene}: read in place (no stage output)")
         return
     typer.echo(f"{name}: {result.reason} -> {result.stage_dir}")
-    from .train import RECORD_NAME
-
-    record = result.stage_dir / RECORD_NAME
-    if name == "train" and record.is_file():
-        warning = json.loads(record.read_text()).get("health", {}).get("warning")
+    if name == "train":
+        warning = result.outputs.record.get("health", {}).get("warning")
         if warning:
             typer.echo(f"WARNING: {warning}", err=True)
     for key, value in result.manifest.info.items():
@@ -220,22 +217,20 @@ def export_cmd(scene: Annotated[str, typer.Option(help="scene source, as for `cg
     from .cluster import export_selection
     from .gaussians import load_ply, read_ply_attribute
     from .selection import Selector
-    from .train import PLY_NAME, feature_renderer
+    from .train import feature_renderer
 
     if sum(x is not None for x in (object_, cluster, click)) != 1:
         typer.echo("error: give exactly one of --object, --cluster, --click", err=True)
         raise typer.Exit(2)
     cfg = _config(config, set_)
     calibrated, trained = _stage(cfg, scene, "train")
-    params = load_ply(trained.stage_dir / PLY_NAME)
+    params = load_ply(trained.outputs.ply)
     if cluster is not None:
         _, clustered = _stage(cfg, scene, "cluster")
-        from .cluster import CLUSTERS_PLY
-
-        labels = read_ply_attribute(clustered.stage_dir / CLUSTERS_PLY, "cluster")
+        labels = read_ply_attribute(clustered.outputs.clusters_ply, "cluster")
         if not (labels == cluster).any():
             typer.echo(f"error: cluster {cluster} does not exist (clusters 0..{labels.max()}; see "
-                       f"{clustered.stage_dir / 'summary.json'})", err=True)
+                       f"{clustered.outputs.folder}/summary.json)", err=True)
             raise typer.Exit(1)
         keep = labels == cluster
     else:
@@ -297,7 +292,6 @@ def _object_query(cfg, scene, render_features, selector, prompt: str):
 def report_cmd(run: Annotated[str, typer.Option(help="run id (a folder under reports_dir) or a report folder")],
                config: ConfigOpt = None, set_: SetOpt = None) -> None:
     """Rebuild a run's report (report.md, report.html, results.parquet, figures) from its run.json."""
-    import json
 
     from .pipeline import scene_stage
     from .report import RUN_RECORD, ReportError, build_report
@@ -357,16 +351,13 @@ def segment_cmd(path: Annotated[Optional[str], typer.Argument(help="photos folde
 
             _, result = _stage(cfg, source, name, progress=progress)
             bars.update(task, total=1, completed=1, detail="cached" if result is None or result.cached else "done")
-    from .cluster import CLUSTERS_PLY
-    from .stage import SUMMARY
-
-    clustered = result.stage_dir
-    summary = json.loads((clustered / SUMMARY).read_text())
+    clustered = result.outputs
+    summary = clustered.summary
     typer.echo(f"{summary['n_clusters']} clusters of {summary['n_gaussians']} Gaussians")
-    typer.echo(f"  scene with cluster ids: {clustered / CLUSTERS_PLY}")
-    typer.echo(f"  one .ply per cluster:   {clustered}/cluster_*.ply")
+    typer.echo(f"  scene with cluster ids: {clustered.clusters_ply}")
+    typer.echo(f"  one .ply per cluster:   {clustered.folder}/cluster_*.ply")
     if summary.get("instance_masks"):
-        typer.echo(f"  consistent 2D masks:    {clustered / 'instance_masks'} (labels/*.png, instances.json)")
+        typer.echo(f"  consistent 2D masks:    {clustered.instance_masks} (labels/*.png, instances.json)")
     typer.echo(f"view it: cgc view --scene {source}" + "".join(f" --set {item}" for item in [*extra, *(set_ or [])]))
 
 

@@ -21,9 +21,35 @@ from torch import Tensor
 
 from .config import SELECTION_THRESHOLD, ClusterConfig
 from .gaussians import save_ply, subset_params
+from .stage import StageOutputs
 
 CLUSTERS_PLY = "scene_clusters.ply"
 """The whole trained model with a `cluster` attribute per Gaussian."""
+
+
+@dataclass(frozen=True)
+class ClusterOutputs(StageOutputs):
+    """The cluster stage's files (summary.json: counts, sizes, 3D scores where the scene has truth)."""
+
+    @property
+    def clusters_ply(self) -> Path:
+        """Every Gaussian with its `cluster` attribute (`cluster_XXX.ply` beside it: one per cluster)."""
+        return self.folder / CLUSTERS_PLY
+
+    @property
+    def palette(self) -> Path:
+        """A view painted by cluster (PNG)."""
+        return self.folder / "palette.png"
+
+    @property
+    def objects(self) -> Path:
+        """`<prompt>.ply` per prompt: the Gaussians its query selects."""
+        return self.folder / "objects"
+
+    @property
+    def instance_masks(self) -> Path:
+        """Multi-view consistent masks: `labels/*.png` and COCO-RLE `instances.json`."""
+        return self.folder / "instance_masks"
 
 NOISE = -1
 

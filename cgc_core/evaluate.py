@@ -23,7 +23,7 @@ those files by `score_predictions`, which any other tool's predictions can go th
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -38,6 +38,7 @@ from .metrics import MaskScore, MissingPredictionError, average_scores, read_mas
 from .query import deepest_pixel
 from .scene.model import Scene, SceneError
 from .selection import Query, Selector
+from .stage import StageOutputs
 
 FeatureRenderer = Callable[[str], Tensor]
 ImageRenderer = Callable[[str], np.ndarray]
@@ -48,6 +49,16 @@ TEXT_PROTOCOL_LAYOUTS = ("lerf_mask", "ovs3d")
 NEEDS_SAM = ("text", "box-oracle")
 RESULTS_TABLE = "results.parquet"
 """Every (protocol, scene, test view, prompt) row of an evaluation, in its output folder."""
+
+
+@dataclass(frozen=True)
+class EvaluateOutputs(StageOutputs):
+    """The evaluate stage's files (summary.json: mIoU, mBIoU per protocol, test PSNR)."""
+
+    @property
+    def results_table(self) -> Path:
+        """Every (protocol, scene, test view, prompt) row, as Parquet."""
+        return self.folder / RESULTS_TABLE
 NEEDS_DETECTOR = ("text",)
 
 

@@ -14,7 +14,7 @@ from typing import Callable
 from .calibrate import apply_calibration, calibrate, resolve_camera_model, resolve_mode
 from .config import CgcConfig, SyntheticConfig
 from .masks.generators import generate_scene_masks, make_generator
-from .masks.store import MaskStore
+from .masks.store import MaskStore, MasksOutputs
 from .scene import Scene, load_scene, read_photos
 from .scene.synthetic import read_synthetic_scene, source_preset, write_synthetic_scene
 from .scene.video import extract_frames, is_video
@@ -182,12 +182,12 @@ def masks_stage(cfg: CgcConfig, scene: Scene, force: bool = False,
                                   "config": generator.config_hash})
 
     def compute(work: Path) -> dict:
-        counts = generate_scene_masks(scene, MaskStore(work / "store"), generator, progress)
+        counts = generate_scene_masks(scene, MasksOutputs(work).store, generator, progress)
         return {"generator": generator.name, "generator_version": generator.version, **counts}
 
     result = run_stage(scene_dir(cfg, scene.name) / "masks", "masks", inputs, cfg.masks, compute,
-                       force=force, resumable=True)
-    return MaskStore(result.stage_dir / "store"), result
+                       force=force, resumable=True).as_outputs(MasksOutputs)
+    return result.outputs.store, result
 
 
 def train_stage(cfg: CgcConfig, scene: Scene, masks: StageResult, calibration: StageResult, force: bool = False,
@@ -197,7 +197,7 @@ def train_stage(cfg: CgcConfig, scene: Scene, masks: StageResult, calibration: S
     Keyed on the calibration and masks stages' keys (their inputs and configs) and the train
     config; a killed or failed run resumes from its newest checkpoint.
     """
-    from .train import resolve_schedule, train_with_oom_retries
+    from .train import TrainOutputs, resolve_schedule, train_with_oom_retries
 
     inputs = {"calibrate": calibration.manifest.key, "masks": masks.manifest.key}
     if cfg.train.init_ply:  # a model to start from is an input: its content keys the stage
@@ -206,14 +206,14 @@ def train_stage(cfg: CgcConfig, scene: Scene, masks: StageResult, calibration: S
     train_cfg = resolve_schedule(cfg.train)
 
     def compute(work: Path) -> dict:
-        result, downscale = train_with_oom_retries(scene, MaskStore(masks.stage_dir / "store"), work, train_cfg,
+        result, downscale = train_with_oom_retries(scene, masks.outputs.store, work, train_cfg,
                                                    progress)
         return {"steps": result.steps, "schedule": train_cfg.schedule, "seconds": round(result.seconds, 2),
                 "resumed_from": result.resumed_from,
                 "n_gaussians": int(result.params["means"].shape[0]), "downscale": downscale}
 
     return run_stage(scene_dir(cfg, scene.name) / "train", "train", inputs, train_cfg, compute, force=force,
-                     resumable=True)
+                     resumable=True).as_outputs(TrainOutputs)
 
 
 def cluster_stage(cfg: CgcConfig, scene: Scene, trained: StageResult, force: bool = False) -> StageResult:
@@ -231,15 +231,16 @@ def cluster_stage(cfg: CgcConfig, scene: Scene, trained: StageResult, force: boo
     import torch
     from PIL import Image
 
-    from .cluster import (cluster_gaussians, export_clusters, export_instance_masks, export_selection, render_clusters,
-                          scores_3d)
+    from .cluster import (ClusterOutputs, cluster_gaussians, export_clusters, export_instance_masks, export_selection,
+                          render_clusters, scores_3d)
     from .evaluate import protocol_queries, selection_protocol
     from .gaussians import load_ply
     from .selection import Selector
-    from .train import PLY_NAME, feature_renderer
+    from .train import feature_renderer
 
     def compute(work: Path) -> dict:
-        params = load_ply(trained.stage_dir / PLY_NAME)
+        params = load_ply(trained.outputs.ply)
+        out = ClusterOutputs(work)
         opacities = torch.sigmoid(params["opacities"])
         started = time.perf_counter()
         selector = Selector.from_config(cfg)
@@ -257,13 +258,13 @@ def cluster_stage(cfg: CgcConfig, scene: Scene, trained: StageResult, force: boo
             for prompt, query in sorted(queries.items()):
                 keep = selector.gaussians(params, [query])
                 if keep.any():
-                    export_selection(params, keep, work / "objects" / f"{safe_name(prompt)}.ply")
+                    export_selection(params, keep, out.objects / f"{safe_name(prompt)}.ply")
                 selections[prompt] = keep
         view = (scene.test_names or scene.train_names)[0]
         palette = render_clusters(params, clustering.labels, scene.cameras[view], cfg.train.backend)
-        Image.fromarray((palette * 255 + 0.5).astype("uint8")).save(work / "palette.png")
+        Image.fromarray((palette * 255 + 0.5).astype("uint8")).save(out.palette)
         masks_written = (export_instance_masks(params, clustering.labels, {n: scene.cameras[n] for n in scene.train_names},
-                                               work / "instance_masks", cfg.train.backend)
+                                               out.instance_masks, cfg.train.backend)
                          if cfg.cluster.export_masks else None)
         summary = {"n_gaussians": int(len(clustering.labels)), "n_clusters": clustering.n_clusters,
                    "n_fitted": clustering.n_fitted, "cluster_sizes": clustering.sizes.tolist(),
@@ -279,7 +280,8 @@ def cluster_stage(cfg: CgcConfig, scene: Scene, trained: StageResult, force: boo
 
     return run_stage(scene_dir(cfg, scene.name) / "cluster", "cluster",
                      {"train": trained.manifest.key, **weight_stamps(cfg)},
-                     (cfg.cluster, cfg.query, cfg.evaluate.protocol, cfg.evaluate.ovs_queries), compute, force=force)
+                     (cfg.cluster, cfg.query, cfg.evaluate.protocol, cfg.evaluate.ovs_queries), compute,
+                     force=force).as_outputs(ClusterOutputs)
 
 
 def weight_stamps(cfg: CgcConfig) -> dict[str, str]:
@@ -306,12 +308,12 @@ def evaluate_stage(cfg: CgcConfig, scene: Scene, trained: StageResult, force: bo
 
     import torch
 
-    from .evaluate import evaluate_scene, resolve_protocols
+    from .evaluate import EvaluateOutputs, evaluate_scene, resolve_protocols
     from .gaussians import load_ply
     from .render import Gaussians, render
     from .selection import Selector
     from .metrics import psnr
-    from .train import PLY_NAME, feature_renderer
+    from .train import feature_renderer
 
     gt_files = [p for masks in scene.gt_masks.values() for p in masks.values()]
     inputs = {"train": trained.manifest.key, **{f"gt:{p.parent.name}/{p.name}": hash_file(p) for p in gt_files},
@@ -321,7 +323,7 @@ def evaluate_stage(cfg: CgcConfig, scene: Scene, trained: StageResult, force: bo
         if not gt_files:
             summary = {"skipped": f"{scene.name} has no ground-truth masks"}
         else:
-            params = load_ply(trained.stage_dir / PLY_NAME)
+            params = load_ply(trained.outputs.ply)
             backend = cfg.train.backend
             gaussians = Gaussians.from_params(params)
             background = tuple(cfg.train.background)
@@ -354,7 +356,7 @@ def evaluate_stage(cfg: CgcConfig, scene: Scene, trained: StageResult, force: bo
         return {k: v for k, v in summary.items() if k not in ("prompts", "protocols")}
 
     return run_stage(scene_dir(cfg, scene.name) / "evaluate", "evaluate", inputs,
-                     (cfg.evaluate, cfg.query), compute, force=force)
+                     (cfg.evaluate, cfg.query), compute, force=force).as_outputs(EvaluateOutputs)
 
 
 def stage_record(result: StageResult | None, scene: Scene | None = None) -> dict:

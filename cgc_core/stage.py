@@ -28,7 +28,7 @@ import re
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -197,15 +197,41 @@ class Manifest:
         os.replace(tmp, path)
 
 
+@dataclass(frozen=True)
+class StageOutputs:
+    """A finished stage's files. Each stage's module subclasses it with the files it writes
+    (`train.TrainOutputs`, `cluster.ClusterOutputs`, `evaluate.EvaluateOutputs`), so that no other
+    module spells a stage's file names."""
+
+    folder: Path
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        """The stage's summary.json ({} for a stage that writes none)."""
+        path = self.folder / SUMMARY
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+
 @dataclass
 class StageResult:
-    """The outcome of `run_stage`: the manifest, the folder, and whether the cache served it."""
+    """The outcome of `run_stage`: the manifest, the folder, whether the cache served it, and the
+    typed outputs that later stages, the report and the tasks read."""
 
     manifest: Manifest
     stage_dir: Path
     cached: bool
     reason: str
     """Why the stage was (re)computed or reused, in words for logs."""
+    outputs: StageOutputs | None = None
+    """The stage's files (`as_outputs` sets the stage's own kind); a plain `StageOutputs` by default."""
+
+    def __post_init__(self) -> None:
+        if self.outputs is None:
+            self.outputs = StageOutputs(self.stage_dir)
+
+    def as_outputs(self, kind: type[StageOutputs]) -> "StageResult":
+        """This result with its outputs read as `kind` (the stage's own outputs class)."""
+        return replace(self, outputs=kind(self.stage_dir))
 
 
 def stage_key(stage: str, inputs: dict[str, str], config_hash: str, version: str) -> str:

@@ -31,13 +31,28 @@ from .losses import multilevel_contrastive_loss, photometric_loss, sample_neighb
 from .masks.store import MaskStore
 from .render import BlendWeights, Gaussians, blend_weights, render, resolve_backend
 from .scene.model import Camera, Scene
-from .stage import hash_file
+from .stage import StageOutputs, hash_file
 
 CHECKPOINT_DIR = "checkpoints"
 logger = logging.getLogger("cgc")
 PLY_NAME = "point_cloud.ply"
 RECORD_NAME = "train.json"
 """The training record: steps, schedule, seconds, Gaussian count, health history."""
+
+
+@dataclass(frozen=True)
+class TrainOutputs(StageOutputs):
+    """The train stage's files."""
+
+    @property
+    def ply(self) -> Path:
+        """The trained model: standard 3DGS attributes plus feat_0..15."""
+        return self.folder / PLY_NAME
+
+    @property
+    def record(self) -> dict:
+        """train.json: steps, schedule, seconds, Gaussian count, health history."""
+        return json.loads((self.folder / RECORD_NAME).read_text())
 
 
 class TrainingError(RuntimeError):

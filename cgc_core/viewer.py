@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .cluster import CLUSTERS_PLY, export_selection, render_clusters
+from .cluster import export_selection, render_clusters
 from .gaussians import SH_C0, read_ply_attribute
 from .query import normalize_features
 from .render import Gaussians, render
@@ -371,14 +371,13 @@ def load_session(cfg, source: str) -> tuple[ViewerSession, dict[str, Camera], Pa
     from .gaussians import load_ply
     from .pipeline import run_scene_stage, scene_dir
     from .stage import StageMissingError
-    from .train import PLY_NAME
 
     scene, trained = run_scene_stage(cfg, source, "train")
-    params = load_ply(trained.stage_dir / PLY_NAME)
+    params = load_ply(trained.outputs.ply)
     labels = None
     try:
         _, clustered = run_scene_stage(cfg, source, "cluster")
-        labels = read_ply_attribute(clustered.stage_dir / CLUSTERS_PLY, "cluster")
+        labels = read_ply_attribute(clustered.outputs.clusters_ply, "cluster")
     except StageMissingError:
         pass
     session = ViewerSession(params, backend=cfg.train.backend, selector=Selector.from_config(cfg), cluster_labels=labels)

@@ -82,3 +82,29 @@ def test_a_new_stage_is_one_spec(tiny_scene_dir, tmp_path, monkeypatch):
     assert "views" in pipeline.with_downstream(["scene"]) and "views" not in pipeline.with_downstream(["calibrate"])
     with pytest.raises(ValueError, match="unknown scene stage 'report'"):
         pipeline.run_scene_stage(cfg, str(tiny_scene_dir), "report")
+
+
+def test_each_stage_returns_its_typed_outputs_and_they_name_files_it_wrote(tiny_scene_dir, tmp_path):
+    # Later stages, the CLI and the viewer read a stage through its outputs object (paths and
+    # summary), never through file names of their own.
+    from cgc_core import pipeline
+    from cgc_core.cluster import ClusterOutputs
+    from cgc_core.config import load_config
+    from cgc_core.evaluate import EvaluateOutputs
+    from cgc_core.masks.store import MasksOutputs
+    from cgc_core.train import TrainOutputs
+
+    cfg = load_config(None, [f"data_dir={tmp_path}", "calibrate.mode=known_poses", "train.iterations=6",
+                             "train.checkpoint_every=0", "train.health_views=1", "cluster.min_cluster_size=20"])
+    results = {}
+    for stage in ("scene", "calibrate", "masks", "train", "cluster", "evaluate"):
+        scene, results[stage] = pipeline.run_scene_stage(cfg, str(tiny_scene_dir), stage)
+    masks, trained, clustered, evaluated = (results[s].outputs for s in ("masks", "train", "cluster", "evaluate"))
+    assert isinstance(masks, MasksOutputs) and set(masks.store.images()) == set(scene.train_names)
+    assert isinstance(trained, TrainOutputs) and trained.ply.is_file() and trained.record["steps"] == 6
+    assert isinstance(clustered, ClusterOutputs) and clustered.clusters_ply.is_file() and clustered.palette.is_file()
+    assert clustered.instance_masks.is_dir() and clustered.summary["n_gaussians"] == trained.record["n_gaussians"]
+    assert isinstance(evaluated, EvaluateOutputs) and evaluated.results_table.is_file()
+    assert evaluated.summary["protocol"] == "click-oracle" and 0 <= evaluated.summary["miou"] <= 1
+    # A cached rerun hands back the same kind of outputs.
+    assert isinstance(pipeline.run_scene_stage(cfg, str(tiny_scene_dir), "train")[1].outputs, TrainOutputs)

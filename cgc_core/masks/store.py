@@ -16,6 +16,7 @@ masks are painted largest first, so a smaller mask lies on top of any larger one
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -25,7 +26,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 from pycocotools import mask as coco_mask
 
-from ..stage import safe_name
+from ..stage import StageOutputs, safe_name
 
 SCHEMA = pa.schema([
     ("image", pa.string()),
@@ -265,3 +266,12 @@ class MaskStore:
                 plane[inside] = values
             covered[inside] += 1
         return labels
+
+
+@dataclass(frozen=True)
+class MasksOutputs(StageOutputs):
+    """The masks stage's files: one Parquet file of COCO-RLE masks per training image."""
+
+    @property
+    def store(self) -> MaskStore:
+        return MaskStore(self.folder / "store")
