@@ -25,7 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["synthetic.preset=tiny", "synthetic.supersample=1", "calibrate.mode=known_poses", "train.iterations=30",
-        "train.refine_start_iter=10", "train.refine_every=10", "cluster.min_cluster_size=20"]
+        "train.densify.refine_start_iter=10", "train.densify.refine_every=10", "cluster.min_cluster_size=20"]
 
 
 def free_port() -> int:

@@ -50,8 +50,8 @@ def main() -> None:
         bert = bert_dir if bert_dir.is_dir() else write_local_bert(
             bert_dir, sorted({w for p in scene.prompts for w in p.split()}))
         overrides = [f"data_dir={work / 'data'}", f"reports_dir={work / 'reports'}", "calibrate.mode=known_poses",
-                     "masks.generator=classical", "train.iterations=20", "train.refine_start_iter=5",
-                     "train.refine_every=5", "cluster.min_cluster_size=20", f"evaluate.protocol=[{', '.join(PROTOCOLS)}]",
+                     "masks.generator=classical", "train.iterations=20", "train.densify.refine_start_iter=5",
+                     "train.densify.refine_every=5", "cluster.min_cluster_size=20", f"evaluate.protocol=[{', '.join(PROTOCOLS)}]",
                      *random_model_overrides(bert)]
         started = time.perf_counter()
         with prefect_test_harness(server_startup_timeout=None):

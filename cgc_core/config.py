@@ -161,6 +161,25 @@ class MasksConfig:
 
 
 @dataclass
+class DensifyConfig:
+    """gsplat's densification strategy, held as one object the way gsplat's example trainer holds
+    `DefaultStrategy | MCMCStrategy` (`cgc_core.train.densification_strategy` builds it)."""
+
+    strategy: Literal["default", "mcmc", "none"] = "default"
+    """`default`: 3DGS's clone/split/prune (gsplat's DefaultStrategy); `mcmc`: gsplat's
+    MCMCStrategy (relocation, at most `mcmc_cap_max` Gaussians); `none`: the initial points only."""
+    refine_start_iter: int = 300
+    refine_stop_iter: int = 1200
+    refine_every: int = 100
+    reset_every: int = 3000
+    """Opacity reset period (DefaultStrategy only)."""
+    grow_grad2d: float = 3e-4
+    """3DGS: 2e-4. Higher grows fewer Gaussians: on the 320×240 demo views 3e-4 ends near 33k
+    instead of 53k, which is what keeps CPU training near 6 minutes, for about 1.5 dB of PSNR."""
+    mcmc_cap_max: int = 100_000
+
+
+@dataclass
 class TrainConfig:
     """Training of the Gaussian feature field (3DGS + contrastive clustering + regulariser)."""
 
@@ -216,6 +235,11 @@ class TrainConfig:
     freeze_geometry: bool = False
     """With `init_ply`: train only the feature field on the given Gaussians (no densification, no
     photometric loss; positions, shapes, opacities and colours stay as loaded)."""
+    frozen_back_project: bool = True
+    """With `freeze_geometry` on the CPU: at the end, set every Gaussian's feature to the mean of the
+    rendered (normalised) features of the pixels it is blended into (`train.FrozenViews.back_project`),
+    so that Gaussians the contrastive steps barely reached agree with what they render; 3D
+    clustering needs that, since no densification spreads trained features as in full training."""
     mask_levels: int = 1
     """Granularity of the contrastive loss. 1 (paper and code): one term on the finest masks (each
     pixel labelled by the smallest mask that contains it, so a part hides its whole). L > 1: one
@@ -260,15 +284,8 @@ class TrainConfig:
     already agree (cosine > 0), see losses.spatial_regularization."""
     reg_sigmoid_of_mean: bool = True
     """Code: sigmoid of the mean similarity; paper: mean of sigmoids."""
-    densify: Literal["default", "mcmc", "none"] = "default"
-    refine_start_iter: int = 300
-    refine_stop_iter: int = 1200
-    refine_every: int = 100
-    reset_every: int = 3000
-    grow_grad2d: float = 3e-4
-    """3DGS: 2e-4. Higher grows fewer Gaussians: on the 320×240 demo views 3e-4 ends near 33k
-    instead of 53k, which is what keeps CPU training near 6 minutes, for about 1.5 dB of PSNR."""
-    mcmc_cap_max: int = 100_000
+    densify: DensifyConfig = field(default_factory=DensifyConfig)
+    """The densification strategy and its settings, one object (`train.densify.strategy=mcmc`)."""
     checkpoint_every: int = 500
     health_every: int = 100
     """Every this many iterations, record every loss term, the Gaussian count and the feature
@@ -586,8 +603,3 @@ def validate_config(config: CgcConfig) -> list[str]:
         problems.append(f"query.level must be below train.mask_levels={train.mask_levels} (levels 0.."
                         f"{train.mask_levels - 1}), got {config.query.level}")
     return problems
-
-
-def save_config(config: CgcConfig, path: str | Path) -> None:
-    """Write a config as YAML (readable back by `load_config`)."""
-    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))

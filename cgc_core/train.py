@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from .config import TrainConfig
+from .config import DensifyConfig, TrainConfig
 from .gaussians import init_features, init_params, load_ply, save_ply
 from .health import collapse_warning, feature_separation, mean_separation
 from .losses import multilevel_contrastive_loss, photometric_loss, sample_neighbours, spatial_regularization
@@ -77,9 +77,9 @@ def scene_scale(cameras: list[Camera]) -> float:
 SCHEDULES: dict[str, dict[str, float | int]] = {
     # The released code's (PROTOCOL.md): 30k iterations, L_CC every 50, L_reg every 100, 3DGS's
     # densification (until 15k, every 100, gradient 2e-4) and SH schedule (a degree per 1000).
-    "paper": {"iterations": 30_000, "cc_every": 50, "reg_every": 100, "refine_start_iter": 500,
-              "refine_stop_iter": 15_000, "refine_every": 100, "reset_every": 3000, "grow_grad2d": 2e-4,
-              "sh_degree_every": 1000, "checkpoint_every": 5000},
+    "paper": {"iterations": 30_000, "cc_every": 50, "reg_every": 100, "sh_degree_every": 1000,
+              "checkpoint_every": 5000, "densify": {"refine_start_iter": 500, "refine_stop_iter": 15_000,
+                                                    "refine_every": 100, "reset_every": 3000, "grow_grad2d": 2e-4}},
     # TrainConfig's defaults: 1,500 iterations on 2 CPU cores, every rate scaled to keep about as
     # many contrastive steps; SH degree 3 is reached at iteration 1,125.
     "cpu-short": {},
@@ -102,9 +102,12 @@ def resolve_schedule(cfg: TrainConfig, cuda: bool | None = None) -> TrainConfig:
         name = "paper" if cuda else "cpu-short"
     if name not in SCHEDULES:
         raise ValueError(f"train.schedule: unknown schedule {name!r} (auto, {', '.join(SCHEDULES)})")
-    defaults = TrainConfig()
-    changes = {k: v for k, v in SCHEDULES[name].items() if getattr(cfg, k) == getattr(defaults, k)}
-    return replace(cfg, schedule=name, **changes)
+    def apply(section, defaults, values: dict):
+        changes = {k: apply(getattr(section, k), getattr(defaults, k), v) if isinstance(v, dict) else v
+                   for k, v in values.items() if isinstance(v, dict) or getattr(section, k) == getattr(defaults, k)}
+        return replace(section, **changes)
+
+    return replace(apply(cfg, TrainConfig(), SCHEDULES[name]), schedule=name)
 
 
 def train_view(scene: Scene, name: str, downscale: int) -> tuple[Camera, Tensor]:
@@ -149,13 +152,15 @@ def _optimizers(params: torch.nn.ParameterDict, cfg: TrainConfig, scale: float) 
     return {k: torch.optim.Adam([{"params": params[k], "lr": lr, "name": k}], eps=1e-15) for k, lr in rates.items()}
 
 
-def _strategy(cfg: TrainConfig):
+def densification_strategy(cfg: DensifyConfig):
+    """gsplat's strategy object for the config (None for `none`); features are densified with the
+    other parameters because they sit in the same parameter dict."""
     from gsplat.strategy import DefaultStrategy, MCMCStrategy
 
-    if cfg.densify == "mcmc":
+    if cfg.strategy == "mcmc":
         return MCMCStrategy(cap_max=cfg.mcmc_cap_max, refine_start_iter=cfg.refine_start_iter,
                             refine_stop_iter=cfg.refine_stop_iter, refine_every=cfg.refine_every)
-    if cfg.densify == "default":
+    if cfg.strategy == "default":
         return DefaultStrategy(refine_start_iter=cfg.refine_start_iter, refine_stop_iter=cfg.refine_stop_iter,
                                refine_every=cfg.refine_every, reset_every=cfg.reset_every, grow_grad2d=cfg.grow_grad2d)
     return None
@@ -238,7 +243,7 @@ def train(scene: Scene, store: MaskStore, out_dir: str | Path, cfg: TrainConfig,
     # Frozen geometry: only the features are parameters that learn (and take gradients).
     params = _parameters(initial, cfg)
     optimizers = _optimizers(params, cfg, scale)
-    strategy = _strategy(cfg) if not cfg.freeze_geometry else None
+    strategy = densification_strategy(cfg.densify) if not cfg.freeze_geometry else None
     strategy_state = strategy.initialize_state(scene_scale=scale) if strategy is not None else {}
     start_step, resumed_from = 0, None
     health: list[dict] = []
@@ -319,7 +324,7 @@ def train(scene: Scene, store: MaskStore, out_dir: str | Path, cfg: TrainConfig,
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         if strategy is not None:
-            if cfg.densify == "mcmc":
+            if cfg.densify.strategy == "mcmc":
                 strategy.step_post_backward(params, optimizers, strategy_state, step, meta,
                                             lr=optimizers["means"].param_groups[0]["lr"])
             else:
@@ -335,6 +340,8 @@ def train(scene: Scene, store: MaskStore, out_dir: str | Path, cfg: TrainConfig,
         if progress is not None:
             progress(done, cfg.iterations, dict(latest))
     final = {k: v.detach() for k, v in params.items()}
+    if frozen is not None and cfg.frozen_back_project:
+        final["features"] = frozen.back_project(final["features"])
     if cfg.iterations > start_step or not (out_dir / PLY_NAME).exists():
         _save_checkpoint(out_dir, cfg.iterations, params, optimizers, strategy_state, health)
     ply = save_ply(final, out_dir / PLY_NAME)
@@ -359,11 +366,39 @@ class FrozenViews:
         self.cameras = cameras
         self.weights: dict[str, BlendWeights] = {}
 
-    def render(self, name: str, features: Tensor) -> Tensor:
-        """[H, W, D]: the features blended into view `name` (differentiable in `features`)."""
+    def view(self, name: str) -> BlendWeights:
         if name not in self.weights:
             self.weights[name] = blend_weights(self.gaussians, self.cameras[name])
-        return self.weights[name].render(features)
+        return self.weights[name]
+
+    def render(self, name: str, features: Tensor) -> Tensor:
+        """[H, W, D]: the features blended into view `name` (differentiable in `features`)."""
+        return self.view(name).render(features)
+
+    @torch.no_grad()
+    def back_project(self, features: Tensor, min_weight: float = 1e-3) -> Tensor:
+        """[N, D] unit features: each Gaussian's is the mean of the normalised rendered features of
+        the pixels it is blended into (over every view, weighted by its blending weight); one that no
+        view shows (total weight below `min_weight`) takes its nearest shown neighbour's. Gaussians
+        that a frozen run barely reaches keep their random start otherwise, which the rendered maps
+        hide but 3D clustering does not."""
+        from scipy.spatial import cKDTree
+
+        total = torch.zeros_like(features)
+        weight = torch.zeros(features.shape[0], dtype=features.dtype)
+        for name in self.cameras:
+            view = self.view(name)
+            rendered = torch.nn.functional.normalize(view.matrix @ features, dim=-1)
+            total += view.transposed @ rendered
+            weight += view.transposed @ torch.ones(rendered.shape[0], 1, dtype=features.dtype)[:, 0]
+        shown = weight >= min_weight
+        out = torch.nn.functional.normalize(features, dim=-1).clone()
+        out[shown] = torch.nn.functional.normalize(total[shown], dim=-1)
+        if shown.any() and not shown.all():
+            means = self.gaussians.means.numpy()
+            _, nearest = cKDTree(means[shown.numpy()]).query(means[~shown.numpy()])
+            out[~shown] = out[shown][torch.as_tensor(nearest)]
+        return out
 
 
 def final_feature_health(params: dict[str, Tensor], views: dict[str, tuple[Camera, Tensor]],

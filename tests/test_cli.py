@@ -60,8 +60,8 @@ def test_single_stages_need_their_upstream_then_cluster_export_and_report(tmp_pa
 
     common = ["--scene", "synthetic-tiny", "--set", f"data_dir={tmp_path / 'data'}", "--set",
               f"reports_dir={tmp_path / 'reports'}", "--set", "calibrate.mode=known_poses", "--set",
-              "synthetic.supersample=1", "--set", "train.iterations=30", "--set", "train.refine_start_iter=10",
-              "--set", "train.refine_every=10", "--set", "cluster.min_cluster_size=20"]
+              "synthetic.supersample=1", "--set", "train.iterations=30", "--set", "train.densify.refine_start_iter=10",
+              "--set", "train.densify.refine_every=10", "--set", "cluster.min_cluster_size=20"]
     premature = runner.invoke(app, ["stage", "train", *common])
     assert premature.exit_code == 1
     assert "the scene stage has no finished output" in premature.output  # nothing exists yet

@@ -26,7 +26,7 @@ from cgc_core.pipeline import run_scene_stage, scene_stage
 from cgc_core.stage import MANIFEST
 
 TINY = ["synthetic.preset=tiny", "synthetic.supersample=1", "calibrate.mode=known_poses", "train.iterations=30",
-        "train.checkpoint_every=10", "train.refine_start_iter=5", "train.refine_every=5", "train.reg_samples=50",
+        "train.checkpoint_every=10", "train.densify.refine_start_iter=5", "train.densify.refine_every=5", "train.reg_samples=50",
         "cluster.min_cluster_size=20"]
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -10,7 +10,7 @@ import pytest
 from flows.benchmark import cgc_benchmark
 
 TINY = ["synthetic.preset=tiny", "synthetic.supersample=1", "calibrate.mode=known_poses", "train.iterations=20",
-        "train.refine_start_iter=5", "train.refine_every=5", "train.checkpoint_every=10",
+        "train.densify.refine_start_iter=5", "train.densify.refine_every=5", "train.checkpoint_every=10",
         "cluster.min_cluster_size=20", "stage.retry_delay_seconds=0"]
 
 

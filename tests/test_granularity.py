@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cgc_core.config import ConfigError, TrainConfig, load_config
+from cgc_core.config import ConfigError, DensifyConfig, TrainConfig, load_config
 from cgc_core.losses import (contrastive_clustering_loss, multilevel_contrastive_loss,
                              multilevel_contrastive_loss_reference)
 from cgc_core.masks.store import MaskStore, records_from_masks
@@ -131,7 +131,8 @@ def test_schedules_resolve_by_device_and_keep_what_the_user_set():
     assert resolve_schedule(TrainConfig(backend="torch")).schedule == "cpu-short"
     paper = resolve_schedule(TrainConfig(), cuda=True)
     assert paper.schedule == "paper"
-    assert (paper.iterations, paper.cc_every, paper.reg_every, paper.refine_stop_iter, paper.grow_grad2d) == \
+    assert (paper.iterations, paper.cc_every, paper.reg_every, paper.densify.refine_stop_iter,
+            paper.densify.grow_grad2d) == \
         (30_000, 50, 100, 15_000, 2e-4)
     assert resolve_schedule(TrainConfig(schedule="paper", iterations=200), cuda=False).iterations == 200
     assert resolve_schedule(TrainConfig(schedule="cpu-short"), cuda=True) == TrainConfig(schedule="cpu-short")
@@ -143,7 +144,7 @@ def test_schedules_resolve_by_device_and_keep_what_the_user_set():
 
 def test_train_json_records_the_schedule_and_two_level_training_runs(tiny_inputs, tmp_path):
     scene, store = tiny_inputs
-    cfg = TrainConfig(iterations=4, backend="torch", reg_samples=50, checkpoint_every=0, densify="none",
+    cfg = TrainConfig(iterations=4, backend="torch", reg_samples=50, checkpoint_every=0, densify=DensifyConfig("none"),
                       mask_levels=2, cc_every=1, health_every=2)
     train(scene, store, tmp_path, cfg)
     record = json.loads((tmp_path / "train.json").read_text())

@@ -220,7 +220,7 @@ def test_every_protocol_through_the_flow_on_a_lerf_mask_fixture(tmp_path, prefec
     words = sorted({w for p in scene.prompts for w in p.split()})
     bert = write_local_bert(tmp_path / "bert", words)
     overrides = [f"data_dir={tmp_path / 'data'}", f"reports_dir={tmp_path / 'reports'}", "calibrate.mode=known_poses",
-                 "masks.generator=classical", "train.iterations=20", "train.refine_start_iter=5", "train.refine_every=5",
+                 "masks.generator=classical", "train.iterations=20", "train.densify.refine_start_iter=5", "train.densify.refine_every=5",
                  "cluster.min_cluster_size=20", "stage.retry_delay_seconds=0",
                  "evaluate.protocol=[text, box-oracle, click-oracle, ovs-argmax]", *random_model_overrides(bert)]
     run = cgc_benchmark([str(fixture)], overrides=overrides)

@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cgc_core.config import TrainConfig
+from cgc_core.config import DensifyConfig, TrainConfig
 from cgc_core.train import TrainingError, load_newest_checkpoint, train
 
 
-def _cfg(**kw):
-    base = dict(iterations=20, checkpoint_every=10, refine_start_iter=4, refine_every=4, refine_stop_iter=16,
-                backend="torch", reg_samples=50)
-    return TrainConfig(**{**base, **kw})
+def _cfg(densify=None, **kw):
+    base = dict(iterations=20, checkpoint_every=10, backend="torch", reg_samples=50)
+    growth = {"refine_start_iter": 4, "refine_every": 4, "refine_stop_iter": 16, **(densify or {})}
+    return TrainConfig(**{**base, **kw}, densify=DensifyConfig(**growth))
 
 
 class _Kill(Exception):
@@ -47,7 +47,7 @@ def test_zero_feature_gradient_between_contrastive_steps_moves_features_on_momen
     results = {}
     for mode in ("none", "zero"):
         for iterations in (1, 2):
-            cfg = _cfg(iterations=iterations, cc_every=2, use_reg=False, densify="none", checkpoint_every=100,
+            cfg = _cfg(iterations=iterations, cc_every=2, use_reg=False, densify={"strategy": "none"}, checkpoint_every=100,
                        features_grad_between_cc=mode)
             results[mode, iterations] = train(scene, store, tmp_path / f"{mode}{iterations}", cfg).params["features"]
     torch.testing.assert_close(results["none", 1], results["zero", 1], rtol=0, atol=0)  # same first step
@@ -68,8 +68,8 @@ def test_densification_keeps_features_with_their_gaussians(tiny_inputs, tmp_path
     scene, store = tiny_inputs
     # Features are tagged with the Gaussian's own colour coefficient and neither is trained: after
     # clone, split and prune, every row must still carry its own tag.
-    cfg = _cfg(iterations=12, lr_features=0.0, lr_sh0=0.0, grow_grad2d=1e-12, refine_start_iter=2, refine_every=4,
-               use_cc=False, use_reg=False, checkpoint_every=0)
+    cfg = _cfg(iterations=12, lr_features=0.0, lr_sh0=0.0, densify=dict(grow_grad2d=1e-12, refine_start_iter=2,
+                                                                          refine_every=4), use_cc=False, use_reg=False, checkpoint_every=0)
     import cgc_core.train as train_module
 
     original = train_module.init_params
