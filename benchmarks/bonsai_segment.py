@@ -8,6 +8,7 @@ Last line:
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from cgc_core.config import load_config
 from cgc_core.pipeline import run_scene_stage
 
 ROOT = Path(__file__).resolve().parent.parent
-PHOTOS = ROOT.parent / "shared" / "data" / "bonsai"
+PHOTOS = Path(os.environ.get("CGC_SHARED", ROOT.parent / "shared")) / "data" / "bonsai"
 
 
 def main() -> None:
@@ -40,6 +41,9 @@ def main() -> None:
         (tmp / "images").mkdir(parents=True)
         for photo in sorted(PHOTOS.glob("*.JPG")):
             image = Image.open(photo)
+            if max(image.size) <= args.max_side:  # as shot: a re-encoded JPEG registers differently
+                shutil.copy(photo, tmp / "images" / photo.name)
+                continue
             image.thumbnail((args.max_side, args.max_side))
             image.save(tmp / "images" / f"{photo.stem}.jpg", quality=95)
         tmp.rename(capture)

@@ -86,10 +86,18 @@ SCHEDULES: dict[str, dict[str, float | int]] = {
 }
 
 
+FROZEN_DEFAULTS: dict[str, bool] = {"use_reg": False}
+"""Features on frozen geometry train with the contrastive loss alone unless `train.use_reg=true`:
+from U[0, 1) features on a finished model the regulariser collapsed the field (demo: click mIoU
+0.62 with it, 0.95 without, `benchmarks/RESULTS.md`); the final back-projection gives the 3D
+agreement instead."""
+
+
 def resolve_schedule(cfg: TrainConfig, cuda: bool | None = None) -> TrainConfig:
     """The train config with its schedule applied: `auto` becomes `paper` on CUDA (the gsplat
     backend, or `auto` with a GPU) and `cpu-short` otherwise, and the schedule's values replace
-    the fields still at their defaults (a field set by the user keeps its value).
+    the fields still at their defaults (a field set by the user keeps its value); so do
+    `FROZEN_DEFAULTS` when the geometry is frozen.
 
     Args:
         cfg: The train section.
@@ -102,12 +110,16 @@ def resolve_schedule(cfg: TrainConfig, cuda: bool | None = None) -> TrainConfig:
         name = "paper" if cuda else "cpu-short"
     if name not in SCHEDULES:
         raise ValueError(f"train.schedule: unknown schedule {name!r} (auto, {', '.join(SCHEDULES)})")
+
     def apply(section, defaults, values: dict):
         changes = {k: apply(getattr(section, k), getattr(defaults, k), v) if isinstance(v, dict) else v
                    for k, v in values.items() if isinstance(v, dict) or getattr(section, k) == getattr(defaults, k)}
         return replace(section, **changes)
 
-    return replace(apply(cfg, TrainConfig(), SCHEDULES[name]), schedule=name)
+    resolved = apply(cfg, TrainConfig(), SCHEDULES[name])
+    if cfg.freeze_geometry:
+        resolved = apply(resolved, TrainConfig(), FROZEN_DEFAULTS)
+    return replace(resolved, schedule=name, use_reg=True if resolved.use_reg is None else resolved.use_reg)
 
 
 def train_view(scene: Scene, name: str, downscale: int) -> tuple[Camera, Tensor]:
@@ -266,7 +278,8 @@ def train(scene: Scene, store: MaskStore, out_dir: str | Path, cfg: TrainConfig,
     started = time.perf_counter()
     # Frozen geometry on the CPU: the blending weights never change, so each view's are computed
     # once (on first use) and the features render as one sparse product, without the rasterizer.
-    frozen = FrozenViews(params, {n: v[0] for n, v in views.items()}) if (
+    frozen = FrozenViews(Gaussians.from_params({k: v.detach() for k, v in params.items()}),
+                         {n: v[0] for n, v in views.items()}) if (
         cfg.freeze_geometry and resolve_backend(cfg.backend) == "torch") else None
     last_good = None
     latest: dict[str, float] = {}  # the last value of every term, also on steps that skip it
@@ -361,8 +374,8 @@ class FrozenViews:
     """The blending weights of fixed Gaussians in each training view, computed on first use and kept
     (about 24 bytes per blended Gaussian-pixel pair: some 100 MB per 320×240 view of 33k Gaussians)."""
 
-    def __init__(self, params: dict[str, Tensor], cameras: dict[str, Camera]):
-        self.gaussians = Gaussians.from_params({k: v.detach() for k, v in params.items()})
+    def __init__(self, gaussians: Gaussians, cameras: dict[str, Camera]):
+        self.gaussians = gaussians
         self.cameras = cameras
         self.weights: dict[str, BlendWeights] = {}
 

@@ -135,7 +135,7 @@ def test_schedules_resolve_by_device_and_keep_what_the_user_set():
             paper.densify.grow_grad2d) == \
         (30_000, 50, 100, 15_000, 2e-4)
     assert resolve_schedule(TrainConfig(schedule="paper", iterations=200), cuda=False).iterations == 200
-    assert resolve_schedule(TrainConfig(schedule="cpu-short"), cuda=True) == TrainConfig(schedule="cpu-short")
+    assert resolve_schedule(TrainConfig(schedule="cpu-short"), cuda=True) == TrainConfig(schedule="cpu-short", use_reg=True)
     # Both schedules reach SH degree 3 before their last iteration.
     for name in SCHEDULES:
         cfg = resolve_schedule(TrainConfig(schedule=name))
@@ -150,3 +150,10 @@ def test_train_json_records_the_schedule_and_two_level_training_runs(tiny_inputs
     record = json.loads((tmp_path / "train.json").read_text())
     assert record["schedule"] == "cpu-short"
     assert all(h["cc"] > 0 for h in record["health"]["history"])
+
+
+def test_frozen_geometry_drops_the_regulariser_unless_asked():
+    assert resolve_schedule(TrainConfig(backend="torch")).use_reg is True
+    assert resolve_schedule(TrainConfig(backend="torch", freeze_geometry=True)).use_reg is False
+    assert resolve_schedule(TrainConfig(backend="torch", freeze_geometry=True, use_reg=True)).use_reg is True
+    assert resolve_schedule(TrainConfig(backend="torch", use_reg=False)).use_reg is False

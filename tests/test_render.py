@@ -257,3 +257,32 @@ def test_blend_weights_render_features_exactly_as_the_reference(seed):
     assert _rel_err(weights.render(other), render(gaussians, camera, features=other, backend="reference").features) < 1e-10
     with pytest.raises(ValueError, match="one per Gaussian"):
         weights.render(features[:10])
+
+
+def test_back_projection_is_the_weighted_mean_of_rendered_unit_features():
+    # Oracle: rendering the identity matrix as features gives the dense weight matrix W [pixels, N];
+    # a Gaussian's back-projected feature is normalize(Σ_views Wᵀ normalize(W f)).
+    import torch.nn.functional as F
+
+    from cgc_core.train import FrozenViews
+
+    params = _random_scene(40, 3)
+    gaussians = Gaussians(*(params[k].detach() for k in PARAMS[:5]))
+    cameras = {"a": _camera(), "b": _camera(eye=(1.5, -2.5, 0.9))}
+    features = params["features"].detach()
+    out = FrozenViews(gaussians, cameras).back_project(features, min_weight=1e-3)
+    total, weight = torch.zeros_like(features), torch.zeros(40, dtype=features.dtype)
+    for camera in cameras.values():
+        dense = render(gaussians, camera, features=torch.eye(40, dtype=features.dtype), backend="reference").features
+        dense = dense.reshape(-1, 40)
+        total += dense.T @ F.normalize(dense @ features, dim=-1)
+        weight += dense.sum(0)
+    shown = weight >= 1e-3
+    assert 0 < int(shown.sum()) < 40  # some Gaussians are off screen or behind the cameras
+    torch.testing.assert_close(out[shown], F.normalize(total[shown], dim=-1))
+    # An unseen Gaussian takes its nearest seen neighbour's feature.
+    means = gaussians.means
+    for i in torch.nonzero(~shown)[:, 0].tolist():
+        distances = (means[shown] - means[i]).norm(dim=1)
+        torch.testing.assert_close(out[i], out[shown][distances.argmin()])
+    torch.testing.assert_close(out.norm(dim=1), torch.ones(40, dtype=out.dtype))
