@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -256,11 +257,12 @@ def render_instance_ids(params: dict[str, Tensor], labels: np.ndarray, camera, b
 
 
 def export_instance_masks(params: dict[str, Tensor], labels: np.ndarray, cameras: dict, out_dir: str | Path,
-                          backend: str = "auto", min_weight: float = 0.5) -> dict:
+                          backend: str = "auto", min_weight: float = 0.5,
+                          progress: Callable[[int, int, str], None] | None = None) -> dict:
     """Multi-view consistent 2D masks from the 3D clusters, for every given view:
     `labels/<view>.png` (16-bit PNG, 0 background, k + 1 = cluster k in every view) and
     `instances.json` (COCO: images, one RLE annotation per cluster seen in a view, categories =
-    clusters). Written to temp names and renamed.
+    clusters). Written to temp names and renamed. `progress(done, total, what)` after each view.
 
     Returns:
         Counts: views, annotations, clusters.
@@ -289,6 +291,8 @@ def export_instance_masks(params: dict[str, Tensor], labels: np.ndarray, cameras
                                 "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()},
                                 "area": int(coco_mask.area(rle)), "bbox": coco_mask.toBbox(rle).tolist(),
                                 "iscrowd": 0})
+        if progress is not None:
+            progress(image_id, len(cameras), "consistent masks (views)")
     coco = {"images": images, "annotations": annotations,
             "categories": [{"id": k + 1, "name": f"cluster_{k:03d}"} for k in range(clusters)]}
     tmp = out / "instances.json.tmp"

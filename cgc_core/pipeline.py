@@ -54,7 +54,8 @@ SCENE_SPECS = (
               (scene, train_stage(cfg, scene, up["masks"], up["calibrate"], force=force, progress=progress)),
               progress_every=100),
     StageSpec("cluster", ("train",), lambda cfg, scene, up, force, progress:
-              (scene, cluster_stage(cfg, scene, up["train"], force=force)), needs_query_weights=True),
+              (scene, cluster_stage(cfg, scene, up["train"], force=force, progress=progress)),
+              progress_every=10, needs_query_weights=True),
     StageSpec("evaluate", ("train",), lambda cfg, scene, up, force, progress:
               (scene, evaluate_stage(cfg, scene, up["train"], force=force)), needs_query_weights=True),
 )
@@ -216,7 +217,8 @@ def train_stage(cfg: CgcConfig, scene: Scene, masks: StageResult, calibration: S
                      resumable=True).as_outputs(TrainOutputs)
 
 
-def cluster_stage(cfg: CgcConfig, scene: Scene, trained: StageResult, force: bool = False) -> StageResult:
+def cluster_stage(cfg: CgcConfig, scene: Scene, trained: StageResult, force: bool = False,
+                  progress: Callable[[int, int, str], None] | None = None) -> StageResult:
     """Cluster the trained Gaussians into 3D objects in `<data>/<scene>/cluster/`.
 
     Writes `scene_clusters.ply` (a `cluster` attribute per Gaussian) and `cluster_XXX.ply` per
@@ -224,6 +226,7 @@ def cluster_stage(cfg: CgcConfig, scene: Scene, trained: StageResult, force: boo
     service and the first configured protocol's queries, spatially cleaned) for scenes with ground-truth masks, a cluster-palette render of the first test view,
     and summary.json. For the synthetic scene, whose objects are known in 3D, the summary also
     scores clusters and selections against the id of the nearest object surface (ARI, IoU).
+    `progress(done, total, what)` follows the clustering and the consistent masks' views.
     """
     import json
     import time
@@ -247,6 +250,8 @@ def cluster_stage(cfg: CgcConfig, scene: Scene, trained: StageResult, force: boo
         # Objects at the selection's granularity (the coarsest trained mask level by default).
         clustering = cluster_gaussians(selector.restrict(params["features"]), params["means"], opacities, cfg.cluster)
         seconds = time.perf_counter() - started
+        if progress is not None:
+            progress(1, 1, f"HDBSCAN: {clustering.n_clusters} clusters")
         export_clusters(params, clustering, work, per_cluster=cfg.cluster.export_clusters)
         selections = {}
         query_protocol = None
@@ -264,7 +269,7 @@ def cluster_stage(cfg: CgcConfig, scene: Scene, trained: StageResult, force: boo
         palette = render_clusters(params, clustering.labels, scene.cameras[view], cfg.train.backend)
         Image.fromarray((palette * 255 + 0.5).astype("uint8")).save(out.palette)
         masks_written = (export_instance_masks(params, clustering.labels, {n: scene.cameras[n] for n in scene.train_names},
-                                               out.instance_masks, cfg.train.backend)
+                                               out.instance_masks, cfg.train.backend, progress=progress)
                          if cfg.cluster.export_masks else None)
         summary = {"n_gaussians": int(len(clustering.labels)), "n_clusters": clustering.n_clusters,
                    "n_fitted": clustering.n_fitted, "cluster_sizes": clustering.sizes.tolist(),

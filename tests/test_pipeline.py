@@ -96,9 +96,13 @@ def test_each_stage_returns_its_typed_outputs_and_they_name_files_it_wrote(tiny_
 
     cfg = load_config(None, [f"data_dir={tmp_path}", "calibrate.mode=known_poses", "train.iterations=6",
                              "train.checkpoint_every=0", "train.health_views=1", "cluster.min_cluster_size=20"])
-    results = {}
+    results, reports = {}, []
     for stage in ("scene", "calibrate", "masks", "train", "cluster", "evaluate"):
-        scene, results[stage] = pipeline.run_scene_stage(cfg, str(tiny_scene_dir), stage)
+        scene, results[stage] = pipeline.run_scene_stage(cfg, str(tiny_scene_dir), stage,
+                                                         progress=lambda *r: reports.append((stage, *r)))
+    # The cluster stage reports the clustering, then each training view's consistent masks.
+    clustering = [r for r in reports if r[0] == "cluster"]
+    assert clustering[0][3].startswith("HDBSCAN") and clustering[-1][1:] == (21, 21, "consistent masks (views)")
     masks, trained, clustered, evaluated = (results[s].outputs for s in ("masks", "train", "cluster", "evaluate"))
     assert isinstance(masks, MasksOutputs) and set(masks.store.images()) == set(scene.train_names)
     assert isinstance(trained, TrainOutputs) and trained.ply.is_file() and trained.record["steps"] == 6
