@@ -30,27 +30,15 @@ CLUSTERS_PLY = "scene_clusters.ply"
 
 @dataclass(frozen=True)
 class ClusterOutputs(StageOutputs):
-    """The cluster stage's files (summary.json: counts, sizes, 3D scores where the scene has truth)."""
+    """The cluster stage's files: `clusters_ply` (every Gaussian with its `cluster` attribute;
+    `cluster_XXX.ply` beside it), `palette` (a view painted by cluster), `objects/<prompt>.ply` (the
+    Gaussians a prompt's query selects), `instance_masks/` (consistent masks: labels/*.png and
+    COCO-RLE instances.json) and `summary` (counts, sizes, 3D scores where the scene has truth)."""
 
-    @property
-    def clusters_ply(self) -> Path:
-        """Every Gaussian with its `cluster` attribute (`cluster_XXX.ply` beside it: one per cluster)."""
-        return self.folder / CLUSTERS_PLY
-
-    @property
-    def palette(self) -> Path:
-        """A view painted by cluster (PNG)."""
-        return self.folder / "palette.png"
-
-    @property
-    def objects(self) -> Path:
-        """`<prompt>.ply` per prompt: the Gaussians its query selects."""
-        return self.folder / "objects"
-
-    @property
-    def instance_masks(self) -> Path:
-        """Multi-view consistent masks: `labels/*.png` and COCO-RLE `instances.json`."""
-        return self.folder / "instance_masks"
+    clusters_ply = property(lambda self: self.folder / CLUSTERS_PLY)
+    palette = property(lambda self: self.folder / "palette.png")
+    objects = property(lambda self: self.folder / "objects")
+    instance_masks = property(lambda self: self.folder / "instance_masks")
 
 NOISE = -1
 

@@ -53,12 +53,10 @@ RESULTS_TABLE = "results.parquet"
 
 @dataclass(frozen=True)
 class EvaluateOutputs(StageOutputs):
-    """The evaluate stage's files (summary.json: mIoU, mBIoU per protocol, test PSNR)."""
+    """The evaluate stage's files: `results_table` (every row, Parquet) and `summary` (mIoU, mBIoU
+    per protocol, test PSNR)."""
 
-    @property
-    def results_table(self) -> Path:
-        """Every (protocol, scene, test view, prompt) row, as Parquet."""
-        return self.folder / RESULTS_TABLE
+    results_table = property(lambda self: self.folder / RESULTS_TABLE)
 NEEDS_DETECTOR = ("text",)
 
 

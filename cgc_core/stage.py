@@ -208,8 +208,7 @@ class StageOutputs:
     @property
     def summary(self) -> dict[str, Any]:
         """The stage's summary.json ({} for a stage that writes none)."""
-        path = self.folder / SUMMARY
-        return json.loads(path.read_text()) if path.is_file() else {}
+        return json.loads((self.folder / SUMMARY).read_text()) if (self.folder / SUMMARY).is_file() else {}
 
 
 @dataclass

@@ -42,17 +42,11 @@ RECORD_NAME = "train.json"
 
 @dataclass(frozen=True)
 class TrainOutputs(StageOutputs):
-    """The train stage's files."""
+    """The train stage's files: `ply` (standard 3DGS attributes plus feat_0..15) and `record`
+    (train.json read: steps, schedule, seconds, Gaussian count, health history)."""
 
-    @property
-    def ply(self) -> Path:
-        """The trained model: standard 3DGS attributes plus feat_0..15."""
-        return self.folder / PLY_NAME
-
-    @property
-    def record(self) -> dict:
-        """train.json: steps, schedule, seconds, Gaussian count, health history."""
-        return json.loads((self.folder / RECORD_NAME).read_text())
+    ply = property(lambda self: self.folder / PLY_NAME)
+    record = property(lambda self: json.loads((self.folder / RECORD_NAME).read_text()))
 
 
 class TrainingError(RuntimeError):

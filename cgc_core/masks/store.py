@@ -270,8 +270,6 @@ class MaskStore:
 
 @dataclass(frozen=True)
 class MasksOutputs(StageOutputs):
-    """The masks stage's files: one Parquet file of COCO-RLE masks per training image."""
+    """The masks stage's files: `store`, one Parquet file of COCO-RLE masks per training image."""
 
-    @property
-    def store(self) -> MaskStore:
-        return MaskStore(self.folder / "store")
+    store = property(lambda self: MaskStore(self.folder / "store"))

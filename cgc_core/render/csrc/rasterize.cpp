@@ -55,6 +55,44 @@ std::vector<Splat<scalar_t>> gather_splats(const torch::Tensor& means2d, const t
   return splats;
 }
 
+// Every pixel of every tile, tiles in parallel: fn(tile, i, j) for pixel row i, column j.
+template <typename Fn>
+void for_each_pixel(int64_t width, int64_t height, int64_t tile_size, Fn&& fn) {
+  const int64_t tiles_x = (width + tile_size - 1) / tile_size;
+  const int64_t tiles_y = (height + tile_size - 1) / tile_size;
+  at::parallel_for(0, tiles_x * tiles_y, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t tile = begin; tile < end; ++tile) {
+      const int64_t ty = tile / tiles_x, tx = tile % tiles_x;
+      for (int64_t i = ty * tile_size; i < std::min(height, (ty + 1) * tile_size); ++i) {
+        for (int64_t j = tx * tile_size; j < std::min(width, (tx + 1) * tile_size); ++j) fn(tile, i, j);
+      }
+    }
+  });
+}
+
+// The Gaussians blended into the pixel centre (px, py), front to back through a tile's depth-sorted
+// list [start, stop): visit(g, w) with w = alpha * T, T the transmittance before it; stops before
+// the Gaussian that would take T below 1e-4. Returns the final T; `last` is the number of list
+// entries up to the last blended one (where the backward pass starts).
+template <typename scalar_t, typename Visit>
+inline scalar_t blend_pixel(const std::vector<Splat<scalar_t>>& splats, const int64_t* ids, int64_t start,
+                            int64_t stop, scalar_t px, scalar_t py, int32_t& last, Visit&& visit) {
+  scalar_t T = 1;
+  last = 0;
+  for (int64_t k = start; k < stop; ++k) {
+    const int64_t g = ids[k];
+    scalar_t alpha, gauss, dx, dy;
+    bool clamped;
+    if (!splat_alpha(splats[g], px, py, alpha, gauss, dx, dy, clamped)) continue;
+    const scalar_t next_t = T * (1 - alpha);
+    if (next_t < scalar_t(kTransmittanceMin)) break;
+    visit(g, alpha * T);
+    T = next_t;
+    last = static_cast<int32_t>(k - start + 1);
+  }
+  return T;
+}
+
 }  // namespace
 
 // Returns image [H, W, C] (background included), final transmittance [H, W] and, per pixel, the
@@ -64,8 +102,6 @@ std::vector<torch::Tensor> rasterize_forward(torch::Tensor means2d, torch::Tenso
                                              torch::Tensor tile_offsets, torch::Tensor sorted_ids, int64_t width,
                                              int64_t height, int64_t tile_size) {
   const int64_t channels = colors.size(1);
-  const int64_t tiles_x = (width + tile_size - 1) / tile_size;
-  const int64_t tiles_y = (height + tile_size - 1) / tile_size;
   auto image = torch::empty({height, width, channels}, colors.options());
   auto final_t = torch::empty({height, width}, colors.options());
   auto n_visited = torch::zeros({height, width}, radii.options());
@@ -80,37 +116,19 @@ std::vector<torch::Tensor> rasterize_forward(torch::Tensor means2d, torch::Tenso
     scalar_t* tout = final_t.data_ptr<scalar_t>();
     int32_t* visited = n_visited.data_ptr<int32_t>();
 
-    at::parallel_for(0, tiles_x * tiles_y, 1, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> acc(channels);
-      for (int64_t tile = begin; tile < end; ++tile) {
-        const int64_t ty = tile / tiles_x, tx = tile % tiles_x;
-        const int64_t start = offsets[tile], stop = offsets[tile + 1];
-        for (int64_t i = ty * tile_size; i < std::min(height, (ty + 1) * tile_size); ++i) {
-          for (int64_t j = tx * tile_size; j < std::min(width, (tx + 1) * tile_size); ++j) {
-            const scalar_t px = j + scalar_t(0.5), py = i + scalar_t(0.5);
-            std::fill(acc.begin(), acc.end(), scalar_t(0));
-            scalar_t T = 1;
-            int32_t last = 0;
-            for (int64_t k = start; k < stop; ++k) {
-              const int64_t g = ids[k];
-              scalar_t alpha, gauss, dx, dy;
-              bool clamped;
-              if (!splat_alpha(splats[g], px, py, alpha, gauss, dx, dy, clamped)) continue;
-              const scalar_t next_t = T * (1 - alpha);
-              if (next_t < scalar_t(kTransmittanceMin)) break;
-              const scalar_t w = alpha * T;
-              const scalar_t* cg = col + g * channels;
-              for (int64_t ch = 0; ch < channels; ++ch) acc[ch] += w * cg[ch];
-              T = next_t;
-              last = static_cast<int32_t>(k - start + 1);
-            }
-            scalar_t* out = img + (i * width + j) * channels;
-            for (int64_t ch = 0; ch < channels; ++ch) out[ch] = acc[ch] + T * bg[ch];
-            tout[i * width + j] = T;
-            visited[i * width + j] = last;
-          }
-        }
-      }
+    for_each_pixel(width, height, tile_size, [&](int64_t tile, int64_t i, int64_t j) {
+      thread_local std::vector<scalar_t> acc;
+      acc.assign(channels, scalar_t(0));
+      int32_t last;
+      const scalar_t T = blend_pixel(splats, ids, offsets[tile], offsets[tile + 1], j + scalar_t(0.5),
+                                     i + scalar_t(0.5), last, [&](int64_t g, scalar_t w) {
+                                       const scalar_t* cg = col + g * channels;
+                                       for (int64_t ch = 0; ch < channels; ++ch) acc[ch] += w * cg[ch];
+                                     });
+      scalar_t* out = img + (i * width + j) * channels;
+      for (int64_t ch = 0; ch < channels; ++ch) out[ch] = acc[ch] + T * bg[ch];
+      tout[i * width + j] = T;
+      visited[i * width + j] = last;
     });
   });
   return {image, final_t, n_visited};
@@ -126,8 +144,6 @@ std::vector<torch::Tensor> rasterize_backward(torch::Tensor means2d, torch::Tens
                                               int64_t height, int64_t tile_size) {
   const int64_t n = means2d.size(0);
   const int64_t channels = colors.size(1);
-  const int64_t tiles_x = (width + tile_size - 1) / tile_size;
-  const int64_t tiles_y = (height + tile_size - 1) / tile_size;
   const int64_t stride = 6 + channels;  // mx, my, a, b, c, opacity, colors...
   const int64_t n_threads = at::get_num_threads();
   auto buffers = torch::zeros({n_threads, n, stride}, colors.options());
@@ -144,51 +160,44 @@ std::vector<torch::Tensor> rasterize_backward(torch::Tensor means2d, torch::Tens
     const scalar_t* galpha = grad_alpha.data_ptr<scalar_t>();
     scalar_t* buf = buffers.data_ptr<scalar_t>();
 
-    at::parallel_for(0, tiles_x * tiles_y, 1, [&](int64_t begin, int64_t end) {
+    for_each_pixel(width, height, tile_size, [&](int64_t tile, int64_t i, int64_t j) {
       scalar_t* grads = buf + at::get_thread_num() * n * stride;
-      for (int64_t tile = begin; tile < end; ++tile) {
-        const int64_t ty = tile / tiles_x, tx = tile % tiles_x;
-        const int64_t start = offsets[tile];
-        for (int64_t i = ty * tile_size; i < std::min(height, (ty + 1) * tile_size); ++i) {
-          for (int64_t j = tx * tile_size; j < std::min(width, (tx + 1) * tile_size); ++j) {
-            const int64_t p = i * width + j;
-            const scalar_t px = j + scalar_t(0.5), py = i + scalar_t(0.5);
-            const scalar_t* G = gimg + p * channels;
-            scalar_t g_bg = 0;
-            for (int64_t ch = 0; ch < channels; ++ch) g_bg += G[ch] * bg[ch];
-            const scalar_t t_final = tfin[p];
-            // Loss terms that scale with the transmittance after a Gaussian: background and alpha.
-            const scalar_t tail = t_final * (g_bg - galpha[p]);
-            scalar_t T = t_final;        // transmittance after the current Gaussian
-            scalar_t after = 0;          // sum over later Gaussians of w_j (G . c_j)
-            for (int64_t k = start + visited[p] - 1; k >= start; --k) {
-              const int64_t g = ids[k];
-              scalar_t alpha, gauss, dx, dy;
-              bool clamped;
-              if (!splat_alpha(splats[g], px, py, alpha, gauss, dx, dy, clamped)) continue;
-              T = T / (1 - alpha);  // transmittance before this Gaussian
-              const scalar_t w = alpha * T;
-              const scalar_t* cg = col + g * channels;
-              scalar_t g_dot_c = 0;
-              scalar_t* gg = grads + g * stride;
-              for (int64_t ch = 0; ch < channels; ++ch) {
-                g_dot_c += G[ch] * cg[ch];
-                gg[6 + ch] += w * G[ch];
-              }
-              const scalar_t d_alpha = T * g_dot_c - (after + tail) / (1 - alpha);
-              after += w * g_dot_c;
-              if (clamped) continue;  // alpha = 0.99 does not depend on the Gaussian's parameters
-              const auto& s = splats[g];
-              const scalar_t d_sigma = -alpha * d_alpha;  // d alpha / d sigma = -alpha
-              gg[0] += d_sigma * (s.a * dx + s.b * dy);
-              gg[1] += d_sigma * (s.c * dy + s.b * dx);
-              gg[2] += d_sigma * scalar_t(0.5) * dx * dx;
-              gg[3] += d_sigma * dx * dy;
-              gg[4] += d_sigma * scalar_t(0.5) * dy * dy;
-              gg[5] += d_alpha * gauss;
-            }
-          }
+      const int64_t start = offsets[tile];
+      const int64_t p = i * width + j;
+      const scalar_t px = j + scalar_t(0.5), py = i + scalar_t(0.5);
+      const scalar_t* G = gimg + p * channels;
+      scalar_t g_bg = 0;
+      for (int64_t ch = 0; ch < channels; ++ch) g_bg += G[ch] * bg[ch];
+      const scalar_t t_final = tfin[p];
+      // Loss terms that scale with the transmittance after a Gaussian: background and alpha.
+      const scalar_t tail = t_final * (g_bg - galpha[p]);
+      scalar_t T = t_final;        // transmittance after the current Gaussian
+      scalar_t after = 0;          // sum over later Gaussians of w_j (G . c_j)
+      for (int64_t k = start + visited[p] - 1; k >= start; --k) {
+        const int64_t g = ids[k];
+        scalar_t alpha, gauss, dx, dy;
+        bool clamped;
+        if (!splat_alpha(splats[g], px, py, alpha, gauss, dx, dy, clamped)) continue;
+        T = T / (1 - alpha);  // transmittance before this Gaussian
+        const scalar_t w = alpha * T;
+        const scalar_t* cg = col + g * channels;
+        scalar_t g_dot_c = 0;
+        scalar_t* gg = grads + g * stride;
+        for (int64_t ch = 0; ch < channels; ++ch) {
+          g_dot_c += G[ch] * cg[ch];
+          gg[6 + ch] += w * G[ch];
         }
+        const scalar_t d_alpha = T * g_dot_c - (after + tail) / (1 - alpha);
+        after += w * g_dot_c;
+        if (clamped) continue;  // alpha = 0.99 does not depend on the Gaussian's parameters
+        const auto& s = splats[g];
+        const scalar_t d_sigma = -alpha * d_alpha;  // d alpha / d sigma = -alpha
+        gg[0] += d_sigma * (s.a * dx + s.b * dy);
+        gg[1] += d_sigma * (s.c * dy + s.b * dx);
+        gg[2] += d_sigma * scalar_t(0.5) * dx * dx;
+        gg[3] += d_sigma * dx * dy;
+        gg[4] += d_sigma * scalar_t(0.5) * dy * dy;
+        gg[5] += d_alpha * gauss;
       }
     });
   });
@@ -205,8 +214,6 @@ std::vector<torch::Tensor> rasterize_backward(torch::Tensor means2d, torch::Tens
 std::vector<torch::Tensor> blend_weights(torch::Tensor means2d, torch::Tensor conics, torch::Tensor opacities,
                                          torch::Tensor radii, torch::Tensor tile_offsets, torch::Tensor sorted_ids,
                                          int64_t width, int64_t height, int64_t tile_size) {
-  const int64_t tiles_x = (width + tile_size - 1) / tile_size;
-  const int64_t tiles_y = (height + tile_size - 1) / tile_size;
   auto crow = torch::zeros({height * width + 1}, tile_offsets.options());
   torch::Tensor col, weight;
 
@@ -219,34 +226,19 @@ std::vector<torch::Tensor> blend_weights(torch::Tensor means2d, torch::Tensor co
       int64_t* rows = crow.data_ptr<int64_t>();
       int64_t* cols = pass ? col.data_ptr<int64_t>() : nullptr;
       scalar_t* ws = pass ? weight.data_ptr<scalar_t>() : nullptr;
-      at::parallel_for(0, tiles_x * tiles_y, 1, [&](int64_t begin, int64_t end) {
-        for (int64_t tile = begin; tile < end; ++tile) {
-          const int64_t ty = tile / tiles_x, tx = tile % tiles_x;
-          const int64_t start = offsets[tile], stop = offsets[tile + 1];
-          for (int64_t i = ty * tile_size; i < std::min(height, (ty + 1) * tile_size); ++i) {
-            for (int64_t j = tx * tile_size; j < std::min(width, (tx + 1) * tile_size); ++j) {
-              const int64_t p = i * width + j;
-              const scalar_t px = j + scalar_t(0.5), py = i + scalar_t(0.5);
-              int64_t out = pass ? rows[p] : 0;
-              scalar_t T = 1;
-              for (int64_t k = start; k < stop; ++k) {
-                const int64_t g = ids[k];
-                scalar_t alpha, gauss, dx, dy;
-                bool clamped;
-                if (!splat_alpha(splats[g], px, py, alpha, gauss, dx, dy, clamped)) continue;
-                const scalar_t next_t = T * (1 - alpha);
-                if (next_t < scalar_t(kTransmittanceMin)) break;
-                if (pass) {
-                  cols[out] = g;
-                  ws[out] = alpha * T;
-                }
-                ++out;
-                T = next_t;
-              }
-              if (!pass) rows[p + 1] = out;
-            }
-          }
-        }
+      for_each_pixel(width, height, tile_size, [&](int64_t tile, int64_t i, int64_t j) {
+        const int64_t p = i * width + j;
+        int64_t out = pass ? rows[p] : 0;
+        int32_t last;
+        blend_pixel(splats, ids, offsets[tile], offsets[tile + 1], j + scalar_t(0.5), i + scalar_t(0.5), last,
+                    [&](int64_t g, scalar_t w) {
+                      if (pass) {
+                        cols[out] = g;
+                        ws[out] = w;
+                      }
+                      ++out;
+                    });
+        if (!pass) rows[p + 1] = out;
       });
       if (!pass) {
         crow = crow.cumsum(0);
