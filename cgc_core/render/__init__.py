@@ -225,7 +225,7 @@ def blend_weights(gaussians: Gaussians, camera: Camera) -> BlendWeights:
         camera: The view.
 
     Returns:
-        `BlendWeights` (about 24 bytes per blended Gaussian-pixel pair, both layouts together).
+        `BlendWeights` (about 16 bytes per blended Gaussian-pixel pair, both layouts together).
     """
     from .torch_backend import blend_weight_matrix
 

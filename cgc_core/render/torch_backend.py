@@ -109,6 +109,8 @@ def blend_weight_matrix(means2d: Tensor, conics: Tensor, opacities: Tensor, radi
         radii.to(torch.int32).contiguous(), offsets, ids, width, height, tile_size)
     with warnings.catch_warnings():  # "CSR support is in beta": the product it is used for is tested
         warnings.simplefilter("ignore", UserWarning)
+        if len(col) < 2**31 and means2d.shape[0] < 2**31:  # 32-bit indices: a third less memory
+            crow, col = crow.to(torch.int32), col.to(torch.int32)
         return torch.sparse_csr_tensor(crow, col, weight, (height * width, means2d.shape[0]), check_invariants=False)
 
 
