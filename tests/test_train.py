@@ -138,6 +138,7 @@ def test_a_trained_3dgs_model_trains_only_its_features_when_frozen(tiny_inputs, 
     # The fast path (each view's blending weights, once) trains the same features as rendering
     # every step with the dense reference renderer.
     short = dict(iterations=3, init_ply=str(model), freeze_geometry=True, cc_every=1, checkpoint_every=0, downscale=2,
+                 frozen_back_project=False,  # the fast path only (tested against its oracle in test_render)
                  health_every=0, health_views=1)
     fast = train(scene, store, tmp_path / "fast", _cfg(**short))
     oracle = train(scene, store, tmp_path / "oracle", _cfg(**short, backend="reference"))
