@@ -179,6 +179,37 @@ def multilevel_contrastive_loss_reference(features: Tensor, level_labels: Tensor
 # --- spatial-similarity regularisation (Eq. 4) -----------------------------------------------------
 
 
+def near_and_far(queries: Tensor, points: Tensor, self_index: Tensor, k: int, l: int,
+                 near_includes_self: bool = False) -> tuple[Tensor, Tensor]:
+    """Each query's k nearest (ascending) and l farthest (descending) rows of `points`, in one pass
+    per query in C++ (CPU): no [M, N] distance matrix. `near_and_far_reference` is its oracle.
+
+    Args:
+        queries: [M, 3]; points: [N, 3].
+        self_index: [M] the row of `points` that is the query itself (never among the farthest; among
+            the nearest only with `near_includes_self`).
+        k, l: How many nearest and farthest (fewer than N).
+
+    Returns:
+        near [M, k] and far [M, l], row indices into `points`.
+    """
+    from .render.torch_backend import extension
+
+    return tuple(extension().near_far(queries, points, self_index, k, l, near_includes_self))
+
+
+def near_and_far_reference(queries: Tensor, points: Tensor, self_index: Tensor, k: int, l: int,
+                           near_includes_self: bool = False) -> tuple[Tensor, Tensor]:
+    """`near_and_far` through the full distance matrix and top-k (obviously correct, M × N memory)."""
+    distances = torch.cdist(queries, points)
+    rows = torch.arange(len(queries))
+    if not near_includes_self:
+        distances[rows, self_index] = float("inf")
+    near = torch.topk(distances, k, dim=1, largest=False).indices
+    distances[rows, self_index] = -1.0
+    return near, torch.topk(distances, l, dim=1, largest=True).indices
+
+
 def sample_neighbours(means: Tensor, n_samples: int, k_near: int, l_far: int, max_points: int = 300_000,
                       generator: torch.Generator | None = None, far: str = "farthest",
                       near_includes_self: bool = False) -> tuple[Tensor, Tensor, Tensor]:
@@ -206,20 +237,19 @@ def sample_neighbours(means: Tensor, n_samples: int, k_near: int, l_far: int, ma
     pool = torch.randperm(n, generator=generator)[:max_points] if n > max_points else torch.arange(n)
     positions = torch.randperm(len(pool), generator=generator)[: min(n_samples, len(pool))]
     samples = pool[positions]
-    distances = torch.cdist(means.detach()[samples], means.detach()[pool])
-    rows = torch.arange(len(samples))
-    if not near_includes_self:
-        distances[rows, positions] = float("inf")  # a Gaussian is not its own neighbour
-    near = pool[torch.topk(distances, k_near, dim=1, largest=False).indices]
-    distances[rows, positions] = -1.0
+    queries, points = means.detach()[samples], means.detach()[pool]
+    search = near_and_far if means.device.type == "cpu" else near_and_far_reference
     if far == "farthest":
-        far_ids = pool[torch.topk(distances, l_far, dim=1, largest=True).indices]
-    elif far == "random":
-        farther_half = distances >= distances.median(dim=1, keepdim=True).values
-        far_ids = pool[torch.multinomial(farther_half.to(torch.float64), l_far, replacement=True, generator=generator)]
-    else:
+        near, far_ids = search(queries, points, positions, k_near, l_far, near_includes_self)
+        return samples, pool[near], pool[far_ids]
+    if far != "random":
         raise ValueError(f"sample_neighbours: unknown far={far!r} (farthest, random)")
-    return samples, near, far_ids
+    near, _ = search(queries, points, positions, k_near, 1, near_includes_self)
+    distances = torch.cdist(queries, points)
+    distances[torch.arange(len(samples)), positions] = -1.0  # never its own far Gaussian
+    farther_half = distances >= distances.median(dim=1, keepdim=True).values
+    far_ids = torch.multinomial(farther_half.to(torch.float64), l_far, replacement=True, generator=generator)
+    return samples, pool[near], pool[far_ids]
 
 
 def spatial_regularization(features: Tensor, samples: Tensor, near: Tensor, far: Tensor, lambda_near: float = 0.05,

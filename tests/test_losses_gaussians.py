@@ -241,3 +241,17 @@ def test_random_far_neighbours_come_from_the_farther_half():
     assert len(torch.unique(far)) > 2 * len(torch.unique(farthest))
     with pytest.raises(ValueError, match="unknown far='nearest'"):
         sample_neighbours(means, 4, 2, 2, far="nearest")
+
+
+@pytest.mark.parametrize("near_includes_self", [False, True])
+def test_neighbour_search_in_one_pass_equals_the_distance_matrix(near_includes_self):
+    from cgc_core.losses import near_and_far, near_and_far_reference
+
+    g = torch.Generator().manual_seed(3)
+    points = torch.randn(3000, 3, generator=g) * torch.tensor([1.0, 0.3, 2.0])
+    self_index = torch.randperm(3000, generator=g)[:200]
+    fast = near_and_far(points[self_index], points, self_index, 2, 5, near_includes_self)
+    slow = near_and_far_reference(points[self_index], points, self_index, 2, 5, near_includes_self)
+    assert torch.equal(fast[0], slow[0]) and torch.equal(fast[1], slow[1])
+    assert (fast[0][:, 0] == self_index).all() == near_includes_self
+    assert not (fast[1] == self_index[:, None]).any()

@@ -18,7 +18,7 @@ from torch import Tensor
 from .projection import depth_order
 
 TILE_SIZE = 16
-_SOURCE = Path(__file__).parent / "csrc" / "rasterize.cpp"
+_SOURCES = [Path(__file__).parent / "csrc" / name for name in ("rasterize.cpp", "neighbours.cpp")]
 _lock = threading.Lock()
 _module = None
 
@@ -31,7 +31,7 @@ def extension():
             from torch.utils.cpp_extension import load
 
             _module = load(
-                name="cgc_rasterize_cpu", sources=[str(_SOURCE)],
+                name="cgc_rasterize_cpu", sources=[str(path) for path in _SOURCES],
                 extra_cflags=["-O3", "-fopenmp" if os.name != "nt" else ""],
                 extra_ldflags=["-fopenmp"] if os.name != "nt" else [], verbose=False,
             )

@@ -251,8 +251,13 @@ std::vector<torch::Tensor> blend_weights(torch::Tensor means2d, torch::Tensor co
   return {crow, col, weight};
 }
 
+// neighbours.cpp
+std::vector<torch::Tensor> near_far(torch::Tensor queries, torch::Tensor points, torch::Tensor self_index,
+                                    int64_t k, int64_t l, bool near_includes_self);
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &rasterize_forward, "tile rasterization forward (CPU)");
   m.def("backward", &rasterize_backward, "tile rasterization backward (CPU)");
   m.def("blend_weights", &blend_weights, "per-pixel blending weights as CSR (CPU)");
+  m.def("near_far", &near_far, "k nearest and l farthest points of each query (CPU)");
 }
