@@ -55,40 +55,46 @@ std::vector<Splat<scalar_t>> gather_splats(const torch::Tensor& means2d, const t
   return splats;
 }
 
-// Every pixel of every tile, tiles in parallel: fn(tile, i, j) for pixel row i, column j.
-template <typename Fn>
-void for_each_pixel(int64_t width, int64_t height, int64_t tile_size, Fn&& fn) {
+// Every pixel of every tile, tiles in parallel: fn(tile, i, j, list) for pixel row i, column j, where
+// `list` holds the tile's splats copied in its depth order. Every pixel of a tile walks that list,
+// so gathering it once per tile pays the splats' scattered order in memory once, not per pixel.
+template <typename scalar_t, typename Fn>
+void for_each_pixel(const std::vector<Splat<scalar_t>>& splats, const int64_t* offsets, const int64_t* ids,
+                    int64_t width, int64_t height, int64_t tile_size, Fn&& fn) {
   const int64_t tiles_x = (width + tile_size - 1) / tile_size;
   const int64_t tiles_y = (height + tile_size - 1) / tile_size;
   at::parallel_for(0, tiles_x * tiles_y, 1, [&](int64_t begin, int64_t end) {
+    std::vector<Splat<scalar_t>> list;
     for (int64_t tile = begin; tile < end; ++tile) {
+      list.clear();
+      for (int64_t k = offsets[tile]; k < offsets[tile + 1]; ++k) list.push_back(splats[ids[k]]);
       const int64_t ty = tile / tiles_x, tx = tile % tiles_x;
       for (int64_t i = ty * tile_size; i < std::min(height, (ty + 1) * tile_size); ++i) {
-        for (int64_t j = tx * tile_size; j < std::min(width, (tx + 1) * tile_size); ++j) fn(tile, i, j);
+        for (int64_t j = tx * tile_size; j < std::min(width, (tx + 1) * tile_size); ++j) fn(tile, i, j, list);
       }
     }
   });
 }
 
-// The Gaussians blended into the pixel centre (px, py), front to back through a tile's depth-sorted
-// list [start, stop): visit(g, w) with w = alpha * T, T the transmittance before it; stops before
-// the Gaussian that would take T below 1e-4. Returns the final T; `last` is the number of list
-// entries up to the last blended one (where the backward pass starts).
+// The splats of a tile's depth-ordered list blended into the pixel centre (px, py), front to back:
+// visit(k, w) with k the position in the list and w = alpha * T, T the transmittance before it;
+// stops before the splat that would take T below 1e-4. Returns the final T; `last` is the number of
+// list entries up to the last blended one (where the backward pass starts).
 template <typename scalar_t, typename Visit>
-inline scalar_t blend_pixel(const std::vector<Splat<scalar_t>>& splats, const int64_t* ids, int64_t start,
-                            int64_t stop, scalar_t px, scalar_t py, int32_t& last, Visit&& visit) {
+inline scalar_t blend_pixel(const std::vector<Splat<scalar_t>>& list, scalar_t px, scalar_t py, int32_t& last,
+                            Visit&& visit) {
   scalar_t T = 1;
   last = 0;
-  for (int64_t k = start; k < stop; ++k) {
-    const int64_t g = ids[k];
+  const int64_t count = static_cast<int64_t>(list.size());
+  for (int64_t k = 0; k < count; ++k) {
     scalar_t alpha, gauss, dx, dy;
     bool clamped;
-    if (!splat_alpha(splats[g], px, py, alpha, gauss, dx, dy, clamped)) continue;
+    if (!splat_alpha(list[k], px, py, alpha, gauss, dx, dy, clamped)) continue;
     const scalar_t next_t = T * (1 - alpha);
     if (next_t < scalar_t(kTransmittanceMin)) break;
-    visit(g, alpha * T);
+    visit(k, alpha * T);
     T = next_t;
-    last = static_cast<int32_t>(k - start + 1);
+    last = static_cast<int32_t>(k + 1);
   }
   return T;
 }
@@ -116,15 +122,16 @@ std::vector<torch::Tensor> rasterize_forward(torch::Tensor means2d, torch::Tenso
     scalar_t* tout = final_t.data_ptr<scalar_t>();
     int32_t* visited = n_visited.data_ptr<int32_t>();
 
-    for_each_pixel(width, height, tile_size, [&](int64_t tile, int64_t i, int64_t j) {
+    for_each_pixel(splats, offsets, ids, width, height, tile_size, [&](int64_t tile, int64_t i, int64_t j,
+                                                                       const std::vector<Splat<scalar_t>>& list) {
       thread_local std::vector<scalar_t> acc;
       acc.assign(channels, scalar_t(0));
       int32_t last;
-      const scalar_t T = blend_pixel(splats, ids, offsets[tile], offsets[tile + 1], j + scalar_t(0.5),
-                                     i + scalar_t(0.5), last, [&](int64_t g, scalar_t w) {
-                                       const scalar_t* cg = col + g * channels;
-                                       for (int64_t ch = 0; ch < channels; ++ch) acc[ch] += w * cg[ch];
-                                     });
+      const int64_t* tile_ids = ids + offsets[tile];
+      const scalar_t T = blend_pixel(list, j + scalar_t(0.5), i + scalar_t(0.5), last, [&](int64_t k, scalar_t w) {
+        const scalar_t* cg = col + tile_ids[k] * channels;
+        for (int64_t ch = 0; ch < channels; ++ch) acc[ch] += w * cg[ch];
+      });
       scalar_t* out = img + (i * width + j) * channels;
       for (int64_t ch = 0; ch < channels; ++ch) out[ch] = acc[ch] + T * bg[ch];
       tout[i * width + j] = T;
@@ -160,7 +167,8 @@ std::vector<torch::Tensor> rasterize_backward(torch::Tensor means2d, torch::Tens
     const scalar_t* galpha = grad_alpha.data_ptr<scalar_t>();
     scalar_t* buf = buffers.data_ptr<scalar_t>();
 
-    for_each_pixel(width, height, tile_size, [&](int64_t tile, int64_t i, int64_t j) {
+    for_each_pixel(splats, offsets, ids, width, height, tile_size, [&](int64_t tile, int64_t i, int64_t j,
+                                                                       const std::vector<Splat<scalar_t>>& list) {
       scalar_t* grads = buf + at::get_thread_num() * n * stride;
       const int64_t start = offsets[tile];
       const int64_t p = i * width + j;
@@ -177,7 +185,8 @@ std::vector<torch::Tensor> rasterize_backward(torch::Tensor means2d, torch::Tens
         const int64_t g = ids[k];
         scalar_t alpha, gauss, dx, dy;
         bool clamped;
-        if (!splat_alpha(splats[g], px, py, alpha, gauss, dx, dy, clamped)) continue;
+        const auto& s = list[k - start];
+        if (!splat_alpha(s, px, py, alpha, gauss, dx, dy, clamped)) continue;
         T = T / (1 - alpha);  // transmittance before this Gaussian
         const scalar_t w = alpha * T;
         const scalar_t* cg = col + g * channels;
@@ -190,7 +199,6 @@ std::vector<torch::Tensor> rasterize_backward(torch::Tensor means2d, torch::Tens
         const scalar_t d_alpha = T * g_dot_c - (after + tail) / (1 - alpha);
         after += w * g_dot_c;
         if (clamped) continue;  // alpha = 0.99 does not depend on the Gaussian's parameters
-        const auto& s = splats[g];
         const scalar_t d_sigma = -alpha * d_alpha;  // d alpha / d sigma = -alpha
         gg[0] += d_sigma * (s.a * dx + s.b * dy);
         gg[1] += d_sigma * (s.c * dy + s.b * dx);
@@ -226,18 +234,18 @@ std::vector<torch::Tensor> blend_weights(torch::Tensor means2d, torch::Tensor co
       int64_t* rows = crow.data_ptr<int64_t>();
       int64_t* cols = pass ? col.data_ptr<int64_t>() : nullptr;
       scalar_t* ws = pass ? weight.data_ptr<scalar_t>() : nullptr;
-      for_each_pixel(width, height, tile_size, [&](int64_t tile, int64_t i, int64_t j) {
+      for_each_pixel(splats, offsets, ids, width, height, tile_size, [&](int64_t tile, int64_t i, int64_t j,
+                                                                         const std::vector<Splat<scalar_t>>& list) {
         const int64_t p = i * width + j;
         int64_t out = pass ? rows[p] : 0;
         int32_t last;
-        blend_pixel(splats, ids, offsets[tile], offsets[tile + 1], j + scalar_t(0.5), i + scalar_t(0.5), last,
-                    [&](int64_t g, scalar_t w) {
-                      if (pass) {
-                        cols[out] = g;
-                        ws[out] = w;
-                      }
-                      ++out;
-                    });
+        blend_pixel(list, j + scalar_t(0.5), i + scalar_t(0.5), last, [&](int64_t k, scalar_t w) {
+          if (pass) {
+            cols[out] = ids[offsets[tile] + k];
+            ws[out] = w;
+          }
+          ++out;
+        });
         if (!pass) rows[p + 1] = out;
       });
       if (!pass) {
