@@ -66,6 +66,9 @@ def test_a_video_source_is_a_cached_scene_stage(tiny_scene_dir, tmp_path):
     (tmp_path / "broken.mp4").write_bytes(b"not a video at all")
     with pytest.raises(SceneError, match="broken.mp4: not a readable video"):
         scene_stage(cfg, str(tmp_path / "broken.mp4"))
+    # Nothing half-written: no scene folder and no partial work folder for the broken video.
+    leftovers = [p.name for p in (tmp_path / "data" / "broken").glob("*") if not p.name.endswith(".lock")]
+    assert leftovers == [], leftovers
 
 
 def test_a_video_of_the_bonsai_photos_becomes_its_frames(shared_dir, tmp_path):
