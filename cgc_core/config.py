@@ -235,6 +235,9 @@ class TrainConfig:
     freeze_geometry: bool = False
     """With `init_ply`: train only the feature field on the given Gaussians (no densification, no
     photometric loss; positions, shapes, opacities and colours stay as loaded)."""
+    frozen_cache_gb: float = 8.0
+    """With `freeze_geometry` on the CPU: memory for the training views' blending weights (the
+    demo's 42 views take 2.4 GB); views beyond it are rendered by the rasterizer on each step."""
     frozen_back_project: bool = True
     """With `freeze_geometry` on the CPU: at the end, set every Gaussian's feature to the mean of the
     rendered (normalised) features of the pixels it is blended into (`train.FrozenViews.back_project`),

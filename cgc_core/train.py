@@ -273,7 +273,7 @@ def train(scene: Scene, store: MaskStore, out_dir: str | Path, cfg: TrainConfig,
     # Frozen geometry on the CPU: the blending weights never change, so each view's are computed
     # once (on first use) and the features render as one sparse product, without the rasterizer.
     frozen = FrozenViews(Gaussians.from_params({k: v.detach() for k, v in params.items()}),
-                         {n: v[0] for n, v in views.items()}) if (
+                         {n: v[0] for n, v in views.items()}, cfg.frozen_cache_gb * 2**30) if (
         cfg.freeze_geometry and resolve_backend(cfg.backend) == "torch") else None
     last_good = None
     latest: dict[str, float] = {}  # the last value of every term, also on steps that skip it
@@ -366,20 +366,31 @@ def train(scene: Scene, store: MaskStore, out_dir: str | Path, cfg: TrainConfig,
 
 class FrozenViews:
     """The blending weights of fixed Gaussians in each training view, computed on first use and kept
-    (about 16 bytes per blended Gaussian-pixel pair: 57 MB per 320×240 view of the demo's 33k Gaussians)."""
+    while they fit in `max_bytes` (about 16 bytes per blended Gaussian-pixel pair: 57 MB per 320×240
+    view of the demo's 33k Gaussians); views beyond the budget are rendered by the rasterizer."""
 
-    def __init__(self, gaussians: Gaussians, cameras: dict[str, Camera]):
+    def __init__(self, gaussians: Gaussians, cameras: dict[str, Camera], max_bytes: float = float("inf")):
         self.gaussians = gaussians
         self.cameras = cameras
+        self.max_bytes = max_bytes
         self.weights: dict[str, BlendWeights] = {}
+        self.over_budget: set[str] = set()
 
     def view(self, name: str) -> BlendWeights:
-        if name not in self.weights:
-            self.weights[name] = blend_weights(self.gaussians, self.cameras[name])
-        return self.weights[name]
+        """The view's weights (kept if the budget allows)."""
+        if name in self.weights:
+            return self.weights[name]
+        weights = blend_weights(self.gaussians, self.cameras[name])
+        if sum(w.nbytes for w in self.weights.values()) + weights.nbytes <= self.max_bytes:
+            self.weights[name] = weights
+        else:
+            self.over_budget.add(name)
+        return weights
 
     def render(self, name: str, features: Tensor) -> Tensor:
         """[H, W, D]: the features blended into view `name` (differentiable in `features`)."""
+        if name in self.over_budget:  # computing its weights again would cost more than a render
+            return render(self.gaussians, self.cameras[name], features=features, backend="torch").features
         return self.view(name).render(features)
 
     @torch.no_grad()

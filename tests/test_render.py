@@ -286,3 +286,18 @@ def test_back_projection_is_the_weighted_mean_of_rendered_unit_features():
         distances = (means[shown] - means[i]).norm(dim=1)
         torch.testing.assert_close(out[i], out[shown][distances.argmin()])
     torch.testing.assert_close(out.norm(dim=1), torch.ones(40, dtype=out.dtype))
+
+
+def test_frozen_views_beyond_their_memory_budget_render_through_the_rasterizer():
+    from cgc_core.train import FrozenViews
+
+    params = _random_scene(40, 5, dtype=torch.float32)
+    gaussians = Gaussians(*(params[k].detach() for k in PARAMS[:5]))
+    cameras = {"a": _camera(), "b": _camera(eye=(1.5, -2.5, 0.9))}
+    features = params["features"].detach()
+    kept, none_kept = FrozenViews(gaussians, cameras), FrozenViews(gaussians, cameras, max_bytes=0)
+    for name in cameras:
+        torch.testing.assert_close(none_kept.render(name, features), kept.render(name, features), rtol=1e-5, atol=1e-6)
+    assert set(kept.weights) == {"a", "b"} and not none_kept.weights and none_kept.over_budget == {"a", "b"}
+    # The back-projection still reads every view, one at a time.
+    torch.testing.assert_close(none_kept.back_project(features), kept.back_project(features))
