@@ -261,7 +261,7 @@ class TrainConfig:
     """Code: U[0, 1) features (all in one orthant); `normal`: N(0, 1) (see gaussians.init_params)."""
     use_reg: bool | None = None
     """The spatial regulariser; false is the paper's "no 3D loss" ablation. None (default): on,
-    except on frozen geometry (`cgc_core.train.FROZEN_DEFAULTS`)."""
+    except on frozen geometry (`cgc_core.train.resolve_schedule` says why)."""
     reg_every: int = 4
     """Code: every 100 of 30k iterations; scaled like cc_every for the short schedule."""
     reg_samples: int = 1000

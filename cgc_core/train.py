@@ -80,18 +80,14 @@ SCHEDULES: dict[str, dict[str, float | int]] = {
 }
 
 
-FROZEN_DEFAULTS: dict[str, bool] = {"use_reg": False}
-"""Features on frozen geometry train with the contrastive loss alone unless `train.use_reg=true`:
-from U[0, 1) features on a finished model the regulariser collapsed the field (demo: click mIoU
-0.62 with it, 0.95 without, `benchmarks/RESULTS.md`); the final back-projection gives the 3D
-agreement instead."""
-
-
 def resolve_schedule(cfg: TrainConfig, cuda: bool | None = None) -> TrainConfig:
     """The train config with its schedule applied: `auto` becomes `paper` on CUDA (the gsplat
     backend, or `auto` with a GPU) and `cpu-short` otherwise, and the schedule's values replace
-    the fields still at their defaults (a field set by the user keeps its value); so do
-    `FROZEN_DEFAULTS` when the geometry is frozen.
+    the fields still at their defaults (a field set by the user keeps its value). `use_reg` left
+    unset (None) is on, except on frozen geometry: there the features train with the contrastive
+    loss alone, since from U[0, 1) features on a finished model the regulariser collapsed the field
+    (demo: click mIoU 0.62 with it, 0.95 without, `benchmarks/RESULTS.md`) and the final
+    back-projection gives the 3D agreement instead.
 
     Args:
         cfg: The train section.
@@ -110,10 +106,8 @@ def resolve_schedule(cfg: TrainConfig, cuda: bool | None = None) -> TrainConfig:
                    for k, v in values.items() if isinstance(v, dict) or getattr(section, k) == getattr(defaults, k)}
         return replace(section, **changes)
 
-    resolved = apply(cfg, TrainConfig(), SCHEDULES[name])
-    if cfg.freeze_geometry:
-        resolved = apply(resolved, TrainConfig(), FROZEN_DEFAULTS)
-    return replace(resolved, schedule=name, use_reg=True if resolved.use_reg is None else resolved.use_reg)
+    use_reg = not cfg.freeze_geometry if cfg.use_reg is None else cfg.use_reg
+    return replace(apply(cfg, TrainConfig(), SCHEDULES[name]), schedule=name, use_reg=use_reg)
 
 
 def train_view(scene: Scene, name: str, downscale: int) -> tuple[Camera, Tensor]:

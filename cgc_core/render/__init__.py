@@ -116,6 +116,11 @@ def camera_tensors(camera: Camera, device: torch.device, dtype: torch.dtype) -> 
             torch.as_tensor(camera.K, dtype=dtype, device=device))
 
 
+def _project(gaussians: Gaussians, camera: Camera, viewmat: Tensor, K: Tensor):
+    return project_gaussians(gaussians.means, gaussians.quats, gaussians.scales, viewmat, K, camera.width,
+                             camera.height, opacities=gaussians.opacities)
+
+
 def render(gaussians: Gaussians, camera: Camera, *, features: Tensor | None = None, sh_degree: int | None = None,
            background: Tensor | tuple[float, float, float] = (0.0, 0.0, 0.0), backend: Backend = "auto") -> RenderOutput:
     """Render colour, features, alpha and depth of Gaussians seen by one camera.
@@ -147,8 +152,7 @@ def render(gaussians: Gaussians, camera: Camera, *, features: Tensor | None = No
 
         return render_gsplat(gaussians, features, viewmat, K, width, height, degree, bg)
 
-    projected = project_gaussians(means, gaussians.quats, gaussians.scales, viewmat, K, width, height,
-                                  opacities=gaussians.opacities)
+    projected = _project(gaussians, camera, viewmat, K)
     cam_center = torch.linalg.inv(viewmat)[:3, 3]
     rgb = sh_to_rgb(gaussians.sh, means - cam_center, degree)
     channels = [rgb] + ([features.to(dtype)] if features is not None else []) + [projected.depths[:, None]]
@@ -229,11 +233,8 @@ def blend_weights(gaussians: Gaussians, camera: Camera) -> BlendWeights:
     """
     from .torch_backend import blend_weight_matrix
 
-    means = gaussians.means.detach()
-    viewmat, K = camera_tensors(camera, means.device, means.dtype)
-    projected = project_gaussians(means, gaussians.quats.detach(), gaussians.scales.detach(), viewmat, K,
-                                  camera.width, camera.height, opacities=gaussians.opacities.detach())
-    matrix = blend_weight_matrix(projected.means2d, projected.conics, gaussians.opacities.detach(), projected.radii,
+    projected = _project(gaussians, camera, *camera_tensors(camera, gaussians.means.device, gaussians.means.dtype))
+    matrix = blend_weight_matrix(projected.means2d, projected.conics, gaussians.opacities, projected.radii,
                                  projected.depths, camera.width, camera.height)
     return BlendWeights(matrix, matrix.t().to_sparse_csr(), camera.height, camera.width)
 
