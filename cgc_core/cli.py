@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, NoReturn, Optional
 
 import typer
 import yaml
@@ -34,12 +34,17 @@ ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="YAML config
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override: section.field=value (repeatable)")]
 
 
+def _fail(message: str, code: int = 1) -> NoReturn:
+    """End the command with `error: message` on stderr; exit status 2 for bad usage, 1 for failed work."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
 def _config(config: Optional[Path], overrides: Optional[list[str]]):
     try:
         return load_config(config, overrides or [])
     except ConfigError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
+        _fail(str(exc), 2)
 
 
 @app.command()
@@ -68,8 +73,7 @@ def scene_info(path: Path, layout: Annotated[str, typer.Option(help="auto or a r
     try:
         scene = load_scene(path, layout=layout)
     except SceneError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
+        _fail(str(exc), 2)
     typer.echo(f"{scene.name}: layout {scene.layout}, {len(scene.image_names)} images "
                f"({len(scene.train_names)} train, {len(scene.test_names)} test), "
                f"{len(scene.cameras)} posed, {len(scene.prompts)} prompts, "
@@ -82,47 +86,24 @@ def scene_info(path: Path, layout: Annotated[str, typer.Option(help="auto or a r
 @app.command("calibrate")
 def calibrate_cmd(scene: Annotated[str, typer.Option(help="synthetic, synthetic-<preset>, or a dataset folder")],
                   force: bool = False, config: ConfigOpt = None, set_: SetOpt = None) -> None:
-    """Run (or reuse) the calibrate stage of one scene, without Prefect."""
-    _, result = _calibrated(_config(config, set_), scene, force=force)
+    """Run (or reuse) the calibrate stage of one scene (and the scene stage before it), without Prefect."""
+    _, result = _through(_config(config, set_), scene, "calibrate", force=force)
     info = result.manifest.info
     typer.echo(f"{result.reason}; {info.get('n_registered')}/{info.get('n_images')} registered, "
                f"{info.get('n_points')} points -> {result.stage_dir}")
-
-
-def _calibrated(cfg, scene_source: str, force: bool = False):
-    """The calibrated scene and the calibrate stage's result; errors end the command with code 1."""
-    from .calibrate import CalibrationError
-    from .pipeline import calibrate_stage, scene_stage
-    from .scene import SceneError
-
-    try:
-        loaded, _ = scene_stage(cfg, scene_source)
-        return calibrate_stage(cfg, loaded, force=force)
-    except (CalibrationError, SceneError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from exc
 
 
 @masks_app.command("run")
 def masks_run(scene: Annotated[str, typer.Option(help="synthetic, synthetic-<preset>, or a dataset folder")],
               force: bool = False, config: ConfigOpt = None, set_: SetOpt = None) -> None:
     """Run (or reuse) the masks stage of one scene (calibrating first if needed), without Prefect."""
-    from .masks.generators import MaskGeneratorError
-    from .pipeline import masks_stage
-
-    cfg = _config(config, set_)
-    calibrated, _ = _calibrated(cfg, scene)
-
     def progress(done: int, total: int, name: str) -> None:
         typer.echo(f"\rmasks: {done}/{total} {name}", nl=done == total)
 
-    try:
-        store, result = masks_stage(cfg, calibrated, force=force, progress=progress)
-    except MaskGeneratorError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from exc
+    _, result = _through(_config(config, set_), scene, "masks", force=force, progress=progress)
     info = result.manifest.info
-    typer.echo(f"{result.reason}; {info.get('images')} images ({info.get('reused')} reused) -> {store.root}")
+    typer.echo(f"{result.reason}; {info.get('images')} images ({info.get('reused')} reused) -> "
+               f"{result.outputs.store.root}")
 
 
 @masks_app.command("show")
@@ -137,14 +118,13 @@ def masks_show(scene: Annotated[str, typer.Option(help="scene source, as for `cg
     from .stage import safe_name
 
     cfg = _config(config, set_)
-    calibrated, _ = _calibrated(cfg, scene)
+    calibrated, _ = _through(cfg, scene, "calibrate")
     store = MaskStore(scene_dir(cfg, scene_name_of(scene)) / "masks" / "store")
     out = out or scene_dir(cfg, scene_name_of(scene)) / "mask_overlays" / f"{safe_name(Path(image).stem)}.png"
     try:
         path = write_overlay(calibrated.load_image(image), store.read_label_map(image, min_area=min_area), out)
     except MaskStoreError as exc:
-        typer.echo(f"error: {exc} (run `cgc masks run --scene {scene}` first)", err=True)
-        raise typer.Exit(1) from exc
+        _fail(f"{exc} (run `cgc masks run --scene {scene}` first)")
     typer.echo(f"wrote {path}")
 
 
@@ -161,12 +141,20 @@ def _stage(cfg, scene: str, stage: str, force: bool = False, progress=None):
     try:
         return run_scene_stage(cfg, scene, stage, force=force, progress=progress)
     except StageMissingError as exc:
-        typer.echo(f"error: {exc} (`cgc stage <name> --scene {scene}` runs one; `make demo` or the "
-                   "cgc-benchmark flow runs them all)", err=True)
-        raise typer.Exit(1) from exc
+        _fail(f"{exc} (`cgc stage <name> --scene {scene}` runs one; `make demo` or the "
+              "cgc-benchmark flow runs them all)")
     except (CalibrationError, SceneError, ModelLoadError, EvaluationSetupError, TrainingError, ValueError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from exc
+        _fail(str(exc))
+
+
+def _through(cfg, scene: str, last: str, force: bool = False, progress=None):
+    """Run (or reuse) every scene stage up to `last`, in order; `force` and `progress` apply to `last`."""
+    from .pipeline import SCENE_SPECS
+
+    names = [spec.name for spec in SCENE_SPECS]
+    for name in names[:names.index(last)]:
+        _stage(cfg, scene, name)
+    return _stage(cfg, scene, last, force=force, progress=progress)
 
 
 @app.command("stage")
@@ -217,11 +205,11 @@ def export_cmd(scene: Annotated[str, typer.Option(help="scene source, as for `cg
     from .cluster import export_selection
     from .gaussians import load_ply, read_ply_attribute
     from .selection import Selector
+    from .stage import SUMMARY
     from .train import feature_renderer
 
     if sum(x is not None for x in (object_, cluster, click)) != 1:
-        typer.echo("error: give exactly one of --object, --cluster, --click", err=True)
-        raise typer.Exit(2)
+        _fail("give exactly one of --object, --cluster, --click", 2)
     cfg = _config(config, set_)
     calibrated, trained = _stage(cfg, scene, "train")
     params = load_ply(trained.outputs.ply)
@@ -229,17 +217,15 @@ def export_cmd(scene: Annotated[str, typer.Option(help="scene source, as for `cg
         _, clustered = _stage(cfg, scene, "cluster")
         labels = read_ply_attribute(clustered.outputs.clusters_ply, "cluster")
         if not (labels == cluster).any():
-            typer.echo(f"error: cluster {cluster} does not exist (clusters 0..{labels.max()}; see "
-                       f"{clustered.outputs.folder}/summary.json)", err=True)
-            raise typer.Exit(1)
+            _fail(f"cluster {cluster} does not exist (clusters 0..{labels.max()}; see "
+                  f"{clustered.outputs.folder / SUMMARY})")
         keep = labels == cluster
     else:
         selector = Selector.from_config(cfg)
         if level is not None:
             if not 0 <= level < selector.levels:
-                typer.echo(f"error: --level {level}: the model has levels 0..{selector.levels - 1} "
-                           f"(train.mask_levels={cfg.train.mask_levels})", err=True)
-                raise typer.Exit(2)
+                _fail(f"--level {level}: the model has levels 0..{selector.levels - 1} "
+                      f"(train.mask_levels={cfg.train.mask_levels})", 2)
             selector = selector.at_level(level)
         render_features = feature_renderer(params, calibrated, cfg.train.backend)
         if click is not None:
@@ -247,16 +233,14 @@ def export_cmd(scene: Annotated[str, typer.Option(help="scene source, as for `cg
                 view, row, col = click.split(",")
                 query = selector.click(render_features(view), [(int(row), int(col))], view)
             except (ValueError, KeyError, IndexError) as exc:
-                typer.echo(f"error: --click {click!r}: expected VIEW,ROW,COL inside a calibrated view ({exc})", err=True)
-                raise typer.Exit(2) from exc
+                _fail(f"--click {click!r}: expected VIEW,ROW,COL inside a calibrated view ({exc})", 2)
         else:
             query = _object_query(cfg, calibrated, render_features, selector, object_)
         keep = selector.gaussians(params, [query])
     try:
         path = export_selection(params, keep, out)
     except ValueError as exc:
-        typer.echo(f"error: {exc} (lower query.threshold?)", err=True)
-        raise typer.Exit(1) from exc
+        _fail(f"{exc} (lower query.threshold?)")
     typer.echo(f"wrote {int(np.count_nonzero(keep))} of {len(keep)} Gaussians to {path}")
 
 
@@ -272,17 +256,14 @@ def _object_query(cfg, scene, render_features, selector, prompt: str):
             image = (scene.load_image(view) * 255 + 0.5).astype("uint8")
             query = selector.text(render_features(view), image, prompt, view)
         except ModelLoadError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(1) from exc
+            _fail(str(exc))
         if not query.detected:
-            typer.echo(f"error: Grounding DINO found no {prompt!r} in {view}", err=True)
-            raise typer.Exit(1)
+            _fail(f"Grounding DINO found no {prompt!r} in {view}")
         return query
     queries = protocol_queries("click-oracle", scene, render_features, selector)
     if prompt not in queries:
-        typer.echo(f"error: {prompt!r}: no text model configured (query.gdino_checkpoint) and no ground truth "
-                   f"for it; prompts with ground truth: {sorted(queries)}", err=True)
-        raise typer.Exit(1)
+        _fail(f"{prompt!r}: no text model configured (query.gdino_checkpoint) and no ground truth "
+              f"for it; prompts with ground truth: {sorted(queries)}")
     typer.echo(f"{prompt!r}: no text model configured; using the click-oracle query (the deepest pixel of its "
                f"ground truth in {queries[prompt].view})")
     return queries[prompt]
@@ -291,19 +272,17 @@ def _object_query(cfg, scene, render_features, selector, prompt: str):
 @app.command("report")
 def report_cmd(run: Annotated[str, typer.Option(help="run id (a folder under reports_dir) or a report folder")],
                config: ConfigOpt = None, set_: SetOpt = None) -> None:
-    """Rebuild a run's report (report.md, report.html, results.parquet, figures) from its run.json."""
+    """Rebuild a run's report (Markdown, HTML, every row as Parquet, figures) from its run record."""
 
     from .pipeline import scene_stage
-    from .report import RUN_RECORD, ReportError, build_report
+    from .report import ReportError, ReportOutputs, build_report
     from .scene import SceneError, load_scene
 
     cfg = _config(config, set_)
     folder = Path(run) if Path(run).is_dir() else Path(cfg.reports_dir) / run
-    record = folder / RUN_RECORD
+    record = ReportOutputs(folder).run_record
     if not record.is_file():
-        typer.echo(f"error: {record}: no run record (runs: {sorted(p.name for p in Path(cfg.reports_dir).glob('run-*'))})",
-                   err=True)
-        raise typer.Exit(1)
+        _fail(f"{record}: no run record (runs: {sorted(p.name for p in Path(cfg.reports_dir).glob('run-*'))})")
     scenes = {}
     for entry in json.loads(record.read_text())["scenes"]:
         scene_root = Path(entry["stages"].get("scene", {}).get("dir") or "")
@@ -315,8 +294,7 @@ def report_cmd(run: Annotated[str, typer.Option(help="run id (a folder under rep
     try:
         files = build_report(folder, cfg.report, scenes)
     except ReportError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from exc
+        typer.echo(f"error: {exc}")
     typer.echo(f"wrote {files.html} ({len(files.figures)} figures), {files.markdown}, {files.results}")
 
 
@@ -333,8 +311,7 @@ def segment_cmd(path: Annotated[Optional[str], typer.Argument(help="photos folde
 
     source = scene if model is not None else path
     if source is None or (model is not None and path is not None):
-        typer.echo("error: give a PATH, or --model scene.ply with --scene PATH", err=True)
-        raise typer.Exit(2)
+        _fail("give a PATH, or --model scene.ply with --scene PATH", 2)
     extra = ([f"train.init_ply={model.resolve()}", "train.freeze_geometry=true", "calibrate.mode=known_poses"]
              if model is not None else [])
     cfg = _config(config, [*extra, *(set_ or [])])
@@ -355,7 +332,7 @@ def segment_cmd(path: Annotated[Optional[str], typer.Argument(help="photos folde
     summary = clustered.summary
     typer.echo(f"{summary['n_clusters']} clusters of {summary['n_gaussians']} Gaussians")
     typer.echo(f"  scene with cluster ids: {clustered.clusters_ply}")
-    typer.echo(f"  one .ply per cluster:   {clustered.folder}/cluster_*.ply")
+    typer.echo(f"  one .ply per cluster:   {clustered.folder} (cluster_XXX.ply)")
     if summary.get("instance_masks"):
         typer.echo(f"  consistent 2D masks:    {clustered.instance_masks} (labels/*.png, instances.json)")
     typer.echo(f"view it: cgc view --scene {source}" + "".join(f" --set {item}" for item in [*extra, *(set_ or [])]))

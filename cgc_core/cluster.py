@@ -22,7 +22,7 @@ from torch import Tensor
 
 from .config import SELECTION_THRESHOLD, ClusterConfig
 from .gaussians import save_ply, subset_params
-from .stage import StageOutputs
+from .stage import SUMMARY, StageOutputs, safe_name
 
 CLUSTERS_PLY = "scene_clusters.ply"
 """The whole trained model with a `cluster` attribute per Gaussian."""
@@ -287,6 +287,60 @@ def export_instance_masks(params: dict[str, Tensor], labels: np.ndarray, cameras
     tmp.write_text(json.dumps(coco))
     tmp.replace(out / "instances.json")
     return {"views": len(images), "annotations": len(annotations), "clusters": clusters}
+
+
+def cluster_scene(params: dict[str, Tensor], scene, selector, queries: dict, query_protocol: str | None,
+                  out: ClusterOutputs, cfg: ClusterConfig, backend: str = "auto",
+                  progress: Callable[[int, int, str], None] | None = None) -> dict:
+    """The cluster stage's work: HDBSCAN on the Gaussians, then every file of `out`.
+
+    Args:
+        params: Trained parameters.
+        scene: The calibrated scene (cameras for the palette and the consistent masks; 3D truth if it has any).
+        selector: `selection.Selector`: the clusters are of its (restricted) features, the objects its selections.
+        queries: prompt -> `selection.Query` (e.g. `evaluate.protocol_queries`); each prompt's Gaussians
+            are written to `out.objects`; query_protocol: the protocol they come from (for the summary).
+        out: The stage's folder; cfg: the cluster section; backend: render backend.
+        progress: (done, total, what) after the clustering and after each consistent-mask view.
+
+    Returns:
+        The summary, also written to `out.folder / summary.json`: counts, sizes, seconds, Gaussians
+        selected per prompt, and the 3D scores (`scores_3d`) where the scene has 3D truth.
+    """
+    import json
+    import time
+
+    from PIL import Image
+
+    opacities = torch.sigmoid(params["opacities"])
+    started = time.perf_counter()
+    # Objects at the selection's granularity (the coarsest trained mask level by default).
+    clustering = cluster_gaussians(selector.restrict(params["features"]), params["means"], opacities, cfg)
+    seconds = time.perf_counter() - started
+    if progress is not None:
+        progress(1, 1, f"HDBSCAN: {clustering.n_clusters} clusters")
+    export_clusters(params, clustering, out.folder, per_cluster=cfg.export_clusters)
+    selections = {prompt: selector.gaussians(params, [query]) for prompt, query in sorted(queries.items())}
+    for prompt, keep in selections.items():
+        if keep.any():
+            export_selection(params, keep, out.objects / f"{safe_name(prompt)}.ply")
+    view = (scene.test_names or scene.train_names)[0]
+    palette = render_clusters(params, clustering.labels, scene.cameras[view], backend)
+    Image.fromarray((palette * 255 + 0.5).astype("uint8")).save(out.palette)
+    masks_written = (export_instance_masks(params, clustering.labels, {n: scene.cameras[n] for n in scene.train_names},
+                                           out.instance_masks, backend, progress=progress)
+                     if cfg.export_masks else None)
+    summary = {"n_gaussians": int(len(clustering.labels)), "n_clusters": clustering.n_clusters,
+               "n_fitted": clustering.n_fitted, "cluster_sizes": clustering.sizes.tolist(),
+               "cluster_seconds": round(seconds, 3), "palette_view": view,
+               "selected": {p: int(k.sum()) for p, k in selections.items()},
+               "query_protocol": query_protocol,
+               "instance_masks": masks_written}
+    if scene.object_truth is not None:
+        summary.update(scores_3d(scene.object_truth, scene, params, clustering.labels, selections,
+                                 (opacities >= cfg.min_opacity).numpy()))
+    (out.folder / SUMMARY).write_text(json.dumps(summary, indent=2))
+    return summary
 
 
 def set_iou(a: np.ndarray, b: np.ndarray) -> float:

@@ -432,42 +432,35 @@ class CgcConfig:
     stage: StageConfig = field(default_factory=StageConfig)
 
 
-def to_dict(config: Any) -> dict[str, Any]:
-    """Plain nested dict of a config dataclass (for YAML, JSON and hashing)."""
-    return dataclasses.asdict(config)
-
-
-def _plain(value: Any) -> Any:
+def to_dict(value: Any) -> Any:
+    """Plain nested dicts and lists of a config dataclass, or of a tuple of sections and values (for
+    YAML, JSON and hashing)."""
     if dataclasses.is_dataclass(value):
         return dataclasses.asdict(value)
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [to_dict(v) for v in value]
     return value
 
 
 def section_hash(section: Any, length: int = 16) -> str:
     """Stable hex digest of a config section, a tuple of sections and values, or any JSON-able
     mapping (sorted keys, dataclasses as dicts): the one hasher behind every stage cache key."""
-    payload = json.dumps(_plain(section), sort_keys=True, default=str)
+    payload = json.dumps(to_dict(section), sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:length]
 
 
 def _check_type(value: Any, annotation: Any, where: str) -> Any:
     """Validate (and gently coerce) a value read from YAML against a field annotation."""
-    origin = typing.get_origin(annotation)
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin is Literal:
-        allowed = typing.get_args(annotation)
-        if value not in allowed:
-            raise ConfigError(f"{where}: {value!r} is not one of {list(allowed)}")
+        if value not in args:
+            raise ConfigError(f"{where}: {value!r} is not one of {list(args)}")
         return value
     if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(annotation)
         if value is None and type(None) in args:
             return None
         errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
+        for arg in (a for a in args if a is not type(None)):
             try:
                 return _check_type(value, arg, where)
             except ConfigError as exc:
@@ -476,22 +469,15 @@ def _check_type(value: Any, annotation: Any, where: str) -> Any:
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
-        (item_type, *_) = typing.get_args(annotation) or (Any,)
-        return [_check_type(v, item_type, f"{where}[{i}]") for i, v in enumerate(value)]
-    if annotation is Any:
-        return value
-    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if annotation is float and isinstance(value, str):
-        # YAML 1.1 (PyYAML) reads exponent forms without a dot, like 3e-4, as strings.
-        try:
+        return [_check_type(v, (args or (Any,))[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    if annotation is float and isinstance(value, (int, str)) and not isinstance(value, bool):
+        try:  # an int, or an exponent form without a dot like 3e-4, which YAML 1.1 (PyYAML) reads as a string
             return float(value)
         except ValueError:
             pass
-    if annotation in (int, float, str, bool):
-        if not isinstance(value, annotation) or (annotation is int and isinstance(value, bool)):
-            raise ConfigError(f"{where}: expected {annotation.__name__}, got {value!r}")
-        return value
+    if annotation in (int, float, str, bool) and (not isinstance(value, annotation)
+                                                  or (annotation is int and isinstance(value, bool))):
+        raise ConfigError(f"{where}: expected {annotation.__name__}, got {value!r}")
     return value
 
 
@@ -541,12 +527,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected section.field=value")
         dotted, raw = item.split("=", 1)
-        nested: dict[str, Any] = {}
-        cursor = nested
-        *parents, leaf = dotted.strip().split(".")
-        for part in parents:
-            cursor = cursor.setdefault(part, {})
-        cursor[leaf] = yaml.safe_load(raw) if raw.strip() else None
+        nested = yaml.safe_load(raw) if raw.strip() else None
+        for part in reversed(dotted.strip().split(".")):  # a.b=v -> {"a": {"b": v}}
+            nested = {part: nested}
         _merge(config, nested, f"override {item!r}")
     problems = validate_config(config)
     if problems:
@@ -555,6 +538,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return config
 
 
+_SAM_RULE = (lambda v: v.image_size == 1024 or v.allow_random_weights,
+             "of image_size 1024 unless allow_random_weights (the checkpoints are for 1024)")
 # (section, field) -> (check, what it must be). Fields matching a section's "lr_*" are added below.
 _RULES: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
     ("train", "iterations"): (lambda v: v >= 1, ">= 1"),
@@ -572,10 +557,8 @@ _RULES: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
     ("query", "level"): (lambda v: v is None or v >= 0, "null or >= 0"),
     ("train", "oom_retries"): (lambda v: v >= 0, ">= 0"),
     ("query", "threshold"): (lambda v: -1 <= v <= 1, "a cosine similarity in [-1, 1]"),
-    ("masks", "sam"): (lambda v: v.image_size == 1024 or v.allow_random_weights,
-                       "of image_size 1024 unless allow_random_weights (the checkpoints are for 1024)"),
-    ("query", "sam"): (lambda v: v.image_size == 1024 or v.allow_random_weights,
-                       "of image_size 1024 unless allow_random_weights (the checkpoints are for 1024)"),
+    ("masks", "sam"): _SAM_RULE,
+    ("query", "sam"): _SAM_RULE,
     ("evaluate", "protocol"): (lambda v: bool(v) and all(p in EVALUATION_PROTOCOLS + ("auto",)
                                                         for p in ([v] if isinstance(v, str) else v)),
                                f"one of {['auto', *EVALUATION_PROTOCOLS]} or a non-empty list of them"),

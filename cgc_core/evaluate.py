@@ -23,6 +23,7 @@ those files by `score_predictions`, which any other tool's predictions can go th
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -53,10 +54,12 @@ RESULTS_TABLE = "results.parquet"
 
 @dataclass(frozen=True)
 class EvaluateOutputs(StageOutputs):
-    """The evaluate stage's files: `results_table` (every row, Parquet) and `summary` (mIoU, mBIoU
-    per protocol, test PSNR)."""
+    """The evaluate stage's files: `results_table` (every row, Parquet), `predictions` (per protocol,
+    the LERF-Mask result layout: `prediction_path`) and `summary` (mIoU, mBIoU per protocol, test PSNR)."""
 
     results_table = property(lambda self: self.folder / RESULTS_TABLE)
+    predictions = property(lambda self: self.folder / "predictions")
+
 NEEDS_DETECTOR = ("text",)
 
 
@@ -204,17 +207,7 @@ def protocol_queries(protocol: str, scene: Scene, render_features: FeatureRender
 
 def _cached(render_features: FeatureRenderer) -> FeatureRenderer:
     """`render_features` remembering every view it rendered (for the few grounding views)."""
-    if getattr(render_features, "cache", None) is not None:
-        return render_features
-    cache: dict[str, Tensor] = {}
-
-    def features(view: str) -> Tensor:
-        if view not in cache:
-            cache[view] = render_features(view)
-        return cache[view]
-
-    features.cache = cache
-    return features
+    return render_features if hasattr(render_features, "cache_info") else functools.cache(render_features)
 
 
 def prediction_path(out_dir: Path, scene: Scene, view: str, prompt: str) -> Path:
@@ -334,7 +327,7 @@ def evaluate_scene(scene: Scene, render_features: FeatureRenderer, out_dir: str 
     rows, results = [], {}
     for protocol in protocols:
         queries = made[cfg.ovs_queries if protocol == "ovs-argmax" else protocol]
-        pred_dir = out_dir / "predictions" / protocol
+        pred_dir = EvaluateOutputs(out_dir).predictions / protocol
         if protocol == "ovs-argmax":
             predict_argmax(scene, render_features, queries, pred_dir, selector)
         else:
@@ -356,5 +349,57 @@ def evaluate_scene(scene: Scene, render_features: FeatureRenderer, out_dir: str 
             })
     table = pd.DataFrame(rows)
     out_dir.mkdir(parents=True, exist_ok=True)
-    table.to_parquet(out_dir / RESULTS_TABLE, index=False)
+    table.to_parquet(EvaluateOutputs(out_dir).results_table, index=False)
     return table, results
+
+
+def evaluate_model(params: dict[str, Tensor], scene: Scene, cfg: CgcConfig, out_dir: str | Path) -> dict:
+    """The evaluate stage's work: every configured protocol on a trained model (`evaluate_scene`),
+    plus the test views' PSNR; writes `summary.json` beside the predictions and `results.parquet`.
+
+    Args:
+        params: Trained parameters; scene: the calibrated scene with its ground truth.
+        cfg: Root config (`evaluate`, `query`, `train.backend` and `train.background`).
+        out_dir: The stage's folder.
+
+    Returns:
+        The summary: the first protocol's mIoU, mBIoU and per-prompt figures at the top, every
+        protocol's under "protocols", test PSNR; {"skipped": why} for a scene without ground truth.
+    """
+    import json
+
+    from .metrics import psnr
+    from .render import Gaussians, render
+    from .stage import SUMMARY
+    from .train import feature_renderer
+
+    out_dir = Path(out_dir)
+    if not any(scene.gt_masks.values()):
+        summary = {"skipped": f"{scene.name} has no ground-truth masks"}
+    else:
+        gaussians, background = Gaussians.from_params(params), tuple(cfg.train.background)
+
+        @functools.cache
+        @torch.no_grad()
+        def rendered(view: str) -> Tensor:  # the test views feed both the detector and the PSNR
+            return render(gaussians, scene.cameras[view], backend=cfg.train.backend, background=background).rgb
+
+        protocols = resolve_protocols(cfg.evaluate.protocol, scene.layout, cfg.evaluate.ovs_queries)
+        table, results = evaluate_scene(
+            scene, feature_renderer(params, scene, cfg.train.backend), out_dir, cfg.evaluate, Selector.from_config(cfg),
+            grounding_image=(lambda view: (rendered(view).clamp(0, 1).cpu().numpy() * 255 + 0.5).astype("uint8"))
+            if cfg.evaluate.grounding_image == "render" else None, protocols=protocols)
+        psnrs = [psnr(rendered(n), torch.as_tensor(scene.load_image(n))) for n in scene.test_names]
+        per_protocol = {
+            p: {"miou": r["miou"], "mbiou": r["mbiou"], "not_detected": r["not_detected"],
+                "empty_union_views": r["empty_union_views"], "rows": int((table["protocol"] == p).sum()),
+                "prompts": r["scenes"].get(scene.name, {}).get("prompts", {})}
+            for p, r in results.items()}
+        first = per_protocol[protocols[0]]
+        # The top-level numbers are the first protocol's; every protocol's are under "protocols".
+        summary = {"protocol": protocols[0], "threshold": cfg.query.threshold,
+                   "miou": first["miou"], "mbiou": first["mbiou"], "prompts": first["prompts"],
+                   "psnr": float(sum(psnrs) / len(psnrs)) if psnrs else None,
+                   "empty_union": cfg.evaluate.empty_union, "protocols": per_protocol}
+    (out_dir / SUMMARY).write_text(json.dumps(summary, indent=2))
+    return summary

@@ -7,18 +7,27 @@ crash-safe stage. Stage outputs live in `<data_dir>/<scene>/<stage>/`.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, replace
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
 from .calibrate import apply_calibration, calibrate, resolve_camera_model, resolve_mode
-from .config import CgcConfig, SyntheticConfig
+from .cluster import ClusterOutputs, cluster_scene
+from .config import CgcConfig, SyntheticConfig, section_hash
+from .evaluate import EvaluateOutputs, check_protocol_weights, evaluate_model, protocol_queries, selection_protocol
+from .gaussians import load_ply
 from .masks.generators import generate_scene_masks, make_generator
-from .masks.store import MaskStore, MasksOutputs
+from .masks.store import MasksOutputs, MaskStore
+from .report import ReportOutputs, build_report
 from .scene import Scene, load_scene, read_photos
 from .scene.synthetic import read_synthetic_scene, source_preset, write_synthetic_scene
 from .scene.video import extract_frames, is_video
-from .stage import SUMMARY, StageResult, cached_only, digest, hash_file, run_stage, safe_name
+from .selection import Selector
+from .stage import StageResult, cached_only, digest, hash_file, run_stage, safe_name
+from .train import TrainOutputs, feature_renderer, resolve_schedule, train_with_oom_retries
+
 
 @dataclass(frozen=True)
 class StageSpec:
@@ -74,12 +83,17 @@ def with_downstream(stages) -> set[str]:
     unknown = set(stages) - set(SPECS)
     if unknown:
         raise ValueError(f"unknown stage(s) {sorted(unknown)}; stages are {list(SPECS)}")
-    out, todo = set(), list(stages)
+    return _closure(stages, lambda stage: [s.name for s in SPECS.values() if stage in s.reads])
+
+
+def _closure(start, neighbours: Callable[[str], list[str]]) -> set[str]:
+    """The stages reachable from `start` through `neighbours` (readers or reads), `start` included."""
+    out, todo = set(), list(start)
     while todo:
         stage = todo.pop()
         if stage not in out:
             out.add(stage)
-            todo.extend(s.name for s in SPECS.values() if stage in s.reads)
+            todo.extend(neighbours(stage))
     return out
 
 
@@ -193,13 +207,11 @@ def masks_stage(cfg: CgcConfig, scene: Scene, force: bool = False,
 
 def train_stage(cfg: CgcConfig, scene: Scene, masks: StageResult, calibration: StageResult, force: bool = False,
                 progress: Callable[[int, int, dict], None] | None = None) -> StageResult:
-    """Train the feature field in `<data>/<scene>/train/` (point_cloud.ply, checkpoints/, train.json).
+    """Train the feature field in `<data>/<scene>/train/` (its files: `train.TrainOutputs`).
 
     Keyed on the calibration and masks stages' keys (their inputs and configs) and the train
     config; a killed or failed run resumes from its newest checkpoint.
     """
-    from .train import TrainOutputs, resolve_schedule, train_with_oom_retries
-
     inputs = {"calibrate": calibration.manifest.key, "masks": masks.manifest.key}
     if cfg.train.init_ply:  # a model to start from is an input: its content keys the stage
         inputs["init_ply"] = hash_file(Path(cfg.train.init_ply))
@@ -219,67 +231,20 @@ def train_stage(cfg: CgcConfig, scene: Scene, masks: StageResult, calibration: S
 
 def cluster_stage(cfg: CgcConfig, scene: Scene, trained: StageResult, force: bool = False,
                   progress: Callable[[int, int, str], None] | None = None) -> StageResult:
-    """Cluster the trained Gaussians into 3D objects in `<data>/<scene>/cluster/`.
-
-    Writes `scene_clusters.ply` (a `cluster` attribute per Gaussian) and `cluster_XXX.ply` per
-    cluster, `objects/<prompt>.ply` (the Gaussians the prompt's query selects, through the selection
-    service and the first configured protocol's queries, spatially cleaned) for scenes with ground-truth masks, a cluster-palette render of the first test view,
-    and summary.json. For the synthetic scene, whose objects are known in 3D, the summary also
-    scores clusters and selections against the id of the nearest object surface (ARI, IoU).
-    `progress(done, total, what)` follows the clustering and the consistent masks' views.
+    """Cluster the trained Gaussians into 3D objects in `<data>/<scene>/cluster/` (`cluster.cluster_scene`:
+    the files are `cluster.ClusterOutputs`), keyed on the trained model, the cluster and query
+    config, the evaluation protocols (the prompts' objects are selected with their queries) and the
+    query weights. `progress(done, total, what)` follows the clustering and the consistent masks' views.
     """
-    import json
-    import time
-
-    import torch
-    from PIL import Image
-
-    from .cluster import (ClusterOutputs, cluster_gaussians, export_clusters, export_instance_masks, export_selection,
-                          render_clusters, scores_3d)
-    from .evaluate import protocol_queries, selection_protocol
-    from .gaussians import load_ply
-    from .selection import Selector
-    from .train import feature_renderer
-
     def compute(work: Path) -> dict:
         params = load_ply(trained.outputs.ply)
-        out = ClusterOutputs(work)
-        opacities = torch.sigmoid(params["opacities"])
-        started = time.perf_counter()
         selector = Selector.from_config(cfg)
-        # Objects at the selection's granularity (the coarsest trained mask level by default).
-        clustering = cluster_gaussians(selector.restrict(params["features"]), params["means"], opacities, cfg.cluster)
-        seconds = time.perf_counter() - started
-        if progress is not None:
-            progress(1, 1, f"HDBSCAN: {clustering.n_clusters} clusters")
-        export_clusters(params, clustering, work, per_cluster=cfg.cluster.export_clusters)
-        selections = {}
-        query_protocol = None
-        if any(scene.gt_masks.values()):
-            # The prompts' objects in 3D, selected through the same service and queries as evaluation.
-            query_protocol = selection_protocol(cfg, scene)
-            queries = protocol_queries(query_protocol, scene, feature_renderer(params, scene, cfg.train.backend),
-                                       selector)
-            for prompt, query in sorted(queries.items()):
-                keep = selector.gaussians(params, [query])
-                if keep.any():
-                    export_selection(params, keep, out.objects / f"{safe_name(prompt)}.ply")
-                selections[prompt] = keep
-        view = (scene.test_names or scene.train_names)[0]
-        palette = render_clusters(params, clustering.labels, scene.cameras[view], cfg.train.backend)
-        Image.fromarray((palette * 255 + 0.5).astype("uint8")).save(out.palette)
-        masks_written = (export_instance_masks(params, clustering.labels, {n: scene.cameras[n] for n in scene.train_names},
-                                               out.instance_masks, cfg.train.backend, progress=progress)
-                         if cfg.cluster.export_masks else None)
-        summary = {"n_gaussians": int(len(clustering.labels)), "n_clusters": clustering.n_clusters,
-                   "n_fitted": clustering.n_fitted, "cluster_sizes": clustering.sizes.tolist(),
-                   "cluster_seconds": round(seconds, 3), "palette_view": view,
-                   "selected": {p: int(k.sum()) for p, k in selections.items()}, "query_protocol": query_protocol,
-                   "instance_masks": masks_written}
-        if scene.object_truth is not None:
-            summary.update(scores_3d(scene.object_truth, scene, params, clustering.labels, selections,
-                                     (opacities >= cfg.cluster.min_opacity).numpy()))
-        (work / SUMMARY).write_text(json.dumps(summary, indent=2))
+        queries, protocol = {}, None
+        if any(scene.gt_masks.values()):  # the prompts' objects, selected with the evaluation's queries
+            protocol = selection_protocol(cfg, scene)
+            queries = protocol_queries(protocol, scene, feature_renderer(params, scene, cfg.train.backend), selector)
+        summary = cluster_scene(params, scene, selector, queries, protocol, ClusterOutputs(work), cfg.cluster,
+                                cfg.train.backend, progress)
         return {k: v for k, v in summary.items() if k in ("n_clusters", "cluster_seconds", "ari", "mean_object_iou",
                                                           "mean_selection_iou")}
 
@@ -305,59 +270,17 @@ def evaluate_stage(cfg: CgcConfig, scene: Scene, trained: StageResult, force: bo
     """Evaluation of the trained model on the scene's ground truth under every configured protocol
     (`evaluate.protocol`), in `<data>/<scene>/evaluate/`.
 
-    Writes predictions per protocol (LERF-Mask result layout), results.parquet (every protocol's
-    rows) and summary.json (per protocol averages, undetected prompts, empty-union views; test-view
-    PSNR). A scene without ground truth is recorded as skipped.
+    Writes predictions per protocol (LERF-Mask result layout), every protocol's rows and a summary
+    (`evaluate.evaluate_model`, `evaluate.EvaluateOutputs`). A scene without ground truth is
+    recorded as skipped.
     """
-    import json
-
-    import torch
-
-    from .evaluate import EvaluateOutputs, evaluate_scene, resolve_protocols
-    from .gaussians import load_ply
-    from .render import Gaussians, render
-    from .selection import Selector
-    from .metrics import psnr
-    from .train import feature_renderer
-
     gt_files = [p for masks in scene.gt_masks.values() for p in masks.values()]
     inputs = {"train": trained.manifest.key, **{f"gt:{p.parent.name}/{p.name}": hash_file(p) for p in gt_files},
               **weight_stamps(cfg)}
 
     def compute(work: Path) -> dict:
-        if not gt_files:
-            summary = {"skipped": f"{scene.name} has no ground-truth masks"}
-        else:
-            params = load_ply(trained.outputs.ply)
-            backend = cfg.train.backend
-            gaussians = Gaussians.from_params(params)
-            background = tuple(cfg.train.background)
-
-            @torch.no_grad()
-            def rendered_image(view: str):
-                rgb = render(gaussians, scene.cameras[view], backend=backend, background=background).rgb
-                return (rgb.clamp(0, 1).cpu().numpy() * 255 + 0.5).astype("uint8")
-
-            protocols = resolve_protocols(cfg.evaluate.protocol, scene.layout, cfg.evaluate.ovs_queries)
-            table, results = evaluate_scene(
-                scene, feature_renderer(params, scene, backend), work, cfg.evaluate, Selector.from_config(cfg),
-                grounding_image=rendered_image if cfg.evaluate.grounding_image == "render" else None,
-                protocols=protocols)
-            with torch.no_grad():
-                psnrs = [psnr(render(gaussians, scene.cameras[n], backend=backend, background=background).rgb,
-                              torch.as_tensor(scene.load_image(n))) for n in scene.test_names]
-            per_protocol = {
-                p: {"miou": r["miou"], "mbiou": r["mbiou"], "not_detected": r["not_detected"],
-                    "empty_union_views": r["empty_union_views"], "rows": int((table["protocol"] == p).sum()),
-                    "prompts": r["scenes"].get(scene.name, {}).get("prompts", {})}
-                for p, r in results.items()}
-            first = per_protocol[protocols[0]]
-            # The top-level numbers are the first protocol's; every protocol's are under "protocols".
-            summary = {"protocol": protocols[0], "threshold": cfg.query.threshold,
-                       "miou": first["miou"], "mbiou": first["mbiou"], "prompts": first["prompts"],
-                       "psnr": float(sum(psnrs) / len(psnrs)) if psnrs else None,
-                       "empty_union": cfg.evaluate.empty_union, "protocols": per_protocol}
-        (work / SUMMARY).write_text(json.dumps(summary, indent=2))
+        params = load_ply(trained.outputs.ply) if gt_files else None
+        summary = evaluate_model(params, scene, cfg, work)
         return {k: v for k, v in summary.items() if k not in ("prompts", "protocols")}
 
     return run_stage(scene_dir(cfg, scene.name) / "evaluate", "evaluate", inputs,
@@ -375,7 +298,7 @@ def stage_record(result: StageResult | None, scene: Scene | None = None) -> dict
 
 def report_stage(cfg: CgcConfig, run_scenes: list[dict], scenes: dict[str, Scene] | None = None,
                  force: bool = False) -> StageResult:
-    """Write the run's report into `<reports_dir>/run-<key>/` (report.md, report.html, results.parquet, figures/).
+    """Write the run's report into `<reports_dir>/run-<key>/` (`report.ReportOutputs`).
 
     Args:
         cfg: Root config (reads `report` and `reports_dir`).
@@ -387,12 +310,6 @@ def report_stage(cfg: CgcConfig, run_scenes: list[dict], scenes: dict[str, Scene
     report config: rerunning an unchanged benchmark reuses the report (with the stage record of the
     run that wrote it); any changed number gives a new run folder.
     """
-    import json
-    from datetime import datetime, timezone
-
-    from .config import section_hash
-    from .report import RUN_RECORD, build_report
-
     inputs = {f"{e['scene']}:{stage}": e["stages"][stage]["key"] for e in run_scenes
               for stage in ("cluster", "evaluate") if stage in e["stages"]}
     run_id = "run-" + digest({"inputs": inputs, "report": section_hash(cfg.report)})[:12]
@@ -400,11 +317,12 @@ def report_stage(cfg: CgcConfig, run_scenes: list[dict], scenes: dict[str, Scene
     def compute(work: Path) -> dict:
         record = {"run_id": run_id, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                   "scenes": run_scenes}
-        (work / RUN_RECORD).write_text(json.dumps(record, indent=2))
+        ReportOutputs(work).run_record.write_text(json.dumps(record, indent=2))
         files = build_report(work, cfg.report, scenes)
-        return {"run_id": run_id, "figures": len(files.figures), "report": "report.html"}
+        return {"run_id": run_id, "figures": len(files.figures), "report": files.html.name}
 
-    return run_stage(Path(cfg.reports_dir) / run_id, "report", inputs, cfg.report, compute, force=force)
+    return run_stage(Path(cfg.reports_dir) / run_id, "report", inputs, cfg.report, compute,
+                     force=force).as_outputs(ReportOutputs)
 
 
 def run_scene_stage(cfg: CgcConfig, source: str, stage: str, force: bool = False,
@@ -429,12 +347,7 @@ def run_scene_stage(cfg: CgcConfig, source: str, stage: str, force: bool = False
     if stage not in names:
         raise ValueError(f"unknown scene stage {stage!r}; stages are {names} (the report runs over a whole run)")
     target = SPECS[stage]
-    needed, todo = set(), [stage]  # the target and every stage it reads, transitively
-    while todo:
-        name = todo.pop()
-        if name not in needed:
-            needed.add(name)
-            todo.extend(SPECS[name].reads)
+    needed = _closure([stage], lambda name: SPECS[name].reads)  # the target and what it reads, transitively
     scene, results = source, {}
     for spec in (s for s in SCENE_SPECS if s.name in needed):
         upstream = {name: results[name] for name in spec.reads}
@@ -444,7 +357,5 @@ def run_scene_stage(cfg: CgcConfig, source: str, stage: str, force: bool = False
             with cached_only():
                 scene, results[spec.name] = spec.run(cfg, scene, upstream, False, None)
         if spec.name == "scene" and target.needs_query_weights:
-            from .evaluate import check_protocol_weights
-
             check_protocol_weights(cfg, scene)  # the protocol's weights, before anything is loaded or computed
     return scene, results[stage]

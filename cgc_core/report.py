@@ -14,21 +14,20 @@ import html
 import io
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 from PIL import Image
 
 from .config import ReportConfig
-from .evaluate import RESULTS_TABLE
+from .evaluate import EvaluateOutputs, prediction_path
 from .metrics import read_mask
-from .stage import SUMMARY
-from .train import RECORD_NAME
+from .stage import SUMMARY, StageOutputs
+from .train import TrainOutputs
 
-RUN_RECORD = "run.json"
 FIGURES_HEADING = "## Figures"
 
 
@@ -85,13 +84,15 @@ class ReportError(RuntimeError):
     """The run record or a stage output the report needs is missing or unreadable; names the file."""
 
 
-@dataclass
-class ReportFiles:
-    folder: Path
-    markdown: Path
-    html: Path
-    results: Path
-    figures: list[Path]
+class ReportOutputs(StageOutputs):
+    """A report folder's files: `run_record` (run.json: what the run computed), `markdown`, `html`
+    (figures embedded), `results` (every row, Parquet) and `figures` (figures/*.png, in order)."""
+
+    run_record = property(lambda self: self.folder / "run.json")
+    markdown = property(lambda self: self.folder / "report.md")
+    html = property(lambda self: self.folder / "report.html")
+    results = property(lambda self: self.folder / "results.parquet")
+    figures = property(lambda self: sorted((self.folder / "figures").glob("figure_*.png")))
 
 
 def _read_json(path: Path) -> dict:
@@ -105,8 +106,7 @@ def results_table(run: dict) -> pd.DataFrame:
     """Every (scene, view, prompt) row of the run's evaluate stages, with benchmark and protocol."""
     frames = []
     for entry in run["scenes"]:
-        evaluate_dir = Path(entry["stages"]["evaluate"]["dir"])
-        path = evaluate_dir / RESULTS_TABLE
+        path = EvaluateOutputs(Path(entry["stages"]["evaluate"]["dir"])).results_table
         if not path.is_file():
             continue  # a scene without ground truth has no rows
         try:
@@ -137,7 +137,7 @@ def scene_summaries(run: dict) -> list[dict]:
         cluster_dir = entry["stages"].get("cluster", {}).get("dir")
         cluster = _read_json(Path(cluster_dir) / SUMMARY) if cluster_dir else {}
         train_dir = entry["stages"].get("train", {}).get("dir")
-        train_record = Path(train_dir) / RECORD_NAME if train_dir else None
+        train_record = TrainOutputs(Path(train_dir)).record_path if train_dir else None
         health = _read_json(train_record).get("health", {}) if train_record and train_record.is_file() else {}
         protocols = evaluate.get("protocols") or {evaluate.get("protocol", "—"): evaluate}
         for k, (protocol, result) in enumerate(protocols.items()):
@@ -237,28 +237,21 @@ def _tables(run: dict, summaries: list[dict]) -> list[tuple[str, str, list[str],
     return tables
 
 
-def _figure_bytes(fig) -> bytes:
-    import matplotlib.pyplot as plt
-
+def _figure_bytes(fig: Figure) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
     return buffer.getvalue()
 
 
 def bar_chart(summaries: list[dict]) -> bytes | None:
     """PNG: our mIoU per (scene, protocol); the paper's bar only beside rows of its own protocol
     (`text`) on its own scenes, and oracle rows marked as upper bounds."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = [s for s in summaries if s["miou"] is not None and not math.isnan(s["miou"])]
     if not rows:
         return None
     x = np.arange(len(rows))
-    fig, ax = plt.subplots(figsize=(max(4, 1.6 * len(rows) + 2), 3.4))
+    fig = Figure(figsize=(max(4, 1.6 * len(rows) + 2), 3.4))
+    ax = fig.subplots()
     colours = ["#9bb8e0" if s["protocol"] in ORACLE_PROTOCOLS else "#3b7dd8" for s in rows]
     ax.bar(x - 0.2, [100 * s["miou"] for s in rows], 0.4, label="cgc (this run)", color=colours)
     paper = [100 * s["paper_miou"] if s["paper_miou"] is not None else 0 for s in rows]
@@ -278,16 +271,12 @@ def bar_chart(summaries: list[dict]) -> bytes | None:
 def training_health_chart(scene: str, health: dict) -> bytes | None:
     """PNG: the loss terms and the feature separation (cgc_core.health) over the training steps,
     with the collapse level; None when the train stage recorded no history."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     history = health.get("history") or []
     if not history:
         return None
     steps = [h["step"] for h in history]
-    fig, (losses, separation) = plt.subplots(1, 2, figsize=(8, 2.8))
+    fig = Figure(figsize=(8, 2.8))
+    losses, separation = fig.subplots(1, 2)
     for key, colour in (("photometric", "#555555"), ("cc", "#3b7dd8"), ("reg", "#d8843b")):
         values = [h.get(key) for h in history]
         if any(v is not None for v in values):
@@ -313,13 +302,10 @@ def training_health_chart(scene: str, health: dict) -> bytes | None:
 def mask_strip(prompt: str, views: list[tuple[str, np.ndarray, np.ndarray, np.ndarray | None, float | None]]) -> bytes:
     """PNG: for each (view, image, ground truth, prediction, IoU), the image with the ground truth's
     outline in green and our mask in translucent magenta."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from skimage.segmentation import find_boundaries
 
-    fig, axes = plt.subplots(1, len(views), figsize=(2.6 * len(views), 2.4), squeeze=False)
+    fig = Figure(figsize=(2.6 * len(views), 2.4))
+    axes = fig.subplots(1, len(views), squeeze=False)
     for ax, (view, image, gt, pred, iou) in zip(axes[0], views):
         shown = image.copy()
         if pred is not None:
@@ -337,7 +323,7 @@ def mask_strip(prompt: str, views: list[tuple[str, np.ndarray, np.ndarray, np.nd
     return _figure_bytes(fig)
 
 
-def build_report(run_dir: str | Path, cfg: ReportConfig | None = None, scenes: dict | None = None) -> ReportFiles:
+def build_report(run_dir: str | Path, cfg: ReportConfig | None = None, scenes: dict | None = None) -> ReportOutputs:
     """Write the report of one benchmark run into `run_dir`.
 
     Args:
@@ -352,11 +338,11 @@ def build_report(run_dir: str | Path, cfg: ReportConfig | None = None, scenes: d
         results.parquet (every row), figures/*.png.
     """
     cfg = cfg or ReportConfig()
-    run_dir = Path(run_dir)
-    run = _read_json(run_dir / RUN_RECORD)
+    out = ReportOutputs(Path(run_dir))
+    run = _read_json(out.run_record)
     summaries = scene_summaries(run)
     table = results_table(run)
-    table.to_parquet(run_dir / "results.parquet", index=False)
+    table.to_parquet(out.results, index=False)
     figures: list[tuple[str, bytes]] = []
     if cfg.figures:
         chart = bar_chart(summaries)
@@ -375,30 +361,29 @@ def build_report(run_dir: str | Path, cfg: ReportConfig | None = None, scenes: d
                 continue
             protocol = rows["protocol"].iloc[0]  # strips show the scene's first protocol
             rows = rows[rows["protocol"] == protocol]
-            pred_root = Path(entry["stages"]["evaluate"]["dir"]) / "predictions" / protocol / entry["scene"]
+            predictions = EvaluateOutputs(Path(entry["stages"]["evaluate"]["dir"])).predictions / protocol
             for prompt in sorted(rows["prompt"].unique()):
                 views = []
                 prompt_rows = rows[rows["prompt"] == prompt].sort_values("view").head(cfg.views_per_prompt)
                 for view, iou in zip(prompt_rows["view"], prompt_rows["iou"]):
-                    pred_path = pred_root / str(scene.test_names.index(view)) / f"{prompt}.png"
+                    pred_path = prediction_path(predictions, scene, view, prompt)
                     pred = read_mask(pred_path) if pred_path.is_file() else None
                     views.append((view, scene.load_image(view), scene.load_gt_mask(view, prompt), pred,
                                   None if pd.isna(iou) else float(iou)))
                 if views:
                     figures.append((f"{entry['scene']}: {prompt} (protocol {protocol})", mask_strip(prompt, views)))
-    figure_dir = run_dir / "figures"
+    figure_dir = out.folder / "figures"
     figure_dir.mkdir(exist_ok=True)
-    figure_paths = []
-    for i, (caption, png) in enumerate(figures):
-        path = figure_dir / f"figure_{i:02d}.png"
+    for stale in out.figures:  # a rebuild in place (`cgc report`) may draw fewer figures
+        stale.unlink()
+    figure_paths = [figure_dir / f"figure_{i:02d}.png" for i in range(len(figures))]
+    for path, (_, png) in zip(figure_paths, figures):
         path.write_bytes(png)
-        figure_paths.append(path)
     tables = _tables(run, summaries)
-    md_path = run_dir / "report.md"
-    md_path.write_text(_markdown(cfg.title, run, tables, [(c, p.relative_to(run_dir)) for (c, _), p in zip(figures, figure_paths)]))
-    html_path = run_dir / "report.html"
-    html_path.write_text(_html(cfg.title, run, tables, figures))
-    return ReportFiles(run_dir, md_path, html_path, run_dir / "results.parquet", figure_paths)
+    out.markdown.write_text(_markdown(cfg.title, run, tables, [(c, p.relative_to(out.folder))
+                                                               for (c, _), p in zip(figures, figure_paths)]))
+    out.html.write_text(_html(cfg.title, run, tables, figures))
+    return out
 
 
 def _markdown(title: str, run: dict, tables, figures: list[tuple[str, Path]]) -> str:

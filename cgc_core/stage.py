@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 from filelock import FileLock, Timeout
 
@@ -138,21 +138,11 @@ def hash_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def hash_files(paths: Iterable[str | Path], root: str | Path | None = None) -> dict[str, str]:
-    """Content hash per file, keyed by the path relative to `root` (or the file name)."""
-    out = {}
-    for path in paths:
-        path = Path(path)
-        key = path.relative_to(root).as_posix() if root is not None else path.name
-        out[key] = hash_file(path)
-    return out
-
-
 def hash_tree(root: str | Path, exclude: tuple[str, ...] = (MANIFEST,)) -> dict[str, str]:
     """Content hash of every file under a folder, keyed by relative path (sorted)."""
     root = Path(root)
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.name not in exclude)
-    return hash_files(files, root)
+    return {p.relative_to(root).as_posix(): hash_file(p) for p in sorted(root.rglob("*"))
+            if p.is_file() and p.name not in exclude}
 
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")

@@ -46,7 +46,8 @@ class TrainOutputs(StageOutputs):
     (train.json read: steps, schedule, seconds, Gaussian count, health history)."""
 
     ply = property(lambda self: self.folder / PLY_NAME)
-    record = property(lambda self: json.loads((self.folder / RECORD_NAME).read_text()))
+    record_path = property(lambda self: self.folder / RECORD_NAME)
+    record = property(lambda self: json.loads(self.record_path.read_text()))
 
 
 class TrainingError(RuntimeError):

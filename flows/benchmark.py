@@ -25,16 +25,11 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from cgc_core.cli import ConfigOpt, SetOpt
 from cgc_core.config import CgcConfig, load_config
-from cgc_core.evaluate import check_protocol_weights
+from cgc_core.evaluate import EvaluateOutputs, check_protocol_weights
 from cgc_core import pipeline
 from cgc_core.pipeline import STAGES, scene_dir, scene_name_of, stage_record, with_downstream
 from tasks.report import report_task
 from tasks.stage import stage_task
-
-
-def _configured(task, cfg: CgcConfig):
-    """The task with the retry policy of the config's `stage` section."""
-    return task.with_options(retries=cfg.stage.retries, retry_delay_seconds=cfg.stage.retry_delay_seconds)
 
 
 def _summary(payload: dict) -> dict:
@@ -44,8 +39,9 @@ def _summary(payload: dict) -> dict:
 
 
 def _run(task, cfg: CgcConfig, *args, **kwargs) -> dict:
-    state = _configured(task, cfg)(*args, return_state=True, **kwargs)
-    return state.result()  # raises the stage's error when it failed
+    """Run the task with the retry policy of the config's `stage` section; its state's data, or its error."""
+    task = task.with_options(retries=cfg.stage.retries, retry_delay_seconds=cfg.stage.retry_delay_seconds)
+    return task(*args, return_state=True, **kwargs).result()
 
 
 @flow(name="cgc-scene", log_prints=True)
@@ -121,8 +117,9 @@ def cgc_benchmark(scenes: list[str] | None = None, config_path: str | None = Non
                   for r in results]
     report = _run(report_task, cfg, cfg, run_scenes, {r["scene"]: r.pop("scene_object") for r in results},
                   force="report" in forced)
-    logger.info("report: %s", Path(report["report_dir"]) / "report.html")
-    return {"scenes": results, "report": report["report_dir"], "report_cached": report["cached"]}
+    logger.info("report: %s", report["html"])
+    return {"scenes": results, "report": report["report_dir"], "report_html": report["html"],
+            "report_cached": report["cached"]}
 
 
 cli = typer.Typer(add_completion=False, help="Run the cgc-benchmark flow locally.")
@@ -154,10 +151,11 @@ def main(scenes: Annotated[list[str], typer.Option("--scenes", help="synthetic, 
     for r in results:
         info = r["stages"]["evaluate"]["info"]
         if "miou" in info:
+            rows = EvaluateOutputs(Path(r["stages"]["evaluate"]["dir"]).resolve()).results_table
             print(f"[cgc] {r['scene']}: {info['protocol']} protocol mIoU {info['miou']:.3f}, mBIoU {info['mbiou']:.3f}, "
-                  f"test PSNR {info['psnr']:.2f} dB; rows in {Path(r['stages']['evaluate']['dir']).resolve()}/results.parquet")
-    print(f"[cgc] report ({'cached' if run['report_cached'] else 'written'}): {Path(run['report']) / 'report.html'}")
-    print(f"[cgc]   also report.md, results.parquet and figures/ in {run['report']}")
+                  f"test PSNR {info['psnr']:.2f} dB; rows in {rows}")
+    print(f"[cgc] report ({'cached' if run['report_cached'] else 'written'}): {run['report_html']}")
+    print(f"[cgc]   also the Markdown report, every row as Parquet and the figures in {run['report']}")
     print(json.dumps({"outputs": [str(Path(r["dir"]).resolve()) for r in results], "report": run["report"]}))
     return run
 

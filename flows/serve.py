@@ -12,7 +12,6 @@ can then run `prefect deployment run cgc-benchmark/cgc-benchmark --watch`.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
@@ -21,6 +20,9 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Annotated
+
+import typer
 
 from cgc_core.serving import DEFAULT_HOST, warn_if_exposed
 
@@ -157,24 +159,29 @@ def stop() -> list[str]:
     return stopped
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["start", "stop"])
-    parser.add_argument("--port", type=int, default=int(os.environ.get("CGC_PREFECT_PORT", "4200")))
-    parser.add_argument("--host", default=os.environ.get("CGC_PREFECT_HOST", DEFAULT_HOST),
-                        help="interface the server listens on (default loopback only; others are reachable from the network)")
-    args = parser.parse_args(argv)
-    if args.command == "start":
-        state = start(args.port, host=args.host)
-        print(f"Prefect server: {state['api_url'].removesuffix('/api')} (UI), API {state['api_url']}")
-        print(f"work pool {POOL}, deployment cgc-benchmark/cgc-benchmark, worker pid {state['worker_pid']}")
-        print(f"logs: {state['logs']['server']}, {state['logs']['worker']}")
-        print(f"then:  . {state['home']}/env.sh && .venv/bin/prefect deployment run cgc-benchmark/cgc-benchmark --watch")
-        print("stop:  make stop")
-    else:
-        stopped = stop()
-        print("stopped " + ", ".join(stopped) if stopped else "nothing recorded as running")
+cli = typer.Typer(add_completion=False, help="A local Prefect server, work pool, deployment and worker for cgc.")
+
+
+@cli.command("start")
+def start_cmd(port: Annotated[int, typer.Option(envvar="CGC_PREFECT_PORT")] = 4200,
+              host: Annotated[str, typer.Option(envvar="CGC_PREFECT_HOST", help="interface the server listens on "
+                                                "(default loopback only; others are reachable from the network)")]
+              = DEFAULT_HOST) -> None:
+    """Start the server, the `cgc-local` pool, the deployments of prefect.yaml and one worker."""
+    state = start(port, host=host)
+    print(f"Prefect server: {state['api_url'].removesuffix('/api')} (UI), API {state['api_url']}")
+    print(f"work pool {POOL}, deployment cgc-benchmark/cgc-benchmark, worker pid {state['worker_pid']}")
+    print(f"logs: {state['logs']['server']}, {state['logs']['worker']}")
+    print(f"then:  . {state['home']}/env.sh && .venv/bin/prefect deployment run cgc-benchmark/cgc-benchmark --watch")
+    print("stop:  make stop")
+
+
+@cli.command("stop")
+def stop_cmd() -> None:
+    """Stop exactly the processes `start` recorded."""
+    stopped = stop()
+    print("stopped " + ", ".join(stopped) if stopped else "nothing recorded as running")
 
 
 if __name__ == "__main__":
-    main()
+    cli()

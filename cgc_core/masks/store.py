@@ -196,12 +196,6 @@ class MaskStore:
             raise MaskStoreError(f"{path}: columns do not match the mask schema (found {table.schema.names})")
         return table.replace_schema_metadata(None)
 
-    def read_all(self):
-        """Every stored row as one pandas DataFrame (the whole Parquet dataset)."""
-        import pyarrow.dataset as ds
-
-        return ds.dataset(self._files(), format="parquet", schema=SCHEMA).to_table().to_pandas()
-
     def _rles(self, image_name: str, min_area: int) -> tuple[list[dict], list[int], tuple[int, int]]:
         rows = self.read_table(image_name).to_pydict()
         size = self.image_size(image_name)
