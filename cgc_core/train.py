@@ -282,8 +282,10 @@ def train(scene: Scene, store: MaskStore, out_dir: str | Path, cfg: TrainConfig,
         reg_step = cfg.use_reg and step % cfg.reg_every == 0 and bool(cfg.lambda_near or cfg.lambda_far)
         health_step = bool(cfg.health_every) and (step % cfg.health_every == 0 or step + 1 == cfg.iterations)
         if frozen is None:
-            out = render(Gaussians.from_params(params), camera, features=params["features"], sh_degree=sh_degree,
-                         background=background, backend=cfg.backend)
+            # The features are blended only on steps that read them: elsewhere their gradient is zero
+            # whatever is rendered, and 16 channels fewer are most of the blending's work.
+            out = render(Gaussians.from_params(params), camera, sh_degree=sh_degree, background=background,
+                         features=params["features"] if cc_step or health_step else None, backend=cfg.backend)
             rendered_features, meta = out.features, out.meta
         else:  # the features through the view's fixed weights, only on a step that reads them
             rendered_features = frozen.render(name, params["features"]) if cc_step or health_step else None
@@ -318,8 +320,11 @@ def train(scene: Scene, store: MaskStore, out_dir: str | Path, cfg: TrainConfig,
             strategy.step_pre_backward(params, optimizers, strategy_state, step, meta)
         if loss.requires_grad:  # frozen geometry on a step without a feature loss: nothing to learn
             loss.backward()
-        if cfg.features_grad_between_cc == "none" and not ({"cc", "reg"} & set(losses)):
-            params["features"].grad = None  # the one-pass render gave them zeros: Adam must skip them
+        if frozen is None and not ({"cc", "reg"} & set(losses)):
+            # No feature loss on this step. `zero` (the released code's behaviour: its one-pass render
+            # hands them zeros) lets Adam keep moving them on momentum; `none` makes Adam skip them.
+            params["features"].grad = (torch.zeros_like(params["features"])
+                                       if cfg.features_grad_between_cc == "zero" else None)
         for group in optimizers["means"].param_groups if "means" in optimizers else ():
             group["lr"] = cfg.lr_means * scale * decay**step
         for optimizer in optimizers.values():

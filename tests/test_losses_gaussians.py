@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from cgc_core.gaussians import GaussianFileError, init_params, load_ply, save_ply
 from cgc_core.losses import (
     contrastive_clustering_loss, contrastive_clustering_loss_reference, photometric_loss, sample_neighbours,
-    spatial_regularization, spatial_regularization_reference, ssim,
+    spatial_regularization, spatial_regularization_reference, ssim, ssim_reference,
 )
 
 
@@ -192,6 +192,17 @@ def test_photometric_loss_and_ssim():
     assert ssim(img, img).item() == pytest.approx(1.0, abs=1e-5)
     assert photometric_loss(img, img).item() == pytest.approx(0.0, abs=1e-5)
     assert photometric_loss(img, img.flip(0)).item() > 0.1
+
+
+def test_separable_ssim_equals_the_2d_window_in_value_and_gradient():
+    torch.manual_seed(0)
+    a = torch.rand(37, 53, 3, dtype=torch.float64, requires_grad=True)
+    b = (a.detach() + 0.1 * torch.randn(37, 53, 3, dtype=torch.float64)).clamp(0, 1)
+    fast, slow = ssim(a, b), ssim_reference(a, b)
+    assert abs(fast.item() - slow.item()) < 1e-12 and 0.3 < fast.item() < 0.99
+    (g_fast,) = torch.autograd.grad(fast, a)
+    (g_slow,) = torch.autograd.grad(slow, a)
+    torch.testing.assert_close(g_fast, g_slow, rtol=1e-9, atol=1e-12)
 
 
 def test_init_and_ply_round_trip(tmp_path):

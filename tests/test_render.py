@@ -78,6 +78,27 @@ def test_torch_backend_equals_reference_values_and_gradients(seed):
     assert ref_grads["means"][:20].abs().max() == 0  # culled Gaussians get no gradient
 
 
+def test_colour_and_its_gradients_do_not_depend_on_the_features_blended_beside_it():
+    # Training blends the features only on steps whose losses read them: the colour, alpha, depth
+    # and every geometry gradient of a colour-only loss must be the same with or without them.
+    camera = _camera()
+    outs, grads = [], []
+    for with_features in (True, False):
+        params = _random_scene(300, seed=5, dtype=torch.float32)
+        gaussians = Gaussians(*(params[k] for k in PARAMS[:5]))
+        out = render(gaussians, camera, features=params["features"] if with_features else None, backend="torch",
+                     background=(0.1, 0.2, 0.3))
+        ((out.rgb * torch.linspace(0.5, 1.5, 3)) ** 2).sum().add(0.7 * out.alpha.sum()).add(0.05 * out.depth.sum()).backward()
+        outs.append(out)
+        grads.append({k: params[k].grad for k in PARAMS[:5]})
+    assert outs[0].features is not None and outs[1].features is None
+    for name in ("rgb", "alpha", "depth"):
+        torch.testing.assert_close(getattr(outs[0], name), getattr(outs[1], name), rtol=0, atol=0)
+    for name in PARAMS[:5]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-6, atol=1e-9)
+    assert grads[0]["means"].abs().max() > 0
+
+
 def test_float32_torch_backend_is_close_to_float64_reference():
     params64 = _random_scene(300, 5)
     params32 = {k: v.detach().float().requires_grad_() for k, v in params64.items()}
