@@ -113,13 +113,13 @@ def masks_show(scene: Annotated[str, typer.Option(help="scene source, as for `cg
                min_area: int = 0, config: ConfigOpt = None, set_: SetOpt = None) -> None:
     """Write an overlay PNG of one image's stored masks (label map, smaller masks on top)."""
     from .masks.overlay import write_overlay
-    from .masks.store import MaskStore, MaskStoreError
+    from .masks.store import MaskStoreError, MasksOutputs
     from .pipeline import scene_dir, scene_name_of
     from .stage import safe_name
 
     cfg = _config(config, set_)
     calibrated, _ = _through(cfg, scene, "calibrate")
-    store = MaskStore(scene_dir(cfg, scene_name_of(scene)) / "masks" / "store")
+    store = MasksOutputs(scene_dir(cfg, scene_name_of(scene)) / "masks").store
     out = out or scene_dir(cfg, scene_name_of(scene)) / "mask_overlays" / f"{safe_name(Path(image).stem)}.png"
     try:
         path = write_overlay(calibrated.load_image(image), store.read_label_map(image, min_area=min_area), out)
@@ -334,7 +334,7 @@ def segment_cmd(path: Annotated[Optional[str], typer.Argument(help="photos folde
     typer.echo(f"  scene with cluster ids: {clustered.clusters_ply}")
     typer.echo(f"  one .ply per cluster:   {clustered.folder} (cluster_XXX.ply)")
     if summary.get("instance_masks"):
-        typer.echo(f"  consistent 2D masks:    {clustered.instance_masks} (labels/*.png, instances.json)")
+        typer.echo(f"  consistent 2D masks:    {clustered.instance_masks} (a label PNG per view, COCO instances)")
     typer.echo(f"view it: cgc view --scene {source}" + "".join(f" --set {item}" for item in [*extra, *(set_ or [])]))
 
 
