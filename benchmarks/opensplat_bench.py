@@ -126,7 +126,8 @@ def train_cgc(cfg, scene, store, model: Path, iterations: int, work: Path) -> tu
     from cgc_core.train import train
 
     train_cfg = replace(cfg.train, init_ply=str(model), iterations=iterations, use_cc=False, use_reg=False,
-                        health_every=0, checkpoint_every=0, sh_degree_every=1, densify=DensifyConfig(strategy="none"))
+                        health_every=0, checkpoint_every=0, sh_degree_every=1, densify=DensifyConfig(strategy="none"),
+                        features_grad_between_cc="none")  # no feature ever moves: Adam skips them
     stamps: list[tuple[int, float]] = []
     result = train(scene, store, work, train_cfg, progress=lambda done, total, _: stamps.append((done, time.perf_counter())))
     return *steady_seconds(stamps), int(result.params["means"].shape[0])
