@@ -10,6 +10,8 @@ opaque Gaussian is fitted: the slow, direct path the tests compare the sampled o
 
 from __future__ import annotations
 
+import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -17,6 +19,7 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from scipy.spatial import cKDTree
 from torch import Tensor
 
@@ -255,9 +258,6 @@ def export_instance_masks(params: dict[str, Tensor], labels: np.ndarray, cameras
     Returns:
         Counts: views, annotations, clusters.
     """
-    import json
-
-    from PIL import Image
     from pycocotools import mask as coco_mask
 
     out = Path(out_dir)
@@ -307,11 +307,6 @@ def cluster_scene(params: dict[str, Tensor], scene, selector, queries: dict, que
         The summary, also written to `out.folder / summary.json`: counts, sizes, seconds, Gaussians
         selected per prompt, and the 3D scores (`scores_3d`) where the scene has 3D truth.
     """
-    import json
-    import time
-
-    from PIL import Image
-
     opacities = torch.sigmoid(params["opacities"])
     started = time.perf_counter()
     # Objects at the selection's granularity (the coarsest trained mask level by default).

@@ -24,6 +24,7 @@ those files by `score_predictions`, which any other tool's predictions can go th
 from __future__ import annotations
 
 import functools
+import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -35,11 +36,13 @@ from PIL import Image
 from torch import Tensor
 
 from .config import EVALUATION_PROTOCOLS, CgcConfig, EvaluateConfig
-from .metrics import MaskScore, MissingPredictionError, average_scores, read_mask, score_pair
+from .metrics import MaskScore, MissingPredictionError, average_scores, psnr, read_mask, score_pair
 from .query import deepest_pixel
 from .scene.model import Scene, SceneError
 from .selection import Query, Selector
-from .stage import StageOutputs
+from .render import Gaussians, render
+from .stage import SUMMARY, StageOutputs
+from .train import feature_renderer
 
 FeatureRenderer = Callable[[str], Tensor]
 ImageRenderer = Callable[[str], np.ndarray]
@@ -59,6 +62,7 @@ class EvaluateOutputs(StageOutputs):
 
     results_table = property(lambda self: self.folder / RESULTS_TABLE)
     predictions = property(lambda self: self.folder / "predictions")
+
 
 NEEDS_DETECTOR = ("text",)
 
@@ -366,13 +370,6 @@ def evaluate_model(params: dict[str, Tensor], scene: Scene, cfg: CgcConfig, out_
         The summary: the first protocol's mIoU, mBIoU and per-prompt figures at the top, every
         protocol's under "protocols", test PSNR; {"skipped": why} for a scene without ground truth.
     """
-    import json
-
-    from .metrics import psnr
-    from .render import Gaussians, render
-    from .stage import SUMMARY
-    from .train import feature_renderer
-
     out_dir = Path(out_dir)
     if not any(scene.gt_masks.values()):
         summary = {"skipped": f"{scene.name} has no ground-truth masks"}
