@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import closing
 import shutil
 import sqlite3
 import threading
@@ -64,10 +65,19 @@ Progress = Callable[[int, int, str], None]
 """progress(done, total, what): images whose features are extracted, or image pairs matched."""
 
 
+def _unlocked_reader(database: Path) -> sqlite3.Connection:
+    """A connection to COLMAP's database that takes no lock at all (`immutable`). A plain read-only
+    connection holds a shared lock while it reads, and COLMAP, which sets no busy timeout, aborts
+    the whole process with "database is locked" when it commits at that moment. Without locks a read
+    may be stale or fail on a page being written: good enough for progress, never for results."""
+    return sqlite3.connect(f"file:{database}?mode=ro&immutable=1", uri=True)
+
+
 def _database_count(database: Path, table: str) -> int:
-    """Rows COLMAP has committed to a table of its SQLite database so far (0 before it exists)."""
+    """Rows COLMAP has written to a table of its SQLite database so far (0 before it exists or when
+    a read fails; the caller never moves progress back)."""
     try:
-        with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=0.2) as connection:
+        with closing(_unlocked_reader(database)) as connection:
             return int(connection.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
     except sqlite3.Error:
         return 0
@@ -94,7 +104,7 @@ def _with_progress(work: Callable[[], None], database: Path, table: str, total: 
     while thread.is_alive():
         thread.join(0.5)
         done = min(_database_count(database, table), total)
-        if done != reported:
+        if done > reported:  # a stale or failed read never moves the bar back
             progress(done, total, what)
             reported = done
     if failure:

@@ -83,3 +83,30 @@ def test_unregistrable_images_fail_with_counts_and_advice(tmp_path):
     message = str(err.value)
     assert "of the 5 images" in message or "of 5 images" in message
     assert "Try" in message
+
+
+def test_the_progress_reader_never_locks_colmaps_database(tmp_path):
+    # COLMAP sets no busy timeout: a lock held by our progress reader while it commits aborts the
+    # process ("database is locked", seen in a deployment run). Ours must leave every lock free.
+    import sqlite3
+    from contextlib import closing
+
+    from cgc_core.calibrate import _database_count, _unlocked_reader
+
+    db = tmp_path / "database.db"
+    writer = sqlite3.connect(db, timeout=0, isolation_level=None)
+    writer.execute("CREATE TABLE keypoints (image_id INTEGER)")
+    writer.executemany("INSERT INTO keypoints VALUES (?)", [(i,) for i in range(50)])
+    with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as plain:
+        reading = plain.execute("SELECT * FROM keypoints")
+        reading.fetchone()  # a read in progress: a plain reader holds a shared lock now
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            writer.execute("BEGIN EXCLUSIVE")
+    with closing(_unlocked_reader(db)) as ours:
+        reading = ours.execute("SELECT * FROM keypoints")
+        reading.fetchone()  # the same read through our reader
+        writer.execute("BEGIN EXCLUSIVE")  # not blocked
+        writer.execute("INSERT INTO keypoints VALUES (50)")
+        writer.execute("COMMIT")
+    assert _database_count(db, "keypoints") == 51
+    assert _database_count(tmp_path / "missing.db", "keypoints") == 0
