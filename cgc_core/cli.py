@@ -87,7 +87,7 @@ def scene_info(path: Path, layout: Annotated[str, typer.Option(help="auto or a r
 def calibrate_cmd(scene: Annotated[str, typer.Option(help="synthetic, synthetic-<preset>, or a dataset folder")],
                   force: bool = False, config: ConfigOpt = None, set_: SetOpt = None) -> None:
     """Run (or reuse) the calibrate stage of one scene (and the scene stage before it), without Prefect."""
-    _, result = _through(_config(config, set_), scene, "calibrate", force=force)
+    _, result = _stage(_config(config, set_), scene, "calibrate", force=force, run_upstream=True)
     info = result.manifest.info
     typer.echo(f"{result.reason}; {info.get('n_registered')}/{info.get('n_images')} registered, "
                f"{info.get('n_points')} points -> {result.stage_dir}")
@@ -100,7 +100,7 @@ def masks_run(scene: Annotated[str, typer.Option(help="synthetic, synthetic-<pre
     def progress(done: int, total: int, name: str) -> None:
         typer.echo(f"\rmasks: {done}/{total} {name}", nl=done == total)
 
-    _, result = _through(_config(config, set_), scene, "masks", force=force, progress=progress)
+    _, result = _stage(_config(config, set_), scene, "masks", force=force, progress=progress, run_upstream=True)
     info = result.manifest.info
     typer.echo(f"{result.reason}; {info.get('images')} images ({info.get('reused')} reused) -> "
                f"{result.outputs.store.root}")
@@ -118,7 +118,7 @@ def masks_show(scene: Annotated[str, typer.Option(help="scene source, as for `cg
     from .stage import safe_name
 
     cfg = _config(config, set_)
-    calibrated, _ = _through(cfg, scene, "calibrate")
+    calibrated, _ = _stage(cfg, scene, "calibrate", run_upstream=True)
     store = MasksOutputs(scene_dir(cfg, scene_name_of(scene)) / "masks").store
     out = out or scene_dir(cfg, scene_name_of(scene)) / "mask_overlays" / f"{safe_name(Path(image).stem)}.png"
     try:
@@ -128,8 +128,9 @@ def masks_show(scene: Annotated[str, typer.Option(help="scene source, as for `cg
     typer.echo(f"wrote {path}")
 
 
-def _stage(cfg, scene: str, stage: str, force: bool = False, progress=None):
-    """Run one scene stage; a missing upstream stage or bad input ends the command with code 1."""
+def _stage(cfg, scene: str, stage: str, force: bool = False, progress=None, run_upstream: bool = False):
+    """Run one scene stage (with `run_upstream`, the stages it reads too, when missing); a missing
+    upstream stage or bad input ends the command with code 1."""
     from .calibrate import CalibrationError
     from .evaluate import EvaluationSetupError
     from .models import ModelLoadError
@@ -139,22 +140,12 @@ def _stage(cfg, scene: str, stage: str, force: bool = False, progress=None):
     from .train import TrainingError
 
     try:
-        return run_scene_stage(cfg, scene, stage, force=force, progress=progress)
+        return run_scene_stage(cfg, scene, stage, force=force, progress=progress, run_upstream=run_upstream)
     except StageMissingError as exc:
         _fail(f"{exc} (`cgc stage <name> --scene {scene}` runs one; `make demo` or the "
               "cgc-benchmark flow runs them all)")
     except (CalibrationError, SceneError, ModelLoadError, EvaluationSetupError, TrainingError, ValueError) as exc:
         _fail(str(exc))
-
-
-def _through(cfg, scene: str, last: str, force: bool = False, progress=None):
-    """Run (or reuse) every scene stage up to `last`, in order; `force` and `progress` apply to `last`."""
-    from .pipeline import SCENE_SPECS
-
-    names = [spec.name for spec in SCENE_SPECS]
-    for name in names[:names.index(last)]:
-        _stage(cfg, scene, name)
-    return _stage(cfg, scene, last, force=force, progress=progress)
 
 
 @app.command("stage")

@@ -8,6 +8,7 @@ crash-safe stage. Stage outputs live in `<data_dir>/<scene>/<stage>/`.
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -326,8 +327,9 @@ def report_stage(cfg: CgcConfig, run_scenes: list[dict], scenes: dict[str, Scene
 
 
 def run_scene_stage(cfg: CgcConfig, source: str, stage: str, force: bool = False,
-                    progress: Callable | None = None) -> tuple[Scene, StageResult | None]:
-    """Run one stage of one scene; every stage before it must already be finished (cached).
+                    progress: Callable | None = None, run_upstream: bool = False) -> tuple[Scene, StageResult | None]:
+    """Run one stage of one scene; every stage before it must already be finished (cached), unless
+    `run_upstream`.
 
     Args:
         cfg: Root config.
@@ -335,13 +337,15 @@ def run_scene_stage(cfg: CgcConfig, source: str, stage: str, force: bool = False
         stage: The name of one of `SCENE_SPECS`.
         force: Recompute the stage even when its output is current.
         progress: Passed to the masks and train stages.
+        run_upstream: Compute the stages it reads (transitively) when they are missing, instead of
+            raising; each is still reused when current.
 
     Returns:
         The (calibrated, from `calibrate` on) scene and the stage's result.
 
     Raises:
         StageMissingError: an upstream stage has no finished output for the current inputs and
-            config; the message names its folder.
+            config (without `run_upstream`); the message names its folder.
     """
     names = [spec.name for spec in SCENE_SPECS]
     if stage not in names:
@@ -354,7 +358,7 @@ def run_scene_stage(cfg: CgcConfig, source: str, stage: str, force: bool = False
         if spec.name == stage:
             scene, results[spec.name] = spec.run(cfg, scene, upstream, force, progress)
         else:
-            with cached_only():
+            with nullcontext() if run_upstream else cached_only():
                 scene, results[spec.name] = spec.run(cfg, scene, upstream, False, None)
         if spec.name == "scene" and target.needs_query_weights:
             check_protocol_weights(cfg, scene)  # the protocol's weights, before anything is loaded or computed
