@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import json
 import os
-from contextlib import closing
 import shutil
 import sqlite3
 import threading
 import time
+from contextlib import closing
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable

@@ -253,10 +253,10 @@ class TrainConfig:
     level_dims: list[int] = field(default_factory=lambda: [16, 8, 4])
     """Feature channels of each level, finest first, decreasing; the first `mask_levels` are used."""
     features_grad_between_cc: Literal["zero", "none"] = "zero"
-    """On iterations without a feature loss (no contrastive or regulariser term): `zero` (released
-    code, and ours by construction: colour and features are rendered in one pass, so the
-    photometric loss hands the features an all-zero gradient) lets Adam keep moving them on
-    momentum; `none` drops that gradient, so Adam leaves them and their moments untouched."""
+    """On iterations without a feature loss (no contrastive or regulariser term): `zero` (the
+    released code's behaviour, whose one-pass render hands the features an all-zero gradient; ours
+    skips blending them on such steps and sets that zero gradient directly) lets Adam keep moving
+    them on momentum; `none` drops that gradient, so Adam leaves them and their moments untouched."""
     feature_init: Literal["uniform", "normal"] = "uniform"
     """Code: U[0, 1) features (all in one orthant); `normal`: N(0, 1) (see gaussians.init_params)."""
     use_reg: bool | None = None
