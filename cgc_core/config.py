@@ -257,6 +257,14 @@ class TrainConfig:
     released code's behaviour, whose one-pass render hands the features an all-zero gradient; ours
     skips blending them on such steps and sets that zero gradient directly) lets Adam keep moving
     them on momentum; `none` drops that gradient, so Adam leaves them and their moments untouched."""
+    depth_split_at: float = 0.0
+    """0 (paper): the contrastive loss reads the masks as generated. A fraction f in (0, 1): at
+    iteration f × iterations, each training view's depth is rendered from the Gaussians and its
+    mask segments are cut where the depth jumps (`cgc_core.masks.depth_split`), so that two
+    same-coloured objects one in front of the other, one segment of a colour segmentation, become
+    two; the cut label maps train the rest of the run."""
+    depth_split_jump: float = 0.03
+    """With `depth_split_at`: relative depth change (|Δz| / z between pixels two apart) that cuts."""
     feature_init: Literal["uniform", "normal"] = "uniform"
     """Code: U[0, 1) features (all in one orthant); `normal`: N(0, 1) (see gaussians.init_params)."""
     use_reg: bool | None = None
@@ -546,6 +554,8 @@ _RULES: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
     ("train", "downscale"): (lambda v: v >= 1, ">= 1"),
     ("train", "cc_every"): (lambda v: v >= 1, ">= 1"),
     ("train", "reg_every"): (lambda v: v >= 1, ">= 1"),
+    ("train", "depth_split_at"): (lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("train", "depth_split_jump"): (lambda v: v > 0, "> 0"),
     ("train", "cc_weight"): (lambda v: v >= 0, ">= 0"),
     ("train", "lambda_near"): (lambda v: v >= 0, ">= 0"),
     ("train", "lambda_far"): (lambda v: v >= 0, ">= 0"),

@@ -28,6 +28,7 @@ from .config import DensifyConfig, TrainConfig
 from .gaussians import init_features, init_params, load_ply, save_ply
 from .health import collapse_warning, feature_separation, mean_separation
 from .losses import multilevel_contrastive_loss, photometric_loss, sample_neighbours, spatial_regularization
+from .masks.depth_split import split_at_depth_edges
 from .masks.store import MaskStore
 from .render import BlendWeights, Gaussians, blend_weights, render, resolve_backend
 from .scene.model import Camera, Scene
@@ -38,6 +39,8 @@ logger = logging.getLogger("cgc")
 PLY_NAME = "point_cloud.ply"
 RECORD_NAME = "train.json"
 """The training record: steps, schedule, seconds, Gaussian count, health history."""
+SPLIT_LABELS_NAME = "depth_split_labels.npz"
+"""The label maps cut at depth edges (`train.depth_split_at`), kept so that a resumed run reads the same."""
 
 
 @dataclass(frozen=True)
@@ -272,7 +275,13 @@ def train(scene: Scene, store: MaskStore, out_dir: str | Path, cfg: TrainConfig,
         cfg.freeze_geometry and resolve_backend(cfg.backend) == "torch") else None
     last_good = None
     latest: dict[str, float] = {}  # the last value of every term, also on steps that skip it
+    split_step = round(cfg.depth_split_at * cfg.iterations) if cfg.depth_split_at > 0 else None
+    split_record = None
+    if split_step is not None and start_step > split_step:  # resumed after the split: read what it cut
+        labels, split_record = depth_split_labels(params, views, labels, cfg, out_dir / SPLIT_LABELS_NAME)
     for step in range(start_step, cfg.iterations):
+        if step == split_step:
+            labels, split_record = depth_split_labels(params, views, labels, cfg, out_dir / SPLIT_LABELS_NAME)
         epoch, index = divmod(step, len(names))
         order = torch.randperm(len(names), generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
         name = names[int(order[index])]
@@ -358,10 +367,37 @@ def train(scene: Scene, store: MaskStore, out_dir: str | Path, cfg: TrainConfig,
         logger.warning("%s", final_health["warning"])
     (out_dir / RECORD_NAME).write_text(json.dumps({
         "steps": cfg.iterations, "schedule": cfg.schedule, "resumed_from": resumed_from, "seconds": seconds,
-        "n_gaussians": int(final["means"].shape[0]), "scene_scale": scale,
+        "n_gaussians": int(final["means"].shape[0]), "scene_scale": scale, "depth_split": split_record,
         "health": {"history": health, **final_health},
     }, indent=2))
     return TrainResult(final, cfg.iterations, seconds, resumed_from, ply)
+
+
+def depth_split_labels(params: dict[str, Tensor], views: dict[str, tuple[Camera, Tensor]],
+                       labels: dict[str, Tensor], cfg: TrainConfig, path: Path) -> tuple[dict[str, Tensor], dict]:
+    """Every view's label maps cut where the depth of the current Gaussians jumps (each level on its
+    own, `split_at_depth_edges` with `cfg.depth_split_jump`), and a record of the mean number of
+    segments per view before and after. Read from `path` when it is there (a resumed run), else
+    computed and written there atomically."""
+    cut = {}
+    if path.is_file():
+        with np.load(path) as stored:
+            cut = {n: torch.as_tensor(stored[n]) for n in labels}
+    else:
+        gaussians = Gaussians.from_params({k: v.detach() for k, v in params.items()})
+        with torch.no_grad():
+            for name, (camera, _) in views.items():
+                depth = render(gaussians, camera, sh_degree=0, backend=cfg.backend).depth.cpu().numpy()
+                cut[name] = torch.as_tensor(np.stack([
+                    split_at_depth_edges(level.numpy(), depth, cfg.depth_split_jump) for level in labels[name]]))
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez_compressed(tmp, **{n: v.numpy().astype(np.int32) for n, v in cut.items()})
+        os.replace(tmp, path)
+
+    def segments_per_view(maps: dict[str, Tensor]) -> float:
+        return float(np.mean([len(torch.unique(v[0][v[0] > 0])) for v in maps.values()]))
+
+    return cut, {"segments_per_view_before": segments_per_view(labels), "segments_per_view_after": segments_per_view(cut)}
 
 
 class FrozenViews:

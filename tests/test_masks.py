@@ -197,3 +197,48 @@ def test_generate_scene_masks_skips_stored_images(tiny_scene_dir, tmp_path):
     second = generate_scene_masks(scene, store, gen)
     assert second == {"images": len(scene.train_names), "generated": 0, "reused": len(scene.train_names),
                       "masks_generated": 0}
+
+
+def test_depth_split_separates_same_label_objects_at_a_depth_jump_and_keeps_a_slanted_surface():
+    from cgc_core.masks.depth_split import split_at_depth_edges
+
+    # One segment (label 3) over two objects side by side: the right one 20 % farther.
+    labels = np.full((20, 30), 3)
+    depth = np.ones((20, 30))
+    depth[:, 15:] = 1.2
+    cut = split_at_depth_edges(labels, depth, max_jump=0.05)
+    left, right = np.unique(cut[:, :12]), np.unique(cut[:, 18:])
+    assert len(left) == 1 and len(right) == 1 and left[0] > 0 and right[0] > 0 and left[0] != right[0]
+    assert (cut[:, 14:16] == 0).all() and (cut[:, [13, 16]] > 0).all()  # a 2-pixel line of edge pixels, unlabelled
+    # A surface slanted so that its depth grows 1 % per pixel (a table at a grazing angle) stays whole.
+    slanted = 1.0 + 0.01 * np.arange(30)[None, :].repeat(20, 0)
+    assert len(np.unique(split_at_depth_edges(labels, slanted, max_jump=0.05))) == 1
+    # A jump that does not close around a piece (a handle joined to its body) cuts nothing off.
+    # Here a block 20 % in front of its surroundings on three sides, joined to them on the fourth
+    # by a continuous ramp (rows 11-19).
+    handle = np.ones((20, 30))
+    handle[5:11, 10:20] = 0.8
+    handle[11:20, 10:20] = np.linspace(0.8, 1.0, 11)[1:-1, None]
+    kept = split_at_depth_edges(labels, handle, max_jump=0.1)
+    assert len(np.unique(kept[kept > 0])) == 1 and (kept[6:10, 12:18] > 0).all()
+    assert (kept[5:9, 9:11] == 0).all()  # the jump on the block's side is cut, though it cuts nothing off
+    # Pieces under min_pixels go to 0; where no depth is known (0) nothing is cut.
+    tiny = np.ones((20, 30))
+    tiny[:3, :3] = 2.0
+    assert (split_at_depth_edges(labels, tiny, 0.05, min_pixels=10)[:2, :2] == 0).all()
+    assert len(np.unique(split_at_depth_edges(labels, np.zeros((20, 30)), 0.05))) == 1
+    with pytest.raises(ValueError, match="differ in shape"):
+        split_at_depth_edges(labels, depth[:10], 0.05)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), spacing=st.sampled_from([1, 2]), min_pixels=st.sampled_from([0, 4]))
+def test_depth_split_equals_its_loop_reference(seed, spacing, min_pixels):
+    from cgc_core.masks.depth_split import split_at_depth_edges, split_at_depth_edges_reference
+
+    rng = np.random.default_rng(seed)
+    labels = np.kron(rng.integers(0, 3, (7, 8)), np.ones((2, 2), dtype=np.int64))[:13, :15]
+    depth = np.kron(rng.choice([1.0, 1.02, 1.3, 2.0], (5, 5)), np.ones((3, 3)))[:13, :15]
+    depth[rng.random(depth.shape) < 0.05] = 0
+    np.testing.assert_array_equal(split_at_depth_edges(labels, depth, 0.05, min_pixels, spacing),
+                                  split_at_depth_edges_reference(labels, depth, 0.05, min_pixels, spacing))

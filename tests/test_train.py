@@ -148,3 +148,42 @@ def test_a_trained_3dgs_model_trains_only_its_features_when_frozen(tiny_inputs, 
         train(scene, store, tmp_path / "bad", _cfg(freeze_geometry=True))
     with pytest.raises(GaussianFileError, match="nothing.ply"):
         train(scene, store, tmp_path / "bad2", _cfg(init_ply=str(tmp_path / "nothing.ply")))
+
+
+def test_depth_split_cuts_the_masks_with_the_models_depth_and_a_resumed_run_reads_the_same_cut(tiny_inputs, tmp_path):
+    import json
+
+    import numpy as np
+
+    from cgc_core.masks.depth_split import split_at_depth_edges
+    from cgc_core.render import Gaussians, render
+    from cgc_core.train import SPLIT_LABELS_NAME, label_map_at, train_view
+
+    scene, store = tiny_inputs
+    cfg = _cfg(depth_split_at=0.5, depth_split_jump=0.02)  # the cut at step 10 of 20
+    full = train(scene, store, tmp_path / "full", cfg)
+    record = json.loads((tmp_path / "full" / "train.json").read_text())["depth_split"]
+    assert record["segments_per_view_after"] > record["segments_per_view_before"] > 0
+    # The stored cut is the masks split with the depth of the model as it was at step 10.
+    params = torch.load(tmp_path / "full" / "checkpoints" / "step_000010.pt", weights_only=True)["params"]
+    stored = np.load(tmp_path / "full" / SPLIT_LABELS_NAME)
+    name = sorted(scene.train_names)[0]
+    camera, image = train_view(scene, name, cfg.downscale)
+    depth = render(Gaussians.from_params(params), camera, sh_degree=0, backend="torch").depth.numpy()
+    labels = label_map_at(store, name, *image.shape[:2])[0].numpy()
+    np.testing.assert_array_equal(stored[name][0], split_at_depth_edges(labels, depth, 0.02))
+
+    def kill(step, total, losses):
+        if step == 15:
+            raise _Kill()
+
+    with pytest.raises(_Kill):
+        train(scene, store, tmp_path / "killed", cfg, progress=kill)
+    resumed = train(scene, store, tmp_path / "killed", cfg)
+    assert resumed.resumed_from == 10
+    for key in full.params:
+        torch.testing.assert_close(resumed.params[key], full.params[key], rtol=0, atol=0)
+    # Off (the default), the masks are read as generated and nothing is stored.
+    train(scene, store, tmp_path / "off", _cfg(iterations=2))
+    assert not (tmp_path / "off" / SPLIT_LABELS_NAME).exists()
+    assert json.loads((tmp_path / "off" / "train.json").read_text())["depth_split"] is None
