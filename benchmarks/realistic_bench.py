@@ -59,13 +59,18 @@ def run_scene(source: str, overrides: list[str], data_dir: str) -> dict:
     prompts, cos = object_cosines(scene, trained, cfg.train.backend)
     print(f"[{source}] click-oracle mIoU {evaluated['miou']:.3f}  mBIoU {evaluated['mbiou']:.3f}  "
           f"test PSNR {evaluated['psnr']:.2f} dB  clusters {clustered['n_clusters']}  "
-          f"3D ARI {clustered.get('ari', float('nan')):.3f}  train {record['seconds'] / 60:.2f} min, "
+          f"3D ARI {clustered.get('ari', float('nan')):.3f}  3D object IoU {clustered.get('mean_object_iou', float('nan')):.3f}  "
+          f"train {record['seconds'] / 60:.2f} min, "
           f"{record['n_gaussians']} Gaussians")
     for prompt, row in evaluated["prompts"].items():
         print(f"[{source}]   {prompt:<16} IoU {row['iou']:.3f}  BIoU {row['biou']:.3f}  ({row['views']} views)")
     off = cos[~np.eye(len(cos), dtype=bool)]
     print(f"[{source}] cosine of the objects' mean features, first test view: min {off.min():.2f}  "
           f"median {np.median(off):.2f}  max {off.max():.2f}; share >= 0.7: {(off >= 0.7).mean():.2f}")
+    if record.get("depth_split"):
+        split = record["depth_split"]
+        print(f"[{source}] masks cut at depth edges: {split['segments_per_view_before']:.1f} -> "
+              f"{split['segments_per_view_after']:.1f} segments per view")
     health = record["health"]
     final = health["final"] or {}
     print(f"[{source}] health: within {final.get('within', float('nan')):.3f}  between {final.get('between', float('nan')):.3f}"

@@ -257,12 +257,14 @@ class TrainConfig:
     released code's behaviour, whose one-pass render hands the features an all-zero gradient; ours
     skips blending them on such steps and sets that zero gradient directly) lets Adam keep moving
     them on momentum; `none` drops that gradient, so Adam leaves them and their moments untouched."""
-    depth_split_at: float = 0.0
-    """0 (paper): the contrastive loss reads the masks as generated. A fraction f in (0, 1): at
-    iteration f × iterations, each training view's depth is rendered from the Gaussians and its
-    mask segments are cut where the depth jumps (`cgc_core.masks.depth_split`), so that two
-    same-coloured objects one in front of the other, one segment of a colour segmentation, become
-    two; the cut label maps train the rest of the run."""
+    depth_split_at: float = 0.6
+    """0 (paper, and the `paper` schedule): the contrastive loss reads the masks as generated. A
+    fraction f in (0, 1): at iteration f × iterations, each training view's depth is rendered from
+    the Gaussians and its mask segments are cut where the depth jumps (`cgc_core.masks.depth_split`),
+    so that two same-coloured objects one in front of the other, one segment of a colour
+    segmentation, become two; the cut label maps train the rest of the run. 0.6: earlier, the
+    model's depth is too rough (realistic scene: cut at 0.33 still left the red mug and cube in one
+    segment in 23 of 56 views and cut the table into pieces; at 0.6, in 5; `benchmarks/RESULTS.md`)."""
     depth_split_jump: float = 0.03
     """With `depth_split_at`: relative depth change (|Δz| / z between pixels two apart) that cuts."""
     feature_init: Literal["uniform", "normal"] = "uniform"
@@ -276,17 +278,23 @@ class TrainConfig:
     reg_max_points: int = 300_000
     k_near: int = 2
     l_far: int = 5
-    lambda_near: float = 0.05
-    """0 is the paper's "no similarity" ablation."""
-    lambda_far: float = 0.15
-    """0 is the paper's "no dissimilarity" ablation."""
+    lambda_near: float = 0.005
+    """Paper/code (and the `paper` schedule): 0.05, with λ_far 0.15. The short CPU schedule uses a
+    tenth of both: the contrastive loss sums over pixels, and on 320×240 views at the paper's λ
+    the regulariser made 75-92 % of the features' gradient and collapsed the realistic scene's
+    field (click mIoU 0.54; a tenth, with the positive far term and the depth cut: 0.88;
+    `benchmarks/RESULTS.md`). 0 is the paper's "no similarity" ablation."""
+    lambda_far: float = 0.015
+    """Paper/code: 0.15 (see lambda_near). 0 is the paper's "no dissimilarity" ablation."""
     reg_far: Literal["farthest", "random"] = "farthest"
     """Paper/code: the l_far farthest Gaussians; `random`: drawn from the farther half (see
     losses.sample_neighbours)."""
-    reg_far_similarity: Literal["signed", "positive"] = "signed"
-    """Paper/code: `signed`, the far term is σ(s), which keeps pushing a Gaussian's feature
-    towards the opposite of its far ones' even once they are orthogonal; `positive`: σ(max(s, 0)),
-    orthogonal counts as dissimilar (see losses.spatial_regularization)."""
+    reg_far_similarity: Literal["signed", "positive"] = "positive"
+    """Paper/code (and the `paper` schedule): `signed`, the far term is σ(s), which keeps pushing a
+    Gaussian's feature towards the opposite of its far ones' even once they are orthogonal: in a
+    room every object's farthest Gaussians are the same walls, so every object is pushed towards
+    one direction. `positive` (default of the short CPU schedule): σ(max(s, 0)), orthogonal counts
+    as dissimilar (see losses.spatial_regularization)."""
     reg_near_includes_self: bool = False
     """Released code: True. Its K nearest are a top-k over distances that include the sampled
     Gaussian's own (0), so one of the K "neighbours" is the sample itself (a zero pull) and the near

@@ -75,7 +75,9 @@ def scene_scale(cameras: list[Camera]) -> float:
 SCHEDULES: dict[str, dict[str, float | int]] = {
     # The released code's (PROTOCOL.md): 30k iterations, L_CC every 50, L_reg every 100, 3DGS's
     # densification (until 15k, every 100, gradient 2e-4) and SH schedule (a degree per 1000).
+    # Its λ, far term and masks as generated, too (the CPU defaults differ: TrainConfig says why).
     "paper": {"iterations": 30_000, "cc_every": 50, "reg_every": 100, "sh_degree_every": 1000,
+              "lambda_near": 0.05, "lambda_far": 0.15, "reg_far_similarity": "signed", "depth_split_at": 0.0,
               "checkpoint_every": 5000, "densify": {"refine_start_iter": 500, "refine_stop_iter": 15_000,
                                                     "refine_every": 100, "reset_every": 3000, "grow_grad2d": 2e-4}},
     # TrainConfig's defaults: 1,500 iterations on 2 CPU cores, every rate scaled to keep about as

@@ -134,6 +134,12 @@ def test_schedules_resolve_by_device_and_keep_what_the_user_set():
     assert (paper.iterations, paper.cc_every, paper.reg_every, paper.densify.refine_stop_iter,
             paper.densify.grow_grad2d) == \
         (30_000, 50, 100, 15_000, 2e-4)
+    # The paper's regulariser and masks as generated; the short CPU schedule's differ (TrainConfig).
+    assert (paper.lambda_near, paper.lambda_far, paper.reg_far_similarity, paper.depth_split_at) == \
+        (0.05, 0.15, "signed", 0.0)
+    short = resolve_schedule(TrainConfig(), cuda=False)
+    assert (short.lambda_near, short.lambda_far, short.reg_far_similarity, short.depth_split_at) == \
+        (0.005, 0.015, "positive", 0.6)
     assert resolve_schedule(TrainConfig(schedule="paper", iterations=200), cuda=False).iterations == 200
     assert resolve_schedule(TrainConfig(schedule="cpu-short"), cuda=True) == TrainConfig(schedule="cpu-short", use_reg=True)
     # Both schedules reach SH degree 3 before their last iteration.
