@@ -392,6 +392,7 @@ def depth_split_labels(params: dict[str, Tensor], views: dict[str, tuple[Camera,
                 depth = render(gaussians, camera, sh_degree=0, backend=cfg.backend).depth.cpu().numpy()
                 cut[name] = torch.as_tensor(np.stack([
                     split_at_depth_edges(level.numpy(), depth, cfg.depth_split_jump) for level in labels[name]]))
+        path.parent.mkdir(parents=True, exist_ok=True)  # before the first checkpoint it may not exist yet
         tmp = path.with_suffix(".tmp.npz")
         np.savez_compressed(tmp, **{n: v.numpy().astype(np.int32) for n, v in cut.items()})
         os.replace(tmp, path)

@@ -183,7 +183,7 @@ def test_depth_split_cuts_the_masks_with_the_models_depth_and_a_resumed_run_read
     assert resumed.resumed_from == 10
     for key in full.params:
         torch.testing.assert_close(resumed.params[key], full.params[key], rtol=0, atol=0)
-    # Off (the default), the masks are read as generated and nothing is stored.
-    train(scene, store, tmp_path / "off", _cfg(iterations=2))
+    # Off (the paper's schedule), the masks are read as generated and nothing is stored.
+    train(scene, store, tmp_path / "off", _cfg(iterations=2, depth_split_at=0.0))
     assert not (tmp_path / "off" / SPLIT_LABELS_NAME).exists()
     assert json.loads((tmp_path / "off" / "train.json").read_text())["depth_split"] is None
