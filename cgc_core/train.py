@@ -378,7 +378,8 @@ def train(scene: Scene, store: MaskStore, out_dir: str | Path, cfg: TrainConfig,
 def depth_split_labels(params: dict[str, Tensor], views: dict[str, tuple[Camera, Tensor]],
                        labels: dict[str, Tensor], cfg: TrainConfig, path: Path) -> tuple[dict[str, Tensor], dict]:
     """Every view's label maps cut where the depth of the current Gaussians jumps (each level on its
-    own, `split_at_depth_edges` with `cfg.depth_split_jump`), and a record of the mean number of
+    own, `split_at_depth_edges` with `cfg.depth_split_jump`, `_sharpness`, `_fill` and
+    `_min_pixels`), and a record of the mean number of
     segments per view before and after. Read from `path` when it is there (a resumed run), else
     computed and written there atomically."""
     cut = {}
@@ -390,8 +391,9 @@ def depth_split_labels(params: dict[str, Tensor], views: dict[str, tuple[Camera,
         with torch.no_grad():
             for name, (camera, _) in views.items():
                 depth = render(gaussians, camera, sh_degree=0, backend=cfg.backend).depth.cpu().numpy()
-                cut[name] = torch.as_tensor(np.stack([
-                    split_at_depth_edges(level.numpy(), depth, cfg.depth_split_jump) for level in labels[name]]))
+                cut[name] = torch.as_tensor(np.stack([split_at_depth_edges(
+                    level.numpy(), depth, cfg.depth_split_jump, min_pixels=cfg.depth_split_min_pixels if cfg.depth_split_fill else 0,
+                    sharpness=cfg.depth_split_sharpness, fill_distance=cfg.depth_split_fill) for level in labels[name]]))
         path.parent.mkdir(parents=True, exist_ok=True)  # before the first checkpoint it may not exist yet
         tmp = path.with_suffix(".tmp.npz")
         np.savez_compressed(tmp, **{n: v.numpy().astype(np.int32) for n, v in cut.items()})
@@ -400,7 +402,16 @@ def depth_split_labels(params: dict[str, Tensor], views: dict[str, tuple[Camera,
     def segments_per_view(maps: dict[str, Tensor]) -> float:
         return float(np.mean([len(torch.unique(v[0][v[0] > 0])) for v in maps.values()]))
 
-    return cut, {"segments_per_view_before": segments_per_view(labels), "segments_per_view_after": segments_per_view(cut)}
+    def supervised_share(maps: dict[str, Tensor]) -> float:
+        # Pixels in a segment large enough for the contrastive loss (`cc_min_pixels`), finest level.
+        shares = []
+        for v in maps.values():
+            counts = torch.bincount(v[0].flatten())
+            shares.append(float(((v[0] > 0) & (counts[v[0]] >= cfg.cc_min_pixels)).float().mean()))
+        return float(np.mean(shares))
+
+    return cut, {"segments_per_view_before": segments_per_view(labels), "segments_per_view_after": segments_per_view(cut),
+                 "supervised_share_before": supervised_share(labels), "supervised_share_after": supervised_share(cut)}
 
 
 class FrozenViews:

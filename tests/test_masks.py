@@ -231,14 +231,62 @@ def test_depth_split_separates_same_label_objects_at_a_depth_jump_and_keeps_a_sl
         split_at_depth_edges(labels, depth[:10], 0.05)
 
 
+def test_depth_split_sharpness_keeps_a_steep_plane_whole_and_still_cuts_a_step():
+    from cgc_core.masks.depth_split import split_at_depth_edges
+
+    labels = np.full((20, 30), 3)
+    # A plane seen at a grazing angle: inverse depth falls linearly with the row, so the depth grows
+    # by more than 5 % every two rows near the bottom (a ground plane towards the horizon).
+    grazing = 1.0 / (1.0 - 0.02 * np.arange(20))[:, None].repeat(30, 1)
+    assert len(np.unique(split_at_depth_edges(labels, grazing, 0.05))) > 2  # without sharpness: cut into strips
+    whole = split_at_depth_edges(labels, grazing, 0.05, sharpness=2.0)
+    assert np.unique(whole).tolist() == [1]
+    # The same plane with a box standing 30 % in front of it: its outline is still cut.
+    stepped = grazing.copy()
+    stepped[6:12, 10:20] = grazing[6:12, 10:20] * 0.7
+    cut = split_at_depth_edges(labels, stepped, 0.05, sharpness=2.0)
+    inner, outer = np.unique(cut[8:10, 12:18]), np.unique(cut[15:, :])
+    assert len(inner) == 1 and len(outer) == 1 and inner[0] != outer[0] and 0 not in (inner[0], outer[0])
+
+
+def test_depth_split_fill_gives_edge_pixels_and_crumbs_back_to_the_nearest_piece_of_their_segment():
+    from cgc_core.masks.depth_split import split_at_depth_edges
+
+    labels = np.full((20, 30), 3)
+    labels[:, 25:] = 4  # another segment on the right, never cut
+    depth = np.ones((20, 30))
+    depth[:, 12:] = 1.2  # a step at column 12: pieces left (0-11) and right (12-24) of segment 3
+    depth[2:4, 20:22] = 2.0  # a 2×2 crumb standing out of the right piece
+    plain = split_at_depth_edges(labels, depth, 0.05, min_pixels=10)
+    assert (plain[:, 11] == 0).all() and (plain[2:4, 20:22] == 0).all()  # edge line and crumb unlabelled
+    filled = split_at_depth_edges(labels, depth, 0.05, min_pixels=10, fill_distance=3)
+    left, right, other = filled[10, 0], filled[10, 15], filled[10, 28]
+    assert len({left, right, other}) == 3 and 0 not in (left, right, other)
+    assert (filled[:, :12] == left).all()  # the edge line at column 11 joined the nearest piece
+    assert (filled[:, 12:25] == right).all() and (filled[:, 25:] == other).all()  # crumb back in its piece
+    # Never across segments, and not farther than fill_distance: a segment cut into crumbs only stays 0.
+    labels[5:7, 5:7] = 9
+    depth[5:6, 5:7] = 2.0
+    crumbs = split_at_depth_edges(labels, depth, 0.05, min_pixels=10, fill_distance=3)
+    assert (crumbs[5:7, 5:7] == 0).all()
+    far = split_at_depth_edges(labels, depth, 0.05, min_pixels=10, fill_distance=0.5)
+    assert (far[:, 11] == 0).all()
+
+
 @settings(max_examples=25, deadline=None)
-@given(seed=st.integers(0, 2**31 - 1), spacing=st.sampled_from([1, 2]), min_pixels=st.sampled_from([0, 4]))
-def test_depth_split_equals_its_loop_reference(seed, spacing, min_pixels):
+@given(seed=st.integers(0, 2**31 - 1), spacing=st.sampled_from([1, 2]), min_pixels=st.sampled_from([0, 4]),
+       sharpness=st.sampled_from([0.0, 2.0]), fill_distance=st.sampled_from([0.0, 3.0]))
+def test_depth_split_equals_its_loop_reference(seed, spacing, min_pixels, sharpness, fill_distance):
     from cgc_core.masks.depth_split import split_at_depth_edges, split_at_depth_edges_reference
 
     rng = np.random.default_rng(seed)
     labels = np.kron(rng.integers(0, 3, (7, 8)), np.ones((2, 2), dtype=np.int64))[:13, :15]
     depth = np.kron(rng.choice([1.0, 1.02, 1.3, 2.0], (5, 5)), np.ones((3, 3)))[:13, :15]
+    depth *= 1.0 + 0.03 * rng.random(depth.shape)  # noise, so that sharpness has changes to compare
     depth[rng.random(depth.shape) < 0.05] = 0
-    np.testing.assert_array_equal(split_at_depth_edges(labels, depth, 0.05, min_pixels, spacing),
-                                  split_at_depth_edges_reference(labels, depth, 0.05, min_pixels, spacing))
+    fast = split_at_depth_edges(labels, depth, 0.05, min_pixels, spacing, sharpness, fill_distance)
+    reference, ties = split_at_depth_edges_reference(labels, depth, 0.05, min_pixels, spacing, sharpness,
+                                                     fill_distance, return_ties=True)
+    # Where the nearest kept pixels of two pieces are equally near, either piece is right.
+    np.testing.assert_array_equal(fast[~ties], reference[~ties])
+    assert (fast[ties] > 0).all()

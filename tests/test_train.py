@@ -171,7 +171,11 @@ def test_depth_split_cuts_the_masks_with_the_models_depth_and_a_resumed_run_read
     camera, image = train_view(scene, name, cfg.downscale)
     depth = render(Gaussians.from_params(params), camera, sh_degree=0, backend="torch").depth.numpy()
     labels = label_map_at(store, name, *image.shape[:2])[0].numpy()
-    np.testing.assert_array_equal(stored[name][0], split_at_depth_edges(labels, depth, 0.02))
+    np.testing.assert_array_equal(stored[name][0], split_at_depth_edges(
+        labels, depth, 0.02, min_pixels=cfg.depth_split_min_pixels, sharpness=cfg.depth_split_sharpness,
+        fill_distance=cfg.depth_split_fill))
+    assert cfg.depth_split_fill > 0 and cfg.depth_split_sharpness > 0  # the defaults this checks
+    assert 0 < record["supervised_share_after"] <= 1
 
     def kill(step, total, losses):
         if step == 15:
