@@ -57,7 +57,7 @@ def run_one(preset: str, seed: int, overrides: list[str], data_dir: str) -> dict
     return {"preset": preset, "seed": seed, "miou": evaluated["miou"], "mbiou": evaluated["mbiou"],
             "prompts": {p: row["iou"] for p, row in evaluated["prompts"].items()}, "multipart": multipart,
             "ari": clustered.get("ari"), "clusters": clustered["n_clusters"], "minutes": record["seconds"] / 60,
-            "schedule": record.get("schedule")}
+            "schedule": record.get("schedule"), "depth_split": record.get("depth_split")}
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -90,6 +90,13 @@ def main() -> None:
         print(f"[{preset}] mIoU {mean:.3f} ± {std:.3f}  3D ARI {ari:.3f} ± {ari_std:.3f}  "
               f"per seed: " + ", ".join(f"{r['seed']}: {r['miou']:.3f} ({r['clusters']} clusters, "
                                        f"{r['minutes']:.1f} min)" for r in mine))
+        for r in mine:
+            if r.get("depth_split"):
+                split = r["depth_split"]
+                print(f"[{preset}]   seed {r['seed']}: depth cut {split['segments_per_view_before']:.0f} -> "
+                      f"{split['segments_per_view_after']:.0f} segments per view, supervised pixels "
+                      f"{split.get('supervised_share_before', float('nan')):.3f} -> "
+                      f"{split.get('supervised_share_after', float('nan')):.3f}")
         for prompt in sorted({p for r in mine for p in r["prompts"]}):
             value, spread = _mean_std([r["prompts"].get(prompt) for r in mine])
             tag = "  (multi-part)" if any(prompt in r["multipart"] for r in mine) else ""

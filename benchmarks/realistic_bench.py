@@ -70,7 +70,8 @@ def run_scene(source: str, overrides: list[str], data_dir: str) -> dict:
     if record.get("depth_split"):
         split = record["depth_split"]
         print(f"[{source}] masks cut at depth edges: {split['segments_per_view_before']:.1f} -> "
-              f"{split['segments_per_view_after']:.1f} segments per view")
+              f"{split['segments_per_view_after']:.1f} segments per view, supervised pixels "
+              f"{split.get('supervised_share_before', float('nan')):.3f} -> {split.get('supervised_share_after', float('nan')):.3f}")
     health = record["health"]
     final = health["final"] or {}
     print(f"[{source}] health: within {final.get('within', float('nan')):.3f}  between {final.get('between', float('nan')):.3f}"

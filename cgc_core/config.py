@@ -267,12 +267,14 @@ class TrainConfig:
     segment in 23 of 56 views and cut the table into pieces; at 0.6, in 5; `benchmarks/RESULTS.md`)."""
     depth_split_jump: float = 0.03
     """With `depth_split_at`: relative depth change (|Δz| / z between pixels two apart) that cuts."""
-    depth_split_sharpness: float = 2.0
+    depth_split_sharpness: float = 1.0
     """With `depth_split_at`: a change over `depth_split_jump` cuts only where its inverse-depth
     change exceeds this many times the changes just before and after it on the same line
     (`depth_edges`), so a plane seen at a grazing angle (inverse depth is affine on a plane) and a
     noisy textured ground are not cut into strips and crumbs. 0: every change over the jump cuts
-    (before; on the demo it turned about 25 segments per view into about 740)."""
+    (before; on the demo it turned about 25 segments per view into about 740). Chosen on the
+    development scenes: 2.0 also dropped real borders (realistic scene 0.789), 1.0 kept them (0.871;
+    `benchmarks/RESULTS.md`)."""
     depth_split_fill: float = 8.0
     """With `depth_split_at`: edge pixels and crumbs (pieces under `depth_split_min_pixels`) take the
     label of the nearest kept piece of their own segment within this many pixels (training
