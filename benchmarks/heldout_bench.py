@@ -81,6 +81,8 @@ def main() -> None:
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         runs = list(pool.map(run_one, *zip(*jobs), [args.overrides] * len(jobs), [args.data_dir] * len(jobs)))
 
+    from cgc_core.train import describe_depth_split  # torch only after OMP_NUM_THREADS is set for the workers
+
     print(f"settings: default config{' + ' + ' '.join(args.overrides) if args.overrides else ''}; seeds {args.seeds}; "
           "protocol click-oracle (upper bound)")
     for preset in args.presets:
@@ -92,11 +94,7 @@ def main() -> None:
                                        f"{r['minutes']:.1f} min)" for r in mine))
         for r in mine:
             if r.get("depth_split"):
-                split = r["depth_split"]
-                print(f"[{preset}]   seed {r['seed']}: depth cut {split['segments_per_view_before']:.0f} -> "
-                      f"{split['segments_per_view_after']:.0f} segments per view, supervised pixels "
-                      f"{split.get('supervised_share_before', float('nan')):.3f} -> "
-                      f"{split.get('supervised_share_after', float('nan')):.3f}")
+                print(f"[{preset}]   seed {r['seed']}: {describe_depth_split(r['depth_split'])}")
         for prompt in sorted({p for r in mine for p in r["prompts"]}):
             value, spread = _mean_std([r["prompts"].get(prompt) for r in mine])
             tag = "  (multi-part)" if any(prompt in r["multipart"] for r in mine) else ""

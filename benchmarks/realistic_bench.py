@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from cgc_core.config import load_config
 from cgc_core.gaussians import load_ply
 from cgc_core.pipeline import run_scene_stage
-from cgc_core.train import TrainOutputs, feature_renderer
+from cgc_core.train import TrainOutputs, describe_depth_split, feature_renderer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -68,10 +68,7 @@ def run_scene(source: str, overrides: list[str], data_dir: str) -> dict:
     print(f"[{source}] cosine of the objects' mean features, first test view: min {off.min():.2f}  "
           f"median {np.median(off):.2f}  max {off.max():.2f}; share >= 0.7: {(off >= 0.7).mean():.2f}")
     if record.get("depth_split"):
-        split = record["depth_split"]
-        print(f"[{source}] masks cut at depth edges: {split['segments_per_view_before']:.1f} -> "
-              f"{split['segments_per_view_after']:.1f} segments per view, supervised pixels "
-              f"{split.get('supervised_share_before', float('nan')):.3f} -> {split.get('supervised_share_after', float('nan')):.3f}")
+        print(f"[{source}] {describe_depth_split(record['depth_split'])}")
     health = record["health"]
     final = health["final"] or {}
     print(f"[{source}] health: within {final.get('within', float('nan')):.3f}  between {final.get('between', float('nan')):.3f}"

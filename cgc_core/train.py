@@ -375,6 +375,14 @@ def train(scene: Scene, store: MaskStore, out_dir: str | Path, cfg: TrainConfig,
     return TrainResult(final, cfg.iterations, seconds, resumed_from, ply)
 
 
+def describe_depth_split(record: dict) -> str:
+    """One line on a run's depth cut (`train.json`'s `depth_split` record), for the benchmarks."""
+    nan = float("nan")
+    return (f"depth cut {record['segments_per_view_before']:.1f} -> {record['segments_per_view_after']:.1f} "
+            f"segments per view, supervised pixels {record.get('supervised_share_before', nan):.3f} -> "
+            f"{record.get('supervised_share_after', nan):.3f}")
+
+
 def depth_split_labels(params: dict[str, Tensor], views: dict[str, tuple[Camera, Tensor]],
                        labels: dict[str, Tensor], cfg: TrainConfig, path: Path) -> tuple[dict[str, Tensor], dict]:
     """Every view's label maps cut where the depth of the current Gaussians jumps (each level on its

@@ -43,7 +43,8 @@ def depth_edges(depth: np.ndarray, max_jump: float, spacing: int = 2, sharpness:
     """
     depth = np.asarray(depth, dtype=np.float64)
     edges = np.zeros(depth.shape, dtype=bool)
-    inverse = np.where(depth > 0, 1.0 / np.where(depth > 0, depth, 1.0), 0.0)
+    # Inverse depth only when the sharpness test reads it (0 where nothing is rendered).
+    inverse = np.where(depth > 0, 1.0 / np.where(depth > 0, depth, 1.0), 0.0) if sharpness > 0 else None
     for axis in (0, 1):
         n = depth.shape[axis]
         if n <= spacing:
