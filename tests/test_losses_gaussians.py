@@ -266,3 +266,24 @@ def test_neighbour_search_in_one_pass_equals_the_distance_matrix(near_includes_s
     assert torch.equal(fast[0], slow[0]) and torch.equal(fast[1], slow[1])
     assert (fast[0][:, 0] == self_index).all() == near_includes_self
     assert not (fast[1] == self_index[:, None]).any()
+
+
+@pytest.mark.parametrize("near_includes_self", [False, True])
+def test_neighbour_search_breaks_ties_by_the_lower_index(near_includes_self):
+    # Points on an integer grid, some repeated: many equal distances, where the pruned walks of
+    # the C++ search visit points out of index order. Oracle: sort by (distance, index).
+    from cgc_core.losses import near_and_far
+
+    g = torch.Generator().manual_seed(5)
+    points = torch.randint(-4, 5, (1500, 3), generator=g).float()
+    self_index = torch.randperm(1500, generator=g)[:120]
+    near, far = near_and_far(points[self_index], points, self_index, 3, 6, near_includes_self)
+    rows = torch.arange(1500)
+    for row, own in enumerate(self_index.tolist()):
+        squared = ((points - points[own]) ** 2).sum(1)
+        keys = [(float(d), int(i)) for d, i in zip(squared, rows) if i != own]
+        expected_far = [i for _, i in sorted(keys, key=lambda t: (-t[0], t[1]))[:6]]
+        if near_includes_self:
+            keys.append((0.0, own))
+        expected_near = [i for _, i in sorted(keys)[:3]]
+        assert near[row].tolist() == expected_near and far[row].tolist() == expected_far
