@@ -322,3 +322,13 @@ def test_frozen_views_beyond_their_memory_budget_render_through_the_rasterizer()
     assert set(kept.weights) == {"a", "b"} and not none_kept.weights and none_kept.over_budget == {"a", "b"}
     # The back-projection still reads every view, one at a time.
     torch.testing.assert_close(none_kept.back_project(features), kept.back_project(features))
+
+
+@pytest.mark.parametrize("degree", [0, 1, 2, 3])
+def test_sh_colour_matches_gsplat_pure_torch_helper(degree):
+    torch_impl = pytest.importorskip("gsplat.cuda._torch_impl", reason="gsplat is not importable")
+    g = torch.Generator().manual_seed(degree)
+    sh = torch.randn(50, 16, 3, generator=g, dtype=torch.float64)
+    dirs = torch.randn(50, 3, generator=g, dtype=torch.float64)
+    expected = torch.clamp_min(torch_impl._spherical_harmonics(degree, dirs, sh) + 0.5, 0.0)
+    torch.testing.assert_close(sh_to_rgb(sh, dirs, degree), expected)

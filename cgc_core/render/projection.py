@@ -92,8 +92,10 @@ def project_gaussians(means: Tensor, quats: Tensor, scales: Tensor, viewmat: Ten
     zeros = torch.zeros_like(tz)
     J = torch.stack([fx / tz, zeros, -fx * txc / tz**2, zeros, fy / tz, -fy * tyc / tz**2], -1).reshape(-1, 2, 3)
     cov2d = J @ cov_c @ J.transpose(-1, -2) + EPS_2D * torch.eye(2, dtype=means.dtype, device=means.device)
-    det = (cov2d[:, 0, 0] * cov2d[:, 1, 1] - cov2d[:, 0, 1] * cov2d[:, 1, 0]).clamp(min=1e-10)
-    conics = torch.stack([cov2d[:, 1, 1] / det, -(cov2d[:, 0, 1] + cov2d[:, 1, 0]) / 2 / det, cov2d[:, 0, 0] / det], -1)
+    # Entries through one unbind: indexing each apart makes autograd build a full [N, 2, 2] gradient per entry.
+    c00, c01, c10, c11 = cov2d.reshape(-1, 4).unbind(-1)
+    det = (c00 * c11 - c01 * c10).clamp(min=1e-10)
+    conics = torch.stack([c11 / det, -(c01 + c10) / 2 / det, c00 / det], -1)
     means2d = torch.stack([fx * tx / tz + cx, fy * ty / tz + cy], -1)
     with torch.no_grad():
         extent = torch.full_like(tz, radius_sigma)
@@ -104,7 +106,7 @@ def project_gaussians(means: Tensor, quats: Tensor, scales: Tensor, viewmat: Ten
             log_reach = torch.log(255.0 * opacities.detach().to(tz.dtype).clamp_min(1e-30))
             extent = torch.sqrt(2.0 * log_reach.clamp_min(0.0)).clamp_max(radius_sigma)
             valid = valid & (log_reach >= 0)
-        radius = torch.ceil(extent[:, None] * torch.sqrt(torch.stack([cov2d[:, 0, 0], cov2d[:, 1, 1]], -1)))
+        radius = torch.ceil(extent[:, None] * torch.sqrt(torch.stack([c00, c11], -1)))
         inside = (
             (means2d[:, 0] + radius[:, 0] > 0) & (means2d[:, 0] - radius[:, 0] < width)
             & (means2d[:, 1] + radius[:, 1] > 0) & (means2d[:, 1] - radius[:, 1] < height)
@@ -120,29 +122,35 @@ _C3 = (-0.5900435899266435, 2.890611442640554, -0.4570457994644658, 0.3731763325
        -0.4570457994644658, 1.445305721320277, -0.5900435899266435)
 
 
+def sh_basis(dirs: Tensor, degree: int) -> Tensor:
+    """[N, (degree + 1)²] real SH basis functions of the (normalised) view directions [N, 3]."""
+    n = dirs.shape[0]
+    columns = [torch.full((n,), SH_C0, dtype=dirs.dtype, device=dirs.device)]
+    if degree > 0:
+        x, y, z = F.normalize(dirs, dim=-1).unbind(-1)
+        columns += [-_C1 * y, _C1 * z, -_C1 * x]
+        if degree > 1:
+            xx, yy, zz, xy, yz, xz = x * x, y * y, z * z, x * y, y * z, x * z
+            columns += [_C2[0] * xy, _C2[1] * yz, _C2[2] * (2 * zz - xx - yy), _C2[3] * xz, _C2[4] * (xx - yy)]
+            if degree > 2:
+                columns += [_C3[0] * y * (3 * xx - yy), _C3[1] * xy * z, _C3[2] * y * (4 * zz - xx - yy),
+                            _C3[3] * z * (2 * zz - 3 * xx - 3 * yy), _C3[4] * x * (4 * zz - xx - yy),
+                            _C3[5] * z * (xx - yy), _C3[6] * x * (xx - 3 * yy)]
+    return torch.stack(columns, dim=-1)
+
+
 def sh_to_rgb(sh: Tensor, dirs: Tensor, degree: int) -> Tensor:
     """Colour from spherical harmonics: [N, K, 3] coefficients, [N, 3] view directions -> [N, 3].
 
-    Uses the first (degree + 1)² coefficients; adds 0.5 and clamps at 0, as 3DGS does.
+    Uses the first (degree + 1)² coefficients; adds 0.5 and clamps at 0, as 3DGS does. One batched
+    product of the basis with the coefficients: its backward is two products, where indexing each
+    coefficient apart made autograd build a full-size [N, K, 3] gradient per coefficient.
     """
     if not 0 <= degree <= 3 or sh.shape[1] < (degree + 1) ** 2:
         raise ValueError(f"sh_degree {degree} needs (degree+1)^2 <= {sh.shape[1]} coefficients and degree in 0..3")
-    result = SH_C0 * sh[:, 0]
-    if degree > 0:
-        x, y, z = F.normalize(dirs, dim=-1).unbind(-1)
-        x, y, z = x[:, None], y[:, None], z[:, None]
-        result = result - _C1 * y * sh[:, 1] + _C1 * z * sh[:, 2] - _C1 * x * sh[:, 3]
-        if degree > 1:
-            xx, yy, zz, xy, yz, xz = x * x, y * y, z * z, x * y, y * z, x * z
-            result = (result + _C2[0] * xy * sh[:, 4] + _C2[1] * yz * sh[:, 5]
-                      + _C2[2] * (2 * zz - xx - yy) * sh[:, 6] + _C2[3] * xz * sh[:, 7]
-                      + _C2[4] * (xx - yy) * sh[:, 8])
-            if degree > 2:
-                result = (result + _C3[0] * y * (3 * xx - yy) * sh[:, 9] + _C3[1] * xy * z * sh[:, 10]
-                          + _C3[2] * y * (4 * zz - xx - yy) * sh[:, 11]
-                          + _C3[3] * z * (2 * zz - 3 * xx - 3 * yy) * sh[:, 12]
-                          + _C3[4] * x * (4 * zz - xx - yy) * sh[:, 13] + _C3[5] * z * (xx - yy) * sh[:, 14]
-                          + _C3[6] * x * (xx - 3 * yy) * sh[:, 15])
+    used = (degree + 1) ** 2
+    coefficients = sh if sh.shape[1] == used else sh[:, :used]
+    result = torch.bmm(sh_basis(dirs, degree)[:, None, :], coefficients)[:, 0]
     return torch.clamp_min(result + 0.5, 0.0)
 
 
