@@ -10,6 +10,7 @@
 #include <ATen/Parallel.h>
 #include <algorithm>
 #include <cmath>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -73,13 +74,14 @@ struct BlockList {
 // those. Filtering costs one box test per (block, splat), a sixteenth of the per-pixel tests.
 constexpr int64_t kBlock = 4;
 
-// Every pixel of every tile, tiles in parallel: fn(tile, i, j, block) for pixel row i, column j,
-// where `block` holds, in depth order, the tile's splats whose radius box reaches the pixel's
-// block. The filter drops only splats whose box misses every pixel centre of the block (by more
-// than a rounding margin), which the per-pixel box test would skip anyway, so every pixel blends
-// exactly the splats it would blend walking the whole tile list.
+// Every block of every tile, tiles in parallel: fn(tile, rows, cols, block) for the block's pixel
+// rows [rows.first, rows.second) and columns likewise, where `block` holds, in depth order, the
+// tile's splats whose radius box reaches the block. The filter drops only splats whose box misses
+// every pixel centre of the block (by more than a rounding margin), which the per-pixel box test
+// would skip anyway, so every pixel blends exactly the splats it would blend walking the whole
+// tile list.
 template <typename scalar_t, typename Fn>
-void for_each_pixel(const std::vector<Splat<scalar_t>>& splats, const int64_t* offsets, const int64_t* ids,
+void for_each_block(const std::vector<Splat<scalar_t>>& splats, const int64_t* offsets, const int64_t* ids,
                     int64_t width, int64_t height, int64_t tile_size, Fn&& fn) {
   const int64_t tiles_x = (width + tile_size - 1) / tile_size;
   const int64_t tiles_y = (height + tile_size - 1) / tile_size;
@@ -103,13 +105,24 @@ void for_each_pixel(const std::vector<Splat<scalar_t>>& splats, const int64_t* o
             block.splats.push_back(s);
             block.positions.push_back(static_cast<int32_t>(k - offsets[tile]));
           }
-          for (int64_t i = by; i < by_end; ++i) {
-            for (int64_t j = bx; j < bx_end; ++j) fn(tile, i, j, block);
-          }
+          fn(tile, std::make_pair(by, by_end), std::make_pair(bx, bx_end), block);
         }
       }
     }
   });
+}
+
+// Every pixel of every tile: fn(tile, i, j, block) for pixel row i, column j (see for_each_block).
+template <typename scalar_t, typename Fn>
+void for_each_pixel(const std::vector<Splat<scalar_t>>& splats, const int64_t* offsets, const int64_t* ids,
+                    int64_t width, int64_t height, int64_t tile_size, Fn&& fn) {
+  for_each_block(splats, offsets, ids, width, height, tile_size,
+                 [&](int64_t tile, std::pair<int64_t, int64_t> rows, std::pair<int64_t, int64_t> cols,
+                     const BlockList<scalar_t>& block) {
+                   for (int64_t i = rows.first; i < rows.second; ++i) {
+                     for (int64_t j = cols.first; j < cols.second; ++j) fn(tile, i, j, block);
+                   }
+                 });
 }
 
 // A block's splats blended into the pixel centre (px, py), front to back: visit(k, w) with k the
@@ -158,20 +171,61 @@ std::vector<torch::Tensor> rasterize_forward(torch::Tensor means2d, torch::Tenso
     scalar_t* tout = final_t.data_ptr<scalar_t>();
     int32_t* visited = n_visited.data_ptr<int32_t>();
 
-    for_each_pixel(splats, offsets, ids, width, height, tile_size, [&](int64_t tile, int64_t i, int64_t j,
+    // Splats outside, the block's pixels inside: each pixel blends its splats front to back exactly
+    // as blend_pixel does alone (same tests, same arithmetic, same order: the image is identical),
+    // while a splat's colours are read once per block instead of once per pixel.
+    for_each_block(splats, offsets, ids, width, height, tile_size, [&](int64_t tile, std::pair<int64_t, int64_t> rows,
+                                                                       std::pair<int64_t, int64_t> cols,
                                                                        const BlockList<scalar_t>& block) {
+      constexpr int kPixels = kBlock * kBlock;
+      int64_t pixel[kPixels];
+      scalar_t px[kPixels], py[kPixels], T[kPixels];
+      int32_t last[kPixels];
+      bool done[kPixels];
+      int count = 0;
+      for (int64_t i = rows.first; i < rows.second; ++i) {
+        for (int64_t j = cols.first; j < cols.second; ++j, ++count) {
+          pixel[count] = i * width + j;
+          px[count] = j + scalar_t(0.5);
+          py[count] = i + scalar_t(0.5);
+          T[count] = 1;
+          last[count] = 0;
+          done[count] = false;
+        }
+      }
       thread_local std::vector<scalar_t> acc;
-      acc.assign(channels, scalar_t(0));
-      int32_t last;
+      acc.assign(kPixels * channels, scalar_t(0));
       const int64_t* tile_ids = ids + offsets[tile];
-      const scalar_t T = blend_pixel(block, j + scalar_t(0.5), i + scalar_t(0.5), last, [&](int64_t k, scalar_t w) {
-        const scalar_t* cg = col + tile_ids[k] * channels;
-        for (int64_t ch = 0; ch < channels; ++ch) acc[ch] += w * cg[ch];
-      });
-      scalar_t* out = img + (i * width + j) * channels;
-      for (int64_t ch = 0; ch < channels; ++ch) out[ch] = acc[ch] + T * bg[ch];
-      tout[i * width + j] = T;
-      visited[i * width + j] = last;
+      int open = count;
+      const int64_t splat_count = static_cast<int64_t>(block.splats.size());
+      for (int64_t b = 0; b < splat_count && open > 0; ++b) {
+        const auto& s = block.splats[b];
+        const scalar_t* cg = col + tile_ids[block.positions[b]] * channels;
+        for (int q = 0; q < count; ++q) {
+          if (done[q]) continue;
+          scalar_t alpha, gauss, dx, dy;
+          bool clamped;
+          if (!splat_alpha(s, px[q], py[q], alpha, gauss, dx, dy, clamped)) continue;
+          const scalar_t next_t = T[q] * (1 - alpha);
+          if (next_t < scalar_t(kTransmittanceMin)) {  // this pixel stops before this splat
+            done[q] = true;
+            --open;
+            continue;
+          }
+          const scalar_t w = alpha * T[q];
+          scalar_t* a = acc.data() + q * channels;
+          for (int64_t ch = 0; ch < channels; ++ch) a[ch] += w * cg[ch];
+          T[q] = next_t;
+          last[q] = block.positions[b] + 1;
+        }
+      }
+      for (int q = 0; q < count; ++q) {
+        scalar_t* out = img + pixel[q] * channels;
+        const scalar_t* a = acc.data() + q * channels;
+        for (int64_t ch = 0; ch < channels; ++ch) out[ch] = a[ch] + T[q] * bg[ch];
+        tout[pixel[q]] = T[q];
+        visited[pixel[q]] = last[q];
+      }
     });
   });
   return {image, final_t, n_visited};
@@ -203,48 +257,79 @@ std::vector<torch::Tensor> rasterize_backward(torch::Tensor means2d, torch::Tens
     const scalar_t* galpha = grad_alpha.data_ptr<scalar_t>();
     scalar_t* buf = buffers.data_ptr<scalar_t>();
 
-    for_each_pixel(splats, offsets, ids, width, height, tile_size, [&](int64_t tile, int64_t i, int64_t j,
+    // Splats outside, the block's pixels inside: each pixel walks its splats back to front exactly
+    // as alone (same arithmetic, same order), and a splat's gradient from the whole block is summed
+    // locally, then added to the thread's buffer once, not once per pixel.
+    for_each_block(splats, offsets, ids, width, height, tile_size, [&](int64_t tile, std::pair<int64_t, int64_t> rows,
+                                                                       std::pair<int64_t, int64_t> cols,
                                                                        const BlockList<scalar_t>& block) {
       scalar_t* grads = buf + at::get_thread_num() * n * stride;
       const int64_t start = offsets[tile];
-      const int64_t p = i * width + j;
-      const scalar_t px = j + scalar_t(0.5), py = i + scalar_t(0.5);
-      const scalar_t* G = gimg + p * channels;
-      scalar_t g_bg = 0;
-      for (int64_t ch = 0; ch < channels; ++ch) g_bg += G[ch] * bg[ch];
-      const scalar_t t_final = tfin[p];
-      // Loss terms that scale with the transmittance after a Gaussian: background and alpha.
-      const scalar_t tail = t_final * (g_bg - galpha[p]);
-      scalar_t T = t_final;        // transmittance after the current Gaussian
-      scalar_t after = 0;          // sum over later Gaussians of w_j (G . c_j)
-      // back to front from the last splat the forward pass reached (tile-list position < visited)
-      const auto& positions = block.positions;
-      const int64_t first = std::lower_bound(positions.begin(), positions.end(), visited[p]) - positions.begin();
-      for (int64_t b = first - 1; b >= 0; --b) {
-        const int64_t g = ids[start + positions[b]];
-        scalar_t alpha, gauss, dx, dy;
-        bool clamped;
-        const auto& s = block.splats[b];
-        if (!splat_alpha(s, px, py, alpha, gauss, dx, dy, clamped)) continue;
-        T = T / (1 - alpha);  // transmittance before this Gaussian
-        const scalar_t w = alpha * T;
-        const scalar_t* cg = col + g * channels;
-        scalar_t g_dot_c = 0;
-        scalar_t* gg = grads + g * stride;
-        for (int64_t ch = 0; ch < channels; ++ch) {
-          g_dot_c += G[ch] * cg[ch];
-          gg[6 + ch] += w * G[ch];
+      constexpr int kPixels = kBlock * kBlock;
+      int64_t pixel[kPixels];
+      scalar_t px[kPixels], py[kPixels], T[kPixels], after[kPixels], tail[kPixels];
+      int32_t reached[kPixels];
+      int count = 0;
+      int32_t most = 0;
+      for (int64_t i = rows.first; i < rows.second; ++i) {
+        for (int64_t j = cols.first; j < cols.second; ++j, ++count) {
+          const int64_t p = i * width + j;
+          const scalar_t* G = gimg + p * channels;
+          scalar_t g_bg = 0;
+          for (int64_t ch = 0; ch < channels; ++ch) g_bg += G[ch] * bg[ch];
+          pixel[count] = p;
+          px[count] = j + scalar_t(0.5);
+          py[count] = i + scalar_t(0.5);
+          // Loss terms that scale with the transmittance after a Gaussian: background and alpha.
+          tail[count] = tfin[p] * (g_bg - galpha[p]);
+          T[count] = tfin[p];  // transmittance after the current Gaussian
+          after[count] = 0;    // sum over later Gaussians of w_j (G . c_j)
+          reached[count] = visited[p];  // tile-list entries the forward pass walked
+          most = std::max(most, visited[p]);
         }
-        const scalar_t d_alpha = T * g_dot_c - (after + tail) / (1 - alpha);
-        after += w * g_dot_c;
-        if (clamped) continue;  // alpha = 0.99 does not depend on the Gaussian's parameters
-        const scalar_t d_sigma = -alpha * d_alpha;  // d alpha / d sigma = -alpha
-        gg[0] += d_sigma * (s.a * dx + s.b * dy);
-        gg[1] += d_sigma * (s.c * dy + s.b * dx);
-        gg[2] += d_sigma * scalar_t(0.5) * dx * dx;
-        gg[3] += d_sigma * dx * dy;
-        gg[4] += d_sigma * scalar_t(0.5) * dy * dy;
-        gg[5] += d_alpha * gauss;
+      }
+      thread_local std::vector<scalar_t> local;
+      local.resize(stride);
+      const auto& positions = block.positions;
+      const int64_t first = std::lower_bound(positions.begin(), positions.end(), most) - positions.begin();
+      for (int64_t b = first - 1; b >= 0; --b) {
+        const auto& s = block.splats[b];
+        const int32_t position = positions[b];
+        const int64_t g = ids[start + position];
+        const scalar_t* cg = col + g * channels;
+        bool touched = false;
+        for (int q = 0; q < count; ++q) {
+          if (position >= reached[q]) continue;  // beyond where this pixel's blending stopped
+          scalar_t alpha, gauss, dx, dy;
+          bool clamped;
+          if (!splat_alpha(s, px[q], py[q], alpha, gauss, dx, dy, clamped)) continue;
+          if (!touched) {
+            std::fill(local.begin(), local.end(), scalar_t(0));
+            touched = true;
+          }
+          T[q] = T[q] / (1 - alpha);  // transmittance before this Gaussian
+          const scalar_t w = alpha * T[q];
+          const scalar_t* G = gimg + pixel[q] * channels;
+          scalar_t g_dot_c = 0;
+          for (int64_t ch = 0; ch < channels; ++ch) {
+            g_dot_c += G[ch] * cg[ch];
+            local[6 + ch] += w * G[ch];
+          }
+          const scalar_t d_alpha = T[q] * g_dot_c - (after[q] + tail[q]) / (1 - alpha);
+          after[q] += w * g_dot_c;
+          if (clamped) continue;  // alpha = 0.99 does not depend on the Gaussian's parameters
+          const scalar_t d_sigma = -alpha * d_alpha;  // d alpha / d sigma = -alpha
+          local[0] += d_sigma * (s.a * dx + s.b * dy);
+          local[1] += d_sigma * (s.c * dy + s.b * dx);
+          local[2] += d_sigma * scalar_t(0.5) * dx * dx;
+          local[3] += d_sigma * dx * dy;
+          local[4] += d_sigma * scalar_t(0.5) * dy * dy;
+          local[5] += d_alpha * gauss;
+        }
+        if (touched) {
+          scalar_t* gg = grads + g * stride;
+          for (int64_t t = 0; t < stride; ++t) gg[t] += local[t];
+        }
       }
     });
   });
