@@ -78,6 +78,20 @@ def test_torch_backend_equals_reference_values_and_gradients(seed):
     assert ref_grads["means"][:20].abs().max() == 0  # culled Gaussians get no gradient
 
 
+def test_torch_backend_equals_reference_where_tiles_and_blocks_end_at_the_image_edge():
+    # 45 x 37: the last tile of each row and column is partial, and so are its 4 x 4 pixel blocks
+    # (the kernel pads a block's missing pixels outside every splat).
+    params = _random_scene(200, 4)
+    camera = _camera(45, 37)
+    ref, ref_grads = _render_with_grads(params, camera, "reference")
+    fast, fast_grads = _render_with_grads(params, camera, "torch")
+    for name in ("rgb", "features", "alpha", "depth"):
+        assert _rel_err(getattr(fast, name), getattr(ref, name)) < 1e-4, name
+    for name in PARAMS:
+        assert _rel_err(fast_grads[name], ref_grads[name]) < 1e-4, name
+    assert ref.alpha[-1].max() > 0.1 and ref.alpha[:, -1].max() > 0.1  # splats do reach the last row and column
+
+
 def test_colour_and_its_gradients_do_not_depend_on_the_features_blended_beside_it():
     # Training blends the features only on steps whose losses read them: the colour, alpha, depth
     # and every geometry gradient of a colour-only loss must be the same with or without them.

@@ -148,6 +148,22 @@ inline scalar_t blend_pixel(const BlockList<scalar_t>& block, scalar_t px, scala
   return T;
 }
 
+constexpr int kBlockPixels = kBlock * kBlock;
+
+// splat_alpha's tests before its exp, for every pixel of a block at once: a loop of fixed length
+// without branches, which the compiler vectorises. power[q] is sigma at pixel q, and may_count[q]
+// whether pixel q passes the box and power tests (a NaN passes neither, as in splat_alpha).
+template <typename scalar_t>
+inline void block_powers(const Splat<scalar_t>& s, const scalar_t* px, const scalar_t* py, scalar_t* power,
+                         uint8_t* may_count) {
+  for (int q = 0; q < kBlockPixels; ++q) {
+    const scalar_t dx = s.mx - px[q], dy = s.my - py[q];
+    const scalar_t sigma = scalar_t(0.5) * (s.a * dx * dx + s.c * dy * dy) + s.b * dx * dy;
+    power[q] = sigma;
+    may_count[q] = (std::abs(dx) <= s.rx) & (std::abs(dy) <= s.ry) & (sigma >= 0) & (sigma <= s.sigma_cut);
+  }
+}
+
 }  // namespace
 
 // Returns image [H, W, C] (background included), final transmittance [H, W] and, per pixel, the
@@ -177,9 +193,13 @@ std::vector<torch::Tensor> rasterize_forward(torch::Tensor means2d, torch::Tenso
     for_each_block(splats, offsets, ids, width, height, tile_size, [&](int64_t tile, std::pair<int64_t, int64_t> rows,
                                                                        std::pair<int64_t, int64_t> cols,
                                                                        const BlockList<scalar_t>& block) {
-      constexpr int kPixels = kBlock * kBlock;
+      constexpr int kPixels = kBlockPixels;
       int64_t pixel[kPixels];
-      scalar_t px[kPixels], py[kPixels], T[kPixels];
+      // Pixels past the image's edge (a partial block) sit far outside every splat's box.
+      scalar_t px[kPixels], py[kPixels], T[kPixels], power[kPixels];
+      std::fill(px, px + kPixels, scalar_t(-1e30));
+      std::fill(py, py + kPixels, scalar_t(-1e30));
+      uint8_t may_count[kPixels];
       int32_t last[kPixels];
       bool done[kPixels];
       int count = 0;
@@ -201,11 +221,13 @@ std::vector<torch::Tensor> rasterize_forward(torch::Tensor means2d, torch::Tenso
       for (int64_t b = 0; b < splat_count && open > 0; ++b) {
         const auto& s = block.splats[b];
         const scalar_t* cg = col + tile_ids[block.positions[b]] * channels;
+        block_powers(s, px, py, power, may_count);
         for (int q = 0; q < count; ++q) {
-          if (done[q]) continue;
-          scalar_t alpha, gauss, dx, dy;
-          bool clamped;
-          if (!splat_alpha(s, px[q], py[q], alpha, gauss, dx, dy, clamped)) continue;
+          if (done[q] || !may_count[q]) continue;
+          // the rest of splat_alpha, in its order
+          const scalar_t raw = s.opacity * std::exp(-power[q]);
+          const scalar_t alpha = raw > scalar_t(kAlphaMax) ? scalar_t(kAlphaMax) : raw;
+          if (!(alpha >= scalar_t(kAlphaMin))) continue;
           const scalar_t next_t = T[q] * (1 - alpha);
           if (next_t < scalar_t(kTransmittanceMin)) {  // this pixel stops before this splat
             done[q] = true;
@@ -265,9 +287,13 @@ std::vector<torch::Tensor> rasterize_backward(torch::Tensor means2d, torch::Tens
                                                                        const BlockList<scalar_t>& block) {
       scalar_t* grads = buf + at::get_thread_num() * n * stride;
       const int64_t start = offsets[tile];
-      constexpr int kPixels = kBlock * kBlock;
+      constexpr int kPixels = kBlockPixels;
       int64_t pixel[kPixels];
-      scalar_t px[kPixels], py[kPixels], T[kPixels], after[kPixels], tail[kPixels];
+      // Pixels past the image's edge (a partial block) sit far outside every splat's box.
+      scalar_t px[kPixels], py[kPixels], T[kPixels], after[kPixels], tail[kPixels], power[kPixels];
+      std::fill(px, px + kPixels, scalar_t(-1e30));
+      std::fill(py, py + kPixels, scalar_t(-1e30));
+      uint8_t may_count[kPixels];
       int32_t reached[kPixels];
       int count = 0;
       int32_t most = 0;
@@ -298,11 +324,16 @@ std::vector<torch::Tensor> rasterize_backward(torch::Tensor means2d, torch::Tens
         const int64_t g = ids[start + position];
         const scalar_t* cg = col + g * channels;
         bool touched = false;
+        block_powers(s, px, py, power, may_count);
         for (int q = 0; q < count; ++q) {
-          if (position >= reached[q]) continue;  // beyond where this pixel's blending stopped
-          scalar_t alpha, gauss, dx, dy;
-          bool clamped;
-          if (!splat_alpha(s, px[q], py[q], alpha, gauss, dx, dy, clamped)) continue;
+          if (position >= reached[q] || !may_count[q]) continue;  // beyond where this pixel stopped, or no count
+          // the rest of splat_alpha, in its order
+          const scalar_t dx = s.mx - px[q], dy = s.my - py[q];
+          const scalar_t gauss = std::exp(-power[q]);
+          const scalar_t raw = s.opacity * gauss;
+          const bool clamped = raw > scalar_t(kAlphaMax);
+          const scalar_t alpha = clamped ? scalar_t(kAlphaMax) : raw;
+          if (!(alpha >= scalar_t(kAlphaMin))) continue;
           if (!touched) {
             std::fill(local.begin(), local.end(), scalar_t(0));
             touched = true;
