@@ -26,7 +26,19 @@ struct Splat {
   scalar_t rx, ry;     // the integer radii, held as floats: no conversion in every pair's box test
 };
 
-// Returns alpha (0 when the Gaussian does not count at this pixel) and the unclamped value's
+// Alpha of a splat at power sigma (one that passed the box and power tests), with the unclamped
+// value's ingredients for the backward pass; false when alpha is below 1/255 (it does not count).
+template <typename scalar_t>
+inline bool alpha_at_power(const Splat<scalar_t>& s, scalar_t sigma, scalar_t& alpha, scalar_t& gauss,
+                           bool& clamped) {
+  gauss = std::exp(-sigma);
+  const scalar_t raw = s.opacity * gauss;
+  clamped = raw > scalar_t(kAlphaMax);
+  alpha = clamped ? scalar_t(kAlphaMax) : raw;
+  return alpha >= scalar_t(kAlphaMin);
+}
+
+// Returns whether the Gaussian counts at this pixel, its alpha and the unclamped value's
 // ingredients for the backward pass.
 template <typename scalar_t>
 inline bool splat_alpha(const Splat<scalar_t>& s, scalar_t px, scalar_t py, scalar_t& alpha,
@@ -34,13 +46,9 @@ inline bool splat_alpha(const Splat<scalar_t>& s, scalar_t px, scalar_t py, scal
   dx = s.mx - px;
   dy = s.my - py;
   if (std::abs(dx) > s.rx || std::abs(dy) > s.ry) return false;
-  scalar_t sigma = scalar_t(0.5) * (s.a * dx * dx + s.c * dy * dy) + s.b * dx * dy;
+  const scalar_t sigma = scalar_t(0.5) * (s.a * dx * dx + s.c * dy * dy) + s.b * dx * dy;
   if (sigma < 0 || sigma > s.sigma_cut) return false;
-  gauss = std::exp(-sigma);
-  scalar_t raw = s.opacity * gauss;
-  clamped = raw > scalar_t(kAlphaMax);
-  alpha = clamped ? scalar_t(kAlphaMax) : raw;
-  return alpha >= scalar_t(kAlphaMin);
+  return alpha_at_power(s, sigma, alpha, gauss, clamped);
 }
 
 template <typename scalar_t>
@@ -150,9 +158,10 @@ inline scalar_t blend_pixel(const BlockList<scalar_t>& block, scalar_t px, scala
 
 constexpr int kBlockPixels = kBlock * kBlock;
 
-// splat_alpha's tests before its exp, for every pixel of a block at once: a loop of fixed length
-// without branches, which the compiler vectorises. power[q] is sigma at pixel q, and may_count[q]
-// whether pixel q passes the box and power tests (a NaN passes neither, as in splat_alpha).
+// splat_alpha's tests before its exp (then alpha_at_power), for every pixel of a block at once: a
+// loop of fixed length without branches, which the compiler vectorises. power[q] is sigma at pixel
+// q, and may_count[q] whether pixel q passes the box and power tests (a NaN passes neither, as in
+// splat_alpha).
 template <typename scalar_t>
 inline void block_powers(const Splat<scalar_t>& s, const scalar_t* px, const scalar_t* py, scalar_t* power,
                          uint8_t* may_count) {
@@ -223,11 +232,9 @@ std::vector<torch::Tensor> rasterize_forward(torch::Tensor means2d, torch::Tenso
         const scalar_t* cg = col + tile_ids[block.positions[b]] * channels;
         block_powers(s, px, py, power, may_count);
         for (int q = 0; q < count; ++q) {
-          if (done[q] || !may_count[q]) continue;
-          // the rest of splat_alpha, in its order
-          const scalar_t raw = s.opacity * std::exp(-power[q]);
-          const scalar_t alpha = raw > scalar_t(kAlphaMax) ? scalar_t(kAlphaMax) : raw;
-          if (!(alpha >= scalar_t(kAlphaMin))) continue;
+          scalar_t alpha, gauss;
+          bool clamped;
+          if (done[q] || !may_count[q] || !alpha_at_power(s, power[q], alpha, gauss, clamped)) continue;
           const scalar_t next_t = T[q] * (1 - alpha);
           if (next_t < scalar_t(kTransmittanceMin)) {  // this pixel stops before this splat
             done[q] = true;
@@ -326,14 +333,11 @@ std::vector<torch::Tensor> rasterize_backward(torch::Tensor means2d, torch::Tens
         bool touched = false;
         block_powers(s, px, py, power, may_count);
         for (int q = 0; q < count; ++q) {
-          if (position >= reached[q] || !may_count[q]) continue;  // beyond where this pixel stopped, or no count
-          // the rest of splat_alpha, in its order
+          scalar_t alpha, gauss;
+          bool clamped;
+          // beyond where this pixel's forward pass stopped, or the splat does not count here
+          if (position >= reached[q] || !may_count[q] || !alpha_at_power(s, power[q], alpha, gauss, clamped)) continue;
           const scalar_t dx = s.mx - px[q], dy = s.my - py[q];
-          const scalar_t gauss = std::exp(-power[q]);
-          const scalar_t raw = s.opacity * gauss;
-          const bool clamped = raw > scalar_t(kAlphaMax);
-          const scalar_t alpha = clamped ? scalar_t(kAlphaMax) : raw;
-          if (!(alpha >= scalar_t(kAlphaMin))) continue;
           if (!touched) {
             std::fill(local.begin(), local.end(), scalar_t(0));
             touched = true;
