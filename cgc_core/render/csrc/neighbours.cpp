@@ -115,18 +115,16 @@ std::vector<torch::Tensor> near_far(torch::Tensor queries, torch::Tensor points,
         if (i != own) nearest.offer(squared_distance(pp + 3 * i, x, y, z), i);
       };
       int64_t left = start - 1, right = start;
-      while (left >= 0 || right < n) {
+      while (left >= 0 || right < n) {  // a side that is too far is closed by moving it past its end
         const float bound = nearest.full() ? nearest.worst() : INFINITY;
-        bool moved = false;
         if (right < n) {
           const float dx = xs[right] - x;
-          if (dx * dx <= bound) { visit_near(right++); moved = true; } else { right = n; }
+          if (dx * dx <= bound) { visit_near(right++); } else { right = n; }
         }
         if (left >= 0) {
           const float dx = xs[left] - x;
-          if (dx * dx <= bound) { visit_near(left--); moved = true; } else { left = -1; }
+          if (dx * dx <= bound) { visit_near(left--); } else { left = -1; }
         }
-        if (!moved) break;
       }
 
       // Farthest: from the points farthest from the centroid inwards, until none can be far enough.

@@ -38,19 +38,6 @@ inline bool alpha_at_power(const Splat<scalar_t>& s, scalar_t sigma, scalar_t& a
   return alpha >= scalar_t(kAlphaMin);
 }
 
-// Returns whether the Gaussian counts at this pixel, its alpha and the unclamped value's
-// ingredients for the backward pass.
-template <typename scalar_t>
-inline bool splat_alpha(const Splat<scalar_t>& s, scalar_t px, scalar_t py, scalar_t& alpha,
-                        scalar_t& gauss, scalar_t& dx, scalar_t& dy, bool& clamped) {
-  dx = s.mx - px;
-  dy = s.my - py;
-  if (std::abs(dx) > s.rx || std::abs(dy) > s.ry) return false;
-  const scalar_t sigma = scalar_t(0.5) * (s.a * dx * dx + s.c * dy * dy) + s.b * dx * dy;
-  if (sigma < 0 || sigma > s.sigma_cut) return false;
-  return alpha_at_power(s, sigma, alpha, gauss, clamped);
-}
-
 template <typename scalar_t>
 std::vector<Splat<scalar_t>> gather_splats(const torch::Tensor& means2d, const torch::Tensor& conics,
                                            const torch::Tensor& opacities, const torch::Tensor& radii) {
@@ -120,56 +107,78 @@ void for_each_block(const std::vector<Splat<scalar_t>>& splats, const int64_t* o
   });
 }
 
-// Every pixel of every tile: fn(tile, i, j, block) for pixel row i, column j (see for_each_block).
-template <typename scalar_t, typename Fn>
-void for_each_pixel(const std::vector<Splat<scalar_t>>& splats, const int64_t* offsets, const int64_t* ids,
-                    int64_t width, int64_t height, int64_t tile_size, Fn&& fn) {
-  for_each_block(splats, offsets, ids, width, height, tile_size,
-                 [&](int64_t tile, std::pair<int64_t, int64_t> rows, std::pair<int64_t, int64_t> cols,
-                     const BlockList<scalar_t>& block) {
-                   for (int64_t i = rows.first; i < rows.second; ++i) {
-                     for (int64_t j = cols.first; j < cols.second; ++j) fn(tile, i, j, block);
-                   }
-                 });
-}
-
-// A block's splats blended into the pixel centre (px, py), front to back: visit(k, w) with k the
-// splat's position in the tile's list and w = alpha * T, T the transmittance before it; stops
-// before the splat that would take T below 1e-4. Returns the final T; `last` is the number of
-// tile-list entries up to the last blended one (the backward pass starts below it).
-template <typename scalar_t, typename Visit>
-inline scalar_t blend_pixel(const BlockList<scalar_t>& block, scalar_t px, scalar_t py, int32_t& last,
-                            Visit&& visit) {
-  scalar_t T = 1;
-  last = 0;
-  const int64_t count = static_cast<int64_t>(block.splats.size());
-  for (int64_t b = 0; b < count; ++b) {
-    scalar_t alpha, gauss, dx, dy;
-    bool clamped;
-    if (!splat_alpha(block.splats[b], px, py, alpha, gauss, dx, dy, clamped)) continue;
-    const scalar_t next_t = T * (1 - alpha);
-    if (next_t < scalar_t(kTransmittanceMin)) break;
-    visit(block.positions[b], alpha * T);
-    T = next_t;
-    last = block.positions[b] + 1;
-  }
-  return T;
-}
-
 constexpr int kBlockPixels = kBlock * kBlock;
 
-// splat_alpha's tests before its exp (then alpha_at_power), for every pixel of a block at once: a
-// loop of fixed length without branches, which the compiler vectorises. power[q] is sigma at pixel
-// q, and may_count[q] whether pixel q passes the box and power tests (a NaN passes neither, as in
-// splat_alpha).
+// The pixels of one block: flat index into the image and pixel centre, row by row. Entries past
+// `count` (a block cut by the image's edge) sit far outside every splat's box.
 template <typename scalar_t>
-inline void block_powers(const Splat<scalar_t>& s, const scalar_t* px, const scalar_t* py, scalar_t* power,
+struct BlockPixels {
+  int count = 0;
+  int64_t pixel[kBlockPixels];
+  scalar_t px[kBlockPixels], py[kBlockPixels];
+
+  BlockPixels(std::pair<int64_t, int64_t> rows, std::pair<int64_t, int64_t> cols, int64_t width) {
+    std::fill(px, px + kBlockPixels, scalar_t(-1e30));
+    std::fill(py, py + kBlockPixels, scalar_t(-1e30));
+    for (int64_t i = rows.first; i < rows.second; ++i) {
+      for (int64_t j = cols.first; j < cols.second; ++j, ++count) {
+        pixel[count] = i * width + j;
+        px[count] = j + scalar_t(0.5);
+        py[count] = i + scalar_t(0.5);
+      }
+    }
+  }
+};
+
+// A splat's box and power tests at every pixel of a block at once: a loop of fixed length without
+// branches, which the compiler vectorises. power[q] is sigma at pixel q, and may_count[q] whether
+// the pixel centre lies inside the splat's box and 0 <= sigma <= sigma_cut (a NaN passes neither);
+// alpha_at_power decides the rest.
+template <typename scalar_t>
+inline void block_powers(const Splat<scalar_t>& s, const BlockPixels<scalar_t>& pixels, scalar_t* power,
                          uint8_t* may_count) {
   for (int q = 0; q < kBlockPixels; ++q) {
-    const scalar_t dx = s.mx - px[q], dy = s.my - py[q];
+    const scalar_t dx = s.mx - pixels.px[q], dy = s.my - pixels.py[q];
     const scalar_t sigma = scalar_t(0.5) * (s.a * dx * dx + s.c * dy * dy) + s.b * dx * dy;
     power[q] = sigma;
     may_count[q] = (std::abs(dx) <= s.rx) & (std::abs(dy) <= s.ry) & (sigma >= 0) & (sigma <= s.sigma_cut);
+  }
+}
+
+// A block's splats blended into each of its pixels, front to back, splats outside and pixels
+// inside (a splat's data is read once per block): visit(q, k, w) for pixel q, k the splat's
+// position in the tile's list and w = alpha * T, T the pixel's transmittance before it; a pixel
+// stops before the splat that would take its T below 1e-4. On return T[q] is the pixel's final
+// transmittance and last[q] the number of tile-list entries up to its last blended splat (where
+// the backward pass starts).
+template <typename scalar_t, typename Visit>
+inline void blend_block(const BlockList<scalar_t>& block, const BlockPixels<scalar_t>& pixels, scalar_t* T,
+                        int32_t* last, Visit&& visit) {
+  scalar_t power[kBlockPixels];
+  uint8_t may_count[kBlockPixels];
+  bool done[kBlockPixels];
+  std::fill(T, T + pixels.count, scalar_t(1));
+  std::fill(last, last + pixels.count, 0);
+  std::fill(done, done + kBlockPixels, false);
+  int open = pixels.count;
+  const int64_t splat_count = static_cast<int64_t>(block.splats.size());
+  for (int64_t b = 0; b < splat_count && open > 0; ++b) {
+    const auto& s = block.splats[b];
+    block_powers(s, pixels, power, may_count);
+    for (int q = 0; q < pixels.count; ++q) {
+      scalar_t alpha, gauss;
+      bool clamped;
+      if (done[q] || !may_count[q] || !alpha_at_power(s, power[q], alpha, gauss, clamped)) continue;
+      const scalar_t next_t = T[q] * (1 - alpha);
+      if (next_t < scalar_t(kTransmittanceMin)) {  // this pixel stops before this splat
+        done[q] = true;
+        --open;
+        continue;
+      }
+      visit(q, block.positions[b], alpha * T[q]);
+      T[q] = next_t;
+      last[q] = block.positions[b] + 1;
+    }
   }
 }
 
@@ -196,64 +205,26 @@ std::vector<torch::Tensor> rasterize_forward(torch::Tensor means2d, torch::Tenso
     scalar_t* tout = final_t.data_ptr<scalar_t>();
     int32_t* visited = n_visited.data_ptr<int32_t>();
 
-    // Splats outside, the block's pixels inside: each pixel blends its splats front to back exactly
-    // as blend_pixel does alone (same tests, same arithmetic, same order: the image is identical),
-    // while a splat's colours are read once per block instead of once per pixel.
     for_each_block(splats, offsets, ids, width, height, tile_size, [&](int64_t tile, std::pair<int64_t, int64_t> rows,
                                                                        std::pair<int64_t, int64_t> cols,
                                                                        const BlockList<scalar_t>& block) {
-      constexpr int kPixels = kBlockPixels;
-      int64_t pixel[kPixels];
-      // Pixels past the image's edge (a partial block) sit far outside every splat's box.
-      scalar_t px[kPixels], py[kPixels], T[kPixels], power[kPixels];
-      std::fill(px, px + kPixels, scalar_t(-1e30));
-      std::fill(py, py + kPixels, scalar_t(-1e30));
-      uint8_t may_count[kPixels];
-      int32_t last[kPixels];
-      bool done[kPixels];
-      int count = 0;
-      for (int64_t i = rows.first; i < rows.second; ++i) {
-        for (int64_t j = cols.first; j < cols.second; ++j, ++count) {
-          pixel[count] = i * width + j;
-          px[count] = j + scalar_t(0.5);
-          py[count] = i + scalar_t(0.5);
-          T[count] = 1;
-          last[count] = 0;
-          done[count] = false;
-        }
-      }
+      const BlockPixels<scalar_t> pixels(rows, cols, width);
+      scalar_t T[kBlockPixels];
+      int32_t last[kBlockPixels];
       thread_local std::vector<scalar_t> acc;
-      acc.assign(kPixels * channels, scalar_t(0));
+      acc.assign(kBlockPixels * channels, scalar_t(0));
       const int64_t* tile_ids = ids + offsets[tile];
-      int open = count;
-      const int64_t splat_count = static_cast<int64_t>(block.splats.size());
-      for (int64_t b = 0; b < splat_count && open > 0; ++b) {
-        const auto& s = block.splats[b];
-        const scalar_t* cg = col + tile_ids[block.positions[b]] * channels;
-        block_powers(s, px, py, power, may_count);
-        for (int q = 0; q < count; ++q) {
-          scalar_t alpha, gauss;
-          bool clamped;
-          if (done[q] || !may_count[q] || !alpha_at_power(s, power[q], alpha, gauss, clamped)) continue;
-          const scalar_t next_t = T[q] * (1 - alpha);
-          if (next_t < scalar_t(kTransmittanceMin)) {  // this pixel stops before this splat
-            done[q] = true;
-            --open;
-            continue;
-          }
-          const scalar_t w = alpha * T[q];
-          scalar_t* a = acc.data() + q * channels;
-          for (int64_t ch = 0; ch < channels; ++ch) a[ch] += w * cg[ch];
-          T[q] = next_t;
-          last[q] = block.positions[b] + 1;
-        }
-      }
-      for (int q = 0; q < count; ++q) {
-        scalar_t* out = img + pixel[q] * channels;
+      blend_block(block, pixels, T, last, [&](int q, int32_t k, scalar_t w) {
+        const scalar_t* cg = col + tile_ids[k] * channels;
+        scalar_t* a = acc.data() + q * channels;
+        for (int64_t ch = 0; ch < channels; ++ch) a[ch] += w * cg[ch];
+      });
+      for (int q = 0; q < pixels.count; ++q) {
+        const int64_t p = pixels.pixel[q];
         const scalar_t* a = acc.data() + q * channels;
-        for (int64_t ch = 0; ch < channels; ++ch) out[ch] = a[ch] + T[q] * bg[ch];
-        tout[pixel[q]] = T[q];
-        visited[pixel[q]] = last[q];
+        for (int64_t ch = 0; ch < channels; ++ch) img[p * channels + ch] = a[ch] + T[q] * bg[ch];
+        tout[p] = T[q];
+        visited[p] = last[q];
       }
     });
   });
@@ -294,32 +265,22 @@ std::vector<torch::Tensor> rasterize_backward(torch::Tensor means2d, torch::Tens
                                                                        const BlockList<scalar_t>& block) {
       scalar_t* grads = buf + at::get_thread_num() * n * stride;
       const int64_t start = offsets[tile];
-      constexpr int kPixels = kBlockPixels;
-      int64_t pixel[kPixels];
-      // Pixels past the image's edge (a partial block) sit far outside every splat's box.
-      scalar_t px[kPixels], py[kPixels], T[kPixels], after[kPixels], tail[kPixels], power[kPixels];
-      std::fill(px, px + kPixels, scalar_t(-1e30));
-      std::fill(py, py + kPixels, scalar_t(-1e30));
-      uint8_t may_count[kPixels];
-      int32_t reached[kPixels];
-      int count = 0;
+      const BlockPixels<scalar_t> pixels(rows, cols, width);
+      scalar_t T[kBlockPixels], after[kBlockPixels], tail[kBlockPixels], power[kBlockPixels];
+      uint8_t may_count[kBlockPixels];
+      int32_t reached[kBlockPixels];
       int32_t most = 0;
-      for (int64_t i = rows.first; i < rows.second; ++i) {
-        for (int64_t j = cols.first; j < cols.second; ++j, ++count) {
-          const int64_t p = i * width + j;
-          const scalar_t* G = gimg + p * channels;
-          scalar_t g_bg = 0;
-          for (int64_t ch = 0; ch < channels; ++ch) g_bg += G[ch] * bg[ch];
-          pixel[count] = p;
-          px[count] = j + scalar_t(0.5);
-          py[count] = i + scalar_t(0.5);
-          // Loss terms that scale with the transmittance after a Gaussian: background and alpha.
-          tail[count] = tfin[p] * (g_bg - galpha[p]);
-          T[count] = tfin[p];  // transmittance after the current Gaussian
-          after[count] = 0;    // sum over later Gaussians of w_j (G . c_j)
-          reached[count] = visited[p];  // tile-list entries the forward pass walked
-          most = std::max(most, visited[p]);
-        }
+      for (int q = 0; q < pixels.count; ++q) {
+        const int64_t p = pixels.pixel[q];
+        const scalar_t* G = gimg + p * channels;
+        scalar_t g_bg = 0;
+        for (int64_t ch = 0; ch < channels; ++ch) g_bg += G[ch] * bg[ch];
+        // Loss terms that scale with the transmittance after a Gaussian: background and alpha.
+        tail[q] = tfin[p] * (g_bg - galpha[p]);
+        T[q] = tfin[p];           // transmittance after the current Gaussian
+        after[q] = 0;             // sum over later Gaussians of w_j (G . c_j)
+        reached[q] = visited[p];  // tile-list entries the forward pass walked
+        most = std::max(most, visited[p]);
       }
       thread_local std::vector<scalar_t> local;
       local.resize(stride);
@@ -331,20 +292,20 @@ std::vector<torch::Tensor> rasterize_backward(torch::Tensor means2d, torch::Tens
         const int64_t g = ids[start + position];
         const scalar_t* cg = col + g * channels;
         bool touched = false;
-        block_powers(s, px, py, power, may_count);
-        for (int q = 0; q < count; ++q) {
+        block_powers(s, pixels, power, may_count);
+        for (int q = 0; q < pixels.count; ++q) {
           scalar_t alpha, gauss;
           bool clamped;
           // beyond where this pixel's forward pass stopped, or the splat does not count here
           if (position >= reached[q] || !may_count[q] || !alpha_at_power(s, power[q], alpha, gauss, clamped)) continue;
-          const scalar_t dx = s.mx - px[q], dy = s.my - py[q];
+          const scalar_t dx = s.mx - pixels.px[q], dy = s.my - pixels.py[q];
           if (!touched) {
             std::fill(local.begin(), local.end(), scalar_t(0));
             touched = true;
           }
           T[q] = T[q] / (1 - alpha);  // transmittance before this Gaussian
           const scalar_t w = alpha * T[q];
-          const scalar_t* G = gimg + pixel[q] * channels;
+          const scalar_t* G = gimg + pixels.pixel[q] * channels;
           scalar_t g_dot_c = 0;
           for (int64_t ch = 0; ch < channels; ++ch) {
             g_dot_c += G[ch] * cg[ch];
@@ -390,22 +351,27 @@ std::vector<torch::Tensor> blend_weights(torch::Tensor means2d, torch::Tensor co
     const int64_t* ids = sorted_ids.data_ptr<int64_t>();
     // pass 0 counts each pixel's entries, pass 1 writes them where the counts' prefix sum says
     for (int pass = 0; pass < 2; ++pass) {
-      int64_t* rows = crow.data_ptr<int64_t>();
-      int64_t* cols = pass ? col.data_ptr<int64_t>() : nullptr;
+      int64_t* rows_out = crow.data_ptr<int64_t>();
+      int64_t* cols_out = pass ? col.data_ptr<int64_t>() : nullptr;
       scalar_t* ws = pass ? weight.data_ptr<scalar_t>() : nullptr;
-      for_each_pixel(splats, offsets, ids, width, height, tile_size, [&](int64_t tile, int64_t i, int64_t j,
+      for_each_block(splats, offsets, ids, width, height, tile_size, [&](int64_t tile, std::pair<int64_t, int64_t> rows,
+                                                                         std::pair<int64_t, int64_t> cols,
                                                                          const BlockList<scalar_t>& block) {
-        const int64_t p = i * width + j;
-        int64_t out = pass ? rows[p] : 0;
-        int32_t last;
-        blend_pixel(block, j + scalar_t(0.5), i + scalar_t(0.5), last, [&](int64_t k, scalar_t w) {
+        const BlockPixels<scalar_t> pixels(rows, cols, width);
+        int64_t out[kBlockPixels];  // each pixel's next entry (pass 1) or its count (pass 0)
+        for (int q = 0; q < pixels.count; ++q) out[q] = pass ? rows_out[pixels.pixel[q]] : 0;
+        scalar_t T[kBlockPixels];
+        int32_t last[kBlockPixels];
+        blend_block(block, pixels, T, last, [&](int q, int32_t k, scalar_t w) {
           if (pass) {
-            cols[out] = ids[offsets[tile] + k];
-            ws[out] = w;
+            cols_out[out[q]] = ids[offsets[tile] + k];
+            ws[out[q]] = w;
           }
-          ++out;
+          ++out[q];
         });
-        if (!pass) rows[p + 1] = out;
+        if (!pass) {
+          for (int q = 0; q < pixels.count; ++q) rows_out[pixels.pixel[q] + 1] = out[q];
+        }
       });
       if (!pass) {
         crow = crow.cumsum(0);
