@@ -4,12 +4,14 @@
 // order; a Gaussian counts only where the pixel centre lies inside its radius box, its power
 // sigma = 0.5 d^T conic d is non-negative and alpha = min(0.99, opacity * exp(-sigma)) >= 1/255;
 // blending stops before the Gaussian that would take the transmittance below 1e-4.
-// Tiles run in parallel (at::parallel_for); the backward pass accumulates per-Gaussian gradients
-// in one buffer per thread, summed at the end, so no atomics are needed.
+// Tiles run in parallel (at::parallel_for); within a tile, 4 x 4 blocks of pixels are blended as
+// SIMD lanes, one per pixel. The backward pass accumulates per-Gaussian gradients in one
+// buffer per thread, summed at the end, so no atomics are needed.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <utility>
 #include <vector>
 
@@ -19,24 +21,87 @@ constexpr double kAlphaMax = 0.99;
 constexpr double kAlphaMin = 1.0 / 255.0;
 constexpr double kTransmittanceMin = 1e-4;
 
+// A block of pixels is one machine vector of floats, a pixel per lane: 8 lanes with AVX (the
+// extension is built with -mavx2 where the CPU has it), 4 with SSE. Wider vector types than the
+// machine's compile to slow code (each operation spilled through memory), hence no fixed 16.
+#if defined(__AVX__)
+constexpr int kBlockPixels = 8;
+#else
+constexpr int kBlockPixels = 4;
+#endif
+// Blocks are 4 pixels wide and 2 (AVX) or 1 high. A tile's splat list is filtered per block: most
+// splats are a few pixels across, so a block sees a small part of a 16 x 16 tile's list, and its
+// pixels test only those; the filter costs one box test per (block, splat).
+constexpr int64_t kBlockWidth = 4;
+constexpr int64_t kBlockHeight = kBlockPixels / kBlockWidth;
+
+// One value per pixel of a block, as a GCC/Clang vector type: arithmetic, comparisons (lane masks
+// M of 0 or -1) and selects (mask ? a : b) act on all lanes at once and compile to the
+// machine's SIMD instructions (as many registers as it takes), with no branch per pixel.
+template <typename scalar_t>
+struct Lanes {
+  typedef scalar_t V __attribute__((vector_size(kBlockPixels * sizeof(scalar_t))));
+  typedef decltype(V() < V()) M;  // integers of the scalar's width
+};
+
+// Sum of a vector's lanes, halving it until one is left (in registers: a shuffle, not a trip
+// through memory, which stalls on loading part of a wide store).
+template <int n, typename T, typename Vec>
+inline T lane_sum_of(const Vec& v) {
+  if constexpr (n == 8) {
+    return lane_sum_of<4, T>(__builtin_shufflevector(v, v, 0, 1, 2, 3) + __builtin_shufflevector(v, v, 4, 5, 6, 7));
+  } else if constexpr (n == 4) {
+    return lane_sum_of<2, T>(__builtin_shufflevector(v, v, 0, 1) + __builtin_shufflevector(v, v, 2, 3));
+  } else {
+    static_assert(n == 2);
+    return v[0] + v[1];
+  }
+}
+template <typename scalar_t>
+inline scalar_t lane_sum(const typename Lanes<scalar_t>::V& v) { return lane_sum_of<kBlockPixels, scalar_t>(v); }
+// Whether any lane of a mask is on (lanes are 0 or -1, so their sum is 0 exactly when none is).
+template <typename M>
+inline bool any_lane(const M& m) {
+  return lane_sum_of<kBlockPixels, std::remove_cv_t<std::remove_reference_t<decltype(m[0])>>>(m) != 0;
+}
+template <typename scalar_t>
+inline typename Lanes<scalar_t>::V broadcast(scalar_t x) { return typename Lanes<scalar_t>::V{} + x; }
+
+// exp(-x) lane by lane for 0 <= x <= 80 (callers hold other lanes at 0), as arithmetic that
+// vectorises: x = n ln2 - r with n an integer, exp(-x) = 2^-n exp(r), exp(r) a degree-6
+// polynomial on |r| <= ln2 / 2 (Cephes' expf, within 2 ULP of the correctly rounded value), 2^-n
+// written into the exponent bits. The double kernels, which the tests hold to the float64
+// reference, keep std::exp.
+inline Lanes<float>::V exp_neg(Lanes<float>::V x) {
+  using V = Lanes<float>::V;
+  using M = Lanes<float>::M;
+  const V t = x * 1.44269504088896341f + 0.5f;
+  const M n = __builtin_convertvector(t, M);  // t >= 0.5, so truncation is floor
+  const V fn = __builtin_convertvector(n, V);
+  V r = fn * 0.693359375f - x;  // ln2 in two parts, the first exact in float
+  r = r - fn * 2.12194440e-4f;
+  V p = 1.9875691500e-4f * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const V e = p * r * r + r + 1.0f;
+  const M exponent = (127 - n) << 23;  // 2^-n, a normal float for n <= 116
+  V scale;
+  std::memcpy(&scale, &exponent, sizeof(V));
+  return e * scale;
+}
+inline Lanes<double>::V exp_neg(Lanes<double>::V x) {
+  for (int q = 0; q < kBlockPixels; ++q) x[q] = std::exp(-x[q]);
+  return x;
+}
+
 template <typename scalar_t>
 struct Splat {
   scalar_t mx, my, a, b, c, opacity;
   scalar_t sigma_cut;  // beyond this power alpha is surely below 1/255: no exp needed to know it
   scalar_t rx, ry;     // the integer radii, held as floats: no conversion in every pair's box test
 };
-
-// Alpha of a splat at power sigma (one that passed the box and power tests), with the unclamped
-// value's ingredients for the backward pass; false when alpha is below 1/255 (it does not count).
-template <typename scalar_t>
-inline bool alpha_at_power(const Splat<scalar_t>& s, scalar_t sigma, scalar_t& alpha, scalar_t& gauss,
-                           bool& clamped) {
-  gauss = std::exp(-sigma);
-  const scalar_t raw = s.opacity * gauss;
-  clamped = raw > scalar_t(kAlphaMax);
-  alpha = clamped ? scalar_t(kAlphaMax) : raw;
-  return alpha >= scalar_t(kAlphaMin);
-}
 
 template <typename scalar_t>
 std::vector<Splat<scalar_t>> gather_splats(const torch::Tensor& means2d, const torch::Tensor& conics,
@@ -64,17 +129,14 @@ struct BlockList {
   std::vector<int32_t> positions;
 };
 
-// Pixels per side of the blocks a tile's list is filtered for: most splats are a few pixels
-// across, so a 4 x 4 block sees about a fifth of a 16 x 16 tile's list, and each pixel tests only
-// those. Filtering costs one box test per (block, splat), a sixteenth of the per-pixel tests.
-constexpr int64_t kBlock = 4;
-
 // Every block of every tile, tiles in parallel: fn(tile, rows, cols, block) for the block's pixel
 // rows [rows.first, rows.second) and columns likewise, where `block` holds, in depth order, the
-// tile's splats whose radius box reaches the block. The filter drops only splats whose box misses
-// every pixel centre of the block (by more than a rounding margin), which the per-pixel box test
-// would skip anyway, so every pixel blends exactly the splats it would blend walking the whole
-// tile list.
+// tile's splats whose radius box reaches the block. Each splat of the tile's list is appended to
+// the lists of the blocks its box spans (computed from the box, not tested block by block, so
+// the cost follows the entries made). A block gets a splat unless the box misses every pixel
+// centre of the block's full 4-pixel-wide extent by more than a rounding margin, so it drops only
+// splats the per-pixel box test would skip anyway: every pixel blends exactly the splats it would
+// blend walking the whole tile list.
 template <typename scalar_t, typename Fn>
 void for_each_block(const std::vector<Splat<scalar_t>>& splats, const int64_t* offsets, const int64_t* ids,
                     int64_t width, int64_t height, int64_t tile_size, Fn&& fn) {
@@ -82,103 +144,126 @@ void for_each_block(const std::vector<Splat<scalar_t>>& splats, const int64_t* o
   const int64_t tiles_y = (height + tile_size - 1) / tile_size;
   const scalar_t margin = scalar_t(1e-3);
   at::parallel_for(0, tiles_x * tiles_y, 1, [&](int64_t begin, int64_t end) {
-    BlockList<scalar_t> block;
+    std::vector<BlockList<scalar_t>> blocks;
     for (int64_t tile = begin; tile < end; ++tile) {
       const int64_t ty = tile / tiles_x, tx = tile % tiles_x;
-      const int64_t y_end = std::min(height, (ty + 1) * tile_size), x_end = std::min(width, (tx + 1) * tile_size);
-      for (int64_t by = ty * tile_size; by < y_end; by += kBlock) {
-        for (int64_t bx = tx * tile_size; bx < x_end; bx += kBlock) {
-          const int64_t by_end = std::min(y_end, by + kBlock), bx_end = std::min(x_end, bx + kBlock);
-          // pixel centres of the block: x in [bx + 0.5, bx_end - 0.5], y likewise
-          const scalar_t x_lo = bx + scalar_t(0.5) - margin, x_hi = bx_end - scalar_t(0.5) + margin;
-          const scalar_t y_lo = by + scalar_t(0.5) - margin, y_hi = by_end - scalar_t(0.5) + margin;
-          block.splats.clear();
-          block.positions.clear();
-          for (int64_t k = offsets[tile]; k < offsets[tile + 1]; ++k) {
-            const Splat<scalar_t>& s = splats[ids[k]];
-            if (s.mx + s.rx < x_lo || s.mx - s.rx > x_hi || s.my + s.ry < y_lo || s.my - s.ry > y_hi) continue;
-            block.splats.push_back(s);
-            block.positions.push_back(static_cast<int32_t>(k - offsets[tile]));
+      const int64_t x0 = tx * tile_size, y0 = ty * tile_size;
+      const int64_t y_end = std::min(height, y0 + tile_size), x_end = std::min(width, x0 + tile_size);
+      const int64_t blocks_x = (x_end - x0 + kBlockWidth - 1) / kBlockWidth;
+      const int64_t blocks_y = (y_end - y0 + kBlockHeight - 1) / kBlockHeight;
+      blocks.resize(std::max<size_t>(blocks.size(), blocks_x * blocks_y));
+      for (int64_t i = 0; i < blocks_x * blocks_y; ++i) {
+        blocks[i].splats.clear();
+        blocks[i].positions.clear();
+      }
+      for (int64_t k = offsets[tile]; k < offsets[tile + 1]; ++k) {
+        const Splat<scalar_t>& s = splats[ids[k]];
+        // block column c holds pixel centres x0 + c w + 0.5 ... x0 + c w + w - 0.5 (w its width):
+        // it is reached when mx - rx <= its last centre + margin and mx + rx >= its first - margin
+        const scalar_t c0 = std::ceil((s.mx - s.rx - x0 - (kBlockWidth - scalar_t(0.5)) - margin) / kBlockWidth);
+        const scalar_t c1 = std::floor((s.mx + s.rx - x0 - scalar_t(0.5) + margin) / kBlockWidth);
+        const scalar_t r0 = std::ceil((s.my - s.ry - y0 - (kBlockHeight - scalar_t(0.5)) - margin) / kBlockHeight);
+        const scalar_t r1 = std::floor((s.my + s.ry - y0 - scalar_t(0.5) + margin) / kBlockHeight);
+        const scalar_t first_col = std::max(c0, scalar_t(0)), last_col = std::min(c1, scalar_t(blocks_x - 1));
+        const scalar_t first_row = std::max(r0, scalar_t(0)), last_row = std::min(r1, scalar_t(blocks_y - 1));
+        if (!(first_col <= last_col && first_row <= last_row)) continue;  // misses the tile (or NaN)
+        const int32_t position = static_cast<int32_t>(k - offsets[tile]);
+        for (int64_t r = static_cast<int64_t>(first_row); r <= static_cast<int64_t>(last_row); ++r) {
+          for (int64_t c = static_cast<int64_t>(first_col); c <= static_cast<int64_t>(last_col); ++c) {
+            blocks[r * blocks_x + c].splats.push_back(s);
+            blocks[r * blocks_x + c].positions.push_back(position);
           }
-          fn(tile, std::make_pair(by, by_end), std::make_pair(bx, bx_end), block);
+        }
+      }
+      for (int64_t r = 0; r < blocks_y; ++r) {
+        for (int64_t c = 0; c < blocks_x; ++c) {
+          const int64_t by = y0 + r * kBlockHeight, bx = x0 + c * kBlockWidth;
+          fn(tile, std::make_pair(by, std::min(y_end, by + kBlockHeight)),
+             std::make_pair(bx, std::min(x_end, bx + kBlockWidth)), blocks[r * blocks_x + c]);
         }
       }
     }
   });
 }
 
-constexpr int kBlockPixels = kBlock * kBlock;
-
-// The pixels of one block: flat index into the image and pixel centre, row by row. Entries past
-// `count` (a block cut by the image's edge) sit far outside every splat's box.
+// The pixels of one block: flat index into the image and, as lanes, the pixel centres, row by
+// row. Lanes past `count` (a block cut by the image's edge) sit far outside every splat's box and
+// are off in `inside`.
 template <typename scalar_t>
 struct BlockPixels {
+  using V = typename Lanes<scalar_t>::V;
+  using M = typename Lanes<scalar_t>::M;
   int count = 0;
   int64_t pixel[kBlockPixels];
-  scalar_t px[kBlockPixels], py[kBlockPixels];
+  V px = broadcast(scalar_t(-1e30)), py = broadcast(scalar_t(-1e30));
+  M inside = M{};
 
   BlockPixels(std::pair<int64_t, int64_t> rows, std::pair<int64_t, int64_t> cols, int64_t width) {
-    std::fill(px, px + kBlockPixels, scalar_t(-1e30));
-    std::fill(py, py + kBlockPixels, scalar_t(-1e30));
     for (int64_t i = rows.first; i < rows.second; ++i) {
       for (int64_t j = cols.first; j < cols.second; ++j, ++count) {
         pixel[count] = i * width + j;
         px[count] = j + scalar_t(0.5);
         py[count] = i + scalar_t(0.5);
+        inside[count] = -1;
       }
     }
   }
 };
 
-// A splat's box and power tests at every pixel of a block at once: a loop of fixed length without
-// branches, which the compiler vectorises. power[q] is sigma at pixel q, and may_count[q] whether
-// the pixel centre lies inside the splat's box and 0 <= sigma <= sigma_cut (a NaN passes neither);
-// alpha_at_power decides the rest.
+// A splat at every pixel of a block at once. counts: the pixel centre lies in the splat's box, its
+// power sigma = 0.5 d^T conic d satisfies 0 <= sigma <= sigma_cut (a NaN fails) and alpha =
+// min(0.99, opacity exp(-sigma)) >= 1/255. gauss = exp(-sigma) and clamped (alpha held at 0.99,
+// so no gradient reaches the splat through it) serve the backward pass; lanes that do not count
+// hold finite values.
 template <typename scalar_t>
-inline void block_powers(const Splat<scalar_t>& s, const BlockPixels<scalar_t>& pixels, scalar_t* power,
-                         uint8_t* may_count) {
-  for (int q = 0; q < kBlockPixels; ++q) {
-    const scalar_t dx = s.mx - pixels.px[q], dy = s.my - pixels.py[q];
-    const scalar_t sigma = scalar_t(0.5) * (s.a * dx * dx + s.c * dy * dy) + s.b * dx * dy;
-    power[q] = sigma;
-    may_count[q] = (std::abs(dx) <= s.rx) & (std::abs(dy) <= s.ry) & (sigma >= 0) & (sigma <= s.sigma_cut);
-  }
-}
+struct BlockAlphas {
+  using V = typename Lanes<scalar_t>::V;
+  using M = typename Lanes<scalar_t>::M;
+  V alpha, gauss;
+  M counts, clamped;
 
-// A block's splats blended into each of its pixels, front to back, splats outside and pixels
-// inside (a splat's data is read once per block): visit(q, k, w) for pixel q, k the splat's
-// position in the tile's list and w = alpha * T, T the pixel's transmittance before it; a pixel
-// stops before the splat that would take its T below 1e-4. On return T[q] is the pixel's final
-// transmittance and last[q] the number of tile-list entries up to its last blended splat (where
-// the backward pass starts).
+  BlockAlphas(const Splat<scalar_t>& s, const BlockPixels<scalar_t>& pixels) {
+    const V dx = s.mx - pixels.px, dy = s.my - pixels.py;
+    const V sigma = scalar_t(0.5) * (s.a * dx * dx + s.c * dy * dy) + s.b * dx * dy;
+    const V abs_dx = dx < 0 ? -dx : dx, abs_dy = dy < 0 ? -dy : dy;
+    const M may_count = (abs_dx <= s.rx) & (abs_dy <= s.ry) & (sigma >= 0) & (sigma <= s.sigma_cut);
+    gauss = exp_neg(may_count ? sigma : V{});
+    const V raw = s.opacity * gauss;
+    clamped = raw > scalar_t(kAlphaMax);
+    alpha = clamped ? broadcast(scalar_t(kAlphaMax)) : raw;
+    counts = may_count & (alpha >= scalar_t(kAlphaMin));
+  }
+};
+
+// A block's splats blended into each of its pixels, front to back, splats outside and the
+// pixels as lanes inside (a splat's data is read once per block): for each splat blended into one
+// pixel or more, visit(b, w, blended) with b its index in the block's list, blended its pixels and
+// w = alpha * T there (T the pixel's transmittance before it), 0 elsewhere. A pixel stops before
+// the splat that would take its T below 1e-4. On return T is each pixel's final transmittance and
+// last the number of tile-list entries up to its last blended splat (where the backward pass
+// starts).
 template <typename scalar_t, typename Visit>
-inline void blend_block(const BlockList<scalar_t>& block, const BlockPixels<scalar_t>& pixels, scalar_t* T,
-                        int32_t* last, Visit&& visit) {
-  scalar_t power[kBlockPixels];
-  uint8_t may_count[kBlockPixels];
-  bool done[kBlockPixels];
-  std::fill(T, T + pixels.count, scalar_t(1));
-  std::fill(last, last + pixels.count, 0);
-  std::fill(done, done + kBlockPixels, false);
-  int open = pixels.count;
+inline void blend_block(const BlockList<scalar_t>& block, const BlockPixels<scalar_t>& pixels,
+                        typename Lanes<scalar_t>::V& T, typename Lanes<scalar_t>::M& last, Visit&& visit) {
+  using V = typename Lanes<scalar_t>::V;
+  using M = typename Lanes<scalar_t>::M;
+  T = broadcast(scalar_t(1));
+  last = M{};
+  M open = pixels.inside;
   const int64_t splat_count = static_cast<int64_t>(block.splats.size());
-  for (int64_t b = 0; b < splat_count && open > 0; ++b) {
-    const auto& s = block.splats[b];
-    block_powers(s, pixels, power, may_count);
-    for (int q = 0; q < pixels.count; ++q) {
-      scalar_t alpha, gauss;
-      bool clamped;
-      if (done[q] || !may_count[q] || !alpha_at_power(s, power[q], alpha, gauss, clamped)) continue;
-      const scalar_t next_t = T[q] * (1 - alpha);
-      if (next_t < scalar_t(kTransmittanceMin)) {  // this pixel stops before this splat
-        done[q] = true;
-        --open;
-        continue;
-      }
-      visit(q, block.positions[b], alpha * T[q]);
-      T[q] = next_t;
-      last[q] = block.positions[b] + 1;
-    }
+  for (int64_t b = 0; b < splat_count; ++b) {
+    const BlockAlphas<scalar_t> here(block.splats[b], pixels);
+    const M reaches = here.counts & open;
+    if (!any_lane(reaches)) continue;
+    const V next_t = T * (1 - here.alpha);
+    const M stop = reaches & (next_t < scalar_t(kTransmittanceMin));  // stops before this splat
+    const M blended = reaches & ~stop;
+    const V w = blended ? here.alpha * T : V{};
+    T = blended ? next_t : T;
+    last = blended ? M{} + (block.positions[b] + 1) : last;
+    if (any_lane(blended)) visit(b, w, blended);
+    open &= ~stop;
+    if (!any_lane(open)) break;
   }
 }
 
@@ -196,6 +281,8 @@ std::vector<torch::Tensor> rasterize_forward(torch::Tensor means2d, torch::Tenso
   auto n_visited = torch::zeros({height, width}, radii.options());
 
   AT_DISPATCH_FLOATING_TYPES(colors.scalar_type(), "rasterize_forward", [&] {
+    using V = typename Lanes<scalar_t>::V;
+    using M = typename Lanes<scalar_t>::M;
     const auto splats = gather_splats<scalar_t>(means2d, conics, opacities, radii);
     const scalar_t* col = colors.data_ptr<scalar_t>();
     const scalar_t* bg = background.data_ptr<scalar_t>();
@@ -209,22 +296,21 @@ std::vector<torch::Tensor> rasterize_forward(torch::Tensor means2d, torch::Tenso
                                                                        std::pair<int64_t, int64_t> cols,
                                                                        const BlockList<scalar_t>& block) {
       const BlockPixels<scalar_t> pixels(rows, cols, width);
-      scalar_t T[kBlockPixels];
-      int32_t last[kBlockPixels];
-      thread_local std::vector<scalar_t> acc;
-      acc.assign(kBlockPixels * channels, scalar_t(0));
+      V T;
+      M last;
+      thread_local std::vector<V> acc;  // acc[ch]: channel ch of the block's pixels
+      acc.assign(channels, V{});
       const int64_t* tile_ids = ids + offsets[tile];
-      blend_block(block, pixels, T, last, [&](int q, int32_t k, scalar_t w) {
-        const scalar_t* cg = col + tile_ids[k] * channels;
-        scalar_t* a = acc.data() + q * channels;
-        for (int64_t ch = 0; ch < channels; ++ch) a[ch] += w * cg[ch];
+      blend_block(block, pixels, T, last, [&](int64_t b, const V& w, const M&) {
+        const scalar_t* cg = col + tile_ids[block.positions[b]] * channels;
+        V* __restrict a = acc.data();
+        for (int64_t ch = 0; ch < channels; ++ch) a[ch] = a[ch] + w * cg[ch];
       });
       for (int q = 0; q < pixels.count; ++q) {
         const int64_t p = pixels.pixel[q];
-        const scalar_t* a = acc.data() + q * channels;
-        for (int64_t ch = 0; ch < channels; ++ch) img[p * channels + ch] = a[ch] + T[q] * bg[ch];
+        for (int64_t ch = 0; ch < channels; ++ch) img[p * channels + ch] = acc[ch][q] + T[q] * bg[ch];
         tout[p] = T[q];
-        visited[p] = last[q];
+        visited[p] = static_cast<int32_t>(last[q]);
       }
     });
   });
@@ -246,6 +332,8 @@ std::vector<torch::Tensor> rasterize_backward(torch::Tensor means2d, torch::Tens
   auto buffers = torch::zeros({n_threads, n, stride}, colors.options());
 
   AT_DISPATCH_FLOATING_TYPES(colors.scalar_type(), "rasterize_backward", [&] {
+    using V = typename Lanes<scalar_t>::V;
+    using M = typename Lanes<scalar_t>::M;
     const auto splats = gather_splats<scalar_t>(means2d, conics, opacities, radii);
     const scalar_t* col = colors.data_ptr<scalar_t>();
     const scalar_t* bg = background.data_ptr<scalar_t>();
@@ -257,75 +345,73 @@ std::vector<torch::Tensor> rasterize_backward(torch::Tensor means2d, torch::Tens
     const scalar_t* galpha = grad_alpha.data_ptr<scalar_t>();
     scalar_t* buf = buffers.data_ptr<scalar_t>();
 
-    // Splats outside, the block's pixels inside: each pixel walks its splats back to front exactly
-    // as alone (same arithmetic, same order), and a splat's gradient from the whole block is summed
-    // locally, then added to the thread's buffer once, not once per pixel.
+    // Splats outside, back to front, the block's pixels as lanes inside, each lane with the
+    // arithmetic its pixel would have alone (lanes where a splat is not blended compute too and
+    // are masked out); a splat's gradient from the whole block is summed over the lanes, then
+    // added to the thread's buffer once, not once per pixel.
     for_each_block(splats, offsets, ids, width, height, tile_size, [&](int64_t tile, std::pair<int64_t, int64_t> rows,
                                                                        std::pair<int64_t, int64_t> cols,
                                                                        const BlockList<scalar_t>& block) {
       scalar_t* grads = buf + at::get_thread_num() * n * stride;
       const int64_t start = offsets[tile];
       const BlockPixels<scalar_t> pixels(rows, cols, width);
-      scalar_t T[kBlockPixels], after[kBlockPixels], tail[kBlockPixels], power[kBlockPixels];
-      uint8_t may_count[kBlockPixels];
-      int32_t reached[kBlockPixels];
+      V T = broadcast(scalar_t(1));  // transmittance after the current Gaussian
+      V after = V{};                 // sum over later Gaussians of w_j (G . c_j)
+      V tail = V{};                  // loss terms that scale with the final transmittance: background, alpha
+      M reached = M{};               // tile-list entries the forward pass walked
+      thread_local std::vector<V> grad_by_channel;  // [ch]: the image gradient of channel ch, 0 off the image
+      grad_by_channel.assign(channels, V{});
       int32_t most = 0;
       for (int q = 0; q < pixels.count; ++q) {
         const int64_t p = pixels.pixel[q];
         const scalar_t* G = gimg + p * channels;
         scalar_t g_bg = 0;
-        for (int64_t ch = 0; ch < channels; ++ch) g_bg += G[ch] * bg[ch];
-        // Loss terms that scale with the transmittance after a Gaussian: background and alpha.
+        for (int64_t ch = 0; ch < channels; ++ch) {
+          g_bg += G[ch] * bg[ch];
+          grad_by_channel[ch][q] = G[ch];
+        }
         tail[q] = tfin[p] * (g_bg - galpha[p]);
-        T[q] = tfin[p];           // transmittance after the current Gaussian
-        after[q] = 0;             // sum over later Gaussians of w_j (G . c_j)
-        reached[q] = visited[p];  // tile-list entries the forward pass walked
+        T[q] = tfin[p];
+        reached[q] = visited[p];
         most = std::max(most, visited[p]);
       }
-      thread_local std::vector<scalar_t> local;
-      local.resize(stride);
       const auto& positions = block.positions;
       const int64_t first = std::lower_bound(positions.begin(), positions.end(), most) - positions.begin();
       for (int64_t b = first - 1; b >= 0; --b) {
         const auto& s = block.splats[b];
         const int32_t position = positions[b];
+        const BlockAlphas<scalar_t> here(s, pixels);
+        const M blended = here.counts & (position < reached);  // ... and the pixel's forward pass reached it
+        if (!any_lane(blended)) continue;
+        const V one_minus = 1 - here.alpha;
+        T = blended ? T / one_minus : T;  // transmittance before this Gaussian
+        const V w = blended ? here.alpha * T : V{};
         const int64_t g = ids[start + position];
         const scalar_t* cg = col + g * channels;
-        bool touched = false;
-        block_powers(s, pixels, power, may_count);
+        scalar_t* gg = grads + g * stride;
+        V g_dot_c = V{};
+        for (int64_t ch = 0; ch < channels; ++ch) g_dot_c += grad_by_channel[ch] * cg[ch];
+        // colour gradient: the image gradients of the blended pixels weighted by w, pixel by pixel
+        // (a sum along the channels, which vectorise; no sum across lanes per channel)
         for (int q = 0; q < pixels.count; ++q) {
-          scalar_t alpha, gauss;
-          bool clamped;
-          // beyond where this pixel's forward pass stopped, or the splat does not count here
-          if (position >= reached[q] || !may_count[q] || !alpha_at_power(s, power[q], alpha, gauss, clamped)) continue;
-          const scalar_t dx = s.mx - pixels.px[q], dy = s.my - pixels.py[q];
-          if (!touched) {
-            std::fill(local.begin(), local.end(), scalar_t(0));
-            touched = true;
-          }
-          T[q] = T[q] / (1 - alpha);  // transmittance before this Gaussian
-          const scalar_t w = alpha * T[q];
+          if (!blended[q]) continue;
+          const scalar_t wq = w[q];
           const scalar_t* G = gimg + pixels.pixel[q] * channels;
-          scalar_t g_dot_c = 0;
-          for (int64_t ch = 0; ch < channels; ++ch) {
-            g_dot_c += G[ch] * cg[ch];
-            local[6 + ch] += w * G[ch];
-          }
-          const scalar_t d_alpha = T[q] * g_dot_c - (after[q] + tail[q]) / (1 - alpha);
-          after[q] += w * g_dot_c;
-          if (clamped) continue;  // alpha = 0.99 does not depend on the Gaussian's parameters
-          const scalar_t d_sigma = -alpha * d_alpha;  // d alpha / d sigma = -alpha
-          local[0] += d_sigma * (s.a * dx + s.b * dy);
-          local[1] += d_sigma * (s.c * dy + s.b * dx);
-          local[2] += d_sigma * scalar_t(0.5) * dx * dx;
-          local[3] += d_sigma * dx * dy;
-          local[4] += d_sigma * scalar_t(0.5) * dy * dy;
-          local[5] += d_alpha * gauss;
+          for (int64_t ch = 0; ch < channels; ++ch) gg[6 + ch] += wq * G[ch];
         }
-        if (touched) {
-          scalar_t* gg = grads + g * stride;
-          for (int64_t t = 0; t < stride; ++t) gg[t] += local[t];
-        }
+        const V d_alpha = T * g_dot_c - (after + tail) / one_minus;
+        after += w * g_dot_c;  // w = 0 where not blended
+        // alpha = 0.99 (clamped) does not depend on the Gaussian's parameters
+        const M moves = blended & ~here.clamped;
+        const V d_sigma = moves ? -here.alpha * d_alpha : V{};  // d alpha / d sigma = -alpha
+        // offsets 0 where the splat does not move: a padding lane's overflow to inf times 0 is NaN
+        const V dx = moves ? s.mx - pixels.px : V{}, dy = moves ? s.my - pixels.py : V{};
+        gg[0] += lane_sum<scalar_t>(d_sigma * (s.a * dx + s.b * dy));
+        gg[1] += lane_sum<scalar_t>(d_sigma * (s.c * dy + s.b * dx));
+        gg[2] += lane_sum<scalar_t>(d_sigma * scalar_t(0.5) * dx * dx);
+        gg[3] += lane_sum<scalar_t>(d_sigma * dx * dy);
+        gg[4] += lane_sum<scalar_t>(d_sigma * scalar_t(0.5) * dy * dy);
+        gg[5] += lane_sum<scalar_t>(moves ? d_alpha * here.gauss : V{});
       }
     });
   });
@@ -346,6 +432,8 @@ std::vector<torch::Tensor> blend_weights(torch::Tensor means2d, torch::Tensor co
   torch::Tensor col, weight;
 
   AT_DISPATCH_FLOATING_TYPES(means2d.scalar_type(), "blend_weights", [&] {
+    using V = typename Lanes<scalar_t>::V;
+    using M = typename Lanes<scalar_t>::M;
     const auto splats = gather_splats<scalar_t>(means2d, conics, opacities, radii);
     const int64_t* offsets = tile_offsets.data_ptr<int64_t>();
     const int64_t* ids = sorted_ids.data_ptr<int64_t>();
@@ -360,14 +448,17 @@ std::vector<torch::Tensor> blend_weights(torch::Tensor means2d, torch::Tensor co
         const BlockPixels<scalar_t> pixels(rows, cols, width);
         int64_t out[kBlockPixels];  // each pixel's next entry (pass 1) or its count (pass 0)
         for (int q = 0; q < pixels.count; ++q) out[q] = pass ? rows_out[pixels.pixel[q]] : 0;
-        scalar_t T[kBlockPixels];
-        int32_t last[kBlockPixels];
-        blend_block(block, pixels, T, last, [&](int q, int32_t k, scalar_t w) {
-          if (pass) {
-            cols_out[out[q]] = ids[offsets[tile] + k];
-            ws[out[q]] = w;
+        V T;
+        M last;
+        blend_block(block, pixels, T, last, [&](int64_t b, const V& w, const M& blended) {
+          for (int q = 0; q < pixels.count; ++q) {
+            if (!blended[q]) continue;
+            if (pass) {
+              cols_out[out[q]] = ids[offsets[tile] + block.positions[b]];
+              ws[out[q]] = w[q];
+            }
+            ++out[q];
           }
-          ++out[q];
         });
         if (!pass) {
           for (int q = 0; q < pixels.count; ++q) rows_out[pixels.pixel[q] + 1] = out[q];
