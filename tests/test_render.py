@@ -187,6 +187,42 @@ def test_projection_matches_gsplat_pure_torch_helpers():
     assert torch.equal(ours.radii[valid], radii[0][valid])
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_cpu_projection_kernel_equals_the_torch_projection_values_and_gradients(dtype):
+    from cgc_core.render.projection import project_gaussians_torch
+
+    params = _random_scene(400, 6, dtype=dtype)
+    with torch.no_grad():
+        params["quats"][5] *= 40.0  # far from unit norm: the normalisation's gradient matters
+        params["means"][60:80, 0] *= 8.0  # beyond the Jacobian's clamped view angle, both sides
+        params["means"][80:90, 2] *= 8.0
+    camera = _camera(64, 48)
+    viewmat = torch.as_tensor(camera.world_to_camera, dtype=dtype)
+    K = torch.as_tensor(camera.K, dtype=dtype)
+    names = ("means", "quats", "scales")
+    outs, grads = [], []
+    for project in (project_gaussians_torch, project_gaussians):
+        for t in params.values():
+            t.grad = None
+        out = project(*(params[k] for k in names), viewmat, K, 64, 48, opacities=params["opacities"])
+        # distinct weights per output entry, so that no term of the chain rule can cancel
+        g = torch.Generator().manual_seed(1)
+        loss = sum((getattr(out, k) * torch.randn(getattr(out, k).shape, generator=g, dtype=dtype)).sum()
+                   for k in ("means2d", "conics", "depths"))
+        loss.backward()
+        outs.append(out)
+        grads.append({k: params[k].grad.clone() for k in names})
+    tol = {"rtol": 1e-9, "atol": 1e-9} if dtype == torch.float64 else {"rtol": 2e-4, "atol": 1e-4}
+    visible = (outs[0].radii > 0).all(-1)
+    assert torch.equal(outs[0].radii, outs[1].radii) and 100 < visible.sum() < 400
+    for name in ("means2d", "conics", "depths"):
+        torch.testing.assert_close(getattr(outs[1], name), getattr(outs[0], name), **tol)
+    for name in names:
+        scale = grads[0][name].abs().max()
+        assert scale > 0
+        torch.testing.assert_close(grads[1][name] / scale, grads[0][name] / scale, **tol)
+
+
 def test_opacity_aware_radii_cull_pairs_but_leave_the_image_unchanged():
     from cgc_core.render.reference import rasterize_reference
 

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from ..scene.model import Camera
-from .projection import project_gaussians, sh_to_rgb
+from .projection import project_gaussians, project_gaussians_torch, sh_to_rgb
 
 Backend = Literal["auto", "torch", "gsplat", "reference"]
 BACKENDS = ("torch", "gsplat", "reference")
@@ -116,9 +116,11 @@ def camera_tensors(camera: Camera, device: torch.device, dtype: torch.dtype) -> 
             torch.as_tensor(camera.K, dtype=dtype, device=device))
 
 
-def _project(gaussians: Gaussians, camera: Camera, viewmat: Tensor, K: Tensor):
-    return project_gaussians(gaussians.means, gaussians.quats, gaussians.scales, viewmat, K, camera.width,
-                             camera.height, opacities=gaussians.opacities)
+def _project(gaussians: Gaussians, camera: Camera, viewmat: Tensor, K: Tensor, backend: str = "torch"):
+    # the dense reference is pure torch all the way, projection included: it is the oracle
+    project = project_gaussians_torch if backend == "reference" else project_gaussians
+    return project(gaussians.means, gaussians.quats, gaussians.scales, viewmat, K, camera.width, camera.height,
+                   opacities=gaussians.opacities)
 
 
 def render(gaussians: Gaussians, camera: Camera, *, features: Tensor | None = None, sh_degree: int | None = None,
@@ -152,7 +154,7 @@ def render(gaussians: Gaussians, camera: Camera, *, features: Tensor | None = No
 
         return render_gsplat(gaussians, features, viewmat, K, width, height, degree, bg)
 
-    projected = _project(gaussians, camera, viewmat, K)
+    projected = _project(gaussians, camera, viewmat, K, backend)
     cam_center = torch.linalg.inv(viewmat)[:3, 3]
     rgb = sh_to_rgb(gaussians.sh, means - cam_center, degree)
     channels = [rgb] + ([features.to(dtype)] if features is not None else []) + [projected.depths[:, None]]

@@ -77,7 +77,73 @@ def project_gaussians(means: Tensor, quats: Tensor, scales: Tensor, viewmat: Ten
 
     Returns:
         `Projected` splats; gradients flow to means, quats and scales.
+
+    On the CPU this runs the C++ kernel (`csrc/projection.cpp`, forward and backward written out
+    per Gaussian); elsewhere, or when the camera itself needs a gradient, `project_gaussians_torch`,
+    the pure-torch version the tests hold the kernel to.
     """
+    camera_grad = viewmat.requires_grad or K.requires_grad
+    if means.device.type != "cpu" or camera_grad:
+        return project_gaussians_torch(means, quats, scales, viewmat, K, width, height, radius_sigma, opacities)
+    means2d, conics, depths, cov_diag, det = _ProjectCPU.apply(
+        means.contiguous(), quats.contiguous(), scales.contiguous(), viewmat.detach().contiguous(),
+        K.detach().contiguous(), width, height)
+    radii = _radii(means2d.detach(), cov_diag, det, depths.detach(), width, height, radius_sigma, opacities)
+    return Projected(means2d, conics, depths, radii)
+
+
+class _ProjectCPU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, means, quats, scales, viewmat, K, width, height):
+        from .torch_backend import extension
+
+        means2d, conics, depths, extra = extension().project_forward(means, quats, scales, viewmat, K, width, height,
+                                                                    EPS_2D)
+        ctx.save_for_backward(means, quats, scales, viewmat, K)
+        ctx.size = (width, height)
+        ctx.mark_non_differentiable(extra)
+        return means2d, conics, depths, extra[:, :2], extra[:, 2]
+
+    @staticmethod
+    def backward(ctx, grad_means2d, grad_conics, grad_depths, _grad_diag, _grad_det):
+        from .torch_backend import extension
+
+        means, quats, scales, viewmat, K = ctx.saved_tensors
+        zeros = torch.zeros
+        grads = [g.contiguous() if g is not None else zeros(shape, dtype=means.dtype)
+                 for g, shape in ((grad_means2d, (len(means), 2)), (grad_conics, (len(means), 3)),
+                                  (grad_depths, (len(means),)))]
+        g_means, g_quats, g_scales = extension().project_backward(means, quats, scales, viewmat, K, *ctx.size,
+                                                                  EPS_2D, *grads)
+        return g_means, g_quats, g_scales, None, None, None, None
+
+
+def _radii(means2d: Tensor, cov_diag: Tensor, det: Tensor, depths: Tensor, width: int, height: int,
+           radius_sigma: float, opacities: Tensor | None) -> Tensor:
+    """[N, 2] int32 radius per axis in pixels (0 = culled) from the 2D covariance's diagonal."""
+    with torch.no_grad():
+        extent = torch.full_like(depths, radius_sigma)
+        valid = (det > 0) & (depths > NEAR_PLANE)
+        if opacities is not None:
+            # alpha = o·exp(-½ dᵀΣ⁻¹d) >= 1/255  <=>  dᵀΣ⁻¹d <= 2 ln(255 o): an ellipse whose
+            # bounding box has half-sides sqrt(2 ln(255 o))·σ_axis.
+            log_reach = torch.log(255.0 * opacities.detach().to(depths.dtype).clamp_min(1e-30))
+            extent = torch.sqrt(2.0 * log_reach.clamp_min(0.0)).clamp_max(radius_sigma)
+            valid = valid & (log_reach >= 0)
+        radius = torch.ceil(extent[:, None] * torch.sqrt(cov_diag))
+        inside = (
+            (means2d[:, 0] + radius[:, 0] > 0) & (means2d[:, 0] - radius[:, 0] < width)
+            & (means2d[:, 1] + radius[:, 1] > 0) & (means2d[:, 1] - radius[:, 1] < height)
+        )
+        radius[~(valid & inside)] = 0
+    return radius.to(torch.int32)
+
+
+def project_gaussians_torch(means: Tensor, quats: Tensor, scales: Tensor, viewmat: Tensor, K: Tensor,
+                            width: int, height: int, radius_sigma: float = RADIUS_SIGMA,
+                            opacities: Tensor | None = None) -> Projected:
+    """`project_gaussians` in plain torch ops, differentiable by autograd (also in the camera):
+    the oracle of the CPU kernel, and the projection of the dense reference backend."""
     rotation, translation = viewmat[:3, :3], viewmat[:3, 3]
     means_c = means @ rotation.T + translation
     cov_c = rotation @ covariance_3d(quats, scales) @ rotation.T
@@ -97,22 +163,9 @@ def project_gaussians(means: Tensor, quats: Tensor, scales: Tensor, viewmat: Ten
     det = (c00 * c11 - c01 * c10).clamp(min=1e-10)
     conics = torch.stack([c11 / det, -(c01 + c10) / 2 / det, c00 / det], -1)
     means2d = torch.stack([fx * tx / tz + cx, fy * ty / tz + cy], -1)
-    with torch.no_grad():
-        extent = torch.full_like(tz, radius_sigma)
-        valid = (det > 0) & (tz > NEAR_PLANE)
-        if opacities is not None:
-            # alpha = o·exp(-½ dᵀΣ⁻¹d) >= 1/255  <=>  dᵀΣ⁻¹d <= 2 ln(255 o): an ellipse whose
-            # bounding box has half-sides sqrt(2 ln(255 o))·σ_axis.
-            log_reach = torch.log(255.0 * opacities.detach().to(tz.dtype).clamp_min(1e-30))
-            extent = torch.sqrt(2.0 * log_reach.clamp_min(0.0)).clamp_max(radius_sigma)
-            valid = valid & (log_reach >= 0)
-        radius = torch.ceil(extent[:, None] * torch.sqrt(torch.stack([c00, c11], -1)))
-        inside = (
-            (means2d[:, 0] + radius[:, 0] > 0) & (means2d[:, 0] - radius[:, 0] < width)
-            & (means2d[:, 1] + radius[:, 1] > 0) & (means2d[:, 1] - radius[:, 1] < height)
-        )
-        radius[~(valid & inside)] = 0
-    return Projected(means2d, conics, tz, radius.to(torch.int32))
+    radii = _radii(means2d.detach(), torch.stack([c00, c11], -1).detach(), det.detach(), tz.detach(), width, height,
+                   radius_sigma, opacities)
+    return Projected(means2d, conics, tz, radii)
 
 
 # Real spherical-harmonics constants (as in 3DGS and gsplat).

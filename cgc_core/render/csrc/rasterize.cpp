@@ -478,10 +478,20 @@ std::vector<torch::Tensor> blend_weights(torch::Tensor means2d, torch::Tensor co
 // neighbours.cpp
 std::vector<torch::Tensor> near_far(torch::Tensor queries, torch::Tensor points, torch::Tensor self_index,
                                     int64_t k, int64_t l, bool near_includes_self);
+// projection.cpp
+std::vector<torch::Tensor> project_forward(torch::Tensor means, torch::Tensor quats, torch::Tensor scales,
+                                           torch::Tensor viewmat, torch::Tensor K, int64_t width, int64_t height,
+                                           double eps2d);
+std::vector<torch::Tensor> project_backward(torch::Tensor means, torch::Tensor quats, torch::Tensor scales,
+                                            torch::Tensor viewmat, torch::Tensor K, int64_t width, int64_t height,
+                                            double eps2d, torch::Tensor grad_means2d, torch::Tensor grad_conics,
+                                            torch::Tensor grad_depths);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &rasterize_forward, "tile rasterization forward (CPU)");
   m.def("backward", &rasterize_backward, "tile rasterization backward (CPU)");
   m.def("blend_weights", &blend_weights, "per-pixel blending weights as CSR (CPU)");
   m.def("near_far", &near_far, "k nearest and l farthest points of each query (CPU)");
+  m.def("project_forward", &project_forward, "projection of 3D Gaussians to 2D splats (CPU)");
+  m.def("project_backward", &project_backward, "gradients of the projection (CPU)");
 }
