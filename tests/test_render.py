@@ -223,6 +223,24 @@ def test_cpu_projection_kernel_equals_the_torch_projection_values_and_gradients(
         torch.testing.assert_close(grads[1][name] / scale, grads[0][name] / scale, **tol)
 
 
+@pytest.mark.parametrize("size", [(64, 48), (45, 37)])
+def test_tile_binning_kernel_equals_the_torch_binning(size):
+    from cgc_core.render.torch_backend import bin_tiles, bin_tiles_torch
+
+    params = _random_scene(500, 7, dtype=torch.float32)
+    with torch.no_grad():
+        params["means"][100:110] = params["means"][90]  # equal depths: ties keep index order
+        camera = _camera(*size)
+        viewmat = torch.as_tensor(camera.world_to_camera, dtype=torch.float32)
+        K = torch.as_tensor(camera.K, dtype=torch.float32)
+        p = project_gaussians(params["means"], params["quats"], params["scales"], viewmat, K, *size)
+        for tile_size in (16, 8):
+            fast = bin_tiles(p.means2d, p.radii, p.depths, *size, tile_size)
+            slow = bin_tiles_torch(p.means2d, p.radii, p.depths, *size, tile_size)
+            assert torch.equal(fast[0], slow[0]) and torch.equal(fast[1], slow[1])
+            assert len(fast[1]) > 2 * (p.radii > 0).all(-1).sum()  # many splats span several tiles
+
+
 def test_opacity_aware_radii_cull_pairs_but_leave_the_image_unchanged():
     from cgc_core.render.reference import rasterize_reference
 

@@ -50,7 +50,19 @@ def bin_tiles(means2d: Tensor, radii: Tensor, depths: Tensor, width: int, height
 
     Returns:
         tile_offsets [n_tiles + 1] int64 (CSR offsets) and sorted_ids [n_pairs] int64.
+
+    A counting sort by tile in the C++ extension; `bin_tiles_torch` is the same in torch ops (the
+    tests' oracle).
     """
+    order = depth_order(depths, radii)
+    return tuple(extension().bin_tiles(means2d.detach().contiguous(), radii.to(torch.int32).contiguous(), order,
+                                       width, height, tile_size))
+
+
+@torch.no_grad()
+def bin_tiles_torch(means2d: Tensor, radii: Tensor, depths: Tensor, width: int, height: int,
+                    tile_size: int = TILE_SIZE) -> tuple[Tensor, Tensor]:
+    """`bin_tiles` in torch ops: every (splat, tile) pair, then a stable sort by tile."""
     tiles_x, tiles_y = -(-width // tile_size), -(-height // tile_size)
     order = depth_order(depths, radii)
     m, r = means2d[order].detach(), radii[order].to(means2d.dtype)

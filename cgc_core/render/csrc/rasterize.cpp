@@ -329,7 +329,15 @@ std::vector<torch::Tensor> rasterize_backward(torch::Tensor means2d, torch::Tens
   const int64_t channels = colors.size(1);
   const int64_t stride = 6 + channels;  // mx, my, a, b, c, opacity, colors...
   const int64_t n_threads = at::get_num_threads();
-  auto buffers = torch::zeros({n_threads, n, stride}, colors.options());
+  // One gradient row per Gaussian and thread, zeroed when the thread first touches it (most
+  // rows of a large model are never touched by one of the threads, and zeroing and summing them
+  // all cost as much as a tenth of the backward pass).
+  auto buffers = torch::empty({n_threads, n, stride}, colors.options());
+  std::vector<uint8_t> touched(n_threads * n, 0);
+  auto grad_means2d = torch::empty({n, 2}, colors.options());
+  auto grad_conics = torch::empty({n, 3}, colors.options());
+  auto grad_opacities = torch::empty({n}, colors.options());
+  auto grad_colors = torch::empty({n, channels}, colors.options());
 
   AT_DISPATCH_FLOATING_TYPES(colors.scalar_type(), "rasterize_backward", [&] {
     using V = typename Lanes<scalar_t>::V;
@@ -353,6 +361,7 @@ std::vector<torch::Tensor> rasterize_backward(torch::Tensor means2d, torch::Tens
                                                                        std::pair<int64_t, int64_t> cols,
                                                                        const BlockList<scalar_t>& block) {
       scalar_t* grads = buf + at::get_thread_num() * n * stride;
+      uint8_t* mine = touched.data() + at::get_thread_num() * n;
       const int64_t start = offsets[tile];
       const BlockPixels<scalar_t> pixels(rows, cols, width);
       V T = broadcast(scalar_t(1));  // transmittance after the current Gaussian
@@ -389,6 +398,10 @@ std::vector<torch::Tensor> rasterize_backward(torch::Tensor means2d, torch::Tens
         const int64_t g = ids[start + position];
         const scalar_t* cg = col + g * channels;
         scalar_t* gg = grads + g * stride;
+        if (!mine[g]) {
+          std::fill(gg, gg + stride, scalar_t(0));
+          mine[g] = 1;
+        }
         V g_dot_c = V{};
         for (int64_t ch = 0; ch < channels; ++ch) g_dot_c += grad_by_channel[ch] * cg[ch];
         // colour gradient: the image gradients of the blended pixels weighted by w, pixel by pixel
@@ -414,10 +427,27 @@ std::vector<torch::Tensor> rasterize_backward(torch::Tensor means2d, torch::Tens
         gg[5] += lane_sum<scalar_t>(moves ? d_alpha * here.gauss : V{});
       }
     });
+    // the threads' rows summed, straight into the four gradients
+    scalar_t* out_m = grad_means2d.data_ptr<scalar_t>();
+    scalar_t* out_q = grad_conics.data_ptr<scalar_t>();
+    scalar_t* out_o = grad_opacities.data_ptr<scalar_t>();
+    scalar_t* out_c = grad_colors.data_ptr<scalar_t>();
+    at::parallel_for(0, n, 1024, [&](int64_t begin, int64_t end) {
+      for (int64_t g = begin; g < end; ++g) {
+        for (int64_t j = 0; j < stride; ++j) {
+          scalar_t sum = 0;
+          for (int64_t t = 0; t < n_threads; ++t) {
+            if (touched[t * n + g]) sum += buf[(t * n + g) * stride + j];
+          }
+          if (j < 2) out_m[2 * g + j] = sum;
+          else if (j < 5) out_q[3 * g + j - 2] = sum;
+          else if (j == 5) out_o[g] = sum;
+          else out_c[g * channels + j - 6] = sum;
+        }
+      }
+    });
   });
-  auto total = buffers.sum(0);
-  return {total.slice(1, 0, 2).contiguous(), total.slice(1, 2, 5).contiguous(), total.select(1, 5).contiguous(),
-          total.slice(1, 6, stride).contiguous()};
+  return {grad_means2d, grad_conics, grad_opacities, grad_colors};
 }
 
 // The blending weights w = alpha * T of every (pixel, Gaussian) pair that the forward pass blends,
@@ -475,6 +505,52 @@ std::vector<torch::Tensor> blend_weights(torch::Tensor means2d, torch::Tensor co
   return {crow, col, weight};
 }
 
+// Per tile, the splats whose radius box touches it, in the given (depth) order: CSR offsets
+// [n_tiles + 1] and ids [n_pairs] (int64). A counting sort by tile: one pass counts each tile's
+// splats, a second writes them, visiting splats in `order` so that each tile's list keeps it.
+// The tile range of a splat is floor((m -+ r) / tile_size) clamped to the image's tiles, computed
+// in the splats' dtype exactly as render/torch_backend.py's bin_tiles_torch (the oracle) does.
+std::vector<torch::Tensor> bin_tiles(torch::Tensor means2d, torch::Tensor radii, torch::Tensor order, int64_t width,
+                                     int64_t height, int64_t tile_size) {
+  const int64_t tiles_x = (width + tile_size - 1) / tile_size, tiles_y = (height + tile_size - 1) / tile_size;
+  const int64_t n = order.size(0);
+  auto offsets = torch::zeros({tiles_x * tiles_y + 1}, order.options());
+  torch::Tensor ids;
+  AT_DISPATCH_FLOATING_TYPES(means2d.scalar_type(), "bin_tiles", [&] {
+    auto m = means2d.accessor<scalar_t, 2>();
+    auto r = radii.accessor<int32_t, 2>();
+    const int64_t* o = order.data_ptr<int64_t>();
+    std::vector<int32_t> box(4 * n);  // x0, x1, y0, y1 of each splat in `order`
+    auto tile_of = [&](scalar_t v, int64_t last) {
+      const scalar_t t = std::floor(v / scalar_t(tile_size));
+      return static_cast<int32_t>(std::min<scalar_t>(std::max<scalar_t>(t, 0), scalar_t(last)));
+    };
+    int64_t* counts = offsets.data_ptr<int64_t>() + 1;
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t g = o[i];
+      const scalar_t rx = scalar_t(r[g][0]), ry = scalar_t(r[g][1]);
+      int32_t* b = box.data() + 4 * i;
+      b[0] = tile_of(m[g][0] - rx, tiles_x - 1);
+      b[1] = tile_of(m[g][0] + rx, tiles_x - 1);
+      b[2] = tile_of(m[g][1] - ry, tiles_y - 1);
+      b[3] = tile_of(m[g][1] + ry, tiles_y - 1);
+      for (int32_t ty = b[2]; ty <= b[3]; ++ty)
+        for (int32_t tx = b[0]; tx <= b[1]; ++tx) ++counts[ty * tiles_x + tx];
+    }
+    int64_t* off = offsets.data_ptr<int64_t>();
+    for (int64_t t = 0; t < tiles_x * tiles_y; ++t) off[t + 1] += off[t];
+    ids = torch::empty({off[tiles_x * tiles_y]}, order.options());
+    int64_t* out = ids.data_ptr<int64_t>();
+    std::vector<int64_t> next(off, off + tiles_x * tiles_y);
+    for (int64_t i = 0; i < n; ++i) {
+      const int32_t* b = box.data() + 4 * i;
+      for (int32_t ty = b[2]; ty <= b[3]; ++ty)
+        for (int32_t tx = b[0]; tx <= b[1]; ++tx) out[next[ty * tiles_x + tx]++] = o[i];
+    }
+  });
+  return {offsets, ids};
+}
+
 // neighbours.cpp
 std::vector<torch::Tensor> near_far(torch::Tensor queries, torch::Tensor points, torch::Tensor self_index,
                                     int64_t k, int64_t l, bool near_includes_self);
@@ -491,6 +567,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &rasterize_forward, "tile rasterization forward (CPU)");
   m.def("backward", &rasterize_backward, "tile rasterization backward (CPU)");
   m.def("blend_weights", &blend_weights, "per-pixel blending weights as CSR (CPU)");
+  m.def("bin_tiles", &bin_tiles, "splats per tile in depth order, as CSR (CPU)");
   m.def("near_far", &near_far, "k nearest and l farthest points of each query (CPU)");
   m.def("project_forward", &project_forward, "projection of 3D Gaussians to 2D splats (CPU)");
   m.def("project_backward", &project_backward, "gradients of the projection (CPU)");
