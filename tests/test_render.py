@@ -400,3 +400,26 @@ def test_sh_colour_matches_gsplat_pure_torch_helper(degree):
     dirs = torch.randn(50, 3, generator=g, dtype=torch.float64)
     expected = torch.clamp_min(torch_impl._spherical_harmonics(degree, dirs, sh) + 0.5, 0.0)
     torch.testing.assert_close(sh_to_rgb(sh, dirs, degree), expected)
+
+
+@pytest.mark.parametrize("degree", [1, 3])
+def test_sh_colour_kernel_equals_the_batched_product_values_and_gradients(degree):
+    from cgc_core.render.projection import sh_basis
+
+    g = torch.Generator().manual_seed(10 + degree)
+    sh = torch.randn(200, 16, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    dirs = torch.randn(200, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(200, 3, generator=g, dtype=torch.float64)
+    used = (degree + 1) ** 2
+    results = []
+    for fast in (True, False):
+        sh.grad = dirs.grad = None
+        if fast:
+            rgb = sh_to_rgb(sh, dirs, degree)  # the C++ kernel on CPU tensors
+        else:
+            rgb = torch.clamp_min(torch.bmm(sh_basis(dirs, degree)[:, None, :], sh[:, :used])[:, 0] + 0.5, 0.0)
+        (rgb * weights).sum().backward()
+        results.append((rgb.detach(), sh.grad.clone(), dirs.grad.clone()))
+    for fast_value, slow_value in zip(*results):
+        torch.testing.assert_close(fast_value, slow_value, rtol=1e-12, atol=1e-12)
+    assert (results[0][1][:, used:] == 0).all() and results[0][2].abs().max() > 0

@@ -195,16 +195,40 @@ def sh_basis(dirs: Tensor, degree: int) -> Tensor:
 def sh_to_rgb(sh: Tensor, dirs: Tensor, degree: int) -> Tensor:
     """Colour from spherical harmonics: [N, K, 3] coefficients, [N, 3] view directions -> [N, 3].
 
-    Uses the first (degree + 1)² coefficients; adds 0.5 and clamps at 0, as 3DGS does. One batched
-    product of the basis with the coefficients: its backward is two products, where indexing each
-    coefficient apart made autograd build a full-size [N, K, 3] gradient per coefficient.
+    Uses the first (degree + 1)² coefficients; adds 0.5 and clamps at 0, as 3DGS does. The basis
+    times the coefficients is one batched product (its backward two products, where indexing each
+    coefficient apart made autograd build a full-size [N, K, 3] gradient per coefficient); on the
+    CPU a C++ kernel computes it, per Gaussian (torch's batched product of N tiny matrices costs
+    several times more), and the test suite holds it to the batched product.
     """
     if not 0 <= degree <= 3 or sh.shape[1] < (degree + 1) ** 2:
         raise ValueError(f"sh_degree {degree} needs (degree+1)^2 <= {sh.shape[1]} coefficients and degree in 0..3")
     used = (degree + 1) ** 2
     coefficients = sh if sh.shape[1] == used else sh[:, :used]
-    result = torch.bmm(sh_basis(dirs, degree)[:, None, :], coefficients)[:, 0]
+    basis = sh_basis(dirs, degree)
+    if sh.device.type == "cpu":
+        result = _ShCombineCPU.apply(basis.contiguous(), coefficients.contiguous())
+    else:
+        result = torch.bmm(basis[:, None, :], coefficients)[:, 0]
     return torch.clamp_min(result + 0.5, 0.0)
+
+
+class _ShCombineCPU(torch.autograd.Function):
+    """rgb[n, c] = Σ_k basis[n, k] coeffs[n, k, c], in the C++ extension."""
+
+    @staticmethod
+    def forward(ctx, basis, coeffs):
+        from .torch_backend import extension
+
+        ctx.save_for_backward(basis, coeffs)
+        return extension().sh_combine_forward(basis, coeffs)
+
+    @staticmethod
+    def backward(ctx, grad):
+        from .torch_backend import extension
+
+        basis, coeffs = ctx.saved_tensors
+        return tuple(extension().sh_combine_backward(basis, coeffs, grad.contiguous()))
 
 
 def depth_order(depths: Tensor, radii: Tensor) -> Tensor:

@@ -51,12 +51,11 @@ def bin_tiles(means2d: Tensor, radii: Tensor, depths: Tensor, width: int, height
     Returns:
         tile_offsets [n_tiles + 1] int64 (CSR offsets) and sorted_ids [n_pairs] int64.
 
-    A counting sort by tile in the C++ extension; `bin_tiles_torch` is the same in torch ops (the
-    tests' oracle).
+    A radix sort by depth and a counting sort by tile in the C++ extension; `bin_tiles_torch` is the
+    same in torch ops (the tests' oracle).
     """
-    order = depth_order(depths, radii)
-    return tuple(extension().bin_tiles(means2d.detach().contiguous(), radii.to(torch.int32).contiguous(), order,
-                                       width, height, tile_size))
+    return tuple(extension().bin_tiles(means2d.detach().contiguous(), radii.to(torch.int32).contiguous(),
+                                       depths.detach().to(means2d.dtype).contiguous(), width, height, tile_size))
 
 
 @torch.no_grad()

@@ -255,3 +255,54 @@ std::vector<torch::Tensor> project_backward(torch::Tensor means, torch::Tensor q
   });
   return {grad_means, grad_quats, grad_scales};
 }
+
+// Spherical-harmonics colour before the offset and clamp: rgb[n, c] = sum_k basis[n, k] coeffs[n, k, c]
+// ([N, K] and [N, K, 3]): per Gaussian, a K-term dot product per channel, where torch's batched
+// product of [1, K] by [K, 3] matrices spends its time on per-matrix overhead.
+torch::Tensor sh_combine_forward(torch::Tensor basis, torch::Tensor coeffs) {
+  const int64_t n = basis.size(0), k = basis.size(1), c = coeffs.size(2);
+  auto out = torch::empty({n, c}, basis.options());
+  AT_DISPATCH_FLOATING_TYPES(basis.scalar_type(), "sh_combine_forward", [&] {
+    const scalar_t* b = basis.data_ptr<scalar_t>();
+    const scalar_t* co = coeffs.data_ptr<scalar_t>();
+    scalar_t* o = out.data_ptr<scalar_t>();
+    at::parallel_for(0, n, 4096, [&](int64_t begin, int64_t end) {
+      for (int64_t g = begin; g < end; ++g) {
+        for (int64_t ch = 0; ch < c; ++ch) {
+          scalar_t sum = 0;
+          for (int64_t i = 0; i < k; ++i) sum += b[g * k + i] * co[(g * k + i) * c + ch];
+          o[g * c + ch] = sum;
+        }
+      }
+    });
+  });
+  return out;
+}
+
+// Gradients of sh_combine_forward: d basis[n, k] = sum_c grad[n, c] coeffs[n, k, c] and
+// d coeffs[n, k, c] = basis[n, k] grad[n, c].
+std::vector<torch::Tensor> sh_combine_backward(torch::Tensor basis, torch::Tensor coeffs, torch::Tensor grad) {
+  const int64_t n = basis.size(0), k = basis.size(1), c = coeffs.size(2);
+  auto grad_basis = torch::empty_like(basis);
+  auto grad_coeffs = torch::empty_like(coeffs);
+  AT_DISPATCH_FLOATING_TYPES(basis.scalar_type(), "sh_combine_backward", [&] {
+    const scalar_t* b = basis.data_ptr<scalar_t>();
+    const scalar_t* co = coeffs.data_ptr<scalar_t>();
+    const scalar_t* gr = grad.data_ptr<scalar_t>();
+    scalar_t* gb = grad_basis.data_ptr<scalar_t>();
+    scalar_t* gc = grad_coeffs.data_ptr<scalar_t>();
+    at::parallel_for(0, n, 4096, [&](int64_t begin, int64_t end) {
+      for (int64_t g = begin; g < end; ++g) {
+        for (int64_t i = 0; i < k; ++i) {
+          scalar_t sum = 0;
+          for (int64_t ch = 0; ch < c; ++ch) {
+            sum += gr[g * c + ch] * co[(g * k + i) * c + ch];
+            gc[(g * k + i) * c + ch] = b[g * k + i] * gr[g * c + ch];
+          }
+          gb[g * k + i] = sum;
+        }
+      }
+    });
+  });
+  return {grad_basis, grad_coeffs};
+}

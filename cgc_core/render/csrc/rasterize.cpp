@@ -505,21 +505,63 @@ std::vector<torch::Tensor> blend_weights(torch::Tensor means2d, torch::Tensor co
   return {crow, col, weight};
 }
 
-// Per tile, the splats whose radius box touches it, in the given (depth) order: CSR offsets
-// [n_tiles + 1] and ids [n_pairs] (int64). A counting sort by tile: one pass counts each tile's
-// splats, a second writes them, visiting splats in `order` so that each tile's list keeps it.
-// The tile range of a splat is floor((m -+ r) / tile_size) clamped to the image's tiles, computed
-// in the splats' dtype exactly as render/torch_backend.py's bin_tiles_torch (the oracle) does.
-std::vector<torch::Tensor> bin_tiles(torch::Tensor means2d, torch::Tensor radii, torch::Tensor order, int64_t width,
+namespace {
+
+// Indices of the visible splats (both radii > 0), nearest first, ties in index order: an LSD
+// radix sort (stable) on the depths' bits, mapped so that unsigned order is numeric order.
+template <typename scalar_t>
+std::vector<int64_t> depth_order(const torch::Tensor& depths, const torch::Tensor& radii) {
+  using Key = std::conditional_t<sizeof(scalar_t) == 4, uint32_t, uint64_t>;
+  constexpr Key sign = Key(1) << (8 * sizeof(Key) - 1);
+  const int64_t n = depths.size(0);
+  const scalar_t* z = depths.data_ptr<scalar_t>();
+  auto r = radii.accessor<int32_t, 2>();
+  std::vector<int64_t> order, spare;
+  std::vector<Key> keys, spare_keys;
+  for (int64_t g = 0; g < n; ++g) {
+    if (r[g][0] <= 0 || r[g][1] <= 0) continue;
+    Key bits;
+    std::memcpy(&bits, z + g, sizeof(Key));
+    keys.push_back((bits & sign) ? ~bits : (bits | sign));  // negatives reversed, below positives
+    order.push_back(g);
+  }
+  spare.resize(order.size());
+  spare_keys.resize(keys.size());
+  for (int shift = 0; shift < int(8 * sizeof(Key)); shift += 8) {
+    int64_t start[257] = {0};
+    for (const Key k : keys) ++start[((k >> shift) & 0xFF) + 1];
+    if (start[((keys.empty() ? 0 : keys[0]) >> shift & 0xFF) + 1] == int64_t(keys.size())) continue;  // one digit: as is
+    for (int d = 0; d < 256; ++d) start[d + 1] += start[d];
+    for (size_t i = 0; i < keys.size(); ++i) {
+      const int64_t at = start[(keys[i] >> shift) & 0xFF]++;
+      spare_keys[at] = keys[i];
+      spare[at] = order[i];
+    }
+    keys.swap(spare_keys);
+    order.swap(spare);
+  }
+  return order;
+}
+
+}  // namespace
+
+// Per tile, the visible splats (radii > 0) whose radius box touches it, nearest first (ties in
+// index order): CSR offsets [n_tiles + 1] and ids [n_pairs] (int64). The splats are put in depth
+// order, then counting-sorted by tile: one pass counts each tile's splats, a second writes them
+// in depth order. A splat's tiles are floor((m -+ r) / tile_size) clamped to the image's tiles,
+// computed in the splats' dtype exactly as render/torch_backend.py's bin_tiles_torch (the oracle)
+// does.
+std::vector<torch::Tensor> bin_tiles(torch::Tensor means2d, torch::Tensor radii, torch::Tensor depths, int64_t width,
                                      int64_t height, int64_t tile_size) {
   const int64_t tiles_x = (width + tile_size - 1) / tile_size, tiles_y = (height + tile_size - 1) / tile_size;
-  const int64_t n = order.size(0);
-  auto offsets = torch::zeros({tiles_x * tiles_y + 1}, order.options());
+  auto offsets = torch::zeros({tiles_x * tiles_y + 1}, torch::dtype(torch::kInt64));
   torch::Tensor ids;
   AT_DISPATCH_FLOATING_TYPES(means2d.scalar_type(), "bin_tiles", [&] {
     auto m = means2d.accessor<scalar_t, 2>();
     auto r = radii.accessor<int32_t, 2>();
-    const int64_t* o = order.data_ptr<int64_t>();
+    const std::vector<int64_t> order = depth_order<scalar_t>(depths, radii);
+    const int64_t n = static_cast<int64_t>(order.size());
+    const int64_t* o = order.data();
     std::vector<int32_t> box(4 * n);  // x0, x1, y0, y1 of each splat in `order`
     auto tile_of = [&](scalar_t v, int64_t last) {
       const scalar_t t = std::floor(v / scalar_t(tile_size));
@@ -539,7 +581,7 @@ std::vector<torch::Tensor> bin_tiles(torch::Tensor means2d, torch::Tensor radii,
     }
     int64_t* off = offsets.data_ptr<int64_t>();
     for (int64_t t = 0; t < tiles_x * tiles_y; ++t) off[t + 1] += off[t];
-    ids = torch::empty({off[tiles_x * tiles_y]}, order.options());
+    ids = torch::empty({off[tiles_x * tiles_y]}, torch::dtype(torch::kInt64));
     int64_t* out = ids.data_ptr<int64_t>();
     std::vector<int64_t> next(off, off + tiles_x * tiles_y);
     for (int64_t i = 0; i < n; ++i) {
@@ -562,6 +604,8 @@ std::vector<torch::Tensor> project_backward(torch::Tensor means, torch::Tensor q
                                             torch::Tensor viewmat, torch::Tensor K, int64_t width, int64_t height,
                                             double eps2d, torch::Tensor grad_means2d, torch::Tensor grad_conics,
                                             torch::Tensor grad_depths);
+torch::Tensor sh_combine_forward(torch::Tensor basis, torch::Tensor coeffs);
+std::vector<torch::Tensor> sh_combine_backward(torch::Tensor basis, torch::Tensor coeffs, torch::Tensor grad);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &rasterize_forward, "tile rasterization forward (CPU)");
@@ -571,4 +615,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("near_far", &near_far, "k nearest and l farthest points of each query (CPU)");
   m.def("project_forward", &project_forward, "projection of 3D Gaussians to 2D splats (CPU)");
   m.def("project_backward", &project_backward, "gradients of the projection (CPU)");
+  m.def("sh_combine_forward", &sh_combine_forward, "SH basis times coefficients, per Gaussian (CPU)");
+  m.def("sh_combine_backward", &sh_combine_backward, "gradients of sh_combine_forward (CPU)");
 }
