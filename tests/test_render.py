@@ -423,3 +423,22 @@ def test_sh_colour_kernel_equals_the_batched_product_values_and_gradients(degree
     for fast_value, slow_value in zip(*results):
         torch.testing.assert_close(fast_value, slow_value, rtol=1e-12, atol=1e-12)
     assert (results[0][1][:, used:] == 0).all() and results[0][2].abs().max() > 0
+
+
+def test_portable_build_of_the_kernels_equals_the_reference(monkeypatch):
+    # The kernels' other variant: without AVX2 a block is 4 x 1 pixels (4 SIMD lanes), not 4 x 2.
+    from cgc_core.render import torch_backend
+
+    monkeypatch.setattr(torch_backend, "_module", torch_backend.build_extension(avx2=False))
+    params = _random_scene(200, 8)
+    camera = _camera(45, 37)
+    ref, ref_grads = _render_with_grads(params, camera, "reference")
+    fast, fast_grads = _render_with_grads(params, camera, "torch")
+    for name in ("rgb", "features", "alpha", "depth"):
+        assert _rel_err(getattr(fast, name), getattr(ref, name)) < 1e-4, name
+    for name in PARAMS:
+        assert _rel_err(fast_grads[name], ref_grads[name]) < 1e-4, name
+    params32 = {k: v.detach().float().requires_grad_() for k, v in params.items()}
+    fast32, _ = _render_with_grads(params32, camera, "torch")  # float: the vectorised exp
+    assert (fast32.rgb.double() - ref.rgb).abs().max() < 1e-3
+    assert (fast32.features.double() - ref.features).abs().max() < 1e-3

@@ -28,19 +28,23 @@ def extension():
     global _module
     with _lock:
         if _module is None:
-            from torch.utils.cpp_extension import load
-
-            # The blend kernel works on one SIMD vector of pixels at a time: 8 floats with AVX2,
-            # 4 with the x86-64 baseline. The build is for this machine's CPU (as torch's own
-            # kernels are chosen at run time), named by it so that machines sharing a cache
-            # folder do not rebuild over each other.
-            avx2 = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
-            flags = ["-O3"] + (["-mavx2", "-mfma"] if avx2 else []) + (["-fopenmp"] if os.name != "nt" else [])
-            _module = load(
-                name="cgc_rasterize_cpu" + ("_avx2" if avx2 else ""), sources=[str(path) for path in _SOURCES],
-                extra_cflags=flags, extra_ldflags=["-fopenmp"] if os.name != "nt" else [], verbose=False,
-            )
+            _module = build_extension(torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"))
     return _module
+
+
+def build_extension(avx2: bool):
+    """Compile (or load from torch's extension cache) the C++ kernels.
+
+    The blend kernel works on one SIMD vector of pixels at a time: 8 floats with AVX2, 4 with the
+    x86-64 baseline (avx2=False, also what any other CPU gets). `extension()` builds for this
+    machine's CPU, as torch's own kernels are chosen at run time; each variant has its own name,
+    so machines sharing a cache folder do not rebuild over each other.
+    """
+    from torch.utils.cpp_extension import load
+
+    flags = ["-O3"] + (["-mavx2", "-mfma"] if avx2 else []) + (["-fopenmp"] if os.name != "nt" else [])
+    return load(name="cgc_rasterize_cpu" + ("_avx2" if avx2 else ""), sources=[str(path) for path in _SOURCES],
+                extra_cflags=flags, extra_ldflags=["-fopenmp"] if os.name != "nt" else [], verbose=False)
 
 
 @torch.no_grad()
