@@ -442,3 +442,14 @@ def test_portable_build_of_the_kernels_equals_the_reference(monkeypatch):
     fast32, _ = _render_with_grads(params32, camera, "torch")  # float: the vectorised exp
     assert (fast32.rgb.double() - ref.rgb).abs().max() < 1e-3
     assert (fast32.features.double() - ref.features).abs().max() < 1e-3
+
+
+def test_the_kernels_build_on_a_background_thread(monkeypatch):
+    from cgc_core.render import torch_backend
+
+    monkeypatch.setattr(torch_backend, "_module", None)
+    thread = torch_backend.build_extension_in_background()
+    assert thread.daemon and thread.name == "cgc-build-extension"
+    thread.join(timeout=600)
+    assert not thread.is_alive() and torch_backend._module is not None
+    assert torch_backend.extension() is torch_backend._module  # the built module, not a second build
