@@ -28,8 +28,6 @@ from cgc_core.config import CgcConfig, load_config
 from cgc_core.evaluate import EvaluateOutputs, check_protocol_weights
 from cgc_core import pipeline
 from cgc_core.pipeline import STAGES, scene_dir, scene_name_of, stage_record, with_downstream
-from cgc_core.render import resolve_backend
-from cgc_core.render.torch_backend import build_extension_in_background
 from tasks.report import report_task
 from tasks.stage import stage_task
 
@@ -54,10 +52,6 @@ def cgc_scene(source: str, config_path: str | None = None, overrides: list[str] 
     force = with_downstream(force or [])
     stages: dict[str, dict] = {}
     start = time.perf_counter()
-    if _renders_on_cpu(cfg):
-        # The CPU kernels compile on first use (about a minute, once per machine): compile them on
-        # a thread while the scene, calibrate and masks stages run, which need them not.
-        build_extension_in_background()
     scene, results = source, {}
     for spec in pipeline.SCENE_SPECS:  # read at run time: the one declaration of the graph
         payload = _run(stage_task.with_options(name=spec.name), cfg, spec.name, cfg, scene,
@@ -70,13 +64,6 @@ def cgc_scene(source: str, config_path: str | None = None, overrides: list[str] 
     return {"scene": scene_name_of(source), "layout": scene.layout,
             "dir": str(scene_dir(cfg, scene_name_of(source))), "stages": stages,
             "seconds": round(time.perf_counter() - start, 2), "scene_object": scene}
-
-
-def _renders_on_cpu(cfg: CgcConfig) -> bool:
-    try:
-        return resolve_backend(cfg.train.backend) == "torch"
-    except (ValueError, RuntimeError):  # the train stage reports a bad backend where it is used
-        return False
 
 
 DASK_ADDRESS_ENV = "CGC_DASK_ADDRESS"

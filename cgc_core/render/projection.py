@@ -197,38 +197,40 @@ def sh_to_rgb(sh: Tensor, dirs: Tensor, degree: int) -> Tensor:
 
     Uses the first (degree + 1)² coefficients; adds 0.5 and clamps at 0, as 3DGS does. The basis
     times the coefficients is one batched product (its backward two products, where indexing each
-    coefficient apart made autograd build a full-size [N, K, 3] gradient per coefficient); on the
-    CPU a C++ kernel computes it, per Gaussian (torch's batched product of N tiny matrices costs
-    several times more), and the test suite holds it to the batched product.
+    coefficient apart made autograd build a full-size [N, K, 3] gradient per coefficient). On the
+    CPU a C++ kernel computes basis and product per Gaussian, forward and backward (the tensor
+    version's sixty-odd small operations and N tiny matrix products cost several times more); the
+    tests hold it to the tensor version.
     """
     if not 0 <= degree <= 3 or sh.shape[1] < (degree + 1) ** 2:
         raise ValueError(f"sh_degree {degree} needs (degree+1)^2 <= {sh.shape[1]} coefficients and degree in 0..3")
-    used = (degree + 1) ** 2
-    coefficients = sh if sh.shape[1] == used else sh[:, :used]
-    basis = sh_basis(dirs, degree)
     if sh.device.type == "cpu":
-        result = _ShCombineCPU.apply(basis.contiguous(), coefficients.contiguous())
+        result = _ShColourCPU.apply(dirs.contiguous(), sh.contiguous(), degree)
     else:
-        result = torch.bmm(basis[:, None, :], coefficients)[:, 0]
+        used = (degree + 1) ** 2
+        coefficients = sh if sh.shape[1] == used else sh[:, :used]
+        result = torch.bmm(sh_basis(dirs, degree)[:, None, :], coefficients)[:, 0]
     return torch.clamp_min(result + 0.5, 0.0)
 
 
-class _ShCombineCPU(torch.autograd.Function):
-    """rgb[n, c] = Σ_k basis[n, k] coeffs[n, k, c], in the C++ extension."""
+class _ShColourCPU(torch.autograd.Function):
+    """rgb[n, c] = Σ_k basis_k(dirs[n]) coeffs[n, k, c] before the offset and clamp, in the C++ extension."""
 
     @staticmethod
-    def forward(ctx, basis, coeffs):
+    def forward(ctx, dirs, coeffs, degree):
         from .torch_backend import extension
 
-        ctx.save_for_backward(basis, coeffs)
-        return extension().sh_combine_forward(basis, coeffs)
+        ctx.save_for_backward(dirs, coeffs)
+        ctx.degree = degree
+        return extension().sh_colour_forward(dirs, coeffs, degree)
 
     @staticmethod
     def backward(ctx, grad):
         from .torch_backend import extension
 
-        basis, coeffs = ctx.saved_tensors
-        return tuple(extension().sh_combine_backward(basis, coeffs, grad.contiguous()))
+        dirs, coeffs = ctx.saved_tensors
+        grad_dirs, grad_coeffs = extension().sh_colour_backward(dirs, coeffs, ctx.degree, grad.contiguous())
+        return grad_dirs, grad_coeffs, None
 
 
 def depth_order(depths: Tensor, radii: Tensor) -> Tensor:

@@ -32,25 +32,6 @@ def extension():
     return _module
 
 
-def build_extension_in_background() -> threading.Thread:
-    """Start compiling the C++ kernels on a daemon thread and return it.
-
-    The first build takes about a minute (the compiler runs as a subprocess, so the thread does
-    not hold the GIL); a pipeline that first renders or calibrates a scene can overlap the two.
-    `extension()` waits for the running build. A failed build raises nothing here: the next
-    `extension()` call builds again and raises the compiler's error.
-    """
-    def build() -> None:
-        try:
-            extension()
-        except Exception:  # reported by the next extension() call, where it matters
-            pass
-
-    thread = threading.Thread(target=build, name="cgc-build-extension", daemon=True)
-    thread.start()
-    return thread
-
-
 def build_extension(avx2: bool):
     """Compile (or load from torch's extension cache) the C++ kernels.
 

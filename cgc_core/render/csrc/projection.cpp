@@ -256,21 +256,87 @@ std::vector<torch::Tensor> project_backward(torch::Tensor means, torch::Tensor q
   return {grad_means, grad_quats, grad_scales};
 }
 
-// Spherical-harmonics colour before the offset and clamp: rgb[n, c] = sum_k basis[n, k] coeffs[n, k, c]
-// ([N, K] and [N, K, 3]): per Gaussian, a K-term dot product per channel, where torch's batched
-// product of [1, K] by [K, 3] matrices spends its time on per-matrix overhead.
-torch::Tensor sh_combine_forward(torch::Tensor basis, torch::Tensor coeffs) {
-  const int64_t n = basis.size(0), k = basis.size(1), c = coeffs.size(2);
-  auto out = torch::empty({n, c}, basis.options());
-  AT_DISPATCH_FLOATING_TYPES(basis.scalar_type(), "sh_combine_forward", [&] {
-    const scalar_t* b = basis.data_ptr<scalar_t>();
+namespace {
+
+constexpr double kC0 = 0.28209479177387814, kC1 = 0.4886025119029199;
+constexpr double kC2[5] = {1.0925484305920792, -1.0925484305920792, 0.31539156525252005, -1.0925484305920792,
+                           0.5462742152960396};
+constexpr double kC3[7] = {-0.5900435899266435, 2.890611442640554, -0.4570457994644658, 0.3731763325901154,
+                           -0.4570457994644658, 1.445305721320277, -0.5900435899266435};
+
+// The real SH basis at a unit direction (x, y, z), the first (degree + 1)^2 functions (as in
+// render/projection.py's sh_basis), and with `jac` its derivatives d b_k / d(x, y, z).
+template <typename T>
+void sh_basis_at(T x, T y, T z, int degree, T* b, T (*jac)[3]) {
+  const T xx = x * x, yy = y * y, zz = z * z;
+  b[0] = T(kC0);
+  if (jac) jac[0][0] = jac[0][1] = jac[0][2] = 0;
+  if (degree < 1) return;
+  b[1] = -T(kC1) * y; b[2] = T(kC1) * z; b[3] = -T(kC1) * x;
+  if (degree >= 2) {
+    b[4] = T(kC2[0]) * x * y; b[5] = T(kC2[1]) * y * z; b[6] = T(kC2[2]) * (2 * zz - xx - yy);
+    b[7] = T(kC2[3]) * x * z; b[8] = T(kC2[4]) * (xx - yy);
+  }
+  if (degree >= 3) {
+    b[9] = T(kC3[0]) * y * (3 * xx - yy); b[10] = T(kC3[1]) * x * y * z; b[11] = T(kC3[2]) * y * (4 * zz - xx - yy);
+    b[12] = T(kC3[3]) * z * (2 * zz - 3 * xx - 3 * yy); b[13] = T(kC3[4]) * x * (4 * zz - xx - yy);
+    b[14] = T(kC3[5]) * z * (xx - yy); b[15] = T(kC3[6]) * x * (xx - 3 * yy);
+  }
+  if (!jac) return;
+  const T d1[3][3] = {{0, -T(kC1), 0}, {0, 0, T(kC1)}, {-T(kC1), 0, 0}};
+  for (int k = 0; k < 3; ++k)
+    for (int i = 0; i < 3; ++i) jac[1 + k][i] = d1[k][i];
+  if (degree >= 2) {
+    const T d2[5][3] = {{T(kC2[0]) * y, T(kC2[0]) * x, 0},
+                        {0, T(kC2[1]) * z, T(kC2[1]) * y},
+                        {-2 * T(kC2[2]) * x, -2 * T(kC2[2]) * y, 4 * T(kC2[2]) * z},
+                        {T(kC2[3]) * z, 0, T(kC2[3]) * x},
+                        {2 * T(kC2[4]) * x, -2 * T(kC2[4]) * y, 0}};
+    for (int k = 0; k < 5; ++k)
+      for (int i = 0; i < 3; ++i) jac[4 + k][i] = d2[k][i];
+  }
+  if (degree >= 3) {
+    const T d3[7][3] = {{T(kC3[0]) * 6 * x * y, T(kC3[0]) * (3 * xx - 3 * yy), 0},
+                        {T(kC3[1]) * y * z, T(kC3[1]) * x * z, T(kC3[1]) * x * y},
+                        {T(kC3[2]) * -2 * x * y, T(kC3[2]) * (4 * zz - xx - 3 * yy), T(kC3[2]) * 8 * y * z},
+                        {T(kC3[3]) * -6 * x * z, T(kC3[3]) * -6 * y * z, T(kC3[3]) * (6 * zz - 3 * xx - 3 * yy)},
+                        {T(kC3[4]) * (4 * zz - 3 * xx - yy), T(kC3[4]) * -2 * x * y, T(kC3[4]) * 8 * x * z},
+                        {T(kC3[5]) * 2 * x * z, T(kC3[5]) * -2 * y * z, T(kC3[5]) * (xx - yy)},
+                        {T(kC3[6]) * (3 * xx - 3 * yy), T(kC3[6]) * -6 * x * y, 0}};
+    for (int k = 0; k < 7; ++k)
+      for (int i = 0; i < 3; ++i) jac[9 + k][i] = d3[k][i];
+  }
+}
+
+// The unit direction of d as F.normalize gives it (d / max(|d|, 1e-12)), and |d|.
+template <typename T>
+void unit(const T* d, T* u, T& norm) {
+  norm = std::sqrt(d[0] * d[0] + d[1] * d[1] + d[2] * d[2]);
+  const T inv = T(1) / std::max(norm, T(1e-12));
+  for (int i = 0; i < 3; ++i) u[i] = d[i] * inv;
+}
+
+}  // namespace
+
+// Spherical-harmonics colour before the offset and clamp, per Gaussian: rgb[n, c] =
+// sum_k b_k(dirs[n] / |dirs[n]|) coeffs[n, k, c] over the first (degree + 1)^2 coefficients of
+// [N, K, 3]. One pass per Gaussian, where the tensor version spends its time in some sixty small
+// elementwise operations (basis and its autograd) and a batched product of N tiny matrices.
+torch::Tensor sh_colour_forward(torch::Tensor dirs, torch::Tensor coeffs, int64_t degree) {
+  const int64_t n = dirs.size(0), k_all = coeffs.size(1), c = coeffs.size(2), used = (degree + 1) * (degree + 1);
+  auto out = torch::empty({n, c}, dirs.options());
+  AT_DISPATCH_FLOATING_TYPES(dirs.scalar_type(), "sh_colour_forward", [&] {
+    const scalar_t* d = dirs.data_ptr<scalar_t>();
     const scalar_t* co = coeffs.data_ptr<scalar_t>();
     scalar_t* o = out.data_ptr<scalar_t>();
     at::parallel_for(0, n, 4096, [&](int64_t begin, int64_t end) {
       for (int64_t g = begin; g < end; ++g) {
+        scalar_t u[3], norm, b[16];
+        unit(d + 3 * g, u, norm);
+        sh_basis_at<scalar_t>(u[0], u[1], u[2], int(degree), b, nullptr);
         for (int64_t ch = 0; ch < c; ++ch) {
           scalar_t sum = 0;
-          for (int64_t i = 0; i < k; ++i) sum += b[g * k + i] * co[(g * k + i) * c + ch];
+          for (int64_t i = 0; i < used; ++i) sum += b[i] * co[(g * k_all + i) * c + ch];
           o[g * c + ch] = sum;
         }
       }
@@ -279,30 +345,43 @@ torch::Tensor sh_combine_forward(torch::Tensor basis, torch::Tensor coeffs) {
   return out;
 }
 
-// Gradients of sh_combine_forward: d basis[n, k] = sum_c grad[n, c] coeffs[n, k, c] and
-// d coeffs[n, k, c] = basis[n, k] grad[n, c].
-std::vector<torch::Tensor> sh_combine_backward(torch::Tensor basis, torch::Tensor coeffs, torch::Tensor grad) {
-  const int64_t n = basis.size(0), k = basis.size(1), c = coeffs.size(2);
-  auto grad_basis = torch::empty_like(basis);
-  auto grad_coeffs = torch::empty_like(coeffs);
-  AT_DISPATCH_FLOATING_TYPES(basis.scalar_type(), "sh_combine_backward", [&] {
-    const scalar_t* b = basis.data_ptr<scalar_t>();
+// Gradients of sh_colour_forward with respect to dirs [N, 3] and coeffs [N, K, 3] (0 beyond the
+// first (degree + 1)^2), given that of its output [N, 3].
+std::vector<torch::Tensor> sh_colour_backward(torch::Tensor dirs, torch::Tensor coeffs, int64_t degree,
+                                              torch::Tensor grad) {
+  const int64_t n = dirs.size(0), k_all = coeffs.size(1), c = coeffs.size(2), used = (degree + 1) * (degree + 1);
+  auto grad_dirs = torch::zeros_like(dirs);
+  auto grad_coeffs = torch::zeros_like(coeffs);
+  AT_DISPATCH_FLOATING_TYPES(dirs.scalar_type(), "sh_colour_backward", [&] {
+    const scalar_t* d = dirs.data_ptr<scalar_t>();
     const scalar_t* co = coeffs.data_ptr<scalar_t>();
     const scalar_t* gr = grad.data_ptr<scalar_t>();
-    scalar_t* gb = grad_basis.data_ptr<scalar_t>();
+    scalar_t* gd = grad_dirs.data_ptr<scalar_t>();
     scalar_t* gc = grad_coeffs.data_ptr<scalar_t>();
     at::parallel_for(0, n, 4096, [&](int64_t begin, int64_t end) {
       for (int64_t g = begin; g < end; ++g) {
-        for (int64_t i = 0; i < k; ++i) {
-          scalar_t sum = 0;
+        scalar_t u[3], norm, b[16], jac[16][3];
+        unit(d + 3 * g, u, norm);
+        sh_basis_at<scalar_t>(u[0], u[1], u[2], int(degree), b, jac);
+        scalar_t gu[3] = {0, 0, 0};
+        for (int64_t i = 0; i < used; ++i) {
+          scalar_t g_b = 0;
           for (int64_t ch = 0; ch < c; ++ch) {
-            sum += gr[g * c + ch] * co[(g * k + i) * c + ch];
-            gc[(g * k + i) * c + ch] = b[g * k + i] * gr[g * c + ch];
+            g_b += gr[g * c + ch] * co[(g * k_all + i) * c + ch];
+            gc[(g * k_all + i) * c + ch] = b[i] * gr[g * c + ch];
           }
-          gb[g * k + i] = sum;
+          for (int j = 0; j < 3; ++j) gu[j] += g_b * jac[i][j];
+        }
+        if (degree == 0) continue;  // the constant term does not see the direction
+        // through the normalisation: the component along u drops out
+        if (norm > scalar_t(1e-12)) {
+          const scalar_t along = gu[0] * u[0] + gu[1] * u[1] + gu[2] * u[2];
+          for (int j = 0; j < 3; ++j) gd[3 * g + j] = (gu[j] - u[j] * along) / norm;
+        } else {
+          for (int j = 0; j < 3; ++j) gd[3 * g + j] = gu[j] / scalar_t(1e-12);
         }
       }
     });
   });
-  return {grad_basis, grad_coeffs};
+  return {grad_dirs, grad_coeffs};
 }

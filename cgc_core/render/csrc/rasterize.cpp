@@ -392,8 +392,8 @@ std::vector<torch::Tensor> rasterize_backward(torch::Tensor means2d, torch::Tens
         const BlockAlphas<scalar_t> here(s, pixels);
         const M blended = here.counts & (position < reached);  // ... and the pixel's forward pass reached it
         if (!any_lane(blended)) continue;
-        const V one_minus = 1 - here.alpha;
-        T = blended ? T / one_minus : T;  // transmittance before this Gaussian
+        const V inv_one_minus = 1 / (1 - here.alpha);  // one division for the two uses below
+        T = blended ? T * inv_one_minus : T;  // transmittance before this Gaussian
         const V w = blended ? here.alpha * T : V{};
         const int64_t g = ids[start + position];
         const scalar_t* cg = col + g * channels;
@@ -412,7 +412,7 @@ std::vector<torch::Tensor> rasterize_backward(torch::Tensor means2d, torch::Tens
           const scalar_t* G = gimg + pixels.pixel[q] * channels;
           for (int64_t ch = 0; ch < channels; ++ch) gg[6 + ch] += wq * G[ch];
         }
-        const V d_alpha = T * g_dot_c - (after + tail) / one_minus;
+        const V d_alpha = T * g_dot_c - (after + tail) * inv_one_minus;
         after += w * g_dot_c;  // w = 0 where not blended
         // alpha = 0.99 (clamped) does not depend on the Gaussian's parameters
         const M moves = blended & ~here.clamped;
@@ -604,8 +604,9 @@ std::vector<torch::Tensor> project_backward(torch::Tensor means, torch::Tensor q
                                             torch::Tensor viewmat, torch::Tensor K, int64_t width, int64_t height,
                                             double eps2d, torch::Tensor grad_means2d, torch::Tensor grad_conics,
                                             torch::Tensor grad_depths);
-torch::Tensor sh_combine_forward(torch::Tensor basis, torch::Tensor coeffs);
-std::vector<torch::Tensor> sh_combine_backward(torch::Tensor basis, torch::Tensor coeffs, torch::Tensor grad);
+torch::Tensor sh_colour_forward(torch::Tensor dirs, torch::Tensor coeffs, int64_t degree);
+std::vector<torch::Tensor> sh_colour_backward(torch::Tensor dirs, torch::Tensor coeffs, int64_t degree,
+                                              torch::Tensor grad);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &rasterize_forward, "tile rasterization forward (CPU)");
@@ -615,6 +616,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("near_far", &near_far, "k nearest and l farthest points of each query (CPU)");
   m.def("project_forward", &project_forward, "projection of 3D Gaussians to 2D splats (CPU)");
   m.def("project_backward", &project_backward, "gradients of the projection (CPU)");
-  m.def("sh_combine_forward", &sh_combine_forward, "SH basis times coefficients, per Gaussian (CPU)");
-  m.def("sh_combine_backward", &sh_combine_backward, "gradients of sh_combine_forward (CPU)");
+  m.def("sh_colour_forward", &sh_colour_forward, "SH colour of view directions, per Gaussian (CPU)");
+  m.def("sh_colour_backward", &sh_colour_backward, "gradients of sh_colour_forward (CPU)");
 }
