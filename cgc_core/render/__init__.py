@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from ..scene.model import Camera
-from .projection import project_gaussians, project_gaussians_torch, sh_to_rgb
+from .projection import project_gaussians, project_gaussians_torch, sh_to_rgb, sh_to_rgb_torch
 
 Backend = Literal["auto", "torch", "gsplat", "reference"]
 BACKENDS = ("torch", "gsplat", "reference")
@@ -156,7 +156,8 @@ def render(gaussians: Gaussians, camera: Camera, *, features: Tensor | None = No
 
     projected = _project(gaussians, camera, viewmat, K, backend)
     cam_center = torch.linalg.inv(viewmat)[:3, 3]
-    rgb = sh_to_rgb(gaussians.sh, means - cam_center, degree)
+    colour = sh_to_rgb_torch if backend == "reference" else sh_to_rgb  # the reference: pure torch throughout
+    rgb = colour(gaussians.sh, means - cam_center, degree)
     channels = [rgb] + ([features.to(dtype)] if features is not None else []) + [projected.depths[:, None]]
     colors = torch.cat(channels, dim=1)
     full_bg = torch.cat([bg, torch.zeros(n_feat + 1, dtype=dtype, device=device)])

@@ -85,9 +85,10 @@ def project_gaussians(means: Tensor, quats: Tensor, scales: Tensor, viewmat: Ten
     camera_grad = viewmat.requires_grad or K.requires_grad
     if means.device.type != "cpu" or camera_grad:
         return project_gaussians_torch(means, quats, scales, viewmat, K, width, height, radius_sigma, opacities)
+    dtype = means.dtype
     means2d, conics, depths, cov_diag, det = _ProjectCPU.apply(
-        means.contiguous(), quats.contiguous(), scales.contiguous(), viewmat.detach().contiguous(),
-        K.detach().contiguous(), width, height)
+        means.contiguous(), quats.to(dtype).contiguous(), scales.to(dtype).contiguous(),
+        viewmat.detach().to(dtype).contiguous(), K.detach().to(dtype).contiguous(), width, height)
     radii = _radii(means2d.detach(), cov_diag, det, depths.detach(), width, height, radius_sigma, opacities)
     return Projected(means2d, conics, depths, radii)
 
@@ -204,12 +205,18 @@ def sh_to_rgb(sh: Tensor, dirs: Tensor, degree: int) -> Tensor:
     """
     if not 0 <= degree <= 3 or sh.shape[1] < (degree + 1) ** 2:
         raise ValueError(f"sh_degree {degree} needs (degree+1)^2 <= {sh.shape[1]} coefficients and degree in 0..3")
-    if sh.device.type == "cpu":
-        result = _ShColourCPU.apply(dirs.contiguous(), sh.contiguous(), degree)
-    else:
-        used = (degree + 1) ** 2
-        coefficients = sh if sh.shape[1] == used else sh[:, :used]
-        result = torch.bmm(sh_basis(dirs, degree)[:, None, :], coefficients)[:, 0]
+    if sh.device.type != "cpu":
+        return sh_to_rgb_torch(sh, dirs, degree)
+    result = _ShColourCPU.apply(dirs.to(sh.dtype).contiguous(), sh.contiguous(), degree)
+    return torch.clamp_min(result + 0.5, 0.0)
+
+
+def sh_to_rgb_torch(sh: Tensor, dirs: Tensor, degree: int) -> Tensor:
+    """`sh_to_rgb` in tensor operations (`sh_basis` and one batched product), differentiable by
+    autograd: the oracle of the CPU kernel, the dense reference backend's colour and the CUDA path."""
+    used = (degree + 1) ** 2
+    coefficients = sh if sh.shape[1] == used else sh[:, :used]
+    result = torch.bmm(sh_basis(dirs, degree)[:, None, :], coefficients)[:, 0]
     return torch.clamp_min(result + 0.5, 0.0)
 
 
