@@ -4,8 +4,8 @@
 // order; a Gaussian counts only where the pixel centre lies inside its radius box, its power
 // sigma = 0.5 d^T conic d is non-negative and alpha = min(0.99, opacity * exp(-sigma)) >= 1/255;
 // blending stops before the Gaussian that would take the transmittance below 1e-4.
-// Tiles run in parallel (at::parallel_for); within a tile, 4 x 4 blocks of pixels are blended as
-// SIMD lanes, one per pixel. The backward pass accumulates per-Gaussian gradients in one
+// Tiles run in parallel (at::parallel_for); within a tile, blocks of 4 x 2 pixels (4 x 1 without
+// AVX) are blended as SIMD lanes, one per pixel. The backward pass accumulates per-Gaussian gradients in one
 // buffer per thread, summed at the end, so no atomics are needed.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -29,9 +29,9 @@ constexpr int kBlockPixels = 8;
 #else
 constexpr int kBlockPixels = 4;
 #endif
-// Blocks are 4 pixels wide and 2 (AVX) or 1 high. A tile's splat list is filtered per block: most
+// Blocks are 4 pixels wide and 2 (AVX) or 1 high. A tile's splat list is split per block: most
 // splats are a few pixels across, so a block sees a small part of a 16 x 16 tile's list, and its
-// pixels test only those; the filter costs one box test per (block, splat).
+// pixels test only those (see for_each_block).
 constexpr int64_t kBlockWidth = 4;
 constexpr int64_t kBlockHeight = kBlockPixels / kBlockWidth;
 
