@@ -116,9 +116,7 @@ def camera_tensors(camera: Camera, device: torch.device, dtype: torch.dtype) -> 
             torch.as_tensor(camera.K, dtype=dtype, device=device))
 
 
-def _project(gaussians: Gaussians, camera: Camera, viewmat: Tensor, K: Tensor, backend: str = "torch"):
-    # the dense reference is pure torch all the way, projection included: it is the oracle
-    project = project_gaussians_torch if backend == "reference" else project_gaussians
+def _project(gaussians: Gaussians, camera: Camera, viewmat: Tensor, K: Tensor, project=project_gaussians):
     return project(gaussians.means, gaussians.quats, gaussians.scales, viewmat, K, camera.width, camera.height,
                    opacities=gaussians.opacities)
 
@@ -154,9 +152,11 @@ def render(gaussians: Gaussians, camera: Camera, *, features: Tensor | None = No
 
         return render_gsplat(gaussians, features, viewmat, K, width, height, degree, bg)
 
-    projected = _project(gaussians, camera, viewmat, K, backend)
+    # the dense reference is pure torch throughout, projection and colour included: it is the oracle
+    project, colour = ((project_gaussians_torch, sh_to_rgb_torch) if backend == "reference"
+                       else (project_gaussians, sh_to_rgb))
+    projected = _project(gaussians, camera, viewmat, K, project)
     cam_center = torch.linalg.inv(viewmat)[:3, 3]
-    colour = sh_to_rgb_torch if backend == "reference" else sh_to_rgb  # the reference: pure torch throughout
     rgb = colour(gaussians.sh, means - cam_center, degree)
     channels = [rgb] + ([features.to(dtype)] if features is not None else []) + [projected.depths[:, None]]
     colors = torch.cat(channels, dim=1)

@@ -110,8 +110,7 @@ class _ProjectCPU(torch.autograd.Function):
         from .torch_backend import extension
 
         means, quats, scales, viewmat, K = ctx.saved_tensors
-        zeros = torch.zeros
-        grads = [g.contiguous() if g is not None else zeros(shape, dtype=means.dtype)
+        grads = [g.contiguous() if g is not None else torch.zeros(shape, dtype=means.dtype)
                  for g, shape in ((grad_means2d, (len(means), 2)), (grad_conics, (len(means), 3)),
                                   (grad_depths, (len(means),)))]
         g_means, g_quats, g_scales = extension().project_backward(means, quats, scales, viewmat, K, *ctx.size,

@@ -24,8 +24,7 @@ template <typename T>
 struct Projection {
   T qn[4], q_norm;     // normalised quaternion (w, x, y, z) and the raw one's norm
   T R[3][3];           // its rotation
-  T Sigma[3][3];       // world covariance R S S^T R^T
-  T C[3][3];           // camera covariance W Sigma W^T
+  T C[3][3];           // camera covariance W Sigma W^T, Sigma = R S S^T R^T the world one
   T p[3];              // camera-space mean
   T rx_c, ry_c;        // the view angles tx/tz, ty/tz after clamping
   bool x_free, y_free; // whether they were inside the clamp
@@ -44,18 +43,18 @@ Projection<T> project_one(const Camera<T>& cam, const T* m, const T* q, const T*
   const T R[3][3] = {{1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)},
                      {2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)},
                      {2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)}};
-  T M[3][3];
+  T M[3][3], Sigma[3][3];
   for (int i = 0; i < 3; ++i)
     for (int j = 0; j < 3; ++j) {
       r.R[i][j] = R[i][j];
       M[i][j] = R[i][j] * s[j];
     }
   for (int i = 0; i < 3; ++i)
-    for (int j = 0; j < 3; ++j) r.Sigma[i][j] = M[i][0] * M[j][0] + M[i][1] * M[j][1] + M[i][2] * M[j][2];
+    for (int j = 0; j < 3; ++j) Sigma[i][j] = M[i][0] * M[j][0] + M[i][1] * M[j][1] + M[i][2] * M[j][2];
   T WS[3][3];
   for (int i = 0; i < 3; ++i)
     for (int j = 0; j < 3; ++j)
-      WS[i][j] = cam.W[i][0] * r.Sigma[0][j] + cam.W[i][1] * r.Sigma[1][j] + cam.W[i][2] * r.Sigma[2][j];
+      WS[i][j] = cam.W[i][0] * Sigma[0][j] + cam.W[i][1] * Sigma[1][j] + cam.W[i][2] * Sigma[2][j];
   for (int i = 0; i < 3; ++i)
     for (int j = 0; j < 3; ++j) r.C[i][j] = WS[i][0] * cam.W[j][0] + WS[i][1] * cam.W[j][1] + WS[i][2] * cam.W[j][2];
   for (int i = 0; i < 3; ++i) r.p[i] = cam.W[i][0] * m[0] + cam.W[i][1] * m[1] + cam.W[i][2] * m[2] + cam.t[i];
