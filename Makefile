@@ -20,8 +20,7 @@ export OMP_NUM_THREADS ?= 2
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,gdino]'
+	$(PY) scripts/install_env.py $(PY) '.[test,gdino]'
 	touch $(STAMP)
 
 venv: $(STAMP)

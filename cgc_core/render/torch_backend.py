@@ -18,7 +18,8 @@ from torch import Tensor
 from .projection import depth_order
 
 TILE_SIZE = 16
-_SOURCES = [Path(__file__).parent / "csrc" / name for name in ("rasterize.cpp", "neighbours.cpp", "projection.cpp")]
+_SOURCES = [Path(__file__).parent / "csrc" / name for name in
+            ("rasterize.cpp", "neighbours.cpp", "projection.cpp", "bindings.cpp")]
 _lock = threading.Lock()
 _module = None
 

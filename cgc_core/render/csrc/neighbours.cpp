@@ -12,7 +12,8 @@
 // - farthest: the points sorted by their distance r_p to the centroid, largest first; by the
 //   triangle inequality |q - p| <= r_q + r_p, so the walk stops once (r_q + r_p)², widened by a
 //   margin far above float rounding, is below the l-th best squared distance.
-#include <torch/extension.h>
+#include "kernels.h"
+
 #include <ATen/Parallel.h>
 #include <algorithm>
 #include <cmath>
@@ -61,17 +62,17 @@ inline float squared_distance(const float* p, float x, float y, float z) {
 
 }  // namespace
 
-std::vector<torch::Tensor> near_far(torch::Tensor queries, torch::Tensor points, torch::Tensor self_index,
-                                    int64_t k, int64_t l, bool near_includes_self) {
+std::vector<at::Tensor> near_far(at::Tensor queries, at::Tensor points, at::Tensor self_index,
+                                 int64_t k, int64_t l, bool near_includes_self) {
   TORCH_CHECK(queries.dim() == 2 && queries.size(1) == 3 && points.dim() == 2 && points.size(1) == 3,
               "near_far: queries [M, 3] and points [N, 3]");
   TORCH_CHECK(points.size(0) > k && points.size(0) > l, "near_far: fewer points than neighbours asked for");
-  auto q = queries.to(torch::kFloat32).contiguous();
-  auto p = points.to(torch::kFloat32).contiguous();
-  auto self = self_index.to(torch::kInt64).contiguous();
+  auto q = queries.to(at::kFloat).contiguous();
+  auto p = points.to(at::kFloat).contiguous();
+  auto self = self_index.to(at::kLong).contiguous();
   const int64_t m = q.size(0), n = p.size(0);
-  auto near = torch::empty({m, k}, torch::kInt64);
-  auto far = torch::empty({m, l}, torch::kInt64);
+  auto near = at::empty({m, k}, at::kLong);
+  auto far = at::empty({m, l}, at::kLong);
   const float* qp = q.data_ptr<float>();
   const float* pp = p.data_ptr<float>();
   const int64_t* sp = self.data_ptr<int64_t>();

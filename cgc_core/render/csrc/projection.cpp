@@ -3,7 +3,8 @@
 // project_gaussians_torch (the oracle the tests hold this to); written out per Gaussian because
 // on the CPU the tensor version spends its time in dozens of small batched operations and their
 // autograd records, not in arithmetic.
-#include <torch/extension.h>
+#include "kernels.h"
+
 #include <ATen/Parallel.h>
 #include <algorithm>
 #include <cmath>
@@ -84,7 +85,7 @@ Projection<T> project_one(const Camera<T>& cam, const T* m, const T* q, const T*
 }
 
 template <typename T>
-Camera<T> camera_from(const torch::Tensor& viewmat, const torch::Tensor& K, int64_t width, int64_t height, double eps2d) {
+Camera<T> camera_from(const at::Tensor& viewmat, const at::Tensor& K, int64_t width, int64_t height, double eps2d) {
   auto v = viewmat.accessor<T, 2>();
   auto k = K.accessor<T, 2>();
   Camera<T> cam;
@@ -109,14 +110,14 @@ Camera<T> camera_from(const torch::Tensor& viewmat, const torch::Tensor& K, int6
 
 // Returns means2d [N, 2], conics [N, 3], depths [N] and [N, 3] the 2D covariance's diagonal and
 // its clamped determinant (for the radii, which the caller derives as the oracle does).
-std::vector<torch::Tensor> project_forward(torch::Tensor means, torch::Tensor quats, torch::Tensor scales,
-                                           torch::Tensor viewmat, torch::Tensor K, int64_t width, int64_t height,
-                                           double eps2d) {
+std::vector<at::Tensor> project_forward(at::Tensor means, at::Tensor quats, at::Tensor scales,
+                                        at::Tensor viewmat, at::Tensor K, int64_t width, int64_t height,
+                                        double eps2d) {
   const int64_t n = means.size(0);
-  auto means2d = torch::empty({n, 2}, means.options());
-  auto conics = torch::empty({n, 3}, means.options());
-  auto depths = torch::empty({n}, means.options());
-  auto extra = torch::empty({n, 3}, means.options());
+  auto means2d = at::empty({n, 2}, means.options());
+  auto conics = at::empty({n, 3}, means.options());
+  auto depths = at::empty({n}, means.options());
+  auto extra = at::empty({n, 3}, means.options());
   AT_DISPATCH_FLOATING_TYPES(means.scalar_type(), "project_forward", [&] {
     const Camera<scalar_t> cam = camera_from<scalar_t>(viewmat, K, width, height, eps2d);
     const scalar_t* m = means.data_ptr<scalar_t>();
@@ -148,14 +149,14 @@ std::vector<torch::Tensor> project_forward(torch::Tensor means, torch::Tensor qu
 // Gradients with respect to means [N, 3], quats [N, 4] and scales [N, 3], given those of means2d,
 // conics and depths. Gaussians whose incoming gradients are all zero (culled, or not seen) get
 // zero without the chain rule (where the oracle's autograd would multiply 0 by 1/tz).
-std::vector<torch::Tensor> project_backward(torch::Tensor means, torch::Tensor quats, torch::Tensor scales,
-                                            torch::Tensor viewmat, torch::Tensor K, int64_t width, int64_t height,
-                                            double eps2d, torch::Tensor grad_means2d, torch::Tensor grad_conics,
-                                            torch::Tensor grad_depths) {
+std::vector<at::Tensor> project_backward(at::Tensor means, at::Tensor quats, at::Tensor scales,
+                                         at::Tensor viewmat, at::Tensor K, int64_t width, int64_t height,
+                                         double eps2d, at::Tensor grad_means2d, at::Tensor grad_conics,
+                                         at::Tensor grad_depths) {
   const int64_t n = means.size(0);
-  auto grad_means = torch::zeros_like(means);
-  auto grad_quats = torch::zeros_like(quats);
-  auto grad_scales = torch::zeros_like(scales);
+  auto grad_means = at::zeros_like(means);
+  auto grad_quats = at::zeros_like(quats);
+  auto grad_scales = at::zeros_like(scales);
   AT_DISPATCH_FLOATING_TYPES(means.scalar_type(), "project_backward", [&] {
     using T = scalar_t;
     const Camera<T> cam = camera_from<T>(viewmat, K, width, height, eps2d);
@@ -321,9 +322,9 @@ void unit(const T* d, T* u, T& norm) {
 // sum_k b_k(dirs[n] / |dirs[n]|) coeffs[n, k, c] over the first (degree + 1)^2 coefficients of
 // [N, K, 3]. One pass per Gaussian, where the tensor version spends its time in some sixty small
 // elementwise operations (basis and its autograd) and a batched product of N tiny matrices.
-torch::Tensor sh_colour_forward(torch::Tensor dirs, torch::Tensor coeffs, int64_t degree) {
+at::Tensor sh_colour_forward(at::Tensor dirs, at::Tensor coeffs, int64_t degree) {
   const int64_t n = dirs.size(0), k_all = coeffs.size(1), c = coeffs.size(2), used = (degree + 1) * (degree + 1);
-  auto out = torch::empty({n, c}, dirs.options());
+  auto out = at::empty({n, c}, dirs.options());
   AT_DISPATCH_FLOATING_TYPES(dirs.scalar_type(), "sh_colour_forward", [&] {
     const scalar_t* d = dirs.data_ptr<scalar_t>();
     const scalar_t* co = coeffs.data_ptr<scalar_t>();
@@ -346,11 +347,11 @@ torch::Tensor sh_colour_forward(torch::Tensor dirs, torch::Tensor coeffs, int64_
 
 // Gradients of sh_colour_forward with respect to dirs [N, 3] and coeffs [N, K, 3] (0 beyond the
 // first (degree + 1)^2), given that of its output [N, 3].
-std::vector<torch::Tensor> sh_colour_backward(torch::Tensor dirs, torch::Tensor coeffs, int64_t degree,
-                                              torch::Tensor grad) {
+std::vector<at::Tensor> sh_colour_backward(at::Tensor dirs, at::Tensor coeffs, int64_t degree,
+                                           at::Tensor grad) {
   const int64_t n = dirs.size(0), k_all = coeffs.size(1), c = coeffs.size(2), used = (degree + 1) * (degree + 1);
-  auto grad_dirs = torch::zeros_like(dirs);
-  auto grad_coeffs = torch::zeros_like(coeffs);
+  auto grad_dirs = at::zeros_like(dirs);
+  auto grad_coeffs = at::zeros_like(coeffs);
   AT_DISPATCH_FLOATING_TYPES(dirs.scalar_type(), "sh_colour_backward", [&] {
     const scalar_t* d = dirs.data_ptr<scalar_t>();
     const scalar_t* co = coeffs.data_ptr<scalar_t>();

@@ -7,7 +7,8 @@
 // Tiles run in parallel (at::parallel_for); within a tile, blocks of 4 x 2 pixels (4 x 1 without
 // AVX) are blended as SIMD lanes, one per pixel. The backward pass accumulates per-Gaussian gradients in one
 // buffer per thread, summed at the end, so no atomics are needed.
-#include <torch/extension.h>
+#include "kernels.h"
+
 #include <ATen/Parallel.h>
 #include <algorithm>
 #include <cmath>
@@ -104,8 +105,8 @@ struct Splat {
 };
 
 template <typename scalar_t>
-std::vector<Splat<scalar_t>> gather_splats(const torch::Tensor& means2d, const torch::Tensor& conics,
-                                           const torch::Tensor& opacities, const torch::Tensor& radii) {
+std::vector<Splat<scalar_t>> gather_splats(const at::Tensor& means2d, const at::Tensor& conics,
+                                           const at::Tensor& opacities, const at::Tensor& radii) {
   const int64_t n = means2d.size(0);
   auto m = means2d.accessor<scalar_t, 2>();
   auto q = conics.accessor<scalar_t, 2>();
@@ -271,14 +272,14 @@ inline void blend_block(const BlockList<scalar_t>& block, const BlockPixels<scal
 
 // Returns image [H, W, C] (background included), final transmittance [H, W] and, per pixel, the
 // number of tile-list entries visited before blending stopped [H, W] (int32).
-std::vector<torch::Tensor> rasterize_forward(torch::Tensor means2d, torch::Tensor conics, torch::Tensor opacities,
-                                             torch::Tensor colors, torch::Tensor radii, torch::Tensor background,
-                                             torch::Tensor tile_offsets, torch::Tensor sorted_ids, int64_t width,
-                                             int64_t height, int64_t tile_size) {
+std::vector<at::Tensor> rasterize_forward(at::Tensor means2d, at::Tensor conics, at::Tensor opacities,
+                                          at::Tensor colors, at::Tensor radii, at::Tensor background,
+                                          at::Tensor tile_offsets, at::Tensor sorted_ids, int64_t width,
+                                          int64_t height, int64_t tile_size) {
   const int64_t channels = colors.size(1);
-  auto image = torch::empty({height, width, channels}, colors.options());
-  auto final_t = torch::empty({height, width}, colors.options());
-  auto n_visited = torch::zeros({height, width}, radii.options());
+  auto image = at::empty({height, width, channels}, colors.options());
+  auto final_t = at::empty({height, width}, colors.options());
+  auto n_visited = at::zeros({height, width}, radii.options());
 
   AT_DISPATCH_FLOATING_TYPES(colors.scalar_type(), "rasterize_forward", [&] {
     using V = typename Lanes<scalar_t>::V;
@@ -319,12 +320,12 @@ std::vector<torch::Tensor> rasterize_forward(torch::Tensor means2d, torch::Tenso
 
 // Gradients of the loss with respect to means2d [N, 2], conics [N, 3], opacities [N] and
 // colors [N, C], given the gradients of the image [H, W, C] and of alpha = 1 - T_final [H, W].
-std::vector<torch::Tensor> rasterize_backward(torch::Tensor means2d, torch::Tensor conics, torch::Tensor opacities,
-                                              torch::Tensor colors, torch::Tensor radii, torch::Tensor background,
-                                              torch::Tensor tile_offsets, torch::Tensor sorted_ids,
-                                              torch::Tensor final_t, torch::Tensor n_visited,
-                                              torch::Tensor grad_image, torch::Tensor grad_alpha, int64_t width,
-                                              int64_t height, int64_t tile_size) {
+std::vector<at::Tensor> rasterize_backward(at::Tensor means2d, at::Tensor conics, at::Tensor opacities,
+                                           at::Tensor colors, at::Tensor radii, at::Tensor background,
+                                           at::Tensor tile_offsets, at::Tensor sorted_ids,
+                                           at::Tensor final_t, at::Tensor n_visited,
+                                           at::Tensor grad_image, at::Tensor grad_alpha, int64_t width,
+                                           int64_t height, int64_t tile_size) {
   const int64_t n = means2d.size(0);
   const int64_t channels = colors.size(1);
   const int64_t stride = 6 + channels;  // mx, my, a, b, c, opacity, colors...
@@ -332,12 +333,12 @@ std::vector<torch::Tensor> rasterize_backward(torch::Tensor means2d, torch::Tens
   // One gradient row per Gaussian and thread, zeroed when the thread first touches it (most
   // rows of a large model are never touched by one of the threads, and zeroing and summing them
   // all cost as much as a tenth of the backward pass).
-  auto buffers = torch::empty({n_threads, n, stride}, colors.options());
+  auto buffers = at::empty({n_threads, n, stride}, colors.options());
   std::vector<uint8_t> touched(n_threads * n, 0);
-  auto grad_means2d = torch::empty({n, 2}, colors.options());
-  auto grad_conics = torch::empty({n, 3}, colors.options());
-  auto grad_opacities = torch::empty({n}, colors.options());
-  auto grad_colors = torch::empty({n, channels}, colors.options());
+  auto grad_means2d = at::empty({n, 2}, colors.options());
+  auto grad_conics = at::empty({n, 3}, colors.options());
+  auto grad_opacities = at::empty({n}, colors.options());
+  auto grad_colors = at::empty({n, channels}, colors.options());
 
   AT_DISPATCH_FLOATING_TYPES(colors.scalar_type(), "rasterize_backward", [&] {
     using V = typename Lanes<scalar_t>::V;
@@ -455,11 +456,11 @@ std::vector<torch::Tensor> rasterize_backward(torch::Tensor means2d, torch::Tens
 // ids), weight [nnz]. Any per-Gaussian channel then renders as weights @ values (background 0):
 // the frozen-geometry path renders features without re-running the rasterizer. Same loop, same
 // tests as rasterize_forward, so the weights are exactly those it blends with.
-std::vector<torch::Tensor> blend_weights(torch::Tensor means2d, torch::Tensor conics, torch::Tensor opacities,
-                                         torch::Tensor radii, torch::Tensor tile_offsets, torch::Tensor sorted_ids,
-                                         int64_t width, int64_t height, int64_t tile_size) {
-  auto crow = torch::zeros({height * width + 1}, tile_offsets.options());
-  torch::Tensor col, weight;
+std::vector<at::Tensor> blend_weights(at::Tensor means2d, at::Tensor conics, at::Tensor opacities,
+                                      at::Tensor radii, at::Tensor tile_offsets, at::Tensor sorted_ids,
+                                      int64_t width, int64_t height, int64_t tile_size) {
+  auto crow = at::zeros({height * width + 1}, tile_offsets.options());
+  at::Tensor col, weight;
 
   AT_DISPATCH_FLOATING_TYPES(means2d.scalar_type(), "blend_weights", [&] {
     using V = typename Lanes<scalar_t>::V;
@@ -497,8 +498,8 @@ std::vector<torch::Tensor> blend_weights(torch::Tensor means2d, torch::Tensor co
       if (!pass) {
         crow = crow.cumsum(0);
         const int64_t nnz = crow[height * width].item<int64_t>();
-        col = torch::empty({nnz}, tile_offsets.options());
-        weight = torch::empty({nnz}, means2d.options());
+        col = at::empty({nnz}, tile_offsets.options());
+        weight = at::empty({nnz}, means2d.options());
       }
     }
   });
@@ -510,7 +511,7 @@ namespace {
 // Indices of the visible splats (both radii > 0), nearest first, ties in index order: an LSD
 // radix sort (stable) on the depths' bits, mapped so that unsigned order is numeric order.
 template <typename scalar_t>
-std::vector<int64_t> depth_order(const torch::Tensor& depths, const torch::Tensor& radii) {
+std::vector<int64_t> depth_order(const at::Tensor& depths, const at::Tensor& radii) {
   using Key = std::conditional_t<sizeof(scalar_t) == 4, uint32_t, uint64_t>;
   constexpr Key sign = Key(1) << (8 * sizeof(Key) - 1);
   const int64_t n = depths.size(0);
@@ -551,11 +552,11 @@ std::vector<int64_t> depth_order(const torch::Tensor& depths, const torch::Tenso
 // in depth order. A splat's tiles are floor((m -+ r) / tile_size) clamped to the image's tiles,
 // computed in the splats' dtype exactly as render/torch_backend.py's bin_tiles_torch (the oracle)
 // does.
-std::vector<torch::Tensor> bin_tiles(torch::Tensor means2d, torch::Tensor radii, torch::Tensor depths, int64_t width,
-                                     int64_t height, int64_t tile_size) {
+std::vector<at::Tensor> bin_tiles(at::Tensor means2d, at::Tensor radii, at::Tensor depths, int64_t width,
+                                  int64_t height, int64_t tile_size) {
   const int64_t tiles_x = (width + tile_size - 1) / tile_size, tiles_y = (height + tile_size - 1) / tile_size;
-  auto offsets = torch::zeros({tiles_x * tiles_y + 1}, torch::dtype(torch::kInt64));
-  torch::Tensor ids;
+  auto offsets = at::zeros({tiles_x * tiles_y + 1}, at::dtype(at::kLong));
+  at::Tensor ids;
   AT_DISPATCH_FLOATING_TYPES(means2d.scalar_type(), "bin_tiles", [&] {
     auto m = means2d.accessor<scalar_t, 2>();
     auto r = radii.accessor<int32_t, 2>();
@@ -581,7 +582,7 @@ std::vector<torch::Tensor> bin_tiles(torch::Tensor means2d, torch::Tensor radii,
     }
     int64_t* off = offsets.data_ptr<int64_t>();
     for (int64_t t = 0; t < tiles_x * tiles_y; ++t) off[t + 1] += off[t];
-    ids = torch::empty({off[tiles_x * tiles_y]}, torch::dtype(torch::kInt64));
+    ids = at::empty({off[tiles_x * tiles_y]}, at::dtype(at::kLong));
     int64_t* out = ids.data_ptr<int64_t>();
     std::vector<int64_t> next(off, off + tiles_x * tiles_y);
     for (int64_t i = 0; i < n; ++i) {
@@ -591,31 +592,4 @@ std::vector<torch::Tensor> bin_tiles(torch::Tensor means2d, torch::Tensor radii,
     }
   });
   return {offsets, ids};
-}
-
-// neighbours.cpp
-std::vector<torch::Tensor> near_far(torch::Tensor queries, torch::Tensor points, torch::Tensor self_index,
-                                    int64_t k, int64_t l, bool near_includes_self);
-// projection.cpp
-std::vector<torch::Tensor> project_forward(torch::Tensor means, torch::Tensor quats, torch::Tensor scales,
-                                           torch::Tensor viewmat, torch::Tensor K, int64_t width, int64_t height,
-                                           double eps2d);
-std::vector<torch::Tensor> project_backward(torch::Tensor means, torch::Tensor quats, torch::Tensor scales,
-                                            torch::Tensor viewmat, torch::Tensor K, int64_t width, int64_t height,
-                                            double eps2d, torch::Tensor grad_means2d, torch::Tensor grad_conics,
-                                            torch::Tensor grad_depths);
-torch::Tensor sh_colour_forward(torch::Tensor dirs, torch::Tensor coeffs, int64_t degree);
-std::vector<torch::Tensor> sh_colour_backward(torch::Tensor dirs, torch::Tensor coeffs, int64_t degree,
-                                              torch::Tensor grad);
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("forward", &rasterize_forward, "tile rasterization forward (CPU)");
-  m.def("backward", &rasterize_backward, "tile rasterization backward (CPU)");
-  m.def("blend_weights", &blend_weights, "per-pixel blending weights as CSR (CPU)");
-  m.def("bin_tiles", &bin_tiles, "splats per tile in depth order, as CSR (CPU)");
-  m.def("near_far", &near_far, "k nearest and l farthest points of each query (CPU)");
-  m.def("project_forward", &project_forward, "projection of 3D Gaussians to 2D splats (CPU)");
-  m.def("project_backward", &project_backward, "gradients of the projection (CPU)");
-  m.def("sh_colour_forward", &sh_colour_forward, "SH colour of view directions, per Gaussian (CPU)");
-  m.def("sh_colour_backward", &sh_colour_backward, "gradients of sh_colour_forward (CPU)");
 }
