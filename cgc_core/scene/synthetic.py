@@ -22,6 +22,7 @@ import math
 import os
 import shutil
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -741,6 +742,21 @@ def _shade_room(scene: SyntheticScene, origin: np.ndarray, dirs: np.ndarray, t: 
     return np.clip(rgb, 0.0, 1.0)
 
 
+_RAY_CHUNK = 1 << 17
+
+
+def _shade_directional(scene: SyntheticScene, origin: np.ndarray,
+                       dirs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Colour, hit distance and object id of each ray under the scene's one directional light
+    (view-independent, as SfM likes it)."""
+    t_best, surface, ids = _first_hits(scene, origin, dirs)
+    points = origin + t_best[:, None] * dirs
+    normals = _surface_normals(scene, points, surface, ids)
+    albedo = _albedo(points, ids, surface, scene)
+    lambert = np.clip(normals @ LIGHT_DIR, 0.0, 1.0)
+    return np.clip(albedo * (AMBIENT + (1 - AMBIENT) * lambert)[:, None], 0.0, 1.0), t_best, ids
+
+
 def render_view(scene: SyntheticScene, camera: Camera, supersample: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Ray cast one view.
 
@@ -762,16 +778,16 @@ def render_view(scene: SyntheticScene, camera: Camera, supersample: int = 1) -> 
         rgb = rgb.reshape(h, s, w, s, 3).mean(axis=(1, 3))
         return rgb, ids[s // 2::s, s // 2::s], depth[s // 2::s, s // 2::s]
     origin, dirs = camera_rays(camera)
-    t_best, surface, ids = _first_hits(scene, origin, dirs)
-    points = origin + t_best[:, None] * dirs
     if scene.room is None:
-        # One directional light, view-independent (as SfM likes it).
-        normals = _surface_normals(scene, points, surface, ids)
-        albedo = _albedo(points, ids, surface, scene)
-        lambert = np.clip(normals @ LIGHT_DIR, 0.0, 1.0)
-        rgb = np.clip(albedo * (AMBIENT + (1 - AMBIENT) * lambert)[:, None], 0.0, 1.0)
-    else:
+        # Every ray is independent here, so rays go in chunks whose arrays stay in the CPU's cache
+        # (about 20% faster than one pass over a supersampled view; the same numbers).
+        parts = [_shade_directional(scene, origin, dirs[start:start + _RAY_CHUNK])
+                 for start in range(0, len(dirs), _RAY_CHUNK)]
+        rgb, t_best, ids = (np.concatenate(arrays) for arrays in zip(*parts))
+    else:  # one pass: the area light's samples are numbered over the whole view
+        t_best, surface, ids = _first_hits(scene, origin, dirs)
         rgb = _shade_room(scene, origin, dirs, t_best, surface, ids)
+    points = origin + t_best[:, None] * dirs
     depth = (points - origin) @ camera.camera_to_world[:3, 2]
     shape = (camera.height, camera.width)
     return rgb.reshape(*shape, 3), ids.reshape(shape).astype(np.uint8), depth.reshape(shape).astype(np.float32)
@@ -784,6 +800,27 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         os.link(src, dst)
     except OSError:
         shutil.copy2(src, dst)
+
+
+def _write_view(folder: Path, name: str, rgb: np.ndarray, ids: np.ndarray, depth: np.ndarray,
+                scene: SyntheticScene, test_names: list[str], visible_views: dict[str, int],
+                min_mask_pixels: int) -> None:
+    """One rendered view's files (see write_synthetic_scene); counts the views each object is seen in."""
+    Image.fromarray((rgb * 255 + 0.5).astype(np.uint8)).save(folder / "images" / name)
+    Image.fromarray(ids).save(folder / "ground_truth" / f"instance_{name}")
+    np.save(folder / "ground_truth" / f"depth_{Path(name).stem}.npy", depth)
+    for k, obj in enumerate(scene.objects, start=1):
+        if (ids == k).sum() >= min_mask_pixels:
+            visible_views[obj.name] += 1
+    if name in test_names:
+        mask_dir = folder / "test_mask" / str(test_names.index(name))
+        mask_dir.mkdir()
+        for k, obj in enumerate(scene.objects, start=1):
+            mask = ids == k
+            if mask.sum() >= min_mask_pixels:
+                Image.fromarray(mask.astype(np.uint8) * 255).save(mask_dir / f"{obj.name}.png")
+    else:
+        _link_or_copy(folder / "images" / name, folder / "images_train" / name)
 
 
 def write_synthetic_scene(cfg: SyntheticConfig, out_dir: str | Path, min_mask_pixels: int = 20) -> Path:
@@ -808,24 +845,18 @@ def write_synthetic_scene(cfg: SyntheticConfig, out_dir: str | Path, min_mask_pi
             (tmp / sub).mkdir()
         test_names = scene.test_names
         visible_views = {o.name: 0 for o in scene.objects}
-        for camera in scene.cameras:
-            rgb, ids, depth = render_view(scene, camera, cfg.supersample)
-            name = camera.image_name
-            Image.fromarray((rgb * 255 + 0.5).astype(np.uint8)).save(tmp / "images" / name)
-            Image.fromarray(ids).save(tmp / "ground_truth" / f"instance_{name}")
-            np.save(tmp / "ground_truth" / f"depth_{Path(name).stem}.npy", depth)
-            for k, obj in enumerate(scene.objects, start=1):
-                if (ids == k).sum() >= min_mask_pixels:
-                    visible_views[obj.name] += 1
-            if name in test_names:
-                mask_dir = tmp / "test_mask" / str(test_names.index(name))
-                mask_dir.mkdir()
-                for k, obj in enumerate(scene.objects, start=1):
-                    mask = ids == k
-                    if mask.sum() >= min_mask_pixels:
-                        Image.fromarray(mask.astype(np.uint8) * 255).save(mask_dir / f"{obj.name}.png")
-            else:
-                _link_or_copy(tmp / "images" / name, tmp / "images_train" / name)
+        # Views render in threads (numpy's array work runs without the GIL): about 1.5x on 2 cores.
+        # At most 4 at once: a supersampled view holds a few hundred MB of ray arrays.
+        workers = max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else
+                             os.cpu_count() or 1))
+        pool = ThreadPoolExecutor(workers)
+        try:
+            views = pool.map(lambda camera: render_view(scene, camera, cfg.supersample), scene.cameras)
+            for camera, (rgb, ids, depth) in zip(scene.cameras, views):
+                _write_view(tmp, camera.image_name, rgb, ids, depth, scene, test_names, visible_views,
+                            min_mask_pixels)
+        finally:  # on an error, views not yet started are dropped rather than rendered for nothing
+            pool.shutdown(cancel_futures=True)
         write_model(scene.cameras, tmp / "sparse" / "0")
         meta = {
             "preset": cfg.preset, "seed": cfg.seed, "radius": scene.radius,
