@@ -27,6 +27,8 @@ from cgc_core.cli import ConfigOpt, SetOpt
 from cgc_core.config import CgcConfig, load_config
 from cgc_core.evaluate import EvaluateOutputs, check_protocol_weights
 from cgc_core import pipeline
+from cgc_core.render import resolve_backend
+from cgc_core.render.torch_backend import build_extension_in_background
 from cgc_core.pipeline import STAGES, scene_dir, scene_name_of, stage_record, with_downstream
 from tasks.report import report_task
 from tasks.stage import stage_task
@@ -138,6 +140,12 @@ def main(scenes: Annotated[list[str], typer.Option("--scenes", help="synthetic, 
         with_downstream(force or [])
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--force") from exc
+    try:
+        cpu_kernels = not dask_address and resolve_backend(load_config(config, set_ or []).train.backend) == "torch"
+    except (ValueError, RuntimeError):  # a bad config or backend: the flow itself reports it
+        cpu_kernels = False
+    if cpu_kernels:  # they compile while the Prefect server starts and the first stages run
+        build_extension_in_background()
     benchmark = cgc_benchmark
     if dask_address:
         benchmark = cgc_benchmark.with_options(task_runner=scene_task_runner(dask_address))
