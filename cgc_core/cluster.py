@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -55,12 +55,15 @@ class Clustering:
         centers: [K, D] unit mean feature of each cluster.
         sizes: [K] Gaussians per cluster (all Gaussians, not only the fitted ones).
         n_fitted: How many Gaussians HDBSCAN was fitted on.
+        background: The cluster the spread-out clusters were merged into (`merge_background`), or
+            -1 when none was.
     """
 
     labels: np.ndarray
     centers: np.ndarray
     sizes: np.ndarray
     n_fitted: int
+    background: int = NOISE
 
     @property
     def n_clusters(self) -> int:
@@ -124,7 +127,58 @@ def cluster_gaussians(features: Tensor, means: Tensor | None = None, opacities: 
     else:
         labels[candidates] = np.where(fitted_labels >= 0, fitted_labels, labels[candidates])
     sizes = np.bincount(labels[labels >= 0], minlength=len(found))
-    return Clustering(labels, centers.cpu().numpy(), sizes, len(candidates))
+    clustering = Clustering(labels, centers.cpu().numpy(), sizes, len(candidates))
+    if cfg.background_spread > 0 and means is not None:
+        clustering = merge_background(clustering, unit, means, candidates, cfg.background_spread)
+    return clustering
+
+
+def cluster_spreads(labels: np.ndarray, n_clusters: int, means: Tensor | np.ndarray,
+                    considered: np.ndarray) -> np.ndarray:
+    """[n_clusters] spatial spread of each cluster relative to the scene's: the median distance of a
+    cluster's Gaussians from their (per-axis) median, divided by the same of all `considered`
+    Gaussians (indices). Medians, so that a few stray Gaussians of a cluster do not count; a
+    Gaussian whose position is not finite (a diverged one) is left out."""
+    points = means.detach().cpu().numpy() if isinstance(means, Tensor) else np.asarray(means)
+    points, labels = points[considered], labels[considered]
+    finite = np.isfinite(points).all(axis=1)
+    points, labels = points[finite], labels[finite]
+
+    def spread(p: np.ndarray) -> float:
+        return float(np.median(np.linalg.norm(p - np.median(p, axis=0), axis=1))) if len(p) else 0.0
+
+    scene = max(spread(points), 1e-12)
+    return np.array([spread(points[labels == k]) / scene for k in range(n_clusters)])
+
+
+def merge_background(clustering: Clustering, unit_features: Tensor, means: Tensor, considered: np.ndarray,
+                     spread: float) -> Clustering:
+    """Merge every cluster spread wider than `spread` times the scene's (`cluster_spreads`) into
+    one background cluster.
+
+    Features separate surfaces that the masks separate, so walls, floor, table and sky come out as
+    several clusters, each spread over much of the scene, while objects are compact. A user asking
+    for objects wants those as one background (the ground truth of LERF-Mask-style scenes and of the
+    synthetic scenes has one id for them). Labels stay 0..K-1 (clusters keep their order, the
+    background takes the place of the first merged one); its centre is the mean of its Gaussians'
+    unit features. Noise labels (-1) are left as they are.
+    """
+    labels = clustering.labels
+    if clustering.n_clusters == 0:
+        return clustering
+    wide = np.flatnonzero(cluster_spreads(labels, clustering.n_clusters, means, considered) > spread)
+    if len(wide) < 2:  # nothing to merge
+        return replace(clustering, background=int(wide[0]) if len(wide) else NOISE)
+    keep = np.ones(clustering.n_clusters, dtype=bool)
+    keep[wide[1:]] = False
+    new_id = np.cumsum(keep) - 1
+    new_id[wide] = new_id[wide[0]]
+    merged = np.where(labels >= 0, new_id[np.maximum(labels, 0)], labels)
+    centers = clustering.centers[keep].copy()
+    members = torch.from_numpy(merged == new_id[wide[0]])
+    centers[new_id[wide[0]]] = F.normalize(unit_features[members].mean(0), dim=-1).cpu().numpy()
+    sizes = np.bincount(merged[merged >= 0], minlength=int(keep.sum()))
+    return Clustering(merged, centers, sizes, clustering.n_fitted, int(new_id[wide[0]]))
 
 
 def remove_spatial_outliers(points: np.ndarray, neighbours: int = 10, std_ratio: float = 2.0) -> np.ndarray:
@@ -326,6 +380,7 @@ def cluster_scene(params: dict[str, Tensor], scene, selector, queries: dict, que
                                            out.instance_masks, backend, progress=progress)
                      if cfg.export_masks else None)
     summary = {"n_gaussians": int(len(clustering.labels)), "n_clusters": clustering.n_clusters,
+               "background_cluster": clustering.background,
                "n_fitted": clustering.n_fitted, "cluster_sizes": clustering.sizes.tolist(),
                "cluster_seconds": round(seconds, 3), "palette_view": view,
                "selected": {p: int(k.sum()) for p, k in selections.items()},

@@ -48,6 +48,33 @@ def test_clustering_recovers_known_groups(max_fit_points):
     assert result.sizes.sum() == len(truth) and result.n_fitted == (len(truth) if max_fit_points is None else 1500)
 
 
+def test_spread_out_clusters_merge_into_one_background_and_objects_stay():
+    # Two compact objects and a floor whose two halves have different features (as masks that cut
+    # a floor in two would train them): four feature groups, three things a user asks for.
+    g = torch.Generator().manual_seed(0)
+    directions = torch.nn.functional.normalize(torch.randn(4, 16, generator=g), dim=-1)
+    floor = torch.rand(1600, 3, generator=g) * torch.tensor([10.0, 10.0, 0.0]) - torch.tensor([5.0, 5.0, 0.0])
+    objects = [torch.randn(300, 3, generator=g) * 0.1 + torch.tensor(c) for c in ([1.0, 1.0, 0.5], [-2.0, 1.0, 0.5])]
+    means = torch.cat([floor, *objects])
+    group = torch.cat([(floor[:, 0] > 0).long(), torch.full((300,), 2), torch.full((300,), 3)])
+    features = directions[group] + 0.05 * torch.randn(len(group), 16, generator=g)
+    truth = np.where(group.numpy() >= 2, group.numpy() - 1, 0)  # 0: background, 1 and 2: the objects
+    split = cluster_gaussians(features, means, cfg=ClusterConfig(min_cluster_size=50, background_spread=0.0))
+    merged = cluster_gaussians(features, means, cfg=ClusterConfig(min_cluster_size=50))  # the default 0.2
+    assert split.n_clusters == 4 and split.background == -1
+    assert merged.n_clusters == 3 and adjusted_rand_score(truth, merged.labels) == pytest.approx(1.0)
+    assert adjusted_rand_score(truth, split.labels) < 0.8
+    diverged = means.clone()
+    diverged[5] = float("nan")  # one Gaussian whose training diverged does not hide the spreads
+    assert cluster_gaussians(features, diverged, cfg=ClusterConfig(min_cluster_size=50)).n_clusters == 3
+    assert (merged.labels[:1600] == merged.background).all() and (merged.labels[1600:] != merged.background).all()
+    assert sorted(merged.sizes.tolist()) == [300, 300, 1600]
+    background_centre = torch.from_numpy(merged.centers[merged.background])
+    assert torch.allclose(background_centre.norm(), torch.tensor(1.0), atol=1e-5)
+    # Without positions there is nothing to measure a spread by: every cluster stays.
+    assert cluster_gaussians(features, cfg=ClusterConfig(min_cluster_size=50)).n_clusters == 4
+
+
 def test_faint_gaussians_are_labelled_but_not_fitted_and_noise_can_be_kept():
     features, means, truth = _feature_cloud(n_groups=3, per_group=300)
     opacities = torch.ones(len(truth))
