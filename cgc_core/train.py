@@ -360,6 +360,10 @@ def train(scene: Scene, store: MaskStore, out_dir: str | Path, cfg: TrainConfig,
     final = {k: v.detach() for k, v in params.items()}
     if frozen is not None and cfg.frozen_back_project:
         final["features"] = frozen.back_project(final["features"])
+    final, diverged = drop_non_finite_gaussians(final)
+    if diverged:
+        logger.warning("%s: %d of %d Gaussians have non-finite parameters (diverged in training); left out of %s",
+                       scene.name, diverged, diverged + final["means"].shape[0], out_dir / PLY_NAME)
     if cfg.iterations > start_step or not (out_dir / PLY_NAME).exists():
         _save_checkpoint(out_dir, cfg.iterations, params, optimizers, strategy_state, health)
     ply = save_ply(final, out_dir / PLY_NAME)
@@ -369,10 +373,23 @@ def train(scene: Scene, store: MaskStore, out_dir: str | Path, cfg: TrainConfig,
         logger.warning("%s", final_health["warning"])
     (out_dir / RECORD_NAME).write_text(json.dumps({
         "steps": cfg.iterations, "schedule": cfg.schedule, "resumed_from": resumed_from, "seconds": seconds,
-        "n_gaussians": int(final["means"].shape[0]), "scene_scale": scale, "depth_split": split_record,
+        "n_gaussians": int(final["means"].shape[0]), "non_finite_dropped": diverged, "scene_scale": scale,
+        "depth_split": split_record,
         "health": {"history": health, **final_health},
     }, indent=2))
     return TrainResult(final, cfg.iterations, seconds, resumed_from, ply)
+
+
+def drop_non_finite_gaussians(params: dict[str, Tensor]) -> tuple[dict[str, Tensor], int]:
+    """The parameter dict without the Gaussians any of whose parameters is not finite, and how
+    many those were. Such a Gaussian renders nothing (the projection culls it), so the loss never
+    shows it, but every median, bound or viewer that reads the saved model would."""
+    n = params["means"].shape[0]
+    finite = torch.ones(n, dtype=torch.bool)
+    for values in params.values():
+        finite &= torch.isfinite(values.reshape(n, -1)).all(dim=1)
+    dropped = int(n - finite.sum())
+    return ({k: v[finite] for k, v in params.items()} if dropped else params), dropped
 
 
 def describe_depth_split(record: dict) -> str:

@@ -191,3 +191,35 @@ def test_depth_split_cuts_the_masks_with_the_models_depth_and_a_resumed_run_read
     train(scene, store, tmp_path / "off", _cfg(iterations=2, depth_split_at=0.0))
     assert not (tmp_path / "off" / SPLIT_LABELS_NAME).exists()
     assert json.loads((tmp_path / "off" / "train.json").read_text())["depth_split"] is None
+
+
+def test_a_diverged_gaussian_is_left_out_of_the_saved_model_and_counted(tiny_inputs, tmp_path, caplog):
+    # A Gaussian whose parameters went non-finite renders nothing (culled), so the loss never shows
+    # it; the saved model must not hold it. Put a NaN into the final checkpoint and let train()
+    # write the model from it again.
+    import json
+
+    from cgc_core.gaussians import load_ply
+    from cgc_core.stage import hash_file
+
+    scene, store = tiny_inputs
+    cfg = _cfg(iterations=10, checkpoint_every=5, densify={"strategy": "none"})
+    first = train(scene, store, tmp_path, cfg)
+    n = first.params["means"].shape[0]
+    record = json.loads((tmp_path / "train.json").read_text())
+    assert record["non_finite_dropped"] == 0 and record["n_gaussians"] == n
+    state, path = load_newest_checkpoint(tmp_path)
+    state["params"]["scales"][3, 1] = float("inf")
+    state["params"]["shN"][7, 0, 2] = float("nan")
+    torch.save(state, path)
+    path.with_suffix(".pt.sha256").write_text(hash_file(path))
+    (tmp_path / "point_cloud.ply").unlink()
+    with caplog.at_level("WARNING", logger="cgc"):
+        again = train(scene, store, tmp_path, cfg)
+    assert "2 of" in caplog.text and "non-finite" in caplog.text
+    saved = load_ply(tmp_path / "point_cloud.ply")
+    assert saved["means"].shape[0] == n - 2 == again.params["means"].shape[0]
+    assert all(torch.isfinite(v).all() for v in saved.values())
+    kept = [i for i in range(n) if i not in (3, 7)]
+    torch.testing.assert_close(saved["means"], first.params["means"][kept])
+    assert json.loads((tmp_path / "train.json").read_text())["non_finite_dropped"] == 2
