@@ -162,6 +162,17 @@ def merge_background(clustering: Clustering, unit_features: Tensor, means: Tenso
     synthetic scenes has one id for them). Labels stay 0..K-1 (clusters keep their order, the
     background takes the place of the first merged one); its centre is the mean of its Gaussians'
     unit features. Noise labels (-1) are left as they are.
+
+    Args:
+        clustering: The clusters to merge (`cluster_gaussians` without the merge).
+        unit_features: [N, D] the Gaussians' unit features (for the background's centre).
+        means: [N, 3] positions.
+        considered: Indices of the Gaussians the spreads are measured on (the fitted ones).
+        spread: The threshold, relative to the scene's spread (`ClusterConfig.background_spread`).
+
+    Returns:
+        The merged `Clustering` with `background` set; the input (with `background` the one wide
+        cluster, or -1) when fewer than two clusters are wide.
     """
     labels = clustering.labels
     if clustering.n_clusters == 0:
