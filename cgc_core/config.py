@@ -343,6 +343,12 @@ class QueryConfig:
     """Cosine similarity at or above which a pixel belongs to the queried object (CGC: 0.7)."""
     box_query_mode: Literal["mean", "deepest"] = "mean"
     """From a box's SAM mask: the mean feature inside it, or the feature at its deepest pixel."""
+    click_radius: int = 0
+    """A click reads the mean unit feature of the pixels within this many pixels of it (a square
+    window, clipped at the image's edges); 0: the clicked pixel alone, as the paper does. On a thin
+    object one pixel can be dominated by a single Gaussian whose feature is off the object's (the
+    hard preset's pole: `benchmarks/RESULTS.md`); 1 reads 3 × 3 pixels. Not chosen on the
+    development scenes, where it made no difference; an option for the user."""
     level: int | None = None
     """Granularity of a selection when training used several mask levels (`train.mask_levels`):
     0 is the finest (parts), higher levels read fewer feature channels (whole objects). None: the

@@ -62,6 +62,8 @@ class Selector:
         threshold: Cosine similarity at or above which a pixel or Gaussian is selected (CGC: 0.7).
         mask_query_mode: From a box's SAM mask, the query is the `mean` unit feature inside it or
             the feature at its `deepest` pixel.
+        click_radius: A click reads the mean unit feature of the square window of this radius
+            around it (clipped at the edges); 0: the clicked pixel alone.
         min_opacity: 3D selections leave out Gaussians fainter than this.
         outlier_neighbours, outlier_std_ratio: Spatial cleaning of a 3D selection
             (`cluster.remove_spatial_outliers`; a ratio of None skips it).
@@ -76,6 +78,7 @@ class Selector:
 
     threshold: float = SELECTION_THRESHOLD
     mask_query_mode: Literal["mean", "deepest"] = "mean"
+    click_radius: int = 0
     min_opacity: float = 0.1
     outlier_neighbours: int = 10
     outlier_std_ratio: float | None = 2.0
@@ -88,6 +91,8 @@ class Selector:
         levels = len(self.level_dims) if self.level_dims else 1
         if not 0 <= self.level < levels:
             raise ValueError(f"Selector: level {self.level} is not a trained level (0..{levels - 1})")
+        if self.click_radius < 0:
+            raise ValueError(f"Selector: click_radius must be >= 0, got {self.click_radius}")
 
     @property
     def levels(self) -> int:
@@ -122,6 +127,7 @@ class Selector:
         level_dims = tuple(cfg.train.level_dims[:levels]) if levels > 1 else None
         level = cfg.query.level if cfg.query.level is not None else levels - 1
         return cls(threshold=cfg.query.threshold, mask_query_mode=cfg.query.box_query_mode,
+                   click_radius=cfg.query.click_radius,
                    min_opacity=cfg.cluster.min_opacity, outlier_neighbours=cfg.cluster.outlier_neighbours,
                    outlier_std_ratio=cfg.cluster.outlier_std_ratio, detector=detector, segmenter=segmenter,
                    level_dims=level_dims, level=min(level, levels - 1))
@@ -131,15 +137,19 @@ class Selector:
     def click(self, feature_map: Tensor, pixels: Sequence[tuple[int, int]], view: str | None = None,
               require_rendered: bool = True) -> Query:
         """One or several clicks ((row, col) in the feature map): the normalised mean of their unit
-        features. Raises ValueError for a click outside the map, or (with `require_rendered`) on a
-        pixel where nothing is rendered."""
+        features (each click's window of `click_radius`, all pixels weighing the same). Raises
+        ValueError for a click outside the map, or (with `require_rendered`) on a pixel where
+        nothing is rendered."""
         height, width = feature_map.shape[:2]
         for row, col in pixels:
             if not (0 <= row < height and 0 <= col < width):
                 raise ValueError(f"click ({row}, {col}) is outside the {width}x{height} view")
             if require_rendered and float(feature_map[row, col].norm()) < 1e-6:
                 raise ValueError(f"nothing is rendered at pixel ({row}, {col}): click on an object")
-        feature = F.normalize(feature_at(feature_map, pixels).mean(0), dim=0)
+        r = self.click_radius
+        read = [(row + dr, col + dc) for row, col in pixels for dr in range(-r, r + 1) for dc in range(-r, r + 1)
+                if 0 <= row + dr < height and 0 <= col + dc < width]
+        feature = F.normalize(feature_at(feature_map, read).mean(0), dim=0)
         return Query(feature, "click", view, pixel=tuple(pixels[0]) if len(pixels) == 1 else None)
 
     def mask(self, feature_map: Tensor, mask: np.ndarray, view: str | None = None) -> Query:

@@ -143,6 +143,34 @@ def test_click_selects_exactly_one_region_and_nothing_above_one():
     assert sims.shape == (2, 20, 30) and torch.allclose(sims[0, 0, 0], torch.tensor(1.0))
 
 
+def test_a_click_radius_reads_the_window_around_the_click_and_rescues_an_off_pixel():
+    # A thin object (a 3-pixel-wide stripe) whose one clicked pixel carries an off feature (one
+    # Gaussian dominating it): that pixel alone selects only itself; its 3 x 3 window reads the
+    # stripe's feature and selects the whole stripe (but for the off pixel) and nothing else.
+    g = torch.Generator().manual_seed(0)
+    stripe, background = torch.nn.functional.normalize(torch.randn(2, 16, generator=g), dim=-1)
+    off = torch.nn.functional.normalize(0.6 * stripe + torch.randn(16, generator=g) * 0.5, dim=0)
+    fmap = background.repeat(12, 12, 1)
+    fmap[:, 4:7] = stripe
+    fmap[6, 5] = off
+    assert float(off @ stripe) < 0.7
+    pixel = Selector()
+    window = Selector(click_radius=1)
+    assert pixel.masks(fmap, [pixel.click(fmap, [(6, 5)])])[0].sum() == 1
+    selected = window.masks(fmap, [window.click(fmap, [(6, 5)])])[0]
+    expected = torch.zeros(12, 12, dtype=torch.bool)
+    expected[:, 4:7] = True
+    expected[6, 5] = False
+    assert torch.equal(selected, expected)
+    # The window is the mean of the unit features it covers, clipped at the map's corner.
+    corner = Selector(click_radius=2).click(fmap, [(0, 0)]).feature
+    torch.testing.assert_close(corner, torch.nn.functional.normalize(
+        torch.nn.functional.normalize(fmap[:3, :3], dim=-1).reshape(-1, 16).mean(0), dim=0))
+    assert Selector(click_radius=0).click(fmap, [(6, 5)]).pixel == (6, 5)
+    with pytest.raises(ValueError, match="click_radius"):
+        Selector(click_radius=-1)
+
+
 def test_deepest_pixel_and_mask_query():
     mask = np.zeros((9, 9), bool)
     mask[1:8, 1:8] = True
