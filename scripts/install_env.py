@@ -5,10 +5,11 @@ fresh `make demo` (unpacking the 7 GB of torch and its CUDA libraries on one cor
 every module to bytecode). uv installs the same packages in about 20 s: it unpacks in parallel and
 leaves bytecode to be compiled on first import and cached by Python, as usual. Where
 PYTHONDONTWRITEBYTECODE is set Python caches nothing, and every process would compile what it
-imports again (torch, Prefect: seconds each); there uv compiles everything at install (about 55 s). uv does not read pip's configuration, so the index
-settings pip would use here (`pip config list`: files and PIP_* variables, e.g. a local wheel folder
-and a version cap) are handed to it as arguments, and it picks the best version across all indexes
-as pip does. If uv cannot be installed or fails, pip does the install as before.
+imports again (torch, Prefect: seconds each); there uv compiles everything at install (about
+55 s). uv does not read pip's configuration, so the index settings pip would use here (`pip config
+list`: files and PIP_* variables, e.g. a local wheel folder and a version cap) are handed to it as
+arguments, and it picks the best version across all indexes as pip does. If uv cannot be
+installed or fails, pip does the install as before.
 
 Usage: python scripts/install_env.py VENV_PYTHON 'SPEC'   (e.g. .venv/bin/python '.[test,gdino]')
 """

@@ -847,8 +847,8 @@ def write_synthetic_scene(cfg: SyntheticConfig, out_dir: str | Path, min_mask_pi
         visible_views = {o.name: 0 for o in scene.objects}
         # Views render in threads (numpy's array work runs without the GIL): about 1.5x on 2 cores.
         # At most 4 at once: a supersampled view holds a few hundred MB of ray arrays.
-        workers = max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else
-                             os.cpu_count() or 1))
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        workers = max(1, min(4, cores))
         pool = ThreadPoolExecutor(workers)
         try:
             views = pool.map(lambda camera: render_view(scene, camera, cfg.supersample), scene.cameras)
