@@ -112,6 +112,72 @@ def test_classical_generator_is_deterministic_and_view_inconsistent():
     assert store_masks.sum(0).max() >= 2
 
 
+def _two_colour_object(tmp_path, keep: float):
+    """A 60x80 view of one object (id 1) whose left half is red and right half blue, on grey; a
+    scene whose true instance map is that object; and the `truth-objects` generator of it."""
+    from cgc_core.masks.generators import make_generator
+    from cgc_core.scene.model import Scene
+
+    image = np.full((60, 80, 3), 128, dtype=np.uint8)
+    image[15:45, 20:40] = [220, 30, 30]
+    image[15:45, 40:60] = [30, 30, 220]
+    ids = np.zeros((60, 80), dtype=np.uint8)
+    ids[15:45, 20:60] = 1
+    scene = Scene(name="two", root=tmp_path, image_dir=tmp_path, image_names=["view_000.png"],
+                  instance_truth=lambda name: ids)
+    cfg = CgcConfig().masks
+    cfg.generator, cfg.classical.scales, cfg.truth_objects.keep = "truth-objects", [50.0], keep
+    return image, ids, make_generator(cfg, scene)
+
+
+def test_truth_objects_nest_the_colour_parts_into_the_whole_object(tmp_path):
+    image, ids, gen = _two_colour_object(tmp_path, keep=1.0)
+    table, size = gen.generate(image, "view_000.png")
+    assert size == (60, 80) and table.column("generator").to_pylist()[0] == "truth-objects"
+    masks = np.stack(_decode(table)).astype(bool)
+    assert any((m == (ids == 1)).all() for m in masks)  # the whole object is one of the masks
+    store = _store_roundtrip(tmp_path, masks)
+    levels = store.read_label_maps("img.png", 2)
+    red, blue = (30, 25), (30, 50)
+    # Finest level: the colour parts apart (as the classical masks give them); next level: one object.
+    assert levels[0][red] != levels[0][blue]
+    assert levels[1][red] == levels[1][blue] and (masks[levels[1][red] - 1] == (ids == 1)).all()
+    # keep=0: exactly the classical generator's masks (the object level is what keep adds).
+    _, _, classical_only = _two_colour_object(tmp_path, keep=0.0)
+    plain = ClassicalGenerator(ClassicalConfig(scales=[50.0])).generate(image, "view_000.png")[0]
+    assert classical_only.generate(image, "view_000.png")[0].column("rle").to_pylist() == plain.column("rle").to_pylist()
+
+
+def test_truth_objects_refuse_a_scene_without_true_instances_and_a_bad_share(tmp_path):
+    from cgc_core.config import ConfigError, load_config
+    from cgc_core.masks.generators import make_generator
+    from cgc_core.scene.model import Scene
+
+    scene = Scene(name="photos", root=tmp_path / "photos", image_dir=tmp_path, image_names=["a.png"])
+    cfg = CgcConfig().masks
+    cfg.generator = "truth-objects"
+    with pytest.raises(MaskGeneratorError, match=r"photos: masks.generator=truth-objects needs true instance maps"):
+        make_generator(cfg, scene)
+    with pytest.raises(ConfigError, match=r"masks.truth_objects.keep must be in \[0, 1\], got 1.5"):
+        load_config(None, ["masks.truth_objects.keep=1.5"])
+
+
+def test_synthetic_scene_reads_its_true_instance_maps(tiny_scene_dir, tmp_path):
+    import shutil
+
+    from cgc_core.scene import load_scene
+    from cgc_core.scene.model import SceneError
+
+    folder = shutil.copytree(tiny_scene_dir, tmp_path / "scene")  # the fixture is shared: spoil a copy
+    scene = load_scene(folder)
+    name = scene.train_names[0]
+    ids = scene.instance_truth(name)
+    assert ids.shape == scene.load_image(name).shape[:2] and ids.max() >= 1
+    (folder / "ground_truth" / f"instance_{name}").write_bytes(b"not a png")
+    with pytest.raises(SceneError, match=f"instance_{name}: cannot read the view's true instance map"):
+        scene.instance_truth(name)
+
+
 def _decode(table):
     from cgc_core.masks import decode_rles
 

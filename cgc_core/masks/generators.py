@@ -1,6 +1,7 @@
-"""Automatic mask generators: SAM (segment-anything) and a weights-free classical one.
+"""Automatic mask generators: SAM (segment-anything), a weights-free classical one, and
+`truth-objects` (classical plus true object masks: an upper-bound diagnostic for synthetic scenes).
 
-Both return masks at a working resolution (the image downscaled to a configured long side) as a
+Each returns masks at a working resolution (the image downscaled to a configured long side) as a
 table in the store's schema. `generate_scene_masks` runs one over a scene's training images,
 image by image into a `MaskStore`, skipping images already stored (a killed run resumes).
 """
@@ -15,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from ..config import ClassicalConfig, MasksConfig, SamConfig, section_hash
+from ..config import ClassicalConfig, MasksConfig, SamConfig, TruthObjectsConfig, section_hash
 from ..models import ModelLoadError, load_sam
 from ..scene.model import Scene
 from .store import MaskStore, records_from_masks, records_from_sam
@@ -70,6 +71,11 @@ class ClassicalGenerator:
         return section_hash(self.config)
 
     def generate(self, image: np.ndarray, image_name: str) -> tuple[pa.Table, tuple[int, int]]:
+        masks, size = self.segments(image, image_name)
+        return records_from_masks(image_name, masks, self.name, self.version, self.config_hash), size
+
+    def segments(self, image: np.ndarray, image_name: str) -> tuple[list[np.ndarray], tuple[int, int]]:
+        """The boolean masks of one image at the working resolution, and that (height, width)."""
         from skimage.segmentation import felzenszwalb
 
         cfg = self.config
@@ -87,6 +93,40 @@ class ClassicalGenerator:
             counts = np.bincount(labels.ravel())
             for label in np.nonzero(counts >= min_area)[0]:
                 masks.append(labels == label)
+        return masks, (height, width)
+
+
+@dataclass
+class TruthObjectsGenerator:
+    """The classical generator's segments plus each object's true mask (from the scene's
+    `instance_truth`), kept in a drawn share of the views: masks that nest colour parts into
+    whole objects, as SAM's part and object levels do, without SAM. A diagnostic that bounds what
+    the masks cost (train on it, compare with classical); never a method's figure."""
+
+    classical: ClassicalConfig
+    config: TruthObjectsConfig
+    instance_truth: Callable[[str], np.ndarray]
+    name: str = "truth-objects"
+    version: str = "felzenszwalb-2+truth-1"
+
+    @property
+    def config_hash(self) -> str:
+        return section_hash((self.classical, self.config))
+
+    def generate(self, image: np.ndarray, image_name: str) -> tuple[pa.Table, tuple[int, int]]:
+        masks, (height, width) = ClassicalGenerator(self.classical).segments(image, image_name)
+        ids = self.instance_truth(image_name)
+        if ids.shape != image.shape[:2]:
+            raise MaskGeneratorError(f"{image_name}: true instance map is {ids.shape[1]}x{ids.shape[0]} but the "
+                                     f"image is {image.shape[1]}x{image.shape[0]}")
+        if ids.shape != (height, width):  # to the classical masks' working resolution
+            ids = np.asarray(Image.fromarray(ids).resize((width, height), Image.Resampling.NEAREST))
+        cfg = self.config
+        rng = np.random.default_rng([cfg.seed, zlib.crc32(image_name.encode())])
+        min_area = max(1, int(cfg.min_area_fraction * height * width))
+        counts = np.bincount(ids.ravel())
+        objects = [k for k in np.nonzero(counts >= min_area)[0] if k > 0]
+        masks += [ids == k for k, draw in zip(objects, rng.random(len(objects))) if draw < cfg.keep]
         return records_from_masks(image_name, masks, self.name, self.version, self.config_hash), (height, width)
 
 
@@ -138,10 +178,15 @@ class SamGenerator:
 
 def make_generator(cfg: MasksConfig, scene: Scene) -> MaskGenerator:
     """The configured generator; `auto` is the scene's own (`Scene.mask_generator`: classical for
-    the synthetic scenes, SAM otherwise)."""
+    the synthetic scenes, SAM otherwise). `truth-objects` needs a scene with true instance maps."""
     kind = cfg.generator
     if kind == "auto":
         kind = scene.mask_generator
+    if kind == "truth-objects":
+        if scene.instance_truth is None:
+            raise MaskGeneratorError(f"{scene.root}: masks.generator=truth-objects needs true instance maps, which "
+                                     "only the synthetic scenes have (use classical or sam)")
+        return TruthObjectsGenerator(cfg.classical, cfg.truth_objects, scene.instance_truth)
     return ClassicalGenerator(cfg.classical) if kind == "classical" else SamGenerator(cfg.sam)
 
 

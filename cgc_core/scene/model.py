@@ -150,6 +150,9 @@ class Scene:
         object_truth: 3D ground truth, when the reader has it: (calibrated scene, [N, 3] points in
             its frame) -> ([N] id of the nearest true object, 0 for background; {id: prompt}).
             The cluster stage scores its clusters and selections with it.
+        instance_truth: True instance ids of a view, when the reader has them: image name -> [H, W]
+            uint8 id map at the image's size (0 background; ids as `object_truth` numbers them).
+            Only the `truth-objects` mask generator reads it (an upper-bound diagnostic).
     """
 
     name: str
@@ -171,6 +174,7 @@ class Scene:
     mask_generator: str = "sam"
     object_truth: Callable[["Scene", np.ndarray], tuple[np.ndarray, dict[int, str]]] | None = field(default=None,
                                                                                                  repr=False)
+    instance_truth: Callable[[str], np.ndarray] | None = field(default=None, repr=False)
 
     @property
     def has_poses(self) -> bool:

@@ -914,7 +914,17 @@ def read_synthetic_scene(root: str | Path, name: str | None = None) -> Scene:
     scene.poses_are_truth = True  # rendered: SfM is run and checked against them
     scene.mask_generator = "classical"  # no SAM weights needed for plain rendered objects
     scene.object_truth = lambda calibrated, points: _nearest_true_object(Path(root), calibrated, points)
+    scene.instance_truth = lambda image_name: _read_instance_map(Path(root), image_name)
     return scene
+
+
+def _read_instance_map(root: Path, image_name: str) -> np.ndarray:
+    path = root / "ground_truth" / f"instance_{image_name}"
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img)
+    except OSError as exc:
+        raise SceneError(f"{path}: cannot read the view's true instance map ({exc})") from exc
 
 
 def _nearest_true_object(root: Path, calibrated: Scene, points: np.ndarray) -> tuple[np.ndarray, dict[int, str]]:
