@@ -283,6 +283,11 @@ class TrainConfig:
     segmentation, become two; the cut label maps train the rest of the run. 0.6: earlier, the
     model's depth is too rough (realistic scene: cut at 0.33 still left the red mug and cube in one
     segment in 23 of 56 views and cut the table into pieces; at 0.6, in 5; `benchmarks/RESULTS.md`)."""
+    depth_split_levels: Literal["all", "finest"] = "all"
+    """With `depth_split_at` and `mask_levels` > 1: `all` cuts every level; `finest` cuts only level 0
+    and keeps the coarser levels as generated, for masks whose coarse level already holds whole
+    objects (SAM's object level), which a cut splits where an object hides part of itself (a
+    lamp's shade in front of its pole, a mushroom's cap over its stem)."""
     depth_split_jump: float = 0.03
     """With `depth_split_at`: relative depth change (|Δz| / z between pixels two apart) that cuts."""
     depth_split_sharpness: float = 1.0

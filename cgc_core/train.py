@@ -403,10 +403,10 @@ def describe_depth_split(record: dict) -> str:
 def depth_split_labels(params: dict[str, Tensor], views: dict[str, tuple[Camera, Tensor]],
                        labels: dict[str, Tensor], cfg: TrainConfig, path: Path) -> tuple[dict[str, Tensor], dict]:
     """Every view's label maps cut where the depth of the current Gaussians jumps (each level on its
-    own, `split_at_depth_edges` with `cfg.depth_split_jump`, `_sharpness`, `_fill` and
-    `_min_pixels`), and a record of the mean number of
-    segments per view before and after. Read from `path` when it is there (a resumed run), else
-    computed and written there atomically."""
+    own, or only the finest with `cfg.depth_split_levels=finest`; `split_at_depth_edges` with
+    `cfg.depth_split_jump`, `_sharpness`, `_fill` and `_min_pixels`), and a record of the mean
+    number of segments per view before and after. Read from `path` when it is there (a resumed
+    run), else computed and written there atomically."""
     cut = {}
     if path.is_file():
         with np.load(path) as stored:
@@ -418,7 +418,9 @@ def depth_split_labels(params: dict[str, Tensor], views: dict[str, tuple[Camera,
                 depth = render(gaussians, camera, sh_degree=0, backend=cfg.backend).depth.cpu().numpy()
                 cut[name] = torch.as_tensor(np.stack([split_at_depth_edges(
                     level.numpy(), depth, cfg.depth_split_jump, min_pixels=cfg.depth_split_min_pixels if cfg.depth_split_fill else 0,
-                    sharpness=cfg.depth_split_sharpness, fill_distance=cfg.depth_split_fill) for level in labels[name]]))
+                    sharpness=cfg.depth_split_sharpness, fill_distance=cfg.depth_split_fill)
+                    if index == 0 or cfg.depth_split_levels == "all" else level.numpy()
+                    for index, level in enumerate(labels[name])]))
         path.parent.mkdir(parents=True, exist_ok=True)  # before the first checkpoint it may not exist yet
         tmp = path.with_suffix(".tmp.npz")
         np.savez_compressed(tmp, **{n: v.numpy().astype(np.int32) for n, v in cut.items()})

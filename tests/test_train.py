@@ -193,6 +193,29 @@ def test_depth_split_cuts_the_masks_with_the_models_depth_and_a_resumed_run_read
     assert json.loads((tmp_path / "off" / "train.json").read_text())["depth_split"] is None
 
 
+def test_depth_split_of_the_finest_level_only_keeps_the_coarser_levels_as_generated(tiny_inputs, tmp_path):
+    import numpy as np
+
+    from cgc_core.train import SPLIT_LABELS_NAME, label_map_at, train_view
+
+    scene, store = tiny_inputs
+    stored = {}
+    for levels in ("all", "finest"):
+        cfg = _cfg(iterations=4, checkpoint_every=2, depth_split_at=0.5, depth_split_jump=0.02, mask_levels=2,
+                   depth_split_levels=levels)
+        train(scene, store, tmp_path / levels, cfg)
+        stored[levels] = np.load(tmp_path / levels / SPLIT_LABELS_NAME)
+    cut_any_coarse = False
+    for name in sorted(scene.train_names):
+        camera, image = train_view(scene, name, 1)
+        generated = label_map_at(store, name, *image.shape[:2], 2).numpy()
+        # Both cut the finest level alike (same model at the cut); only `all` cuts the coarser one.
+        np.testing.assert_array_equal(stored["finest"][name][0], stored["all"][name][0])
+        np.testing.assert_array_equal(stored["finest"][name][1], generated[1])
+        cut_any_coarse |= not np.array_equal(stored["all"][name][1], generated[1])
+    assert cut_any_coarse  # so the comparison above could have failed
+
+
 def test_a_diverged_gaussian_is_left_out_of_the_saved_model_and_counted(tiny_inputs, tmp_path, caplog):
     # A Gaussian whose parameters went non-finite renders nothing (culled), so the loss never shows
     # it; the saved model must not hold it. Put a NaN into the final checkpoint and let train()
