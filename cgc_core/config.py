@@ -162,6 +162,11 @@ class TruthObjectsConfig:
     image name: the object level is missing in some views, as SAM's is (view inconsistency)."""
     min_area_fraction: float = 0.001
     """Objects covering less than this fraction of the view get no mask."""
+    parts_within_objects: bool = False
+    """Also cut every classical segment along the true object borders (pieces under
+    `min_area_fraction` dropped), so that no segment straddles two objects or an object and the
+    background, as SAM's part masks seldom do; without it, two touching same-coloured objects
+    keep the colour segment they share, which then encloses both (a group level)."""
     seed: int = 0
 
 

@@ -148,6 +148,29 @@ def test_truth_objects_nest_the_colour_parts_into_the_whole_object(tmp_path):
     assert classical_only.generate(image, "view_000.png")[0].column("rle").to_pylist() == plain.column("rle").to_pylist()
 
 
+def test_truth_objects_can_cut_the_colour_segments_at_the_true_object_borders(tmp_path):
+    from cgc_core.masks.generators import make_generator
+    from cgc_core.scene.model import Scene
+
+    # Two touching red objects (ids 1 and 2) on grey: one colour segment covers both.
+    image = np.full((60, 80, 3), 128, dtype=np.uint8)
+    image[15:45, 20:60] = [220, 30, 30]
+    ids = np.zeros((60, 80), dtype=np.uint8)
+    ids[15:45, 20:40], ids[15:45, 40:60] = 1, 2
+    scene = Scene(name="pair", root=tmp_path, image_dir=tmp_path, image_names=["view_000.png"],
+                  instance_truth=lambda name: ids)
+
+    def objects_per_mask(parts_within_objects):
+        cfg = CgcConfig().masks
+        cfg.generator, cfg.classical.scales, cfg.truth_objects.keep = "truth-objects", [50.0], 1.0
+        cfg.truth_objects.parts_within_objects = parts_within_objects
+        table, _ = make_generator(cfg, scene).generate(image, "view_000.png")
+        return [len(np.unique(ids[np.asarray(m, bool)])) for m in _decode(table)]
+
+    assert max(objects_per_mask(False)) == 2  # the shared colour segment spans both objects
+    assert max(objects_per_mask(True)) == 1  # cut: every mask lies within one object (or the background)
+
+
 def test_truth_objects_refuse_a_scene_without_true_instances_and_a_bad_share(tmp_path):
     from cgc_core.config import ConfigError, load_config
     from cgc_core.masks.generators import make_generator

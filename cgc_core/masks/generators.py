@@ -124,6 +124,9 @@ class TruthObjectsGenerator:
         cfg = self.config
         rng = np.random.default_rng([cfg.seed, zlib.crc32(image_name.encode())])
         min_area = max(1, int(cfg.min_area_fraction * height * width))
+        if cfg.parts_within_objects:
+            pieces = (segment & (ids == k) for segment in masks for k in np.unique(ids[segment]))
+            masks = [piece for piece in pieces if piece.sum() >= min_area]
         counts = np.bincount(ids.ravel())
         objects = [k for k in np.nonzero(counts >= min_area)[0] if k > 0]
         masks += [ids == k for k, draw in zip(objects, rng.random(len(objects))) if draw < cfg.keep]
