@@ -25,7 +25,7 @@ from PIL import Image
 from .config import ReportConfig
 from .evaluate import EvaluateOutputs, prediction_path
 from .metrics import read_mask
-from .stage import SUMMARY, StageOutputs
+from .stage import MANIFEST, SUMMARY, StageOutputs
 from .train import TrainOutputs
 
 FIGURES_HEADING = "## Figures"
@@ -73,6 +73,9 @@ SCORING_TEXT = ("a pixel belongs to the object when its cosine similarity to the
                 "scene over prompts; a view whose ground truth and prediction are both empty is left out (NaN, "
                 "as the reference script) and counted")
 ORACLE_PROTOCOLS = ("box-oracle", "click-oracle")
+ORACLE_MASKS = ("truth-objects",)
+"""Mask generators that read the ground truth (`masks.generator=truth-objects`): every figure
+trained on them is an upper bound, like an oracle protocol's."""
 """Protocols whose query comes from the ground truth: upper bounds, never beside published numbers."""
 COMPARABLE_PROTOCOL = "text"
 """The protocol of the published CGC numbers (PROTOCOL.md): the only one set beside them."""
@@ -139,9 +142,14 @@ def scene_summaries(run: dict) -> list[dict]:
         train_dir = entry["stages"].get("train", {}).get("dir")
         train_record = TrainOutputs(Path(train_dir)).record_path if train_dir else None
         health = _read_json(train_record).get("health", {}) if train_record and train_record.is_file() else {}
+        masks_dir = entry["stages"].get("masks", {}).get("dir")
+        masks_manifest = Path(masks_dir) / MANIFEST if masks_dir else None
+        masks = (_read_json(masks_manifest).get("info", {}).get("generator")
+                 if masks_manifest and masks_manifest.is_file() else None)
         protocols = evaluate.get("protocols") or {evaluate.get("protocol", "—"): evaluate}
         for k, (protocol, result) in enumerate(protocols.items()):
-            paper = _published(benchmark, entry["scene"]) if protocol == COMPARABLE_PROTOCOL else None
+            paper = (_published(benchmark, entry["scene"])
+                     if protocol == COMPARABLE_PROTOCOL and masks not in ORACLE_MASKS else None)
             rows.append({
                 "scene": entry["scene"], "benchmark": benchmark, "protocol": protocol,
                 "threshold": evaluate.get("threshold"), "miou": result.get("miou"), "mbiou": result.get("mbiou"),
@@ -154,8 +162,14 @@ def scene_summaries(run: dict) -> list[dict]:
                 "mean_object_iou": cluster.get("mean_object_iou"),
                 "mean_selection_iou": cluster.get("mean_selection_iou"),
                 "training_health": health,  # train.json's health record: history, final, views, warning
+                "masks": masks,  # the mask generator the features were trained on
             })
     return rows
+
+
+def is_upper_bound(summary: dict) -> bool:
+    """A row's figures are an upper bound: an oracle protocol's query, or masks read from the truth."""
+    return summary["protocol"] in ORACLE_PROTOCOLS or summary.get("masks") in ORACLE_MASKS
 
 
 def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
@@ -173,14 +187,16 @@ def _tables(run: dict, summaries: list[dict]) -> list[tuple[str, str, list[str],
     present = [p for p in PROTOCOL_TEXT if any(s["protocol"] == p for s in summaries)]
     tables.append(("Results per scene and protocol", "mIoU / mBIoU in %. Protocols: " + "; ".join(
         f"`{p}`: {PROTOCOL_TEXT[p]}" for p in present) + ". Scoring: " + SCORING_TEXT + ". Rows of `box-oracle` "
-        "and `click-oracle` are upper bounds with a ground-truth query, not comparable to published numbers.",
+        "and `click-oracle` are upper bounds with a ground-truth query, not comparable to published numbers; so "
+        "is every row trained on `truth-objects` masks (true object masks, a diagnostic).",
         ["scene", "benchmark", "protocol", "threshold", "mIoU", "mBIoU", "not detected", "empty-union views",
-         "test PSNR (dB)"],
-        [[s["scene"], s["benchmark"], f"`{s['protocol']}`" + (" (upper bound)" if s["protocol"] in ORACLE_PROTOCOLS
-                                                             else ""),
+         "test PSNR (dB)", "masks"],
+        [[s["scene"], s["benchmark"], f"`{s['protocol']}`" + (" (upper bound)" if is_upper_bound(s) else ""),
           s["threshold"] if s["threshold"] is not None else "—", _pct(s["miou"]), _pct(s["mbiou"]),
           ", ".join(s["not_detected"]) or "none", s["empty_union_views"] if s["empty_union_views"] is not None else "—",
-          f"{s['psnr']:.2f}" if s["psnr"] is not None else "—"] for s in summaries]))
+          f"{s['psnr']:.2f}" if s["psnr"] is not None else "—",
+          f"`{s['masks']}`" + (" (true objects)" if s["masks"] in ORACLE_MASKS else "") if s["masks"] else "—"]
+         for s in summaries]))
     for s in summaries:
         if s["prompts"]:
             tables.append((f"Per prompt: {s['scene']}, protocol `{s['protocol']}`",
@@ -188,7 +204,8 @@ def _tables(run: dict, summaries: list[dict]) -> list[tuple[str, str, list[str],
                            "the test views that have the prompt.", ["prompt", "views", "IoU", "BIoU"],
                            [[p, v["views"], _pct(v["iou"]), _pct(v["biou"])] for p, v in sorted(s["prompts"].items())]))
     for benchmark, methods in PUBLISHED.items():
-        ours = {s["scene"]: s for s in summaries if s["benchmark"] == benchmark and s["protocol"] == COMPARABLE_PROTOCOL}
+        ours = {s["scene"]: s for s in summaries if s["benchmark"] == benchmark and s["protocol"] == COMPARABLE_PROTOCOL
+                and not is_upper_bound(s)}
         if not any(s["benchmark"] == benchmark for s in summaries):
             continue
         scenes = [k for k in next(iter(methods.values())) if k != "mean"] + ["mean"]
@@ -252,14 +269,14 @@ def bar_chart(summaries: list[dict]) -> bytes | None:
     x = np.arange(len(rows))
     fig = Figure(figsize=(max(4, 1.6 * len(rows) + 2), 3.4))
     ax = fig.subplots()
-    colours = ["#9bb8e0" if s["protocol"] in ORACLE_PROTOCOLS else "#3b7dd8" for s in rows]
+    colours = ["#9bb8e0" if is_upper_bound(s) else "#3b7dd8" for s in rows]
     ax.bar(x - 0.2, [100 * s["miou"] for s in rows], 0.4, label="cgc (this run)", color=colours)
     paper = [100 * s["paper_miou"] if s["paper_miou"] is not None else 0 for s in rows]
     ax.bar(x + 0.2, paper, 0.4, label="CGC paper (text protocol)", color="#d8843b")
     for i, s in enumerate(rows):
         if s["paper_miou"] is None:
             ax.text(x[i] + 0.2, 2, "n/a", ha="center", fontsize=8)
-    ax.set_xticks(x, [f"{s['scene']}\n{s['protocol']}" + ("\n(upper bound)" if s["protocol"] in ORACLE_PROTOCOLS
+    ax.set_xticks(x, [f"{s['scene']}\n{s['protocol']}" + ("\n(upper bound)" if is_upper_bound(s)
                                                          else "") for s in rows], fontsize=8)
     ax.set_ylabel("mIoU (%)")
     ax.set_ylim(0, 100)

@@ -191,10 +191,11 @@ def test_instance_masks_give_every_view_the_same_cluster_ids(tmp_path):
 
 
 def _fake_run(tmp_path: Path, scene_dir: Path, scene_name: str, layout: str,
-              protocols: tuple[str, ...] = ("click-oracle",)) -> tuple[Path, object]:
+              protocols: tuple[str, ...] = ("click-oracle",), masks_generator: str | None = None) -> tuple[Path, object]:
     """The files a run leaves for the report: evaluate (results.parquet + summary.json from real
     scoring of ground-truth-derived predictions, per protocol: shifted by 2 pixels more for each
-    further protocol), cluster summary, run.json."""
+    further protocol), cluster summary, run.json; with `masks_generator`, the masks stage's
+    manifest naming it."""
     from cgc_core.config import EvaluateConfig
     from cgc_core.evaluate import prediction_path, score_predictions
     from cgc_core.metrics import average_scores
@@ -235,6 +236,11 @@ def _fake_run(tmp_path: Path, scene_dir: Path, scene_name: str, layout: str,
               "train": {"dir": "x", "cached": False, "seconds": 123.4},
               "cluster": {"dir": str(cluster_dir), "cached": False, "seconds": 5.0},
               "evaluate": {"dir": str(evaluate_dir), "cached": False, "seconds": 9.0}}
+    if masks_generator is not None:
+        masks_dir = tmp_path / "data" / scene_name / "masks"
+        masks_dir.mkdir(parents=True)
+        (masks_dir / "manifest.json").write_text(json.dumps({"stage": "masks", "info": {"generator": masks_generator}}))
+        stages["masks"] = {"dir": str(masks_dir), "cached": True, "seconds": None}
     (run_dir / "run.json").write_text(json.dumps({"run_id": "run-test", "created": "2026-11-24T00:00:00+00:00",
                                                   "scenes": [{"scene": scene_name, "layout": layout, "stages": stages}]}))
     return run_dir, scene, averages, scores
@@ -270,6 +276,26 @@ def test_report_has_tables_protocol_published_numbers_and_embedded_figures(tmp_p
     table = pd.read_parquet(files.results)
     assert len(table) == 2 * len(scores) and set(table["benchmark"]) == {"LERF-Mask"}
     assert set(table["protocol"]) == {"text", "click-oracle"} and table["iou"].mean() < 1.0
+
+
+@pytest.mark.parametrize("generator", ["sam", "truth-objects"])
+def test_report_names_the_masks_and_never_sets_true_object_masks_beside_the_paper(tmp_path, tiny_scene_dir, generator):
+    scene_copy = tmp_path / "figurines"
+    shutil.copytree(tiny_scene_dir, scene_copy)
+    shutil.rmtree(scene_copy / "ground_truth")
+    run_dir, scene, averages, _ = _fake_run(tmp_path, scene_copy, "figurines", "lerf_mask", protocols=("text",),
+                                            masks_generator=generator)
+    md = build_report(run_dir, ReportConfig(figures=False), {"figurines": scene}).markdown.read_text()
+    results = md[md.index("## Results per scene and protocol"):].split("\n## ")[0]
+    published = md[md.index("## LERF-Mask: ours beside the published numbers"):].split("\n## ")[0]
+    ours = f"{100 * averages['miou']:.1f} / {100 * averages['mbiou']:.1f}"
+    if generator == "sam":
+        assert "| figurines | LERF-Mask | `text` | 0.7 |" in results and "| `sam` |" in results
+        assert f"| cgc (this run, `text`) | {ours} |" in published
+    else:  # trained on the truth: an upper bound, in the results only
+        assert "| figurines | LERF-Mask | `text` (upper bound) | 0.7 |" in results
+        assert "| `truth-objects` (true objects) |" in results
+        assert ours not in published
 
 
 def test_report_of_missing_run_record_names_the_file(tmp_path):
