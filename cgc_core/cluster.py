@@ -14,7 +14,7 @@ import json
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -25,6 +25,7 @@ from torch import Tensor
 
 from .config import SELECTION_THRESHOLD, ClusterConfig
 from .gaussians import save_ply, subset_params
+from .scene.model import Camera
 from .stage import SUMMARY, StageOutputs, safe_name
 
 CLUSTERS_PLY = "scene_clusters.ply"
@@ -80,15 +81,18 @@ def _embedding(features: Tensor, means: Tensor | None, position_weight: float) -
 
 
 def cluster_gaussians(features: Tensor, means: Tensor | None = None, opacities: Tensor | None = None,
-                      cfg: ClusterConfig | None = None) -> Clustering:
+                      cfg: ClusterConfig | None = None, look_at: tuple[np.ndarray, float] | None = None) -> Clustering:
     """Cluster Gaussians into objects by their features.
 
     Args:
         features: [N, D] raw Gaussian features (normalised here).
-        means: [N, 3] positions; used when `cfg.position_weight > 0`.
+        means: [N, 3] positions; used when `cfg.position_weight > 0`, and for the background
+            merge (`merge_background`).
         opacities: [N] opacities in [0, 1] (not logits); Gaussians below `cfg.min_opacity` are
             not fitted. None: all are fitted.
-        cfg: Cluster config (HDBSCAN sizes, sample size, noise rule, seed).
+        cfg: Cluster config (HDBSCAN sizes, sample size, noise rule, background merge, seed).
+        look_at: The cameras' look-at point and their median distance from it
+            (`camera_look_at`), for `cfg.background_beyond_cameras`; None: that rule is not applied.
 
     Returns:
         `Clustering`: labels for every Gaussian, unit cluster centres and sizes. When HDBSCAN
@@ -128,9 +132,39 @@ def cluster_gaussians(features: Tensor, means: Tensor | None = None, opacities: 
         labels[candidates] = np.where(fitted_labels >= 0, fitted_labels, labels[candidates])
     sizes = np.bincount(labels[labels >= 0], minlength=len(found))
     clustering = Clustering(labels, centers.cpu().numpy(), sizes, len(candidates))
-    if cfg.background_spread > 0 and means is not None:
-        clustering = merge_background(clustering, unit, means, candidates, cfg.background_spread)
+    beyond = cfg.background_beyond_cameras if look_at is not None else 0.0
+    if means is not None and (cfg.background_spread > 0 or beyond > 0):
+        clustering = merge_background(clustering, unit, means, candidates, cfg.background_spread, look_at, beyond)
     return clustering
+
+
+def camera_look_at(cameras: Iterable[Camera], min_spread: float = 1e-3) -> tuple[np.ndarray, float] | None:
+    """The point the cameras look at and their median distance from it, or None.
+
+    The point is the least-squares meeting point of the cameras' optical axes (for an orbit, its
+    centre). None when the axes are close to parallel (the smallest eigenvalue of the normal
+    matrix under `min_spread` times the largest: a forward-facing capture has no such point) or
+    the point lies behind most cameras.
+    """
+    normal, rhs, centres, axes = np.zeros((3, 3)), np.zeros(3), [], []
+    for camera in cameras:
+        c2w = camera.camera_to_world
+        axis = c2w[:3, 2] / np.linalg.norm(c2w[:3, 2])  # OpenCV: +z looks forward
+        projector = np.eye(3) - np.outer(axis, axis)
+        normal += projector
+        rhs += projector @ c2w[:3, 3]
+        centres.append(c2w[:3, 3])
+        axes.append(axis)
+    if len(centres) < 2:
+        return None
+    eigenvalues = np.linalg.eigvalsh(normal)
+    if eigenvalues[0] < min_spread * eigenvalues[-1]:
+        return None
+    point = np.linalg.solve(normal, rhs)
+    ahead = np.einsum("ij,ij->i", point - np.asarray(centres), np.asarray(axes)) > 0
+    if ahead.mean() < 0.5:
+        return None
+    return point, float(np.median(np.linalg.norm(np.asarray(centres) - point, axis=1)))
 
 
 def cluster_spreads(labels: np.ndarray, n_clusters: int, means: Tensor | np.ndarray,
@@ -151,33 +185,58 @@ def cluster_spreads(labels: np.ndarray, n_clusters: int, means: Tensor | np.ndar
     return np.array([spread(points[labels == k]) / scene for k in range(n_clusters)])
 
 
+def cluster_distances(labels: np.ndarray, n_clusters: int, means: Tensor | np.ndarray, considered: np.ndarray,
+                      point: np.ndarray) -> np.ndarray:
+    """[n_clusters] distance of each cluster's median position (per axis, over its `considered`
+    Gaussians with finite positions) from `point`; 0 for a cluster with none of them."""
+    points = means.detach().cpu().numpy() if isinstance(means, Tensor) else np.asarray(means)
+    points, labels = points[considered], labels[considered]
+    finite = np.isfinite(points).all(axis=1)
+    points, labels = points[finite], labels[finite]
+    return np.array([float(np.linalg.norm(np.median(points[labels == k], axis=0) - point)) if (labels == k).any()
+                     else 0.0 for k in range(n_clusters)])
+
+
 def merge_background(clustering: Clustering, unit_features: Tensor, means: Tensor, considered: np.ndarray,
-                     spread: float) -> Clustering:
-    """Merge every cluster spread wider than `spread` times the scene's (`cluster_spreads`) into
-    one background cluster.
+                     spread: float, look_at: tuple[np.ndarray, float] | None = None, beyond: float = 0.0) -> Clustering:
+    """Merge every cluster spread wider than `spread` times the scene's (`cluster_spreads`), and
+    every cluster beyond the ring of cameras, into one background cluster.
 
     Features separate surfaces that the masks separate, so walls, floor, table and sky come out as
     several clusters, each spread over much of the scene, while objects are compact. A user asking
     for objects wants those as one background (the ground truth of LERF-Mask-style scenes and of the
-    synthetic scenes has one id for them). Labels stay 0..K-1 (clusters keep their order, the
-    background takes the place of the first merged one); its centre is the mean of its Gaussians'
-    unit features. Noise labels (-1) are left as they are.
+    synthetic scenes has one id for them). What lies outside the cameras' ring (a picture on the
+    wall behind them) is compact too, but it is the surroundings of an object-centric capture.
+    Labels stay 0..K-1 (clusters keep their order, the background takes the place of the first
+    merged one); its centre is the mean of its Gaussians' unit features. Noise labels (-1) are
+    left as they are.
 
     Args:
         clustering: The clusters to merge (`cluster_gaussians` without the merge).
         unit_features: [N, D] the Gaussians' unit features (for the background's centre).
         means: [N, 3] positions.
         considered: Indices of the Gaussians the spreads are measured on (the fitted ones).
-        spread: The threshold, relative to the scene's spread (`ClusterConfig.background_spread`).
+        spread: The threshold, relative to the scene's spread (`ClusterConfig.background_spread`);
+            0: no cluster is wide.
+        look_at: The cameras' look-at point and median distance from it (`camera_look_at`), or None.
+        beyond: With `look_at`: a cluster whose median position is farther from the point than
+            `beyond` times the cameras' distance merges too (`ClusterConfig.background_beyond_cameras`);
+            0: none does.
 
     Returns:
-        The merged `Clustering` with `background` set; the input (with `background` the one wide
-        cluster, or -1) when fewer than two clusters are wide.
+        The merged `Clustering` with `background` set; the input (with `background` the one
+        merging cluster, or -1) when fewer than two clusters merge.
     """
     labels = clustering.labels
     if clustering.n_clusters == 0:
         return clustering
-    wide = np.flatnonzero(cluster_spreads(labels, clustering.n_clusters, means, considered) > spread)
+    merging = np.zeros(clustering.n_clusters, dtype=bool)
+    if spread > 0:
+        merging |= cluster_spreads(labels, clustering.n_clusters, means, considered) > spread
+    if look_at is not None and beyond > 0:
+        point, radius = look_at
+        merging |= cluster_distances(labels, clustering.n_clusters, means, considered, point) > beyond * radius
+    wide = np.flatnonzero(merging)
     if len(wide) < 2:  # nothing to merge
         return replace(clustering, background=int(wide[0]) if len(wide) else NOISE)
     keep = np.ones(clustering.n_clusters, dtype=bool)
@@ -375,7 +434,8 @@ def cluster_scene(params: dict[str, Tensor], scene, selector, queries: dict, que
     opacities = torch.sigmoid(params["opacities"])
     started = time.perf_counter()
     # Objects at the selection's granularity (the coarsest trained mask level by default).
-    clustering = cluster_gaussians(selector.restrict(params["features"]), params["means"], opacities, cfg)
+    clustering = cluster_gaussians(selector.restrict(params["features"]), params["means"], opacities, cfg,
+                                   look_at=camera_look_at(scene.cameras.values()))
     seconds = time.perf_counter() - started
     if progress is not None:
         progress(1, 1, f"HDBSCAN: {clustering.n_clusters} clusters")

@@ -420,6 +420,12 @@ class ClusterConfig:
     median, of the opaque Gaussians) merge into one background cluster (`cluster.merge_background`);
     0 keeps every cluster. Objects measured 0.05-0.15 and background surfaces 0.24-2.8 on the
     development scenes (demo, realistic), where 0.16-0.22 all gave the same clusters."""
+    background_beyond_cameras: float = 1.0
+    """Clusters whose median position lies farther from the point the cameras look at than this
+    many times the cameras' own median distance from it merge into the background too: what lies
+    outside the ring of cameras of an object-centric capture (walls, pictures, furniture) is the
+    surroundings, however compact (`cluster.camera_look_at`). 0 turns it off; it does nothing
+    where the cameras' axes do not meet (a forward-facing capture)."""
     noise: Literal["nearest", "keep"] = "nearest"
     """HDBSCAN noise: give it the nearest cluster by feature, or keep it unlabelled (-1)."""
     outlier_neighbours: int = 10

@@ -14,8 +14,8 @@ import pytest
 import torch
 from sklearn.metrics import adjusted_rand_score
 
-from cgc_core.cluster import (cluster_gaussians, export_clusters, export_selection, remove_spatial_outliers,
-                              render_clusters, scores_against_truth, select_gaussians)
+from cgc_core.cluster import (camera_look_at, cluster_gaussians, export_clusters, export_selection,
+                              remove_spatial_outliers, render_clusters, scores_against_truth, select_gaussians)
 from cgc_core.config import ClusterConfig, ReportConfig
 from cgc_core.gaussians import load_ply, read_ply_attribute
 from cgc_core.report import build_report
@@ -37,6 +37,61 @@ def _params(features, means):
     return {"means": means.float(), "quats": torch.randn(n, 4, generator=g), "scales": torch.full((n, 3), -3.0),
             "opacities": torch.full((n,), 2.0), "sh0": torch.rand(n, 1, 3, generator=g), "shN": torch.zeros(n, 15, 3),
             "features": features.float()}
+
+
+def _ring_cameras(n: int = 8, radius: float = 2.0, height: float = 1.0, forward: bool = False):
+    """Cameras on a ring around the origin looking at it (or, `forward`, all looking along +y)."""
+    from cgc_core.scene.model import Camera
+
+    cameras = []
+    for k in range(n):
+        angle = 2 * np.pi * k / n
+        centre = np.array([radius * np.cos(angle), radius * np.sin(angle), height])
+        if forward:
+            centre = np.array([0.2 * k, -3.0, height])
+        ahead = (np.array([0.0, 1.0, 0.0]) if forward else -centre / np.linalg.norm(centre))
+        right = np.cross(ahead, [0.0, 0.0, 1.0])
+        right /= np.linalg.norm(right)
+        down = np.cross(ahead, right)
+        rotation = np.stack([right, down, ahead])  # rows: the camera's x, y, z axes in the world
+        w2c = np.eye(4)
+        w2c[:3, :3], w2c[:3, 3] = rotation, -rotation @ centre
+        cameras.append(Camera(np.eye(3), w2c, 4, 4, f"view_{k:03d}.png"))
+    return cameras
+
+
+def test_camera_look_at_finds_an_orbits_centre_and_refuses_a_forward_facing_capture():
+    point, radius = camera_look_at(_ring_cameras(radius=2.0, height=1.0))
+    np.testing.assert_allclose(point, [0.0, 0.0, 0.0], atol=1e-9)
+    assert radius == pytest.approx(np.sqrt(5.0))
+    assert camera_look_at(_ring_cameras(forward=True)) is None
+    assert camera_look_at(_ring_cameras(n=1)) is None
+
+
+def test_compact_clusters_beyond_the_cameras_merge_into_the_background():
+    # Two objects at the centre of a ring of cameras (radius 2), a floor, and two compact pictures
+    # on walls 4 away: five feature groups, three things a user asks for.
+    g = torch.Generator().manual_seed(0)
+    directions = torch.nn.functional.normalize(torch.randn(5, 16, generator=g), dim=-1)
+    floor = torch.rand(1600, 3, generator=g) * torch.tensor([10.0, 10.0, 0.0]) - torch.tensor([5.0, 5.0, 0.0])
+    centres = ([0.5, 0.3, 0.3], [-0.4, -0.2, 0.3], [4.0, 0.0, 1.0], [0.0, -4.0, 1.0])
+    blobs = [torch.randn(300, 3, generator=g) * 0.1 + torch.tensor(c) for c in centres]
+    means = torch.cat([floor, *blobs])
+    group = torch.cat([torch.zeros(1600, dtype=torch.long)] + [torch.full((300,), k + 1) for k in range(4)])
+    features = directions[group] + 0.05 * torch.randn(len(group), 16, generator=g)
+    truth = np.where(group.numpy() <= 2, group.numpy(), 0)  # the pictures are background
+    look_at = camera_look_at(_ring_cameras(radius=2.0, height=1.0))
+    cfg = ClusterConfig(min_cluster_size=50)
+    kept = cluster_gaussians(features, means, cfg=cfg)  # no cameras: only the spread rule
+    merged = cluster_gaussians(features, means, cfg=cfg, look_at=look_at)
+    off = cluster_gaussians(features, means, cfg=ClusterConfig(min_cluster_size=50, background_beyond_cameras=0.0),
+                            look_at=look_at)
+    assert kept.n_clusters == off.n_clusters == 5 and adjusted_rand_score(truth, kept.labels) < 0.9
+    assert merged.n_clusters == 3 and adjusted_rand_score(truth, merged.labels) == pytest.approx(1.0)
+    # Beyond the ring alone merges the two pictures even with the spread rule off.
+    alone = cluster_gaussians(features, means, cfg=ClusterConfig(min_cluster_size=50, background_spread=0.0),
+                              look_at=look_at)
+    assert alone.n_clusters == 4 and (alone.labels[1600 + 600:] == alone.background).all()
 
 
 @pytest.mark.parametrize("max_fit_points", [None, 1500])
