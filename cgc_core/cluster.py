@@ -167,16 +167,23 @@ def camera_look_at(cameras: Iterable[Camera], min_spread: float = 1e-3) -> tuple
     return point, float(np.median(np.linalg.norm(np.asarray(centres) - point, axis=1)))
 
 
+def _finite_considered(labels: np.ndarray, means: Tensor | np.ndarray,
+                       considered: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions and labels of the `considered` Gaussians whose position is finite (a diverged
+    Gaussian's is not, and would make every median NaN)."""
+    points = means.detach().cpu().numpy() if isinstance(means, Tensor) else np.asarray(means)
+    points, labels = points[considered], labels[considered]
+    finite = np.isfinite(points).all(axis=1)
+    return points[finite], labels[finite]
+
+
 def cluster_spreads(labels: np.ndarray, n_clusters: int, means: Tensor | np.ndarray,
                     considered: np.ndarray) -> np.ndarray:
     """[n_clusters] spatial spread of each cluster relative to the scene's: the median distance of a
     cluster's Gaussians from their (per-axis) median, divided by the same of all `considered`
     Gaussians (indices). Medians, so that a few stray Gaussians of a cluster do not count; a
     Gaussian whose position is not finite (a diverged one) is left out."""
-    points = means.detach().cpu().numpy() if isinstance(means, Tensor) else np.asarray(means)
-    points, labels = points[considered], labels[considered]
-    finite = np.isfinite(points).all(axis=1)
-    points, labels = points[finite], labels[finite]
+    points, labels = _finite_considered(labels, means, considered)
 
     def spread(p: np.ndarray) -> float:
         return float(np.median(np.linalg.norm(p - np.median(p, axis=0), axis=1))) if len(p) else 0.0
@@ -189,10 +196,7 @@ def cluster_distances(labels: np.ndarray, n_clusters: int, means: Tensor | np.nd
                       point: np.ndarray) -> np.ndarray:
     """[n_clusters] distance of each cluster's median position (per axis, over its `considered`
     Gaussians with finite positions) from `point`; 0 for a cluster with none of them."""
-    points = means.detach().cpu().numpy() if isinstance(means, Tensor) else np.asarray(means)
-    points, labels = points[considered], labels[considered]
-    finite = np.isfinite(points).all(axis=1)
-    points, labels = points[finite], labels[finite]
+    points, labels = _finite_considered(labels, means, considered)
     return np.array([float(np.linalg.norm(np.median(points[labels == k], axis=0) - point)) if (labels == k).any()
                      else 0.0 for k in range(n_clusters)])
 

@@ -418,7 +418,7 @@ class ClusterConfig:
     background_spread: float = 0.2
     """Clusters spread wider than this many times the scene's spread (median distance from the
     median, of the opaque Gaussians) merge into one background cluster (`cluster.merge_background`);
-    0 keeps every cluster. Objects measured 0.05-0.15 and background surfaces 0.24-2.8 on the
+    0: no cluster merges for its spread. Objects measured 0.05-0.15 and background surfaces 0.24-2.8 on the
     development scenes (demo, realistic), where 0.16-0.22 all gave the same clusters."""
     background_beyond_cameras: float = 1.0
     """Clusters whose median position lies farther from the point the cameras look at than this
