@@ -56,8 +56,8 @@ class Clustering:
         centers: [K, D] unit mean feature of each cluster.
         sizes: [K] Gaussians per cluster (all Gaussians, not only the fitted ones).
         n_fitted: How many Gaussians HDBSCAN was fitted on.
-        background: The cluster the spread-out clusters were merged into (`merge_background`), or
-            -1 when none was.
+        background: The cluster the spread-out clusters and those beyond the cameras were merged
+            into (`merge_background`), or -1 when none was.
     """
 
     labels: np.ndarray

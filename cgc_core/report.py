@@ -73,10 +73,10 @@ SCORING_TEXT = ("a pixel belongs to the object when its cosine similarity to the
                 "scene over prompts; a view whose ground truth and prediction are both empty is left out (NaN, "
                 "as the reference script) and counted")
 ORACLE_PROTOCOLS = ("box-oracle", "click-oracle")
+"""Protocols whose query comes from the ground truth: upper bounds, never beside published numbers."""
 ORACLE_MASKS = ("truth-objects",)
 """Mask generators that read the ground truth (`masks.generator=truth-objects`): every figure
 trained on them is an upper bound, like an oracle protocol's."""
-"""Protocols whose query comes from the ground truth: upper bounds, never beside published numbers."""
 COMPARABLE_PROTOCOL = "text"
 """The protocol of the published CGC numbers (PROTOCOL.md): the only one set beside them."""
 PAPER_PROTOCOL = ("published numbers: the papers' own text-query procedure (CGC: Grounding DINO box -> SAM mask -> "

@@ -413,14 +413,20 @@ def depth_split_labels(params: dict[str, Tensor], views: dict[str, tuple[Camera,
             cut = {n: torch.as_tensor(stored[n]) for n in labels}
     else:
         gaussians = Gaussians.from_params({k: v.detach() for k, v in params.items()})
+
+        def cut_level(index: int, level: Tensor, depth: np.ndarray) -> np.ndarray:
+            if index > 0 and cfg.depth_split_levels == "finest":
+                return level.numpy()  # an object level stays as generated
+            return split_at_depth_edges(
+                level.numpy(), depth, cfg.depth_split_jump,
+                min_pixels=cfg.depth_split_min_pixels if cfg.depth_split_fill else 0,
+                sharpness=cfg.depth_split_sharpness, fill_distance=cfg.depth_split_fill)
+
         with torch.no_grad():
             for name, (camera, _) in views.items():
                 depth = render(gaussians, camera, sh_degree=0, backend=cfg.backend).depth.cpu().numpy()
-                cut[name] = torch.as_tensor(np.stack([split_at_depth_edges(
-                    level.numpy(), depth, cfg.depth_split_jump, min_pixels=cfg.depth_split_min_pixels if cfg.depth_split_fill else 0,
-                    sharpness=cfg.depth_split_sharpness, fill_distance=cfg.depth_split_fill)
-                    if index == 0 or cfg.depth_split_levels == "all" else level.numpy()
-                    for index, level in enumerate(labels[name])]))
+                levels = [cut_level(i, level, depth) for i, level in enumerate(labels[name])]
+                cut[name] = torch.as_tensor(np.stack(levels))
         path.parent.mkdir(parents=True, exist_ok=True)  # before the first checkpoint it may not exist yet
         tmp = path.with_suffix(".tmp.npz")
         np.savez_compressed(tmp, **{n: v.numpy().astype(np.int32) for n, v in cut.items()})

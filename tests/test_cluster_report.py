@@ -40,23 +40,17 @@ def _params(features, means):
 
 
 def _ring_cameras(n: int = 8, radius: float = 2.0, height: float = 1.0, forward: bool = False):
-    """Cameras on a ring around the origin looking at it (or, `forward`, all looking along +y)."""
+    """Cameras on a ring around the origin looking at it (or, `forward`, in a row all looking along +y)."""
     from cgc_core.scene.model import Camera
+    from cgc_core.scene.synthetic import look_at
 
     cameras = []
     for k in range(n):
         angle = 2 * np.pi * k / n
-        centre = np.array([radius * np.cos(angle), radius * np.sin(angle), height])
-        if forward:
-            centre = np.array([0.2 * k, -3.0, height])
-        ahead = (np.array([0.0, 1.0, 0.0]) if forward else -centre / np.linalg.norm(centre))
-        right = np.cross(ahead, [0.0, 0.0, 1.0])
-        right /= np.linalg.norm(right)
-        down = np.cross(ahead, right)
-        rotation = np.stack([right, down, ahead])  # rows: the camera's x, y, z axes in the world
-        w2c = np.eye(4)
-        w2c[:3, :3], w2c[:3, 3] = rotation, -rotation @ centre
-        cameras.append(Camera(np.eye(3), w2c, 4, 4, f"view_{k:03d}.png"))
+        eye = (np.array([0.2 * k, -3.0, height]) if forward
+               else np.array([radius * np.cos(angle), radius * np.sin(angle), height]))
+        target = eye + np.array([0.0, 1.0, 0.0]) if forward else np.zeros(3)
+        cameras.append(Camera(np.eye(3), look_at(eye, target), 4, 4, f"view_{k:03d}.png"))
     return cameras
 
 
