@@ -132,9 +132,9 @@ def cluster_gaussians(features: Tensor, means: Tensor | None = None, opacities: 
         labels[candidates] = np.where(fitted_labels >= 0, fitted_labels, labels[candidates])
     sizes = np.bincount(labels[labels >= 0], minlength=len(found))
     clustering = Clustering(labels, centers.cpu().numpy(), sizes, len(candidates))
-    beyond = cfg.background_beyond_cameras if look_at is not None else 0.0
-    if means is not None and (cfg.background_spread > 0 or beyond > 0):
-        clustering = merge_background(clustering, unit, means, candidates, cfg.background_spread, look_at, beyond)
+    if means is not None:  # merge_background applies each rule only where it is on (and has cameras)
+        clustering = merge_background(clustering, unit, means, candidates, cfg.background_spread, look_at,
+                                      cfg.background_beyond_cameras)
     return clustering
 
 

@@ -618,7 +618,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 _SAM_RULE = (lambda v: v.image_size == 1024 or v.allow_random_weights,
              "of image_size 1024 unless allow_random_weights (the checkpoints are for 1024)")
-# (section, field) -> (check, what it must be). Fields matching a section's "lr_*" are added below.
+# (section, field) -> (check, what it must be); a subsection is named by its dotted path
+# ("masks.truth_objects"). Fields matching a section's "lr_*" are added below.
 _RULES: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
     ("train", "iterations"): (lambda v: v >= 1, ">= 1"),
     ("train", "downscale"): (lambda v: v >= 1, ">= 1"),
@@ -641,6 +642,7 @@ _RULES: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
     ("train", "oom_retries"): (lambda v: v >= 0, ">= 0"),
     ("query", "threshold"): (lambda v: -1 <= v <= 1, "a cosine similarity in [-1, 1]"),
     ("masks", "sam"): _SAM_RULE,
+    ("masks.truth_objects", "keep"): (lambda v: 0 <= v <= 1, "in [0, 1]"),
     ("query", "sam"): _SAM_RULE,
     ("evaluate", "protocol"): (lambda v: bool(v) and all(p in EVALUATION_PROTOCOLS + ("auto",)
                                                         for p in ([v] if isinstance(v, str) else v)),
@@ -655,19 +657,21 @@ _RULES: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
 def validate_config(config: CgcConfig) -> list[str]:
     """Values that are the right type but cannot work (a negative learning rate, zero iterations...)."""
     problems = []
-    for section in dataclasses.fields(config):
-        value = getattr(config, section.name)
-        if not dataclasses.is_dataclass(value):
-            continue
-        for f in dataclasses.fields(value):
-            rule = _RULES.get((section.name, f.name))
+
+    def check(section: Any, path: str) -> None:  # every field of a section and of its subsections
+        for f in dataclasses.fields(section):
+            value = getattr(section, f.name)
+            rule = _RULES.get((path, f.name))
             if rule is None and f.name.startswith("lr_"):
                 rule = (lambda v: v > 0, "> 0")
-            if rule is not None and not rule[0](getattr(value, f.name)):
-                problems.append(f"{section.name}.{f.name} must be {rule[1]}, got {getattr(value, f.name)!r}")
-    keep = config.masks.truth_objects.keep
-    if not 0 <= keep <= 1:
-        problems.append(f"masks.truth_objects.keep must be in [0, 1], got {keep!r}")
+            if rule is not None and not rule[0](value):
+                problems.append(f"{path}.{f.name} must be {rule[1]}, got {value!r}")
+            if dataclasses.is_dataclass(value):
+                check(value, f"{path}.{f.name}")
+
+    for section in dataclasses.fields(config):
+        if dataclasses.is_dataclass(getattr(config, section.name)):
+            check(getattr(config, section.name), section.name)
     train = config.train
     if len(train.level_dims) < train.mask_levels:
         problems.append(f"train.level_dims must name at least train.mask_levels={train.mask_levels} channel counts, "
