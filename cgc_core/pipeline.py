@@ -18,6 +18,7 @@ from .calibrate import apply_calibration, calibrate, resolve_camera_model, resol
 from .cluster import ClusterOutputs, cluster_scene
 from .config import CgcConfig, SyntheticConfig, section_hash
 from .evaluate import EvaluateOutputs, check_protocol_weights, evaluate_model, protocol_queries, selection_protocol
+from .fingerprint import code_fingerprint
 from .gaussians import load_ply
 from .masks.generators import generate_scene_masks, make_generator
 from .masks.store import MasksOutputs, MaskStore
@@ -44,6 +45,8 @@ class StageSpec:
         progress_every: Log its progress every this many steps (0: it reports none).
         needs_query_weights: Its work loads the evaluation protocol's models, whose weights are
             checked before any stage runs.
+        code: The code it runs, as `fingerprint.code_fingerprint` roots: its stage function here
+            and the library modules that do the work (their imports follow). Part of its key.
     """
 
     name: str
@@ -51,31 +54,44 @@ class StageSpec:
     run: Callable[..., tuple[Scene, StageResult | None]] | None
     progress_every: int = 0
     needs_query_weights: bool = False
+    code: tuple[str, ...] = ()
 
 
 # The functions are looked up when a stage runs (not bound here), so a test can replace one.
 SCENE_SPECS = (
-    StageSpec("scene", (), lambda cfg, source, up, force, progress: scene_stage(cfg, source, force=force)),
+    StageSpec("scene", (), lambda cfg, source, up, force, progress: scene_stage(cfg, source, force=force),
+              code=("cgc_core.pipeline:scene_stage", "cgc_core.pipeline:_render_synthetic",
+                    "cgc_core.scene.synthetic", "cgc_core.scene.video")),
     StageSpec("calibrate", ("scene",), lambda cfg, scene, up, force, progress:
-              calibrate_stage(cfg, scene, force=force, progress=progress), progress_every=50),
+              calibrate_stage(cfg, scene, force=force, progress=progress), progress_every=50,
+              code=("cgc_core.pipeline:calibrate_stage", "cgc_core.pipeline:calibrate_inputs", "cgc_core.calibrate")),
     StageSpec("masks", ("calibrate",), lambda cfg, scene, up, force, progress:
-              (scene, masks_stage(cfg, scene, force=force, progress=progress)[1]), progress_every=10),
+              (scene, masks_stage(cfg, scene, force=force, progress=progress)[1]), progress_every=10,
+              code=("cgc_core.pipeline:masks_stage", "cgc_core.masks.generators")),
     StageSpec("train", ("calibrate", "masks"), lambda cfg, scene, up, force, progress:
               (scene, train_stage(cfg, scene, up["masks"], up["calibrate"], force=force, progress=progress)),
-              progress_every=100),
+              progress_every=100, code=("cgc_core.pipeline:train_stage", "cgc_core.train")),
     StageSpec("cluster", ("train",), lambda cfg, scene, up, force, progress:
               (scene, cluster_stage(cfg, scene, up["train"], force=force, progress=progress)),
-              progress_every=10, needs_query_weights=True),
+              progress_every=10, needs_query_weights=True,
+              code=("cgc_core.pipeline:cluster_stage", "cgc_core.cluster", "cgc_core.evaluate", "cgc_core.selection")),
     StageSpec("evaluate", ("train",), lambda cfg, scene, up, force, progress:
-              (scene, evaluate_stage(cfg, scene, up["train"], force=force)), needs_query_weights=True),
+              (scene, evaluate_stage(cfg, scene, up["train"], force=force)), needs_query_weights=True,
+              code=("cgc_core.pipeline:evaluate_stage", "cgc_core.evaluate")),
 )
 """The per-scene stages in the order they run (each after the stages it reads)."""
-REPORT_SPEC = StageSpec("report", ("cluster", "evaluate"), None)
+REPORT_SPEC = StageSpec("report", ("cluster", "evaluate"), None,
+                        code=("cgc_core.pipeline:report_stage", "cgc_core.report"))
 """Runs once over every scene of a benchmark run (`report_stage`)."""
 SPECS = {spec.name: spec for spec in (*SCENE_SPECS, REPORT_SPEC)}
 """Every stage by name. The graph is read from here whenever it is needed, so adding a stage is one
 new `StageSpec` in `SCENE_SPECS` (and `STAGES`, the command-line choices, follows)."""
 STAGES = tuple(SPECS)
+
+
+def stage_code(stage: str) -> dict[str, str]:
+    """The fingerprint of the code stage `stage` runs (`StageSpec.code`), for its cache key."""
+    return code_fingerprint(*SPECS[stage].code)
 
 
 def with_downstream(stages) -> set[str]:
@@ -126,7 +142,7 @@ def scene_stage(cfg: CgcConfig, source: str, force: bool = False) -> tuple[Scene
         name = scene_name_of(source)
         result = run_stage(scene_dir(cfg, name) / "scene", "scene", inputs={"video": hash_file(Path(source))},
                            config_section=cfg.video, compute=lambda tmp: extract_frames(source, tmp, cfg.video),
-                           force=force)
+                           force=force, code=stage_code("scene"))
         return read_photos(result.stage_dir, name=name), result
     preset = source_preset(source, cfg.synthetic.preset)
     if preset is None:
@@ -134,7 +150,7 @@ def scene_stage(cfg: CgcConfig, source: str, force: bool = False) -> tuple[Scene
     syn_cfg = replace(cfg.synthetic, preset=preset)
     result = run_stage(
         scene_dir(cfg, source) / "scene", "scene", inputs={}, config_section=syn_cfg,
-        compute=lambda tmp: _render_synthetic(syn_cfg, tmp), force=force,
+        compute=lambda tmp: _render_synthetic(syn_cfg, tmp), force=force, code=stage_code("scene"),
     )
     return read_synthetic_scene(result.stage_dir, name=source), result
 
@@ -181,7 +197,7 @@ def calibrate_stage(cfg: CgcConfig, scene: Scene, force: bool = False,
 
     result = run_stage(
         scene_dir(cfg, scene.name) / "calibrate", "calibrate", calibrate_inputs(cfg, scene),
-        cfg.calibrate, compute, force=force,
+        cfg.calibrate, compute, force=force, code=stage_code("calibrate"),
     )
     return apply_calibration(scene, result.stage_dir), result
 
@@ -202,7 +218,7 @@ def masks_stage(cfg: CgcConfig, scene: Scene, force: bool = False,
         return {"generator": generator.name, "generator_version": generator.version, **counts}
 
     result = run_stage(scene_dir(cfg, scene.name) / "masks", "masks", inputs, cfg.masks, compute,
-                       force=force, resumable=True).as_outputs(MasksOutputs)
+                       force=force, resumable=True, code=stage_code("masks")).as_outputs(MasksOutputs)
     return result.outputs.store, result
 
 
@@ -227,7 +243,7 @@ def train_stage(cfg: CgcConfig, scene: Scene, masks: StageResult, calibration: S
                 "n_gaussians": int(result.params["means"].shape[0]), "downscale": downscale}
 
     return run_stage(scene_dir(cfg, scene.name) / "train", "train", inputs, train_cfg, compute, force=force,
-                     resumable=True).as_outputs(TrainOutputs)
+                     resumable=True, code=stage_code("train")).as_outputs(TrainOutputs)
 
 
 def cluster_stage(cfg: CgcConfig, scene: Scene, trained: StageResult, force: bool = False,
@@ -252,7 +268,7 @@ def cluster_stage(cfg: CgcConfig, scene: Scene, trained: StageResult, force: boo
     return run_stage(scene_dir(cfg, scene.name) / "cluster", "cluster",
                      {"train": trained.manifest.key, **weight_stamps(cfg)},
                      (cfg.cluster, cfg.query, cfg.evaluate.protocol, cfg.evaluate.ovs_queries), compute,
-                     force=force).as_outputs(ClusterOutputs)
+                     force=force, code=stage_code("cluster")).as_outputs(ClusterOutputs)
 
 
 def weight_stamps(cfg: CgcConfig) -> dict[str, str]:
@@ -285,7 +301,8 @@ def evaluate_stage(cfg: CgcConfig, scene: Scene, trained: StageResult, force: bo
         return {k: v for k, v in summary.items() if k not in ("prompts", "protocols")}
 
     return run_stage(scene_dir(cfg, scene.name) / "evaluate", "evaluate", inputs,
-                     (cfg.evaluate, cfg.query), compute, force=force).as_outputs(EvaluateOutputs)
+                     (cfg.evaluate, cfg.query), compute, force=force,
+                     code=stage_code("evaluate")).as_outputs(EvaluateOutputs)
 
 
 def stage_record(result: StageResult | None, scene: Scene | None = None) -> dict:
@@ -323,7 +340,7 @@ def report_stage(cfg: CgcConfig, run_scenes: list[dict], scenes: dict[str, Scene
         return {"run_id": run_id, "figures": len(files.figures), "report": files.html.name}
 
     return run_stage(Path(cfg.reports_dir) / run_id, "report", inputs, cfg.report, compute,
-                     force=force).as_outputs(ReportOutputs)
+                     force=force, code=stage_code("report")).as_outputs(ReportOutputs)
 
 
 def run_scene_stage(cfg: CgcConfig, source: str, stage: str, force: bool = False,

@@ -1,7 +1,9 @@
 """Content-addressed, crash-safe stage outputs: `data/<scene>/<stage>/` plus a manifest.
 
 A stage's key is the hash of (stage name, the content hashes of its real input files, the hash of
-the config section it reads, the package version). `run_stage` reuses an existing output folder
+the config section it reads, the fingerprint of the code it runs (`fingerprint.code_fingerprint`:
+the `cgc_core` modules it imports, transitively, and the C++ sources), the package version). The
+reason a stage recomputes names what changed: which inputs, the config, or which source files. `run_stage` reuses an existing output folder
 only when its manifest carries the same key *and* every output file still has the checksum the
 manifest recorded; otherwise it recomputes into a temporary folder beside the target and renames
 it into place when complete, so a killed run never leaves a folder that looks finished.
@@ -37,6 +39,7 @@ from typing import Any, Callable
 from filelock import FileLock, Timeout
 
 from .config import section_hash
+from .fingerprint import changed_files
 
 MANIFEST = "manifest.json"
 SUMMARY = "summary.json"
@@ -122,7 +125,7 @@ def cached_only():
 
 
 def package_version() -> str:
-    """Installed version of cgc (part of every cache key: new code recomputes)."""
+    """Installed version of cgc (part of every cache key, beside the code fingerprint)."""
     try:
         return metadata.version("cgc")
     except metadata.PackageNotFoundError:
@@ -171,6 +174,8 @@ class Manifest:
     config_hash: str
     version: str
     outputs: dict[str, str] = field(default_factory=dict)
+    code: dict[str, str] = field(default_factory=dict)
+    """The fingerprint of the code that computed it (`fingerprint.code_fingerprint`)."""
     timings: dict[str, float] = field(default_factory=dict)
     created: str = ""
     info: dict[str, Any] = field(default_factory=dict)
@@ -223,12 +228,38 @@ class StageResult:
         return replace(self, outputs=kind(self.stage_dir))
 
 
-def stage_key(stage: str, inputs: dict[str, str], config_hash: str, version: str) -> str:
-    return digest({"stage": stage, "inputs": inputs, "config": config_hash, "version": version})
+def stage_key(stage: str, inputs: dict[str, str], config_hash: str, version: str,
+              code: dict[str, str] | None = None) -> str:
+    material = {"stage": stage, "inputs": inputs, "config": config_hash, "version": version}
+    if code:  # a key without code is what it was before code was keyed
+        material["code"] = code
+    return digest(material)
 
 
-def check_stage_dir(stage_dir: Path, key: str) -> str | None:
-    """None when `stage_dir` is a finished output for `key`, else the reason it is not."""
+def why_key_changed(old: Manifest, inputs: dict[str, str], config_hash: str, version: str,
+                    code: dict[str, str]) -> str:
+    """What differs between a stage's manifest and the current inputs, config and code, in words."""
+    reasons = []
+    changed_inputs = changed_files(old.inputs, inputs)
+    if changed_inputs:
+        shown = ", ".join(changed_inputs[:4]) + (f" and {len(changed_inputs) - 4} more" if len(changed_inputs) > 4 else "")
+        reasons.append(f"inputs changed ({shown})")
+    if old.config_hash != config_hash:
+        reasons.append("config changed")
+    changed_code = changed_files(old.code, code)
+    if changed_code:
+        shown = ", ".join(changed_code[:4]) + (f" and {len(changed_code) - 4} more" if len(changed_code) > 4 else "")
+        reasons.append(f"code changed ({shown})")
+    if old.version != version:
+        reasons.append(f"package version changed ({old.version} -> {version})")
+    return "; ".join(reasons) or "stage name changed"
+
+
+def check_stage_dir(stage_dir: Path, key: str, current: tuple[dict, str, str, dict] | None = None) -> str | None:
+    """None when `stage_dir` is a finished output for `key`, else the reason it is not.
+
+    `current` (inputs, config hash, version, code fingerprint) lets a changed key's reason say what
+    changed; without it the reason is generic."""
     stage_dir = Path(stage_dir)
     if not (stage_dir / MANIFEST).is_file():
         return "no finished output" if not stage_dir.exists() else "output folder has no manifest (unfinished)"
@@ -237,7 +268,7 @@ def check_stage_dir(stage_dir: Path, key: str) -> str | None:
     except (OSError, ValueError, TypeError) as exc:
         return f"manifest unreadable ({exc})"
     if manifest.key != key:
-        return "inputs, config or version changed"
+        return why_key_changed(manifest, *current) if current else "inputs, config, code or version changed"
     for rel, expected in manifest.outputs.items():
         path = stage_dir / rel
         try:
@@ -260,6 +291,7 @@ def run_stage(
     force: bool = False,
     resumable: bool = False,
     lock_timeout: float | None = None,
+    code: dict[str, str] | None = None,
 ) -> StageResult:
     """Reuse or compute one stage's output folder.
 
@@ -278,6 +310,8 @@ def run_stage(
             starts from an empty temporary folder.
         lock_timeout: Seconds to wait for another run of this stage folder (None: as long as it
             takes; a killed holder releases the lock at once).
+        code: The fingerprint of the code `compute` runs (`fingerprint.code_fingerprint` of the
+            stage's modules), so that changed code recomputes the stage; None keys no code.
 
     Returns:
         A `StageResult`; `cached` says whether the existing folder was reused.
@@ -291,10 +325,12 @@ def run_stage(
     stage_dir = Path(stage_dir)
     config_hash = section_hash(config_section)
     version = package_version()
-    key = stage_key(stage, inputs, config_hash, version)
-    problem = "recompute forced" if force else check_stage_dir(stage_dir, key)
+    code = code or {}
+    key = stage_key(stage, inputs, config_hash, version, code)
+    current = (inputs, config_hash, version, code)
+    problem = "recompute forced" if force else check_stage_dir(stage_dir, key, current)
     if problem is None:  # the common case needs no lock: finished folders are only ever replaced whole
-        return StageResult(Manifest.read(stage_dir), stage_dir, cached=True, reason="cached: inputs, config and outputs unchanged")
+        return StageResult(Manifest.read(stage_dir), stage_dir, cached=True, reason="cached: inputs, config, code and outputs unchanged")
     if _CACHED_ONLY.get():
         raise StageMissingError(f"{stage_dir}: the {stage} stage has no finished output for the current inputs "
                                 f"and config ({problem}); run the {stage} stage first")
@@ -304,7 +340,8 @@ def run_stage(
         if (not force or _manifest_stamp(stage_dir) != before) and check_stage_dir(stage_dir, key) is None:
             return StageResult(Manifest.read(stage_dir), stage_dir, cached=True,
                                reason="cached: computed by a concurrent run while this one waited")
-        return _compute_stage(stage_dir, stage, key, inputs, config_hash, version, compute, force, resumable, problem)
+        return _compute_stage(stage_dir, stage, key, inputs, config_hash, version, code, compute, force, resumable,
+                              problem)
 
 
 def _manifest_stamp(stage_dir: Path) -> tuple[int, int] | None:
@@ -317,7 +354,7 @@ def _manifest_stamp(stage_dir: Path) -> tuple[int, int] | None:
 
 
 def _compute_stage(stage_dir: Path, stage: str, key: str, inputs: dict[str, str], config_hash: str, version: str,
-                   compute: Callable[[Path], dict[str, Any] | None], force: bool, resumable: bool,
+                   code: dict[str, str], compute: Callable[[Path], dict[str, Any] | None], force: bool, resumable: bool,
                    problem: str) -> StageResult:
     """Compute into a work folder and swap it in; the caller holds the stage lock."""
     stage_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -338,7 +375,7 @@ def _compute_stage(stage_dir: Path, stage: str, key: str, inputs: dict[str, str]
         elapsed = time.perf_counter() - start
         manifest = Manifest(
             stage=stage, key=key, inputs=inputs, config_hash=config_hash, version=version,
-            outputs=hash_tree(tmp), timings={"compute_s": round(elapsed, 3)},
+            outputs=hash_tree(tmp), code=code, timings={"compute_s": round(elapsed, 3)},
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"), info=info,
         )
         manifest.write(tmp)

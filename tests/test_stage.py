@@ -30,7 +30,7 @@ def test_second_run_is_cached_and_input_change_recomputes(tmp_path):
     assert again.cached and len(calls) == 1
     assert again.manifest.info == {"rows": 2}
     changed = run_stage(target, "stage", {"img": "bbb"}, CalibrateConfig(), _writer(calls))
-    assert not changed.cached and changed.reason == "inputs, config or version changed"
+    assert not changed.cached and changed.reason == "inputs changed (img)"
     other_cfg = run_stage(target, "stage", {"img": "bbb"}, CalibrateConfig(seed=1), _writer(calls))
     assert not other_cfg.cached
     forced = run_stage(target, "stage", {"img": "bbb"}, CalibrateConfig(seed=1), _writer(calls), force=True)
