@@ -339,6 +339,7 @@ def evaluate_scene(scene: Scene, render_features: FeatureRenderer, out_dir: str 
         scores = score_predictions(scene, pred_dir, cfg)
         averages = ovs_average(scores, scene.name) if protocol == "ovs-argmax" else average_scores(scores)
         averages["not_detected"] = sorted(p for p, q in queries.items() if not q.detected)
+        averages["query_source"] = cfg.ovs_queries if protocol == "ovs-argmax" else protocol
         results[protocol] = averages
         for s in scores:
             q = queries.get(s.prompt)

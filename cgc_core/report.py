@@ -163,13 +163,26 @@ def scene_summaries(run: dict) -> list[dict]:
                 "mean_selection_iou": cluster.get("mean_selection_iou"),
                 "training_health": health,  # train.json's health record: history, final, views, warning
                 "masks": masks,  # the mask generator the features were trained on
+                "query_source": result.get("query_source", protocol),  # ovs-argmax borrows another's queries
             })
     return rows
 
 
 def is_upper_bound(summary: dict) -> bool:
-    """A row's figures are an upper bound: an oracle protocol's query, or masks read from the truth."""
-    return summary["protocol"] in ORACLE_PROTOCOLS or summary.get("masks") in ORACLE_MASKS
+    """A row's figures are an upper bound: queries read from the ground truth (an oracle protocol's,
+    also when another protocol such as `ovs-argmax` borrows them), or masks read from the truth."""
+    return (summary["protocol"] in ORACLE_PROTOCOLS or summary.get("query_source") in ORACLE_PROTOCOLS
+            or summary.get("masks") in ORACLE_MASKS)
+
+
+def protocol_title(summary: dict) -> str:
+    """A row's protocol as the report names it: `protocol`, marked when it is an upper bound, with
+    the borrowed query source where there is one."""
+    title = f"`{summary['protocol']}`"
+    source = summary.get("query_source")
+    if source and source != summary["protocol"]:
+        title += f" with `{source}` queries"
+    return title + (" (upper bound)" if is_upper_bound(summary) else "")
 
 
 def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
@@ -191,7 +204,7 @@ def _tables(run: dict, summaries: list[dict]) -> list[tuple[str, str, list[str],
         "is every row trained on `truth-objects` masks (true object masks, a diagnostic).",
         ["scene", "benchmark", "protocol", "threshold", "mIoU", "mBIoU", "not detected", "empty-union views",
          "test PSNR (dB)", "masks"],
-        [[s["scene"], s["benchmark"], f"`{s['protocol']}`" + (" (upper bound)" if is_upper_bound(s) else ""),
+        [[s["scene"], s["benchmark"], protocol_title(s),
           s["threshold"] if s["threshold"] is not None else "—", _pct(s["miou"]), _pct(s["mbiou"]),
           ", ".join(s["not_detected"]) or "none", s["empty_union_views"] if s["empty_union_views"] is not None else "—",
           f"{s['psnr']:.2f}" if s["psnr"] is not None else "—",
@@ -199,7 +212,7 @@ def _tables(run: dict, summaries: list[dict]) -> list[tuple[str, str, list[str],
          for s in summaries]))
     for s in summaries:
         if s["prompts"]:
-            tables.append((f"Per prompt: {s['scene']}, protocol `{s['protocol']}`",
+            tables.append((f"Per prompt: {s['scene']}, protocol {protocol_title(s)}",
                            PROTOCOL_TEXT.get(s["protocol"], s["protocol"]) + "; IoU / boundary IoU in %, mean over "
                            "the test views that have the prompt.", ["prompt", "views", "IoU", "BIoU"],
                            [[p, v["views"], _pct(v["iou"]), _pct(v["biou"])] for p, v in sorted(s["prompts"].items())]))

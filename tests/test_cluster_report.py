@@ -240,7 +240,8 @@ def test_instance_masks_give_every_view_the_same_cluster_ids(tmp_path):
 
 
 def _fake_run(tmp_path: Path, scene_dir: Path, scene_name: str, layout: str,
-              protocols: tuple[str, ...] = ("click-oracle",), masks_generator: str | None = None) -> tuple[Path, object]:
+              protocols: tuple[str, ...] = ("click-oracle",), masks_generator: str | None = None,
+              query_sources: dict[str, str] | None = None) -> tuple[Path, object]:
     """The files a run leaves for the report: evaluate (results.parquet + summary.json from real
     scoring of ground-truth-derived predictions, per protocol: shifted by 2 pixels more for each
     further protocol), cluster summary, run.json; with `masks_generator`, the masks stage's
@@ -267,7 +268,8 @@ def _fake_run(tmp_path: Path, scene_dir: Path, scene_name: str, layout: str,
         frames.append(pd.DataFrame([{**s.__dict__, "protocol": protocol} for s in scores]))
         per_protocol[protocol] = {"miou": averages["miou"], "mbiou": averages["mbiou"], "not_detected": [],
                                   "empty_union_views": averages["empty_union_views"],
-                                  "prompts": averages["scenes"][scene_name]["prompts"]}
+                                  "prompts": averages["scenes"][scene_name]["prompts"],
+                                  "query_source": (query_sources or {}).get(protocol, protocol)}
         if k == 0:
             first_averages, first_scores = averages, scores
     pd.concat(frames, ignore_index=True).to_parquet(evaluate_dir / "results.parquet")
@@ -345,6 +347,24 @@ def test_report_names_the_masks_and_never_sets_true_object_masks_beside_the_pape
         assert "| figurines | LERF-Mask | `text` (upper bound) | 0.7 |" in results
         assert "| `truth-objects` (true objects) |" in results
         assert ours not in published
+
+
+@pytest.mark.parametrize("source, upper", [("text", False), ("click-oracle", True), ("box-oracle", True)])
+def test_rows_whose_queries_read_the_truth_are_upper_bounds_whatever_the_protocol(tmp_path, tiny_scene_dir,
+                                                                                  source, upper):
+    from cgc_core.report import is_upper_bound
+
+    scene_copy = tmp_path / "figurines"
+    shutil.copytree(tiny_scene_dir, scene_copy)
+    shutil.rmtree(scene_copy / "ground_truth")
+    run_dir, scene, averages, _ = _fake_run(tmp_path, scene_copy, "figurines", "lerf_mask", protocols=("ovs-argmax",),
+                                            query_sources={"ovs-argmax": source})
+    md = build_report(run_dir, ReportConfig(figures=False), {"figurines": scene}).markdown.read_text()
+    results = md[md.index("## Results per scene and protocol"):].split("\n## ")[0]
+    title = f"`ovs-argmax` with `{source}` queries" + (" (upper bound)" if upper else "")
+    assert f"| figurines | LERF-Mask | {title} | 0.7 |" in results
+    assert f"## Per prompt: figurines, protocol {title}" in md
+    assert is_upper_bound({"protocol": "ovs-argmax", "query_source": source}) is upper
 
 
 def test_report_of_missing_run_record_names_the_file(tmp_path):
