@@ -5,14 +5,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-# Prefect keeps its database and settings inside the checkout (git-ignored), sends no analytics,
-# and gets more time to start its temporary local API on a loaded 2-core machine.
-export PREFECT_HOME := $(CURDIR)/.prefect
-export PREFECT_SERVER_ANALYTICS_ENABLED := false
-export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
+# Prefect's home inside the checkout (git-ignored), no analytics, a longer start for its temporary
+# API, cgc's logger in the run logs: every entry point sets these itself unless the user did
+# (flows/__init__.py), so the commands in README behave the same with or without make.
 export PREFECT_LOGGING_LEVEL ?= INFO
-# cgc_core logs to the "cgc" logger (e.g. an out-of-memory retry); show it in Prefect's run logs.
-export PREFECT_LOGGING_EXTRA_LOGGERS := cgc
 # The demo and the tests run on CPU; keep BLAS/OpenMP from oversubscribing 2 cores.
 export OMP_NUM_THREADS ?= 2
 

@@ -113,17 +113,19 @@ def run_check(workdir: Path, overrides: list[str] = TINY, timeout: float = 900) 
             os.environ["PREFECT_HOME"] = old_home
 
 
-def check_outcomes(result: dict) -> list[str]:
-    """What is wrong with the stage outcomes (empty when the check passed)."""
-    problems = []
+def check_outcomes(result: dict) -> dict[str, list[str]]:
+    """What is wrong, per check (empty lists when both passed): `concurrent_runs`, the two runs
+    started together (each stage computed by one, reused by the other); `deployment_run`, the
+    rerun of the same deployment (every stage cached, no stage folder rewritten)."""
+    problems: dict[str, list[str]] = {"deployment_run": [], "concurrent_runs": []}
     for stage in STAGE_TASKS:
         if result["concurrent"][stage] != ["Cached", "Completed"]:
-            problems.append(f"two runs at once: {stage} ended {result['concurrent'][stage]}, expected one computed "
-                            "and one cached")
+            problems["concurrent_runs"].append(f"two runs at once: {stage} ended {result['concurrent'][stage]}, "
+                                               "expected one computed and one cached")
         if result["rerun"][stage] != ["Cached"]:
-            problems.append(f"rerun: {stage} ended {result['rerun'][stage]}, expected Cached")
+            problems["deployment_run"].append(f"rerun: {stage} ended {result['rerun'][stage]}, expected Cached")
     if result["manifests_after"] != result["manifests_before"]:
-        problems.append("rerun rewrote a stage folder")
+        problems["deployment_run"].append("rerun rewrote a stage folder")
     return problems
 
 
@@ -137,11 +139,12 @@ def main() -> None:
         print(f"{stage:<10} two runs at once: {', '.join(result['concurrent'][stage]):<20} rerun: {', '.join(result['rerun'][stage])}")
     print(f"two runs at once {result['cold_s']:.1f} s, cached rerun {result['cached_rerun_s']:.1f} s "
           f"(both include the deployment run's start and the worker's process start)")
-    for problem in problems:
-        print("PROBLEM: " + problem)
-    ok = "ok" if not problems else "failed"
-    print(f"RESULT deployment_run={ok} concurrent_runs={ok} cold_s={result['cold_s']:.1f} "
-          f"cached_rerun_s={result['cached_rerun_s']:.1f}")
+    for check, found in problems.items():
+        for problem in found:
+            print(f"PROBLEM ({check}): {problem}")
+    verdict = {check: "ok" if not found else "failed" for check, found in problems.items()}
+    print(f"RESULT deployment_run={verdict['deployment_run']} concurrent_runs={verdict['concurrent_runs']} "
+          f"cold_s={result['cold_s']:.1f} cached_rerun_s={result['cached_rerun_s']:.1f}")
 
 
 if __name__ == "__main__":

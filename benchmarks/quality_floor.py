@@ -1,6 +1,7 @@
 """The measurements behind tests/test_quality.py's floor: the tiny preset trained with the test's
-iterations under every variant (default; contrastive term at a tenth; label maps shuffled between
-views; no contrastive term) and several train seeds, scored click-oracle on its test views.
+iterations under every variant (default; the contrastive term on a tenth of its steps; label maps
+shuffled between views; no contrastive term; the contrastive weight / 10) and several train seeds,
+scored click-oracle on its test views. `weakened_max` is over the variants the test asserts.
 
 Last line:
     RESULT seeds=<n> default_min=<x> default_mean=<x> weakened_max=<x> margin=<default_min - weakened_max>

@@ -301,7 +301,7 @@ def apply_calibration(scene: Scene, calib_dir: str | Path) -> Scene:
     calib_dir = Path(calib_dir)
     summary = read_summary(calib_dir)
     rec = read_model(calib_dir / "sparse" / "0")
-    cameras = cameras_from_model(rec)
+    cameras = cameras_from_model(rec, calib_dir / "sparse" / "0")
     points, colors = points_from_model(rec)
     image_dir = Path(summary.image_dir)
     if not image_dir.is_absolute():

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -550,9 +551,11 @@ def _check_type(value: Any, annotation: Any, where: str) -> Any:
         return [_check_type(v, (args or (Any,))[0], f"{where}[{i}]") for i, v in enumerate(value)]
     if annotation is float and isinstance(value, (int, str)) and not isinstance(value, bool):
         try:  # an int, or an exponent form without a dot like 3e-4, which YAML 1.1 (PyYAML) reads as a string
-            return float(value)
-        except ValueError:
+            value = float(value)
+        except (ValueError, OverflowError):
             pass
+    if annotation is float and isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where}: expected a finite number, got {value!r}")
     if annotation in (int, float, str, bool) and (not isinstance(value, annotation)
                                                   or (annotation is int and isinstance(value, bool))):
         raise ConfigError(f"{where}: expected {annotation.__name__}, got {value!r}")
@@ -595,7 +598,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not path.is_file():
             raise ConfigError(f"{path}: config file not found")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not UTF-8 text ({exc})") from exc
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
         if not isinstance(data, dict):

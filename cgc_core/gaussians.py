@@ -190,6 +190,9 @@ def load_ply(path: str | Path) -> dict[str, Tensor]:
     feat_names = _numbered(names, "feat_")
     if feat_names:
         params["features"] = stack(feat_names)
+    for name, values in params.items():  # a NaN or inf would spread through every render and gradient
+        if not bool(torch.isfinite(values).all()):
+            raise GaussianFileError(f"{path}: {int((~torch.isfinite(values)).sum())} non-finite values in {name}")
     return params
 
 

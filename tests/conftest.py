@@ -15,11 +15,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-# Keep Prefect's database inside the checkout and give its temporary server time to start on 2
-# loaded cores (the Makefile sets the same; this covers a bare `pytest`).
-os.environ.setdefault("PREFECT_HOME", str(ROOT / ".prefect"))
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+# Prefect's database inside the checkout, time for its temporary server to start on 2 loaded cores:
+# the defaults every entry point sets (flows/__init__.py), here for a bare `pytest` too.
+import flows  # noqa: E402,F401  (sets the defaults on import)
 
 SHARED = ROOT.parent / "shared"
 UNDER_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -99,3 +97,26 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=None):
         yield
+
+
+def miou_from_predictions(scene, evaluate_dir: Path, protocol: str) -> float:
+    """The mIoU of an evaluate stage's predicted PNGs against the scene's ground truth, recomputed
+    here in plain numpy (per prompt over its views, then over prompts; predictions are stored at
+    the ground truth's size): the oracle for the stage's summary."""
+    import numpy as np
+    from PIL import Image
+
+    from cgc_core.evaluate import prediction_path
+
+    per_prompt: dict[str, list[float]] = {}
+    for view, masks in scene.gt_masks.items():
+        for prompt in masks:
+            gt = scene.load_gt_mask(view, prompt)
+            pred = np.asarray(Image.open(prediction_path(evaluate_dir / "predictions" / protocol, scene, view, prompt)))
+            pred = pred > 127
+            assert pred.shape == gt.shape, (view, prompt)
+            union = np.logical_or(pred, gt).sum()
+            if union:
+                per_prompt.setdefault(prompt, []).append(float(np.logical_and(pred, gt).sum() / union))
+    assert per_prompt, f"{evaluate_dir}: no scored prediction"
+    return float(np.mean([np.mean(v) for v in per_prompt.values()]))

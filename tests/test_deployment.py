@@ -21,8 +21,22 @@ def test_deployment_runs_at_once_compute_each_stage_once_and_a_rerun_computes_no
     # The rerun: every stage's task ended Cached, and no stage folder was rewritten.
     assert result["rerun"] == {stage: ["Cached"] for stage in STAGE_TASKS}
     assert result["manifests_after"] == result["manifests_before"] and len(result["manifests_after"]) == 7
-    assert check_outcomes(result) == []
+    assert check_outcomes(result) == {"deployment_run": [], "concurrent_runs": []}
     for pid in (result["state"]["server_pid"], result["state"]["worker_pid"]):
         with pytest.raises(ProcessLookupError):
             os.killpg(pid, 0)  # the process group is gone
     assert not (tmp_path / "prefect-home" / "cgc-serve.json").exists()
+
+
+def test_the_two_checks_are_judged_apart():
+    from benchmarks.deployment_check import STAGE_TASKS, check_outcomes
+
+    good = {"concurrent": {s: ["Cached", "Completed"] for s in STAGE_TASKS}, "rerun": {s: ["Cached"] for s in STAGE_TASKS},
+            "manifests_before": {"a": "t0"}, "manifests_after": {"a": "t0"}}
+    both_computed = good | {"concurrent": good["concurrent"] | {"train": ["Completed", "Completed"]}}
+    assert check_outcomes(good) == {"deployment_run": [], "concurrent_runs": []}
+    found = check_outcomes(both_computed)
+    assert found["deployment_run"] == [] and found["concurrent_runs"] == [
+        "two runs at once: train ended ['Completed', 'Completed'], expected one computed and one cached"]
+    rewritten = check_outcomes(good | {"manifests_after": {"a": "t1"}})
+    assert rewritten == {"deployment_run": ["rerun rewrote a stage folder"], "concurrent_runs": []}

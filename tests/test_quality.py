@@ -17,25 +17,35 @@ import pytest
 # click-oracle mIoU on the tiny preset's test views (192x144, 3 views) after TINY_ITERATIONS,
 # measured 2026-12-03 on the project's CPU machine with benchmarks/quality_floor.py, train seeds
 # 0, 1, 2 (min / mean / max):
-#   default            0.000 / 0.000 / 0.000
-#   cc-tenth           0.000 / 0.000 / 0.000
-#   shuffled-labels    0.000 / 0.000 / 0.000
-#   no-contrastive     0.000 / 0.000 / 0.000
-# The floor sits between the weakest default seed and the strongest weakened one, with room for
-# run-to-run noise on either side.
-QUALITY_FLOOR = 0.0
+#   default                      0.615 / 0.643 / 0.670
+#   cc-tenth-steps               0.245 / 0.340 / 0.399
+#   shuffled-labels (far view)   0.413 / 0.441 / 0.460
+#   no-contrastive               0.030 / 0.033 / 0.039
+#   cc-weight-tenth              0.561 / 0.605 / 0.671   (not asserted, see below)
+# The floor sits midway between the weakest default seed (0.615) and the strongest weakened run
+# (0.460), 0.08 from each. The contrastive weight alone (cc_weight / 10) does not weaken a run:
+# only the contrastive term and the regulariser reach the features, and Adam scales each step by
+# the gradient's own magnitude, so a tenth of the weight shifts only the contrastive term's balance
+# against the regulariser; a tenth of its steps (cc_every x 10) is a tenth of its say in training.
+QUALITY_FLOOR = 0.54
 TINY_ITERATIONS = 800
-WEAKENED = ("cc-tenth", "shuffled-labels", "no-contrastive")
-VARIANTS = ("default", *WEAKENED)
+WEAKENED = ("cc-tenth-steps", "shuffled-labels", "no-contrastive")
+"""Runs the floor must fail: the contrastive term on a tenth of its steps, label maps shuffled
+between views, no contrastive term."""
+VARIANTS = ("default", *WEAKENED, "cc-weight-tenth")
+"""`cc-weight-tenth` (the contrastive term's weight / 10) is measured, not asserted: see QUALITY_FLOOR."""
 
 
 class ShuffledLabelStore:
-    """A mask store whose label maps belong to another training view (a fixed derangement of the
-    names): segments stay segments, but they no longer agree with what the view shows."""
+    """A mask store whose label maps belong to another training view, the one half the capture
+    away in name order (on an orbit, the far side): segments stay segments, but they no longer
+    agree with what the view shows. (The next view's maps were tried first: on a dense orbit they
+    nearly agree with the view, and that run scored 0.51-0.60, too close to the default.)"""
 
     def __init__(self, store, names: list[str]):
         self.store = store
-        self.other = dict(zip(names, names[1:] + names[:1]))
+        half = len(names) // 2
+        self.other = dict(zip(names, names[half:] + names[:half]))
 
     def read_label_maps(self, name: str, levels: int = 1) -> np.ndarray:
         return self.store.read_label_maps(self.other[name], levels)
@@ -52,8 +62,10 @@ def click_miou_after_training(scene, store, work: Path, variant: str, seed: int 
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; variants are {VARIANTS}")
     cfg = TrainConfig(iterations=iterations, backend="torch", seed=seed)
-    if variant == "cc-tenth":
+    if variant == "cc-weight-tenth":
         cfg = replace(cfg, cc_weight=cfg.cc_weight / 10)
+    elif variant == "cc-tenth-steps":
+        cfg = replace(cfg, cc_every=cfg.cc_every * 10)
     elif variant == "no-contrastive":
         cfg = replace(cfg, use_cc=False)
     elif variant == "shuffled-labels":
@@ -66,7 +78,7 @@ def click_miou_after_training(scene, store, work: Path, variant: str, seed: int 
     return scores["miou"], per_prompt
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", ("default", *WEAKENED))
 def test_only_the_full_training_clears_the_quality_floor(tiny_inputs, tmp_path, variant):
     scene, store = tiny_inputs
     miou, per_prompt = click_miou_after_training(scene, store, tmp_path, variant)

@@ -156,11 +156,14 @@ class MaskStore:
     def _metadata(self, path: Path) -> dict[str, str]:
         try:
             meta = pq.read_schema(path).metadata or {}
-        except (OSError, pa.ArrowException) as exc:
+        except (OSError, pa.ArrowException, UnicodeDecodeError) as exc:
             raise MaskStoreError(f"{path}: not a readable Parquet file ({exc})") from exc
         if b"image" not in meta:
             raise MaskStoreError(f"{path}: not a mask-store file (no image name in its metadata)")
-        return {k.decode(): v.decode() for k, v in meta.items()}
+        try:
+            return {k.decode(): v.decode() for k, v in meta.items()}
+        except UnicodeDecodeError as exc:
+            raise MaskStoreError(f"{path}: its metadata is not UTF-8 text ({exc})") from exc
 
     def images(self) -> list[str]:
         """Names of the images whose masks are stored (complete files only)."""
@@ -197,7 +200,10 @@ class MaskStore:
         return table.replace_schema_metadata(None)
 
     def _rles(self, image_name: str, min_area: int) -> tuple[list[dict], list[int], tuple[int, int]]:
-        rows = self.read_table(image_name).to_pydict()
+        try:
+            rows = self.read_table(image_name).to_pydict()
+        except (UnicodeDecodeError, pa.ArrowException) as exc:
+            raise MaskStoreError(f"{self.path(image_name)}: unreadable rows ({exc})") from exc
         size = self.image_size(image_name)
         # Every RLE must have its image's size: pycocotools allocates height x width per mask from
         # the RLE's own `size`, so a hostile one could ask for any amount of memory.

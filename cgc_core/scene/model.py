@@ -9,6 +9,7 @@ Conventions (the same as COLMAP and gsplat, so poses pass between them untouched
 from __future__ import annotations
 
 import contextlib
+import struct
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,11 @@ import numpy as np
 from PIL import Image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".JPG", ".JPEG", ".PNG")
+
+
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error)
+"""What PIL raises for a damaged file while it decodes (a broken PNG chunk is a SyntaxError, a cut
+file an EOFError or OSError, a lying TIFF header a struct.error)."""
 
 
 class SceneError(ValueError):
@@ -42,7 +48,7 @@ def open_image(path: Path):
         except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
             raise SceneError(f"{path}: image too large to decode safely, more than {Image.MAX_IMAGE_PIXELS} "
                              f"pixels ({exc}); downscale it first") from exc
-        except (OSError, ValueError) as exc:
+        except DECODE_ERRORS as exc:
             raise SceneError(f"{path}: not an image ({exc})") from exc
     with img:
         yield img
@@ -79,6 +85,11 @@ class Camera:
                 f"camera of {self.image_name}: K must be 3x3 and world_to_camera 4x4, "
                 f"got {K.shape} and {w2c.shape}"
             )
+        if not (np.isfinite(K).all() and np.isfinite(w2c).all()):
+            raise SceneError(f"camera of {self.image_name}: non-finite intrinsics or pose")
+        if not (K[0, 0] > 0 and K[1, 1] > 0 and int(self.width) > 0 and int(self.height) > 0):
+            raise SceneError(f"camera of {self.image_name}: focal lengths and image size must be positive, got "
+                             f"fx={K[0, 0]}, fy={K[1, 1]}, {self.width}x{self.height}")
         rotation = w2c[:3, :3]
         if not np.allclose(rotation @ rotation.T, np.eye(3), atol=1e-5) or np.linalg.det(rotation) < 0:
             raise SceneError(f"camera of {self.image_name}: world_to_camera rotation is not a proper rotation")
@@ -237,7 +248,7 @@ class Scene:
         with open_image(path) as img:
             try:
                 gray = np.asarray(img.convert("L"))
-            except (OSError, ValueError) as exc:
+            except DECODE_ERRORS as exc:
                 raise SceneError(f"{path}: cannot read ground-truth mask: {exc}") from exc
         if self.gt_mask_rule == "eq255":
             return gray == 255
@@ -258,7 +269,7 @@ def _read_image(path: Path) -> np.ndarray:
         try:
             mode = "RGBA" if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info else "RGB"
             return np.asarray(img.convert(mode), dtype=np.float32) / 255.0
-        except (OSError, ValueError) as exc:  # e.g. a truncated file: its header read, its pixels not
+        except DECODE_ERRORS as exc:  # e.g. a truncated file: its header read, its pixels not
             raise SceneError(f"{path}: cannot read image: {exc}") from exc
 
 

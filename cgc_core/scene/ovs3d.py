@@ -53,28 +53,39 @@ def read_ovs3d_scene(root: Path, name: str | None = None, image_dir: Path | None
     poses_path = root / "poses_bounds.npy"
     try:
         poses_bounds = np.load(poses_path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise SceneError(f"{poses_path}: cannot read: {exc}") from exc
-    if poses_bounds.ndim != 2 or poses_bounds.shape[1] != 17:
-        raise SceneError(f"{poses_path}: expected an array of shape [N, 17], got {poses_bounds.shape}")
+    except Exception as exc:  # noqa: BLE001 - numpy's header parser raises many kinds on a damaged file
+        raise SceneError(f"{poses_path}: cannot read: {exc!r}") from exc
+    if not isinstance(poses_bounds, np.ndarray) or poses_bounds.ndim != 2 or poses_bounds.shape[1] != 17:
+        raise SceneError(f"{poses_path}: expected an array of shape [N, 17], got {getattr(poses_bounds, 'shape', None)}")
+    if not np.issubdtype(poses_bounds.dtype, np.number) or not np.isfinite(poses_bounds).all():
+        raise SceneError(f"{poses_path}: poses must be finite numbers (dtype {poses_bounds.dtype})")
     if len(poses_bounds) != len(names):
         raise SceneError(f"{poses_path}: {len(poses_bounds)} poses but {len(names)} images in {image_dir}")
     cameras = {}
     for row, image_name in zip(poses_bounds, names):
         pose = row[:15].reshape(3, 5)
         h, w, focal = pose[:, 4]
+        if min(h, w, focal) <= 0:
+            raise SceneError(f"{poses_path}: pose of {image_name}: height, width and focal must be positive, "
+                             f"got {h}, {w}, {focal}")
         with open_image(image_dir / image_name) as img:  # size only; pixels are read lazily
             width, height = img.size
         sx, sy = width / w, height / h
         K = np.array([[focal * sx, 0, width / 2], [0, focal * sy, height / 2], [0, 0, 1]])
-        cameras[image_name] = Camera(K, llff_to_world_to_camera(pose), width, height, image_name)
+        try:
+            cameras[image_name] = Camera(K, llff_to_world_to_camera(pose), width, height, image_name)
+        except SceneError as exc:  # the camera's own checks (a proper rotation, finite values)
+            raise SceneError(f"{poses_path}: {exc}") from exc
 
     seg_root = root / "segmentations"
     classes_path = seg_root / "classes.txt"
     if not classes_path.is_file():
         raise SceneError(f"{classes_path}: class list not found")
-    classes = [check_prompt_name(line.strip(), classes_path) for line in classes_path.read_text().splitlines()
-               if line.strip()]
+    try:
+        lines = classes_path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise SceneError(f"{classes_path}: not UTF-8 text ({exc})") from exc
+    classes = [check_prompt_name(line.strip(), classes_path) for line in lines if line.strip()]
     if not classes:
         raise SceneError(f"{classes_path}: no class names")
     stems = {Path(n).stem: n for n in names}
