@@ -241,9 +241,10 @@ class TrainConfig:
     use_cc: bool = True
     """The contrastive clustering loss on the masks (off: features learn nothing from masks)."""
     cc_every: int = 2
-    """Code: every 50 of 30k iterations (600 steps). The default short CPU schedule (2k
-    iterations) needs about as many contrastive steps: every 2 (measured on the demo scene at 600
-    iterations: click mIoU 0.75 with 2, 0.02 with 50)."""
+    """Apply the contrastive loss every this many iterations. Code: every 50 of 30k (600 steps);
+    the short CPU schedule needs many more contrastive steps than that: on the tiny preset at 800
+    iterations, 2 gives click mIoU 0.643 and 20 gives 0.340 (3 seeds; benchmarks/RESULTS.md,
+    "Quality floor of the tiny preset")."""
     cc_weight: float = 1e-6
     cc_min_pixels: int = 100
     cc_temperature_scale: float = 10.0
