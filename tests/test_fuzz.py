@@ -98,9 +98,17 @@ def test_config_and_mask_store_and_video_that_are_not_utf8_name_the_file(tmp_pat
     _refused("config", config, "not UTF-8", config)
     # Replays of the fuzz runs that met a mask-store metadata string and a video metadata string that
     # were not UTF-8 (same seeds and case counts as when they were found).
-    for reader, seed, cases in (("mask-store", 0, 150), ("mask-store", 3, 300), ("video", 1, 150)):
+    for reader, seed, cases in (("mask-store", 0, 150), ("mask-store", 3, 300), ("video", 1, 1000)):
         stats = fuzz_reader(readers()[reader], cases=cases, seconds=None, seed=seed, work=tmp_path / f"{reader}-{seed}")
         assert stats["unnamed_errors"] == [], stats
+
+
+def test_a_nerfstudio_frame_with_a_non_finite_pose_names_the_transforms_file(tmp_path):
+    root, given = _input("nerfstudio", tmp_path)
+    meta = json.loads((root / "transforms.json").read_text())
+    meta["frames"][1]["transform_matrix"][0][0] = float("nan")
+    (root / "transforms.json").write_text(json.dumps(meta))
+    _refused("nerfstudio", given, "frame 1: camera of images/01.png: non-finite", root / "transforms.json")
 
 
 def test_fuzz_bench_counts_a_crashing_reader_as_a_crash(tmp_path):

@@ -50,7 +50,8 @@ def _decode(path: Path, wanted: int, max_side: int) -> list[np.ndarray]:
                         image = image.resize((round(image.width * scale), round(image.height * scale)),
                                              Image.Resampling.LANCZOS)
                     frames.append(np.asarray(image.convert("RGB")))
-    except (av.FFmpegError, IndexError, OSError, UnicodeDecodeError) as exc:  # a metadata string that is not UTF-8
+    # ValueError: a frame whose header says 0 pixels; UnicodeDecodeError: metadata that is not UTF-8
+    except (av.FFmpegError, IndexError, OSError, ValueError) as exc:
         raise SceneError(f"{path}: not a readable video ({exc})") from exc
     if not frames:
         raise SceneError(f"{path}: the video has no frames")
