@@ -330,7 +330,8 @@ def evaluate_scene(scene: Scene, render_features: FeatureRenderer, out_dir: str 
         made[source] = protocol_queries(source, scene, grounding_features, selector, grounding_image, grounding)
     rows, results = [], {}
     for protocol in protocols:
-        queries = made[cfg.ovs_queries if protocol == "ovs-argmax" else protocol]
+        source = cfg.ovs_queries if protocol == "ovs-argmax" else protocol  # ovs-argmax borrows its queries
+        queries = made[source]
         pred_dir = EvaluateOutputs(out_dir).predictions / protocol
         if protocol == "ovs-argmax":
             predict_argmax(scene, render_features, queries, pred_dir, selector)
@@ -339,14 +340,14 @@ def evaluate_scene(scene: Scene, render_features: FeatureRenderer, out_dir: str 
         scores = score_predictions(scene, pred_dir, cfg)
         averages = ovs_average(scores, scene.name) if protocol == "ovs-argmax" else average_scores(scores)
         averages["not_detected"] = sorted(p for p, q in queries.items() if not q.detected)
-        averages["query_source"] = cfg.ovs_queries if protocol == "ovs-argmax" else protocol
+        averages["query_source"] = source
         results[protocol] = averages
         for s in scores:
             q = queries.get(s.prompt)
             box = q.box if q is not None and q.box is not None else [None] * 4
             rows.append({
                 **asdict(s), "view_index": scene.test_names.index(s.view), "protocol": protocol,
-                "threshold": selector.threshold, "query_source": cfg.ovs_queries if protocol == "ovs-argmax" else protocol,
+                "threshold": selector.threshold, "query_source": source,
                 "grounding_view": q.view if q else None, "detected": bool(q and q.detected),
                 "query_row": q.pixel[0] if q and q.pixel else None, "query_col": q.pixel[1] if q and q.pixel else None,
                 "box_x0": box[0], "box_y0": box[1], "box_x1": box[2], "box_y1": box[3],

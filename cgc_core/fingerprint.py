@@ -15,6 +15,7 @@ but it follows the imports instead of stopping at the task function's own text.
 from __future__ import annotations
 
 import ast
+import copy
 import hashlib
 from functools import lru_cache
 from pathlib import Path
@@ -131,7 +132,7 @@ def _parse(path: Path, mtime_ns: int, size: int) -> ast.Module:
 
 def _without_docstrings(tree: ast.AST) -> ast.AST:
     """The tree with every module, class and function docstring dropped (a copy)."""
-    tree = ast.parse(ast.unparse(tree))
+    tree = copy.deepcopy(tree)  # the parsed tree is memoised: never edit it in place
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
         if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body

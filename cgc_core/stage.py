@@ -230,26 +230,22 @@ class StageResult:
 
 def stage_key(stage: str, inputs: dict[str, str], config_hash: str, version: str,
               code: dict[str, str] | None = None) -> str:
-    material = {"stage": stage, "inputs": inputs, "config": config_hash, "version": version}
-    if code:  # a key without code is what it was before code was keyed
-        material["code"] = code
-    return digest(material)
+    return digest({"stage": stage, "inputs": inputs, "config": config_hash, "version": version, "code": code or {}})
 
 
 def why_key_changed(old: Manifest, inputs: dict[str, str], config_hash: str, version: str,
                     code: dict[str, str]) -> str:
     """What differs between a stage's manifest and the current inputs, config and code, in words."""
+    def listed(names: list[str]) -> str:
+        return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+
     reasons = []
-    changed_inputs = changed_files(old.inputs, inputs)
-    if changed_inputs:
-        shown = ", ".join(changed_inputs[:4]) + (f" and {len(changed_inputs) - 4} more" if len(changed_inputs) > 4 else "")
-        reasons.append(f"inputs changed ({shown})")
+    if changed_inputs := changed_files(old.inputs, inputs):
+        reasons.append(f"inputs changed ({listed(changed_inputs)})")
     if old.config_hash != config_hash:
         reasons.append("config changed")
-    changed_code = changed_files(old.code, code)
-    if changed_code:
-        shown = ", ".join(changed_code[:4]) + (f" and {len(changed_code) - 4} more" if len(changed_code) > 4 else "")
-        reasons.append(f"code changed ({shown})")
+    if changed_code := changed_files(old.code, code):
+        reasons.append(f"code changed ({listed(changed_code)})")
     if old.version != version:
         reasons.append(f"package version changed ({old.version} -> {version})")
     return "; ".join(reasons) or "stage name changed"

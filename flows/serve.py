@@ -25,6 +25,7 @@ from typing import Annotated
 import typer
 
 from cgc_core.serving import DEFAULT_HOST, warn_if_exposed
+from flows import PREFECT_DEFAULTS
 
 ROOT = Path(__file__).resolve().parent.parent
 POOL = "cgc-local"
@@ -34,7 +35,7 @@ _CHILDREN: dict[int, subprocess.Popen] = {}
 
 
 def prefect_home() -> Path:
-    return Path(os.environ.get("PREFECT_HOME", ROOT / ".prefect")).resolve()
+    return Path(os.environ.get("PREFECT_HOME", PREFECT_DEFAULTS["PREFECT_HOME"])).resolve()
 
 
 def _prefect(*args: str) -> list[str]:
@@ -42,8 +43,9 @@ def _prefect(*args: str) -> list[str]:
 
 
 def _env(api_url: str) -> dict[str, str]:
+    # os.environ already holds the project's Prefect defaults (flows/__init__.py)
     env = dict(os.environ, PREFECT_HOME=str(prefect_home()), PREFECT_API_URL=api_url,
-               PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_UI_ENABLED=os.environ.get("PREFECT_UI_ENABLED", "true"))
+               PREFECT_UI_ENABLED=os.environ.get("PREFECT_UI_ENABLED", "true"))
     env.pop("PREFECT_API_KEY", None)
     return env
 

@@ -24,6 +24,7 @@ import argparse
 import json
 import math
 import os
+import re
 import resource
 import shutil
 import subprocess
@@ -99,10 +100,16 @@ def _gaussian_ply(folder: Path) -> Path:
                     folder / "model.ply")
 
 
+def _read_gaussians(path: Path):
+    from cgc_core.gaussians import load_ply
+
+    return load_ply(path)
+
+
 def _point_ply(folder: Path) -> Path:
     from plyfile import PlyData, PlyElement
 
-    folder.mkdir(parents=True)
+    folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     vertex = np.array([(*p, 10, 20, 30) for p in rng.normal(size=(10, 3))],
                       dtype=[("x", "f4"), ("y", "f4"), ("z", "f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")])
@@ -126,9 +133,7 @@ def _nerfstudio(folder: Path) -> Path:
         c2w[:3, 3] = [0.1 * i, 0.0, 3.0]
         meta["frames"].append({"file_path": f"./images/{name}", "transform_matrix": c2w.tolist()})
     (folder / "transforms.json").write_text(json.dumps(meta, indent=1))
-    _point_ply(folder / "pc")
-    shutil.move(folder / "pc" / "points.ply", folder / "points.ply")
-    (folder / "pc").rmdir()
+    _point_ply(folder)
     return folder
 
 
@@ -317,8 +322,7 @@ def readers() -> dict[str, Reader]:
     found = [
         Reader("colmap-bin", lambda d: _colmap(d, text=False), _read_colmap, (SceneError,), _sound_colmap),
         Reader("colmap-txt", lambda d: _colmap(d, text=True), _read_colmap, (SceneError,), _sound_colmap),
-        Reader("ply-3dgs", _gaussian_ply, lambda p: __import__("cgc_core.gaussians").gaussians.load_ply(p),
-               (GaussianFileError,), _sound_gaussians),
+        Reader("ply-3dgs", _gaussian_ply, _read_gaussians, (GaussianFileError,), _sound_gaussians),
         Reader("ply-points", _point_ply, _read_points, (SceneError,), _sound_points),
         Reader("nerfstudio", _nerfstudio, _read_dataset("nerfstudio"), (SceneError,), _sound_scene),
         Reader("lerf-mask", _lerf_mask, _read_dataset("lerf-mask"), (SceneError,), _sound_scene),
@@ -371,7 +375,7 @@ def mutate(root: Path, target: Path, draw) -> str:
         data = data[:at] + data[at:at + length] * draw(st.integers(2, 50)) + data[at:]
     elif kind == "token":
         text = data.decode("utf-8")
-        spans = [(m.start(), m.end()) for m in __import__("re").finditer(r"[^\s,:\[\]{}\"]+", text)]
+        spans = [(m.start(), m.end()) for m in re.finditer(r"[^\s,:\[\]{}\"]+", text)]
         if spans:
             start, end = spans[draw(st.integers(0, len(spans) - 1))]
             text = text[:start] + draw(st.sampled_from(TOKENS)) + text[end:]

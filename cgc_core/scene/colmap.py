@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pycolmap
 
-from .model import Camera, Scene, SceneError, list_images
+from .model import Camera, Scene, SceneError, list_images, naming
 
 # Camera models whose parameters are pure pinhole intrinsics.
 PINHOLE_MODELS = ("SIMPLE_PINHOLE", "PINHOLE")
@@ -68,18 +68,20 @@ class _Cursor:
         self.at += size
         return values if len(values) > 1 else values[0]
 
-    def skip(self, count: int, record: int, what: str) -> None:
+    def _room(self, count: int, record: int, what: str, at: int) -> None:
+        """Raise unless `count` records of at least `record` bytes fit in what is left."""
         if count < 0 or self.at + count * record > len(self.data):
-            raise SceneError(f"{self.path}: {count} {what} at byte {self.at} would need {count * record} bytes, "
+            raise SceneError(f"{self.path}: {count} {what} at byte {at} would need {count * record} bytes, "
                              f"the file has {len(self.data) - self.at} left")
+
+    def skip(self, count: int, record: int, what: str) -> None:
+        self._room(count, record, what, self.at)
         self.at += count * record
 
     def count(self, fmt: str, record: int, what: str) -> int:
         """A count field, checked against what the file can hold (`record`: the least bytes of one)."""
         at, n = self.at, self.take(fmt)
-        if n * record > len(self.data) - self.at:
-            raise SceneError(f"{self.path}: {n} {what} at byte {at} would need {n * record} bytes, "
-                             f"the file has {len(self.data) - self.at} left")
+        self._room(n, record, what, at)
         return n
 
     def end(self) -> None:
@@ -139,15 +141,6 @@ def cameras_from_model(rec: pycolmap.Reconstruction, source: Path | str = "COLMA
     """One `Camera` per registered image of a reconstruction, keyed by image name; a camera that
     is not one (non-finite, no proper rotation, no positive focal length) raises SceneError naming
     `source` (the model's folder)."""
-    try:
-        return _cameras_from_model(rec)
-    except SceneError as exc:
-        raise SceneError(f"{source}: {exc}") from exc
-    except UnicodeDecodeError as exc:  # an image name that is not UTF-8
-        raise SceneError(f"{source}: an image name is not UTF-8 text ({exc})") from exc
-
-
-def _cameras_from_model(rec: pycolmap.Reconstruction) -> dict[str, Camera]:
     cameras: dict[str, Camera] = {}
     for image in rec.images.values():
         if not image.has_pose:
@@ -156,15 +149,20 @@ def _cameras_from_model(rec: pycolmap.Reconstruction) -> dict[str, Camera]:
         w2c = np.eye(4)
         w2c[:3, :] = image.cam_from_world().matrix()
         distorted = cam.model_name not in PINHOLE_MODELS
-        cameras[image.name] = Camera(
-            K=cam.calibration_matrix(),
-            world_to_camera=w2c,
-            width=int(cam.width),
-            height=int(cam.height),
-            image_name=image.name,
-            distortion_model=cam.model_name if distorted else None,
-            distortion_params=tuple(float(p) for p in cam.params) if distorted else (),
-        )
+        try:
+            name = image.name
+        except UnicodeDecodeError as exc:
+            raise SceneError(f"{source}: image {image.image_id}'s name is not UTF-8 text ({exc})") from exc
+        with naming(source):
+            cameras[name] = Camera(
+                K=cam.calibration_matrix(),
+                world_to_camera=w2c,
+                width=int(cam.width),
+                height=int(cam.height),
+                image_name=name,
+                distortion_model=cam.model_name if distorted else None,
+                distortion_params=tuple(float(p) for p in cam.params) if distorted else (),
+            )
     return cameras
 
 

@@ -31,6 +31,16 @@ class SceneError(ValueError):
 
 
 @contextlib.contextmanager
+def naming(source: Path | str):
+    """Within this block a `SceneError` (a `Camera`'s own checks, say) is raised again with `source`,
+    the file that held the bad data, in front of its message."""
+    try:
+        yield
+    except SceneError as exc:
+        raise SceneError(f"{source}: {exc}") from exc
+
+
+@contextlib.contextmanager
 def open_image(path: Path):
     """`PIL.Image.open` for files a user hands over: an image whose header claims more pixels than
     PIL's `Image.MAX_IMAGE_PIXELS` (about 89 MP; a decompression bomb, or far beyond any capture we

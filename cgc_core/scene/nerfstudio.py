@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .blender import opengl_c2w_to_world_to_camera
-from .model import Camera, Scene, SceneError
+from .model import Camera, Scene, SceneError, naming
 
 TRANSFORMS = "transforms.json"
 _INTRINSICS = ("fl_x", "fl_y", "cx", "cy", "w", "h")
@@ -53,12 +53,10 @@ def _camera(meta: dict, frame: dict, image_name: str, where: str) -> Camera:
     distortion = [float(values.get(k, 0.0)) for k in keys]
     K = np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
     distorted = any(distortion)
-    try:
+    with naming(where):  # the camera's own checks: finite, positive focal lengths, a proper rotation
         return Camera(K, opengl_c2w_to_world_to_camera(matrix), width, height, image_name,
                       distortion_model=colmap_model if distorted else None,
                       distortion_params=(fx, fy, cx, cy, *distortion) if distorted else ())
-    except SceneError as exc:  # the camera's own checks: finite, positive focal lengths, a proper rotation
-        raise SceneError(f"{where}: {exc}") from exc
 
 
 def _points(path: Path) -> tuple[np.ndarray, np.ndarray | None]:

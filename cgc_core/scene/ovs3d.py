@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .model import Camera, Scene, SceneError, check_prompt_name, list_images, open_image
+from .model import Camera, Scene, SceneError, check_prompt_name, list_images, naming, open_image
 
 
 def is_ovs3d(root: Path) -> bool:
@@ -72,10 +72,8 @@ def read_ovs3d_scene(root: Path, name: str | None = None, image_dir: Path | None
             width, height = img.size
         sx, sy = width / w, height / h
         K = np.array([[focal * sx, 0, width / 2], [0, focal * sy, height / 2], [0, 0, 1]])
-        try:
+        with naming(poses_path):  # the camera's own checks (a proper rotation, finite values)
             cameras[image_name] = Camera(K, llff_to_world_to_camera(pose), width, height, image_name)
-        except SceneError as exc:  # the camera's own checks (a proper rotation, finite values)
-            raise SceneError(f"{poses_path}: {exc}") from exc
 
     seg_root = root / "segmentations"
     classes_path = seg_root / "classes.txt"
