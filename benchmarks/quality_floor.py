@@ -1,7 +1,8 @@
 """The measurements behind tests/test_quality.py's floor: the tiny preset trained with the test's
 iterations under every variant (default; the contrastive term on a tenth of its steps; label maps
 shuffled between views; no contrastive term; the contrastive weight / 10) and several train seeds,
-scored click-oracle on its test views. `weakened_max` is over the variants the test asserts.
+scored click-oracle on its test views, on one thread (as the test). `weakened_max` is over the
+variants the test asserts.
 
 Last line:
     RESULT seeds=<n> default_min=<x> default_mean=<x> weakened_max=<x> margin=<default_min - weakened_max>
@@ -28,8 +29,12 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     args = parser.parse_args()
 
+    import torch
+
     from cgc_core.config import load_config
     from cgc_core.pipeline import calibrate_stage, masks_stage, scene_stage
+
+    torch.set_num_threads(1)  # as the test trains: one thread makes a run repeat exactly
 
     scores: dict[str, list[float]] = {variant: [] for variant in args.variants}
     with tempfile.TemporaryDirectory() as tmp:

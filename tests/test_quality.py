@@ -78,8 +78,21 @@ def click_miou_after_training(scene, store, work: Path, variant: str, seed: int 
     return scores["miou"], per_prompt
 
 
+@pytest.fixture
+def one_thread():
+    """Train on one thread, as benchmarks/quality_floor.py measured: a run is then the benchmark's
+    run exactly. (With two threads the summation order changes and a run moves by up to about
+    0.09: in a full `make test` the shuffled-labels run of seed 0 scored 0.549 against 0.460.)"""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("variant", ("default", *WEAKENED))
-def test_only_the_full_training_clears_the_quality_floor(tiny_inputs, tmp_path, variant):
+def test_only_the_full_training_clears_the_quality_floor(tiny_inputs, tmp_path, variant, one_thread):
     scene, store = tiny_inputs
     miou, per_prompt = click_miou_after_training(scene, store, tmp_path, variant)
     if variant == "default":
