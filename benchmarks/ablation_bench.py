@@ -19,9 +19,9 @@ from cgc_core.pipeline import run_scene_stage
 
 VARIANTS = {
     "complete": [],
-    "no3d": ["train.use_reg=false"],
-    "nonear": ["train.lambda_near=0"],
-    "nofar": ["train.lambda_far=0"],
+    "no3d": ["train.regularizer.enabled=false"],
+    "nonear": ["train.regularizer.lambda_near=0"],
+    "nofar": ["train.regularizer.lambda_far=0"],
 }
 LABELS = {"complete": "complete", "no3d": "no 3D loss", "nonear": "no similarity (near) term",
           "nofar": "no dissimilarity (far) term"}

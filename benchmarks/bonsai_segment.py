@@ -74,7 +74,7 @@ def draw_figure(cfg, scene, trained, clustered, path: Path) -> Path:
 
     from cgc_core.gaussians import load_ply
     from cgc_core.selection import Selector
-    from cgc_core.train import feature_renderer
+    from cgc_core.render import feature_renderer
 
     view = clustered.summary["palette_view"]
     photo = scene.load_image(view)

@@ -3,7 +3,7 @@ trained model, against full training from scratch, on the same scene (one run ea
 
 Full: the default config through the train stage (photometric + contrastive + regulariser,
 densification). Frozen: the full run's Gaussians without their features, saved as a standard
-3DGS .ply, then `train.init_ply=<it> train.freeze_geometry=true` (features only). Both evaluated
+3DGS .ply, then `train.init_ply=<it> train.frozen.enabled=true` (features only). Both evaluated
 with the click-oracle protocol (an upper bound on a click; not the paper's text protocol).
 
 Last line:
@@ -42,7 +42,7 @@ def main() -> None:
     model = Path(args.data_dir) / "model_without_features.ply"
     save_ply({k: v for k, v in load_ply(full_ply).items() if k != "features"}, model)
     frozen_record, frozen_eval, _ = train_and_evaluate(
-        args.scene, [*base, f"train.init_ply={model}", "train.freeze_geometry=true"])
+        args.scene, [*base, f"train.init_ply={model}", "train.frozen.enabled=true"])
     speedup = full_record["seconds"] / frozen_record["seconds"]
     print(f"full:   {full_record['seconds'] / 60:.2f} min, {full_record['n_gaussians']} Gaussians, "
           f"click-oracle mIoU {full_eval['miou']:.3f}")

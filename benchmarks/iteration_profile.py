@@ -30,7 +30,7 @@ from cgc_core.render import Gaussians
 from cgc_core.render.projection import project_gaussians, sh_to_rgb
 from cgc_core.render import torch_backend
 from cgc_core.render.torch_backend import _Rasterize, bin_tiles
-from cgc_core.train import label_map_at, resolve_schedule, train_view
+from cgc_core.train import label_map_at, train_view
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -47,8 +47,8 @@ def main() -> None:
     parser.add_argument("--scene", default="synthetic")
     parser.add_argument("--repeats", type=int, default=12)
     args = parser.parse_args()
-    cfg = load_config(None, [f"data_dir={args.data_dir}"])
-    train_cfg = resolve_schedule(cfg.train, cuda=False)
+    cfg = load_config(None, [f"data_dir={args.data_dir}"], cuda=False)
+    train_cfg = cfg.train
     scene, masks = run_scene_stage(cfg, args.scene, "masks")
     _, trained = run_scene_stage(cfg, args.scene, "train")
     loaded = load_ply(trained.outputs.ply)
@@ -91,15 +91,15 @@ def main() -> None:
             projected.means2d.contiguous(), projected.conics.contiguous(), g.opacities.contiguous(), colors.contiguous(),
             projected.radii.to(torch.int32).contiguous(), background, offsets, ids, w, h, 16))
         photo, t_photo = _timed(lambda: photometric_loss(image[..., :3], target))
-        cc, t_cc = _timed(lambda: train_cfg.cc_weight * multilevel_contrastive_loss(
-            image[..., 3:19], labels, train_cfg.level_dims, min_pixels=train_cfg.cc_min_pixels,
-            temperature_scale=train_cfg.cc_temperature_scale, temperature_clip=tuple(train_cfg.cc_temperature_clip)))
+        cc, t_cc = _timed(lambda: train_cfg.contrastive.weight * multilevel_contrastive_loss(
+            image[..., 3:19], labels, train_cfg.contrastive.level_dims, min_pixels=train_cfg.contrastive.min_pixels,
+            temperature_scale=train_cfg.contrastive.temperature_scale, temperature_clip=tuple(train_cfg.contrastive.temperature_clip)))
 
         def regulariser():
-            samples, near, far = sample_neighbours(params["means"], train_cfg.reg_samples, train_cfg.k_near,
-                                                   train_cfg.l_far, generator=torch.Generator().manual_seed(0))
-            return spatial_regularization(params["features"], samples, near, far, train_cfg.lambda_near,
-                                          train_cfg.lambda_far)
+            samples, near, far = sample_neighbours(params["means"], train_cfg.regularizer.samples, train_cfg.regularizer.k_near,
+                                                   train_cfg.regularizer.l_far, generator=torch.Generator().manual_seed(0))
+            return spatial_regularization(params["features"], samples, near, far, train_cfg.regularizer.lambda_near,
+                                          train_cfg.regularizer.lambda_far)
 
         reg, t_reg = _timed(regulariser)
         projected.means2d.retain_grad()

@@ -120,14 +120,12 @@ def steady_seconds(stamps: list[tuple[int, float]]) -> tuple[float, float]:
 
 
 def train_cgc(cfg, scene, store, model: Path, iterations: int, work: Path) -> tuple[float, float, int]:
-    from dataclasses import replace
-
-    from cgc_core.config import DensifyConfig
+    from cgc_core.config import evolve
     from cgc_core.train import train
 
-    train_cfg = replace(cfg.train, init_ply=str(model), iterations=iterations, use_cc=False, use_reg=False,
-                        health_every=0, checkpoint_every=0, sh_degree_every=1, densify=DensifyConfig(strategy="none"),
-                        features_grad_between_cc="none")  # no feature ever moves: Adam skips them
+    train_cfg = evolve(cfg.train, init_ply=str(model), iterations=iterations, checkpoint_every=0, sh_degree_every=1,
+                       contrastive={"enabled": False, "features_grad_between": "none"}, regularizer={"enabled": False},
+                       health={"every": 0}, densify={"strategy": "none"})  # no feature ever moves: Adam skips them
     stamps: list[tuple[int, float]] = []
     result = train(scene, store, work, train_cfg, progress=lambda done, total, _: stamps.append((done, time.perf_counter())))
     return *steady_seconds(stamps), int(result.params["means"].shape[0])

@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from cgc_core.config import load_config
 from cgc_core.gaussians import load_ply
 from cgc_core.pipeline import run_scene_stage
-from cgc_core.train import TrainOutputs, describe_depth_split, feature_renderer
+from cgc_core.render import feature_renderer
+from cgc_core.train import TrainOutputs, describe_depth_split
 
 ROOT = Path(__file__).resolve().parent.parent
 

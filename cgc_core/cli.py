@@ -18,6 +18,7 @@ Every command takes `--config FILE` and repeated `--set section.field=value` ove
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 from typing import Annotated, NoReturn, Optional
 
@@ -197,7 +198,7 @@ def export_cmd(scene: Annotated[str, typer.Option(help="scene source, as for `cg
     from .gaussians import load_ply, read_ply_attribute
     from .selection import Selector
     from .stage import SUMMARY
-    from .train import feature_renderer
+    from .render import feature_renderer
 
     if sum(x is not None for x in (object_, cluster, click)) != 1:
         _fail("give exactly one of --object, --cluster, --click", 2)
@@ -216,7 +217,7 @@ def export_cmd(scene: Annotated[str, typer.Option(help="scene source, as for `cg
         if level is not None:
             if not 0 <= level < selector.levels:
                 _fail(f"--level {level}: the model has levels 0..{selector.levels - 1} "
-                      f"(train.mask_levels={cfg.train.mask_levels})", 2)
+                      f"(train.contrastive.mask_levels={cfg.train.contrastive.mask_levels})", 2)
             selector = selector.at_level(level)
         render_features = feature_renderer(params, calibrated, cfg.train.backend)
         if click is not None:
@@ -274,8 +275,12 @@ def report_cmd(run: Annotated[str, typer.Option(help="run id (a folder under rep
     record = ReportOutputs(folder).run_record
     if not record.is_file():
         _fail(f"{record}: no run record (runs: {sorted(p.name for p in Path(cfg.reports_dir).glob('run-*'))})")
+    try:
+        entries = json.loads(record.read_text())["scenes"]
+    except (ValueError, KeyError, TypeError) as exc:
+        _fail(f"{record}: not a run record ({exc!r})")
     scenes = {}
-    for entry in json.loads(record.read_text())["scenes"]:
+    for entry in entries:
         scene_root = Path(entry["stages"].get("scene", {}).get("dir") or "")
         try:  # for the figure strips: the scene as written by its scene stage, or the dataset folder
             scenes[entry["scene"]] = load_scene(scene_root, name=entry["scene"]) if scene_root.is_dir() else \
@@ -285,7 +290,7 @@ def report_cmd(run: Annotated[str, typer.Option(help="run id (a folder under rep
     try:
         files = build_report(folder, cfg.report, scenes)
     except ReportError as exc:
-        typer.echo(f"error: {exc}")
+        _fail(str(exc))
     typer.echo(f"wrote {files.html} ({len(files.figures)} figures), {files.markdown}, {files.results}")
 
 
@@ -303,7 +308,7 @@ def segment_cmd(path: Annotated[Optional[str], typer.Argument(help="photos folde
     source = scene if model is not None else path
     if source is None or (model is not None and path is not None):
         _fail("give a PATH, or --model scene.ply with --scene PATH", 2)
-    extra = ([f"train.init_ply={model.resolve()}", "train.freeze_geometry=true", "calibrate.mode=known_poses"]
+    extra = ([f"train.init_ply={model.resolve()}", "train.frozen.enabled=true", "calibrate.mode=known_poses"]
              if model is not None else [])
     cfg = _config(config, [*extra, *(set_ or [])])
     columns = (TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[detail]}"),
@@ -329,6 +334,10 @@ def segment_cmd(path: Annotated[Optional[str], typer.Argument(help="photos folde
     typer.echo(f"view it: cgc view --scene {source}" + "".join(f" --set {item}" for item in [*extra, *(set_ or [])]))
 
 
+def _interrupt(signum, frame) -> NoReturn:
+    raise KeyboardInterrupt
+
+
 @app.command("view")
 def view_cmd(scene: Annotated[str, typer.Option(help="scene source, as for `cgc stage`")],
              host: Annotated[str, typer.Option(help="interface to listen on; not loopback = reachable from the network")] = "127.0.0.1",
@@ -340,6 +349,9 @@ def view_cmd(scene: Annotated[str, typer.Option(help="scene source, as for `cgc 
 
     cfg = _config(config, set_)
     _stage(cfg, scene, "train")  # a missing or stale model ends here with the stage's message
+    # pycolmap (imported by then) installs glog's crash handler for SIGTERM, which prints a native
+    # stack trace: a `kill` stops the viewer the way Ctrl-C does instead.
+    signal.signal(signal.SIGTERM, _interrupt)
     run_viewer(cfg, scene, host, port, max_side, view)
 
 

@@ -12,15 +12,18 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import math
 import types
 import typing
+from copy import deepcopy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
 import yaml
 
+logger = logging.getLogger("cgc")
 SELECTION_THRESHOLD = 0.7
 """CGC's cosine similarity at or above which a pixel or Gaussian belongs to the queried object."""
 
@@ -186,21 +189,151 @@ class MasksConfig:
 
 @dataclass
 class DensifyConfig:
-    """gsplat's densification strategy, held as one object the way gsplat's example trainer holds
-    `DefaultStrategy | MCMCStrategy` (`cgc_core.train.densification_strategy` builds it)."""
+    """gsplat's densification strategy: `strategy` names the class and every other field is that
+    class's own field of the same name, passed as is (`cgc_core.train.densification_strategy`);
+    fields the chosen class lacks are ignored (`reset_every`, `grow_grad2d` for MCMC; `cap_max`
+    for the default strategy)."""
 
     strategy: Literal["default", "mcmc", "none"] = "default"
     """`default`: 3DGS's clone/split/prune (gsplat's DefaultStrategy); `mcmc`: gsplat's
-    MCMCStrategy (relocation, at most `mcmc_cap_max` Gaussians); `none`: the initial points only."""
+    MCMCStrategy (relocation, at most `cap_max` Gaussians); `none`: the initial points only."""
     refine_start_iter: int = 300
+    """3DGS: 500."""
     refine_stop_iter: int = 1200
+    """3DGS: 15,000."""
     refine_every: int = 100
     reset_every: int = 3000
-    """Opacity reset period (DefaultStrategy only)."""
+    """Opacity reset period."""
     grow_grad2d: float = 3e-4
-    """3DGS: 2e-4. Higher grows fewer Gaussians: on the 320×240 demo views 3e-4 ends near 33k
-    instead of 53k, which is what keeps CPU training near 6 minutes, for about 1.5 dB of PSNR."""
-    mcmc_cap_max: int = 100_000
+    """Image-space gradient above which a Gaussian grows. 3DGS: 2e-4; 3e-4 grows fewer on small CPU
+    views (RESULTS.md, "The train defaults")."""
+    cap_max: int = 100_000
+    """Most Gaussians MCMC keeps."""
+
+
+@dataclass
+class ContrastiveConfig:
+    """The contrastive clustering loss on the 2D masks (`losses.multilevel_contrastive_loss`)."""
+
+    enabled: bool = True
+    """Off: the features learn nothing from the masks."""
+    every: int = 2
+    """Applied every this many iterations. Code: every 50 of 30k; the short CPU schedule needs more
+    contrastive steps (RESULTS.md, "The train defaults")."""
+    weight: float = 1e-6
+    """Code: 1e-6."""
+    min_pixels: int = 100
+    """Segments smaller than this many pixels are left out. Code: 100."""
+    temperature_scale: float = 10.0
+    temperature_clip: list[float] | None = field(default_factory=lambda: [0.1, 1.0])
+    detach_temperature: bool = True
+    reduction: Literal["pixels", "segments"] = "pixels"
+    """Paper/code: `pixels` (large segments dominate); `segments`: every segment weighs the same."""
+    mask_levels: int = 1
+    """1 (paper and code): one term on the finest masks. L > 1: one term per nesting level, level l
+    on the first `level_dims[l]` channels, so a selection steps between parts and whole objects by
+    reading fewer channels (`query.level`)."""
+    level_dims: list[int] = field(default_factory=lambda: [16, 8, 4])
+    """Feature channels of each level, finest first, decreasing; the first `mask_levels` are used."""
+    features_grad_between: Literal["zero", "none"] = "zero"
+    """On iterations without a feature loss: `zero` (released code: its one-pass render hands the
+    features a zero gradient, so Adam moves them on momentum) or `none` (Adam leaves them)."""
+
+
+@dataclass
+class RegularizerConfig:
+    """The spatial-similarity regulariser (`losses.spatial_regularization`)."""
+
+    enabled: bool | None = None
+    """False is the paper's "no 3D loss" ablation. None: on, except on frozen geometry, where it
+    collapsed the field (RESULTS.md, "The train defaults")."""
+    every: int = 4
+    """Code: every 100 of 30k iterations; scaled like `contrastive.every`."""
+    samples: int = 1000
+    max_points: int = 300_000
+    k_near: int = 2
+    l_far: int = 5
+    lambda_near: float = 0.005
+    """Paper/code (the `paper` preset): 0.05. The short schedule uses a tenth of both λ (RESULTS.md,
+    "The train defaults"). 0 is the paper's "no similarity" ablation."""
+    lambda_far: float = 0.015
+    """Paper/code: 0.15. 0 is the paper's "no dissimilarity" ablation."""
+    far: Literal["farthest", "random"] = "farthest"
+    """Paper/code: the `l_far` farthest Gaussians; `random`: drawn from the farther half."""
+    far_similarity: Literal["signed", "positive"] = "positive"
+    """Paper/code: `signed`, σ(s); `positive`: σ(max(s, 0)), orthogonal counts as dissimilar."""
+    near_includes_self: bool = False
+    """Released code: True (the sampled Gaussian is one of its own K nearest)."""
+    near_pairs: Literal["all", "similar"] = "all"
+    """Paper/code: `all`; `similar`: only pairs whose features already agree (cosine > 0)."""
+    sigmoid_of_mean: bool = True
+    """Code: sigmoid of the mean similarity; paper: mean of sigmoids."""
+
+
+@dataclass
+class DepthSplitConfig:
+    """Cutting the training views' mask segments where the model's rendered depth jumps
+    (`masks.depth_split.split_at_depth_edges`), so that two same-coloured objects one in front of
+    the other become two segments."""
+
+    at: float = 0.6
+    """Fraction of the iterations at which the cut happens; 0 (paper) never cuts. RESULTS.md,
+    "The train defaults"."""
+    levels: Literal["all", "finest"] = "all"
+    """With several mask levels: cut every level, or only the finest."""
+    jump: float = 0.03
+    """Relative depth change (|Δz| / z between pixels two apart) that cuts."""
+    sharpness: float = 1.0
+    """A change cuts only where its inverse-depth change exceeds this many times the changes beside
+    it (`depth_edges`); 0: every change over `jump` cuts."""
+    fill: float = 8.0
+    """Edge pixels and crumbs take the label of the nearest kept piece of their segment within this
+    many pixels; 0 leaves them unlabelled."""
+    min_pixels: int = 20
+    """Pieces smaller than this are crumbs."""
+
+
+@dataclass
+class FrozenConfig:
+    """Training the features alone on a trained 3DGS model (`train.init_ply`)."""
+
+    enabled: bool = False
+    """Train only the feature field: no densification, no photometric loss."""
+    cache_gb: float = 8.0
+    """On the CPU: memory for the views' blending weights (the demo's 42 views take 2.4 GB); views
+    beyond it are rendered by the rasterizer on each step."""
+    back_project: bool = True
+    """On the CPU: at the end, each Gaussian's feature becomes the mean of the rendered features of
+    the pixels it is blended into (`render.FrozenViews.back_project`)."""
+
+
+@dataclass
+class HealthConfig:
+    """What training records of its feature field (`cgc_core.health`)."""
+
+    every: int = 100
+    """Every this many iterations: every loss term, its gradient norm on the features, the Gaussian
+    count and the current view's feature separation, in train.json's history. 0: never."""
+    views: int = 8
+    """At the end, the separation is measured on this many evenly spaced training views."""
+    collapse_between: float = 0.5
+    """Warn of collapse when the mean cosine between different segments' features reaches this."""
+
+
+@dataclass
+class LearningRates:
+    """Adam learning rates per parameter (3DGS's)."""
+
+    means: float = 1.6e-4
+    """Times the scene scale; decays exponentially to `means_final`."""
+    means_final: float = 1.6e-6
+    quats: float = 1e-3
+    scales: float = 5e-3
+    opacities: float = 5e-2
+    sh0: float = 2.5e-3
+    shN: float = 1.25e-4
+    features: float = 2.5e-3
+    """CGC code: the same as the SH DC colour."""
 
 
 @dataclass
@@ -208,19 +341,14 @@ class TrainConfig:
     """Training of the Gaussian feature field (3DGS + contrastive clustering + regulariser)."""
 
     schedule: Literal["auto", "paper", "cpu-short"] = "auto"
-    """`paper`: the released code's 30k iterations, contrastive loss every 50, regulariser every
-    100, densification from 500 to 15k every 100 at gradient threshold 2e-4, SH degree up every
-    1000. `cpu-short` (the defaults below): 1,500 iterations that train the demo on 2 CPU cores.
-    `auto`: paper on CUDA, cpu-short on CPU. A schedule sets only the fields left at their
-    defaults, so `train.iterations=200` still shortens any schedule; train.json records which ran
-    (`cgc_core.train.resolve_schedule`)."""
+    """The preset applied before the YAML file and the overrides (`PRESETS`), so a value the user
+    writes always wins. `paper`: the released code's 30k iterations; `cpu-short` (the defaults): 1,500
+    iterations that train the demo on 2 CPU cores; `auto`: paper on CUDA, cpu-short on CPU."""
     iterations: int = 1500
-    """Paper: 30k (GPU). The default is a short schedule that trains the demo scene on 2 CPU cores
-    in about 6 minutes."""
+    """Paper: 30k."""
     sh_degree: int = 3
     sh_degree_every: int = 375
-    """Raise the SH degree used by one every this many iterations (3DGS: 1000; here 375, so the
-    1,500-iteration schedule reaches degree 3 at iteration 1,125)."""
+    """The SH degree in use rises by one every this many iterations (3DGS: 1000)."""
     downscale: int = 1
     """Train on images downscaled by this factor."""
     backend: str = "auto"
@@ -228,141 +356,35 @@ class TrainConfig:
     background: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
     seed: int = 0
     init_opacity: float = 0.1
-    lr_means: float = 1.6e-4
-    """Position learning rate, times the scene scale; decays exponentially to lr_means_final."""
-    lr_means_final: float = 1.6e-6
-    lr_quats: float = 1e-3
-    lr_scales: float = 5e-3
-    lr_opacities: float = 5e-2
-    lr_sh0: float = 2.5e-3
-    lr_shN: float = 1.25e-4
-    lr_features: float = 2.5e-3
-    """CGC code: the same as the SH DC colour."""
-    use_cc: bool = True
-    """The contrastive clustering loss on the masks (off: features learn nothing from masks)."""
-    cc_every: int = 2
-    """Apply the contrastive loss every this many iterations. Code: every 50 of 30k (600 steps);
-    the short CPU schedule needs many more contrastive steps than that: on the tiny preset at 800
-    iterations, 2 gives click mIoU 0.643 and 20 gives 0.340 (3 seeds; benchmarks/RESULTS.md,
-    "Quality floor of the tiny preset")."""
-    cc_weight: float = 1e-6
-    cc_min_pixels: int = 100
-    cc_temperature_scale: float = 10.0
-    cc_temperature_clip: list[float] | None = field(default_factory=lambda: [0.1, 1.0])
-    cc_detach_temperature: bool = True
-    cc_reduction: Literal["pixels", "segments"] = "pixels"
-    """Paper/code: `pixels` (sum over pixels / number of segments: large segments dominate);
-    `segments`: every mask segment weighs the same (see losses.contrastive_clustering_loss)."""
     init_ply: str | None = None
-    """Start from a trained 3DGS model (.ply in the standard attributes: Inria, gsplat, splatfacto
-    exports) instead of the sparse points. Its frame must be the calibrated cameras' frame, i.e.
-    the dataset's own poses (`calibrate.mode=known_poses`) that it was trained on."""
-    freeze_geometry: bool = False
-    """With `init_ply`: train only the feature field on the given Gaussians (no densification, no
-    photometric loss; positions, shapes, opacities and colours stay as loaded)."""
-    frozen_cache_gb: float = 8.0
-    """With `freeze_geometry` on the CPU: memory for the training views' blending weights (the
-    demo's 42 views take 2.4 GB); views beyond it are rendered by the rasterizer on each step."""
-    frozen_back_project: bool = True
-    """With `freeze_geometry` on the CPU: at the end, set every Gaussian's feature to the mean of the
-    rendered (normalised) features of the pixels it is blended into (`train.FrozenViews.back_project`),
-    so that Gaussians the contrastive steps barely reached agree with what they render; 3D
-    clustering needs that, since no densification spreads trained features as in full training."""
-    mask_levels: int = 1
-    """Granularity of the contrastive loss. 1 (paper and code): one term on the finest masks (each
-    pixel labelled by the smallest mask that contains it, so a part hides its whole). L > 1: one
-    term per nesting level (`MaskStore.read_label_maps`: level l labels a pixel by the (l+1)-th
-    smallest mask containing it), level l on the first `level_dims[l]` feature channels, and
-    their mean: the leading channels learn whole objects, the rest tell parts apart, and a
-    selection steps between levels by reading fewer or more channels (`query.level`)."""
-    level_dims: list[int] = field(default_factory=lambda: [16, 8, 4])
-    """Feature channels of each level, finest first, decreasing; the first `mask_levels` are used."""
-    features_grad_between_cc: Literal["zero", "none"] = "zero"
-    """On iterations without a feature loss (no contrastive or regulariser term): `zero` (the
-    released code's behaviour, whose one-pass render hands the features an all-zero gradient; ours
-    skips blending them on such steps and sets that zero gradient directly) lets Adam keep moving
-    them on momentum; `none` drops that gradient, so Adam leaves them and their moments untouched."""
-    depth_split_at: float = 0.6
-    """0 (paper, and the `paper` schedule): the contrastive loss reads the masks as generated. A
-    fraction f in (0, 1): at iteration f × iterations, each training view's depth is rendered from
-    the Gaussians and its mask segments are cut where the depth jumps (`cgc_core.masks.depth_split`),
-    so that two same-coloured objects one in front of the other, one segment of a colour
-    segmentation, become two; the cut label maps train the rest of the run. 0.6: earlier, the
-    model's depth is too rough (realistic scene: cut at 0.33 still left the red mug and cube in one
-    segment in 23 of 56 views and cut the table into pieces; at 0.6, in 5; `benchmarks/RESULTS.md`)."""
-    depth_split_levels: Literal["all", "finest"] = "all"
-    """With `depth_split_at` and `mask_levels` > 1: `all` cuts every level; `finest` cuts only level 0
-    and keeps the coarser levels as generated, for masks whose coarse level already holds whole
-    objects (SAM's object level), which a cut splits where an object hides part of itself (a
-    lamp's shade in front of its pole, a mushroom's cap over its stem)."""
-    depth_split_jump: float = 0.03
-    """With `depth_split_at`: relative depth change (|Δz| / z between pixels two apart) that cuts."""
-    depth_split_sharpness: float = 1.0
-    """With `depth_split_at`: a change over `depth_split_jump` cuts only where its inverse-depth
-    change exceeds this many times the changes just before and after it on the same line
-    (`depth_edges`), so a plane seen at a grazing angle (inverse depth is affine on a plane) and a
-    noisy textured ground are not cut into strips and crumbs. 0: every change over the jump cuts
-    (before; on the demo it turned about 25 segments per view into about 740). Chosen on the
-    development scenes: 2.0 also dropped real borders (realistic scene 0.789), 1.0 kept them (0.871;
-    `benchmarks/RESULTS.md`)."""
-    depth_split_fill: float = 8.0
-    """With `depth_split_at`: edge pixels and crumbs (pieces under `depth_split_min_pixels`) take the
-    label of the nearest kept piece of their own segment within this many pixels (training
-    resolution); 0 leaves them unlabelled (before: a third of the demo's pixels and two thirds of
-    `heldout-parts`' went unsupervised after the cut)."""
-    depth_split_min_pixels: int = 20
-    """With `depth_split_fill`: pieces smaller than this are crumbs, given to a neighbouring piece."""
+    """Start from a trained 3DGS model (.ply with the standard attributes) in the calibrated
+    cameras' frame (`calibrate.mode=known_poses`) instead of the sparse points."""
     feature_init: Literal["uniform", "normal"] = "uniform"
-    """Code: U[0, 1) features (all in one orthant); `normal`: N(0, 1) (see gaussians.init_params)."""
-    use_reg: bool | None = None
-    """The spatial regulariser; false is the paper's "no 3D loss" ablation. None (default): on,
-    except on frozen geometry (`cgc_core.train.resolve_schedule` says why)."""
-    reg_every: int = 4
-    """Code: every 100 of 30k iterations; scaled like cc_every for the short schedule."""
-    reg_samples: int = 1000
-    reg_max_points: int = 300_000
-    k_near: int = 2
-    l_far: int = 5
-    lambda_near: float = 0.005
-    """Paper/code (and the `paper` schedule): 0.05, with λ_far 0.15. The short CPU schedule uses a
-    tenth of both: the contrastive loss sums over pixels, and on 320×240 views at the paper's λ
-    the regulariser made 75-92 % of the features' gradient and collapsed the realistic scene's
-    field (click mIoU 0.54; a tenth, with the positive far term and the depth cut: 0.88;
-    `benchmarks/RESULTS.md`). 0 is the paper's "no similarity" ablation."""
-    lambda_far: float = 0.015
-    """Paper/code: 0.15 (see lambda_near). 0 is the paper's "no dissimilarity" ablation."""
-    reg_far: Literal["farthest", "random"] = "farthest"
-    """Paper/code: the l_far farthest Gaussians; `random`: drawn from the farther half (see
-    losses.sample_neighbours)."""
-    reg_far_similarity: Literal["signed", "positive"] = "positive"
-    """Paper/code (and the `paper` schedule): `signed`, the far term is σ(s), which keeps pushing a
-    Gaussian's feature towards the opposite of its far ones' even once they are orthogonal: in a
-    room every object's farthest Gaussians are the same walls, so every object is pushed towards
-    one direction. `positive` (default of the short CPU schedule): σ(max(s, 0)), orthogonal counts
-    as dissimilar (see losses.spatial_regularization)."""
-    reg_near_includes_self: bool = False
-    """Released code: True. Its K nearest are a top-k over distances that include the sampled
-    Gaussian's own (0), so one of the K "neighbours" is the sample itself (a zero pull) and the near
-    term averages over K-1 real neighbours and itself. Ours (False) leaves the sample out."""
-    reg_near_pairs: Literal["all", "similar"] = "all"
-    """Paper/code: `all` near pairs are pulled together; `similar`: only pairs whose features
-    already agree (cosine > 0), see losses.spatial_regularization."""
-    reg_sigmoid_of_mean: bool = True
-    """Code: sigmoid of the mean similarity; paper: mean of sigmoids."""
-    densify: DensifyConfig = field(default_factory=DensifyConfig)
-    """The densification strategy and its settings, one object (`train.densify.strategy=mcmc`)."""
+    """Code: U[0, 1) features; `normal`: N(0, 1) (see gaussians.init_params)."""
     checkpoint_every: int = 500
-    health_every: int = 100
-    """Every this many iterations, record every loss term, the Gaussian count and the feature
-    separation of the current view (cgc_core.health) in train.json's health history."""
-    health_views: int = 8
-    """At the end, the separation is measured on this many training views (evenly spaced)."""
-    collapse_between: float = 0.5
-    """Warn that the features collapsed when the mean cosine between different segments' mean
-    features, over the final health views, is at or above this."""
     oom_retries: int = 2
-    """On a CUDA out-of-memory error, retry this many times, each at twice the `downscale`
-    (the Gaussians are resolution-independent, so training resumes from its checkpoint)."""
+    """On a CUDA out-of-memory error, retry this many times, each at twice the `downscale`."""
+    lr: LearningRates = field(default_factory=LearningRates)
+    contrastive: ContrastiveConfig = field(default_factory=ContrastiveConfig)
+    regularizer: RegularizerConfig = field(default_factory=RegularizerConfig)
+    depth_split: DepthSplitConfig = field(default_factory=DepthSplitConfig)
+    frozen: FrozenConfig = field(default_factory=FrozenConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
+    densify: DensifyConfig = field(default_factory=DensifyConfig)
+
+
+PRESETS: dict[str, dict] = {
+    # The released code's (PROTOCOL.md): 30k iterations, L_CC every 50, L_reg every 100 at its λ
+    # and signed far term, masks as generated, 3DGS's densification and SH schedule.
+    "paper": {"iterations": 30_000, "sh_degree_every": 1000, "checkpoint_every": 5000,
+              "contrastive": {"every": 50},
+              "regularizer": {"every": 100, "lambda_near": 0.05, "lambda_far": 0.15, "far_similarity": "signed"},
+              "depth_split": {"at": 0.0},
+              "densify": {"refine_start_iter": 500, "refine_stop_iter": 15_000, "refine_every": 100,
+                          "reset_every": 3000, "grow_grad2d": 2e-4}},
+    "cpu-short": {},  # TrainConfig's defaults
+}
+"""`train.schedule`'s presets: train-section values applied before the user's."""
 
 
 @dataclass
@@ -563,10 +585,44 @@ def _check_type(value: Any, annotation: Any, where: str) -> Any:
     return value
 
 
+DEPRECATED_TRAIN_KEYS: dict[str, str] = {
+    **{f"cc_{k}": f"contrastive.{k}" for k in ("every", "weight", "min_pixels", "temperature_scale",
+                                               "temperature_clip", "detach_temperature", "reduction")},
+    "use_cc": "contrastive.enabled", "mask_levels": "contrastive.mask_levels", "level_dims": "contrastive.level_dims",
+    "features_grad_between_cc": "contrastive.features_grad_between", "use_reg": "regularizer.enabled",
+    **{f"reg_{k}": f"regularizer.{k}" for k in ("every", "samples", "max_points", "far", "far_similarity",
+                                                "near_includes_self", "near_pairs", "sigmoid_of_mean")},
+    **{k: f"regularizer.{k}" for k in ("k_near", "l_far", "lambda_near", "lambda_far")},
+    **{f"depth_split_{k}": f"depth_split.{k}" for k in ("at", "levels", "jump", "sharpness", "fill", "min_pixels")},
+    "freeze_geometry": "frozen.enabled", "frozen_cache_gb": "frozen.cache_gb", "frozen_back_project": "frozen.back_project",
+    "health_every": "health.every", "health_views": "health.views", "collapse_between": "health.collapse_between",
+    **{f"lr_{k}": f"lr.{k}" for k in ("means", "means_final", "quats", "scales", "opacities", "sh0", "shN", "features")},
+    "densify.mcmc_cap_max": "densify.cap_max",
+}
+"""Train keys of before the config had sections (issue 37) -> their new place under `train.`; they
+still work, with a one-line warning naming the new key."""
+
+
+def _undeprecated(updates: dict[str, Any], source: str) -> dict[str, Any]:
+    """The train section's updates with old flat keys moved to their sections (a warning each)."""
+    updates = {k: dict(v) if isinstance(v, dict) else v for k, v in updates.items()}
+    for key in list(updates):
+        nested = [f"{key}.{k}" for k in updates[key]] if isinstance(updates[key], dict) else []
+        for old in (o for o in [key, *nested] if o in DEPRECATED_TRAIN_KEYS):
+            new = DEPRECATED_TRAIN_KEYS[old]
+            logger.warning("%s: train.%s is deprecated; use train.%s", source, old, new)
+            value = updates[key].pop(old.split(".")[1]) if "." in old else updates.pop(old)
+            section, name = new.split(".")
+            updates.setdefault(section, {})[name] = value
+    return updates
+
+
 def _merge(config: Any, updates: dict[str, Any], source: str, prefix: str = "") -> None:
     """Apply a nested dict of updates onto a config dataclass in place, checking every key."""
     hints = typing.get_type_hints(type(config))
     known = {f.name for f in dataclasses.fields(config)}
+    if isinstance(config, TrainConfig):
+        updates = _undeprecated(updates, source)
     for key, value in updates.items():
         where = f"{source}: {prefix}{key}"
         if key not in known:
@@ -580,45 +636,86 @@ def _merge(config: Any, updates: dict[str, Any], source: str, prefix: str = "") 
             setattr(config, key, _check_type(value, hints[key], where))
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> CgcConfig:
-    """Build the root config: defaults, then a YAML file, then ``section.field=value`` overrides.
+def evolve(section: Any, **values: Any) -> Any:
+    """A copy of a config dataclass with `values` applied the way a YAML file applies them: checked
+    against the field types, and a mapping updates a subsection field by field
+    (``evolve(cfg.train, iterations=20, contrastive={"every": 1})``)."""
+    copy = deepcopy(section)
+    _merge(copy, values, type(section).__name__)
+    return copy
+
+
+def resolve_preset(schedule: str, backend: str, cuda: bool | None = None) -> str:
+    """The preset `train.schedule` names: `auto` is `paper` on CUDA (the gsplat backend, or `auto`
+    with a GPU present; `cuda` overrides the check) and `cpu-short` otherwise."""
+    if schedule != "auto":
+        return schedule
+    if cuda is None:
+        import torch
+
+        cuda = backend == "gsplat" or (backend == "auto" and torch.cuda.is_available())
+    return "paper" if cuda else "cpu-short"
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc})") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of config sections")
+    return data
+
+
+def _parse_override(item: str) -> dict:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r}: expected section.field=value")
+    dotted, raw = item.split("=", 1)
+    nested = yaml.safe_load(raw) if raw.strip() else None
+    for part in reversed(dotted.strip().split(".")):  # a.b=v -> {"a": {"b": v}}
+        nested = {part: nested}
+    return nested
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                cuda: bool | None = None) -> CgcConfig:
+    """Build the root config: defaults, then the preset `train.schedule` names (`PRESETS`), then a
+    YAML file, then ``section.field=value`` overrides, so a value the user writes always wins.
 
     Args:
         path: Optional YAML file whose nested mapping mirrors `CgcConfig`.
         overrides: Strings like ``"calibrate.camera_model=PINHOLE"``; values are parsed as YAML.
+        cuda: Whether training runs on CUDA, for `train.schedule=auto`; None asks torch.
 
     Returns:
-        The validated `CgcConfig`.
+        The validated `CgcConfig`, its `train.schedule` naming the preset that was applied.
 
     Raises:
         ConfigError: the file is missing or not YAML, a key is unknown, or a value has the wrong type.
     """
+    sources = ([(str(path), _read_yaml(Path(path)))] if path is not None else []) + [
+        (f"override {item!r}", _parse_override(item)) for item in overrides or []]
+    probe = CgcConfig()  # the user's values alone, to learn which preset they name
+    for source, data in sources:
+        _merge(probe, data, source)
+    preset = resolve_preset(probe.train.schedule, probe.train.backend, cuda)
     config = CgcConfig()
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: config file not found")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except UnicodeDecodeError as exc:
-            raise ConfigError(f"{path}: not UTF-8 text ({exc})") from exc
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of config sections")
-        _merge(config, data, str(path))
-    for item in overrides or []:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r}: expected section.field=value")
-        dotted, raw = item.split("=", 1)
-        nested = yaml.safe_load(raw) if raw.strip() else None
-        for part in reversed(dotted.strip().split(".")):  # a.b=v -> {"a": {"b": v}}
-            nested = {part: nested}
-        _merge(config, nested, f"override {item!r}")
+    logger.disabled, was_disabled = True, logger.disabled  # the probe has warned of deprecated keys once
+    try:
+        _merge(config, {"train": PRESETS[preset]}, f"preset {preset!r}")
+        for source, data in sources:
+            _merge(config, data, source)
+    finally:
+        logger.disabled = was_disabled
+    config.train.schedule = preset
     problems = validate_config(config)
     if problems:
-        sources = ", ".join(([str(path)] if path is not None else []) + [f"override {o!r}" for o in overrides or []])
-        raise ConfigError(f"{sources or 'config'}: " + "; ".join(problems))
+        names = ", ".join(source for source, _ in sources)
+        raise ConfigError(f"{names or 'config'}: " + "; ".join(problems))
     return config
 
 
@@ -629,21 +726,21 @@ _SAM_RULE = (lambda v: v.image_size == 1024 or v.allow_random_weights,
 _RULES: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
     ("train", "iterations"): (lambda v: v >= 1, ">= 1"),
     ("train", "downscale"): (lambda v: v >= 1, ">= 1"),
-    ("train", "cc_every"): (lambda v: v >= 1, ">= 1"),
-    ("train", "reg_every"): (lambda v: v >= 1, ">= 1"),
-    ("train", "depth_split_at"): (lambda v: 0 <= v < 1, "in [0, 1)"),
-    ("train", "depth_split_jump"): (lambda v: v > 0, "> 0"),
-    ("train", "depth_split_sharpness"): (lambda v: v >= 0, ">= 0"),
-    ("train", "depth_split_fill"): (lambda v: v >= 0, ">= 0"),
-    ("train", "depth_split_min_pixels"): (lambda v: v >= 0, ">= 0"),
-    ("train", "cc_weight"): (lambda v: v >= 0, ">= 0"),
-    ("train", "lambda_near"): (lambda v: v >= 0, ">= 0"),
-    ("train", "lambda_far"): (lambda v: v >= 0, ">= 0"),
+    ("train.contrastive", "every"): (lambda v: v >= 1, ">= 1"),
+    ("train.regularizer", "every"): (lambda v: v >= 1, ">= 1"),
+    ("train.depth_split", "at"): (lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("train.depth_split", "jump"): (lambda v: v > 0, "> 0"),
+    ("train.depth_split", "sharpness"): (lambda v: v >= 0, ">= 0"),
+    ("train.depth_split", "fill"): (lambda v: v >= 0, ">= 0"),
+    ("train.depth_split", "min_pixels"): (lambda v: v >= 0, ">= 0"),
+    ("train.contrastive", "weight"): (lambda v: v >= 0, ">= 0"),
+    ("train.regularizer", "lambda_near"): (lambda v: v >= 0, ">= 0"),
+    ("train.regularizer", "lambda_far"): (lambda v: v >= 0, ">= 0"),
     ("train", "sh_degree"): (lambda v: 0 <= v <= 3, "between 0 and 3"),
     ("train", "init_opacity"): (lambda v: 0 < v < 1, "in (0, 1)"),
-    ("train", "mask_levels"): (lambda v: v >= 1, ">= 1"),
-    ("train", "level_dims"): (lambda v: bool(v) and all(0 < b < a for a, b in zip([17, *v], v)),
-                              "a non-empty decreasing list of channel counts between 1 and 16"),
+    ("train.contrastive", "mask_levels"): (lambda v: v >= 1, ">= 1"),
+    ("train.contrastive", "level_dims"): (lambda v: bool(v) and all(0 < b < a for a, b in zip([17, *v], v)),
+                                          "a non-empty decreasing list of channel counts between 1 and 16"),
     ("query", "level"): (lambda v: v is None or v >= 0, "null or >= 0"),
     ("train", "oom_retries"): (lambda v: v >= 0, ">= 0"),
     ("query", "threshold"): (lambda v: -1 <= v <= 1, "a cosine similarity in [-1, 1]"),
@@ -668,7 +765,7 @@ def validate_config(config: CgcConfig) -> list[str]:
         for f in dataclasses.fields(section):
             value = getattr(section, f.name)
             rule = _RULES.get((path, f.name))
-            if rule is None and f.name.startswith("lr_"):
+            if rule is None and path == "train.lr":
                 rule = (lambda v: v > 0, "> 0")
             if rule is not None and not rule[0](value):
                 problems.append(f"{path}.{f.name} must be {rule[1]}, got {value!r}")
@@ -678,11 +775,11 @@ def validate_config(config: CgcConfig) -> list[str]:
     for section in dataclasses.fields(config):
         if dataclasses.is_dataclass(getattr(config, section.name)):
             check(getattr(config, section.name), section.name)
-    train = config.train
-    if len(train.level_dims) < train.mask_levels:
-        problems.append(f"train.level_dims must name at least train.mask_levels={train.mask_levels} channel counts, "
-                        f"got {train.level_dims!r}")
-    if config.query.level is not None and config.query.level >= train.mask_levels:
-        problems.append(f"query.level must be below train.mask_levels={train.mask_levels} (levels 0.."
-                        f"{train.mask_levels - 1}), got {config.query.level}")
+    cc = config.train.contrastive
+    if len(cc.level_dims) < cc.mask_levels:
+        problems.append(f"train.contrastive.level_dims must name at least train.contrastive.mask_levels="
+                        f"{cc.mask_levels} channel counts, got {cc.level_dims!r}")
+    if config.query.level is not None and config.query.level >= cc.mask_levels:
+        problems.append(f"query.level must be below train.contrastive.mask_levels={cc.mask_levels} (levels 0.."
+                        f"{cc.mask_levels - 1}), got {config.query.level}")
     return problems

@@ -42,7 +42,7 @@ from .scene.model import Scene, SceneError
 from .selection import Query, Selector
 from .render import Gaussians, render
 from .stage import SUMMARY, StageOutputs
-from .train import feature_renderer
+from .render import feature_renderer
 
 FeatureRenderer = Callable[[str], Tensor]
 ImageRenderer = Callable[[str], np.ndarray]

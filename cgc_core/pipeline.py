@@ -28,7 +28,8 @@ from .scene.synthetic import read_synthetic_scene, source_preset, write_syntheti
 from .scene.video import extract_frames, is_video
 from .selection import Selector
 from .stage import StageResult, cached_only, digest, hash_file, run_stage, safe_name
-from .train import TrainOutputs, feature_renderer, resolve_schedule, train_with_oom_retries
+from .render import feature_renderer
+from .train import TrainOutputs, train_with_oom_retries
 
 
 @dataclass(frozen=True)
@@ -232,8 +233,7 @@ def train_stage(cfg: CgcConfig, scene: Scene, masks: StageResult, calibration: S
     inputs = {"calibrate": calibration.manifest.key, "masks": masks.manifest.key}
     if cfg.train.init_ply:  # a model to start from is an input: its content keys the stage
         inputs["init_ply"] = hash_file(Path(cfg.train.init_ply))
-    # Keyed on the schedule that runs here (auto resolves by device), not on the word `auto`.
-    train_cfg = resolve_schedule(cfg.train)
+    train_cfg = cfg.train  # its preset applied by `load_config`: the key holds every value that runs
 
     def compute(work: Path) -> dict:
         result, downscale = train_with_oom_retries(scene, masks.outputs.store, work, train_cfg,

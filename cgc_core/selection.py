@@ -69,8 +69,8 @@ class Selector:
             (`cluster.remove_spatial_outliers`; a ratio of None skips it).
         detector: (image, text) -> (box, score) or None; default: Grounding DINO from the config.
         segmenter: (image, box) -> boolean mask; default: SAM's predictor from the config.
-        level_dims: Feature channels of each trained mask level, finest first (`train.level_dims`
-            cut to `train.mask_levels`); None: one level on every channel.
+        level_dims: Feature channels of each trained mask level, finest first (`train.contrastive.level_dims`
+            cut to `train.contrastive.mask_levels`); None: one level on every channel.
         level: The granularity selections use: an index into `level_dims` (0 finest). Queries,
             similarities and 3D selections compare the first `level_dims[level]` channels (queries
             keep every channel), so `at_level` steps between parts and whole objects.
@@ -123,8 +123,8 @@ class Selector:
 
             detector = detector or TextDetector(cfg.query)
             segmenter = segmenter or BoxSegmenter(cfg.query.sam, "query.sam")
-        levels = cfg.train.mask_levels if cfg.train.use_cc else 1
-        level_dims = tuple(cfg.train.level_dims[:levels]) if levels > 1 else None
+        levels = cfg.train.contrastive.mask_levels if cfg.train.contrastive.enabled else 1
+        level_dims = tuple(cfg.train.contrastive.level_dims[:levels]) if levels > 1 else None
         level = cfg.query.level if cfg.query.level is not None else levels - 1
         return cls(threshold=cfg.query.threshold, mask_query_mode=cfg.query.box_query_mode,
                    click_radius=cfg.query.click_radius,

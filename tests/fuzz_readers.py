@@ -238,7 +238,7 @@ def _read_video(path: Path):
 
 def _config(folder: Path) -> Path:
     folder.mkdir(parents=True)
-    (folder / "cgc.yaml").write_text("data_dir: data\ntrain:\n  iterations: 100\n  lr_means: 1.6e-4\n"
+    (folder / "cgc.yaml").write_text("data_dir: data\ntrain:\n  iterations: 100\n  lr:\n    means: 1.6e-4\n"
                                      "  densify:\n    refine_every: 100\nmasks:\n  generator: classical\n"
                                      "evaluate:\n  protocol: [click-oracle]\n")
     return folder / "cgc.yaml"

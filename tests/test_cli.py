@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from typer.testing import CliRunner
 
 from cgc_core.cli import app
@@ -99,6 +101,21 @@ def test_single_stages_need_their_upstream_then_cluster_export_and_report(tmp_pa
 
     no_run = runner.invoke(app, ["report", "--run", "run-nope", *common[2:]])
     assert no_run.exit_code == 1 and "run.json: no run record" in no_run.output
+
+
+def test_cgc_report_on_a_run_whose_report_fails_is_an_error_not_a_crash(tmp_path):
+    evaluated = tmp_path / "evaluate"  # a stage folder that lost its summary
+    evaluated.mkdir()
+    run = tmp_path / "reports" / "run-broken"
+    run.mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({"run_id": "run-broken", "scenes": [
+        {"scene": str(tmp_path / "gone"), "layout": "lerf-mask", "stages": {"evaluate": {"dir": str(evaluated)}}}]}))
+    result = runner.invoke(app, ["report", "--run", str(run)])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert "evaluate/summary.json: cannot read" in result.output and "UnboundLocalError" not in result.output
+    (run / "run.json").write_text("{")
+    damaged = runner.invoke(app, ["report", "--run", str(run)])
+    assert damaged.exit_code == 1 and "run.json: not a run record" in damaged.output
 
 
 def test_the_viewer_entry_point_is_the_cgc_view_command(tmp_path):

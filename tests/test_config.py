@@ -58,8 +58,26 @@ def test_int_accepted_for_float_but_bool_not_for_int():
 def test_exponent_floats_are_floats_and_words_are_not():
     # PyYAML reads "3e-4" (no dot) as a string; a float field must still take it.
     assert load_config(None, ["train.densify.grow_grad2d=3e-4"]).train.densify.grow_grad2d == pytest.approx(3e-4)
-    with pytest.raises(ConfigError, match="train.lr_means: expected float"):
-        load_config(None, ["train.lr_means=fast"])
+    with pytest.raises(ConfigError, match="train.lr.means: expected float"):
+        load_config(None, ["train.lr.means=fast"])
+
+
+def test_old_flat_train_keys_still_work_with_one_line_naming_the_new_key(tmp_path, caplog):
+    path = tmp_path / "old.yaml"
+    path.write_text("train:\n  cc_every: 3\n  lambda_near: 0.01\n  densify:\n    mcmc_cap_max: 500\n")
+    with caplog.at_level("WARNING", logger="cgc"):
+        cfg = load_config(path, ["train.freeze_geometry=true"])
+    assert (cfg.train.contrastive.every, cfg.train.regularizer.lambda_near, cfg.train.densify.cap_max,
+            cfg.train.frozen.enabled) == (3, 0.01, 500, True)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [f"{path}: train.cc_every is deprecated; use train.contrastive.every",
+                     f"{path}: train.lambda_near is deprecated; use train.regularizer.lambda_near",
+                     f"{path}: train.densify.mcmc_cap_max is deprecated; use train.densify.cap_max",
+                     "override 'train.freeze_geometry=true': train.freeze_geometry is deprecated; use train.frozen.enabled"]
+    assert cfg == load_config(None, ["train.contrastive.every=3", "train.regularizer.lambda_near=0.01",
+                                     "train.densify.cap_max=500", "train.frozen.enabled=true"])
+    with pytest.raises(ConfigError, match="train.contrastive.every: expected int"):
+        load_config(None, ["train.cc_every=often"])  # the new key is named in errors too
 
 
 def test_section_hash_tracks_only_its_section():

@@ -26,7 +26,7 @@ from cgc_core.pipeline import run_scene_stage, scene_stage
 from cgc_core.stage import MANIFEST
 
 TINY = ["synthetic.preset=tiny", "synthetic.supersample=1", "calibrate.mode=known_poses", "train.iterations=30",
-        "train.checkpoint_every=10", "train.densify.refine_start_iter=5", "train.densify.refine_every=5", "train.reg_samples=50",
+        "train.checkpoint_every=10", "train.densify.refine_start_iter=5", "train.densify.refine_every=5", "train.regularizer.samples=50",
         "cluster.min_cluster_size=20"]
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -390,7 +390,7 @@ def _case_config_unknown_key(tiny_scene_dir, tmp_path):
 
 
 def _case_config_negative_learning_rate(tiny_scene_dir, tmp_path):
-    return _config_file_case(tmp_path, "train:\n  lr_opacities: -0.05\n", "cfg.yaml: train.lr_opacities must be > 0, got -0.05")
+    return _config_file_case(tmp_path, "train:\n  lr:\n    opacities: -0.05\n", "cfg.yaml: train.lr.opacities must be > 0, got -0.05")
 
 
 def _case_sam_checkpoint_not_a_checkpoint(tiny_scene_dir, tmp_path):

@@ -91,7 +91,7 @@ def test_editing_training_recomputes_train_and_what_follows_it_only(package_copy
     monkeypatch.setattr(fingerprint, "PACKAGE_DIR", package_copy)
     cfg = load_config(None, [f"data_dir={tmp_path / 'data'}", f"reports_dir={tmp_path / 'reports'}",
                              "synthetic.preset=tiny", "synthetic.supersample=1", "calibrate.mode=known_poses",
-                             "train.iterations=20", "train.reg_samples=50", "cluster.min_cluster_size=20"])
+                             "train.iterations=20", "train.regularizer.samples=50", "cluster.min_cluster_size=20"])
 
     def run_all() -> dict[str, object]:
         results = {}

@@ -1,21 +1,22 @@
 """Granularity (issue 19): mask levels by nesting, the multi-level contrastive loss on nested
-feature channels, selection at a level; and the named training schedules."""
+feature channels, selection at a level; and the training presets."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from cgc_core.config import ConfigError, DensifyConfig, TrainConfig, load_config
+from cgc_core.config import PRESETS, ConfigError, TrainConfig, evolve, load_config
 from cgc_core.losses import (contrastive_clustering_loss, multilevel_contrastive_loss,
                              multilevel_contrastive_loss_reference)
 from cgc_core.masks.store import MaskStore, records_from_masks
 from cgc_core.selection import Selector
-from cgc_core.train import SCHEDULES, resolve_schedule, train
+from cgc_core.train import train, uses_regularizer
 
 
 def _nested_store(tmp_path):
@@ -115,43 +116,50 @@ def test_a_click_selects_the_part_or_the_whole_by_level():
 
 def test_selector_from_config_defaults_to_the_coarsest_level():
     assert Selector.from_config(load_config(None, [])).levels == 1
-    cfg = load_config(None, ["train.mask_levels=2"])
+    cfg = load_config(None, ["train.contrastive.mask_levels=2"])
     selector = Selector.from_config(cfg)
     assert (selector.level_dims, selector.level, selector.channels) == ((16, 8), 1, 8)
-    assert Selector.from_config(load_config(None, ["train.mask_levels=2", "query.level=0"])).channels == 16
-    with pytest.raises(ConfigError, match=r"query.level must be below train.mask_levels=2"):
-        load_config(None, ["train.mask_levels=2", "query.level=2"])
-    with pytest.raises(ConfigError, match="train.level_dims must be a non-empty decreasing list"):
-        load_config(None, ["train.level_dims=[8, 8]"])
-    with pytest.raises(ConfigError, match="train.level_dims must name at least train.mask_levels=4"):
-        load_config(None, ["train.mask_levels=4"])
+    assert Selector.from_config(load_config(None, ["train.contrastive.mask_levels=2", "query.level=0"])).channels == 16
+    with pytest.raises(ConfigError, match=r"query.level must be below train.contrastive.mask_levels=2"):
+        load_config(None, ["train.contrastive.mask_levels=2", "query.level=2"])
+    with pytest.raises(ConfigError, match="train.contrastive.level_dims must be a non-empty decreasing list"):
+        load_config(None, ["train.contrastive.level_dims=[8, 8]"])
+    with pytest.raises(ConfigError, match="train.contrastive.level_dims must name at least train.contrastive.mask_levels=4"):
+        load_config(None, ["train.contrastive.mask_levels=4"])
 
 
-def test_schedules_resolve_by_device_and_keep_what_the_user_set():
-    assert resolve_schedule(TrainConfig(backend="torch")).schedule == "cpu-short"
-    paper = resolve_schedule(TrainConfig(), cuda=True)
+def test_presets_resolve_by_device_and_a_value_the_user_writes_always_wins(tmp_path):
+    assert load_config(None, ["train.backend=torch"]).train.schedule == "cpu-short"
+    paper = load_config(None, [], cuda=True).train
     assert paper.schedule == "paper"
-    assert (paper.iterations, paper.cc_every, paper.reg_every, paper.densify.refine_stop_iter,
-            paper.densify.grow_grad2d) == \
-        (30_000, 50, 100, 15_000, 2e-4)
+    assert (paper.iterations, paper.contrastive.every, paper.regularizer.every, paper.densify.refine_stop_iter,
+            paper.densify.grow_grad2d) == (30_000, 50, 100, 15_000, 2e-4)
     # The paper's regulariser and masks as generated; the short CPU schedule's differ (TrainConfig).
-    assert (paper.lambda_near, paper.lambda_far, paper.reg_far_similarity, paper.depth_split_at) == \
-        (0.05, 0.15, "signed", 0.0)
-    short = resolve_schedule(TrainConfig(), cuda=False)
-    assert (short.lambda_near, short.lambda_far, short.reg_far_similarity, short.depth_split_at) == \
-        (0.005, 0.015, "positive", 0.6)
-    assert resolve_schedule(TrainConfig(schedule="paper", iterations=200), cuda=False).iterations == 200
-    assert resolve_schedule(TrainConfig(schedule="cpu-short"), cuda=True) == TrainConfig(schedule="cpu-short", use_reg=True)
-    # Both schedules reach SH degree 3 before their last iteration.
-    for name in SCHEDULES:
-        cfg = resolve_schedule(TrainConfig(schedule=name))
+    reg = paper.regularizer
+    assert (reg.lambda_near, reg.lambda_far, reg.far_similarity, paper.depth_split.at) == (0.05, 0.15, "signed", 0.0)
+    short = load_config(None, [], cuda=False).train
+    assert short == replace(TrainConfig(), schedule="cpu-short")
+    # The user's value wins even where it equals the default the preset would replace.
+    explicit = load_config(None, ["train.schedule=paper", "train.iterations=1500"]).train
+    assert (explicit.iterations, explicit.contrastive.every) == (1500, 50)
+    on_cuda = load_config(None, ["train.iterations=1500", "train.regularizer.lambda_near=0.005"], cuda=True).train
+    assert (on_cuda.schedule, on_cuda.iterations, on_cuda.regularizer.lambda_near, on_cuda.regularizer.lambda_far) == \
+        ("paper", 1500, 0.005, 0.15)
+    # Preset, then the file, then the overrides.
+    (tmp_path / "cfg.yaml").write_text("train:\n  schedule: paper\n  iterations: 2000\n  sh_degree_every: 500\n")
+    layered = load_config(tmp_path / "cfg.yaml", ["train.iterations=1200"]).train
+    assert (layered.iterations, layered.sh_degree_every, layered.checkpoint_every) == (1200, 500, 5000)
+    # Both presets reach SH degree 3 before their last iteration.
+    for name in PRESETS:
+        cfg = load_config(None, [f"train.schedule={name}"]).train
         assert (cfg.iterations - 1) // cfg.sh_degree_every >= cfg.sh_degree == 3, name
 
 
-def test_train_json_records_the_schedule_and_two_level_training_runs(tiny_inputs, tmp_path):
+def test_train_json_records_the_preset_and_two_level_training_runs(tiny_inputs, tmp_path):
     scene, store = tiny_inputs
-    cfg = TrainConfig(iterations=4, backend="torch", reg_samples=50, checkpoint_every=0, densify=DensifyConfig("none"),
-                      mask_levels=2, cc_every=1, health_every=2)
+    cfg = load_config(None, ["train.iterations=4", "train.backend=torch", "train.regularizer.samples=50",
+                             "train.checkpoint_every=0", "train.densify.strategy=none", "train.contrastive.mask_levels=2",
+                             "train.contrastive.every=1", "train.health.every=2"]).train
     train(scene, store, tmp_path, cfg)
     record = json.loads((tmp_path / "train.json").read_text())
     assert record["schedule"] == "cpu-short"
@@ -159,7 +167,8 @@ def test_train_json_records_the_schedule_and_two_level_training_runs(tiny_inputs
 
 
 def test_frozen_geometry_drops_the_regulariser_unless_asked():
-    assert resolve_schedule(TrainConfig(backend="torch")).use_reg is True
-    assert resolve_schedule(TrainConfig(backend="torch", freeze_geometry=True)).use_reg is False
-    assert resolve_schedule(TrainConfig(backend="torch", freeze_geometry=True, use_reg=True)).use_reg is True
-    assert resolve_schedule(TrainConfig(backend="torch", use_reg=False)).use_reg is False
+    frozen = {"frozen": {"enabled": True}}
+    assert uses_regularizer(TrainConfig()) is True
+    assert uses_regularizer(evolve(TrainConfig(), **frozen)) is False
+    assert uses_regularizer(evolve(TrainConfig(), **frozen, regularizer={"enabled": True})) is True
+    assert uses_regularizer(evolve(TrainConfig(), regularizer={"enabled": False})) is False

@@ -72,11 +72,12 @@ def test_half_separated_field_is_measured_in_between():
 
 
 def test_training_without_the_contrastive_loss_warns_that_features_collapsed(tiny_inputs, tmp_path, caplog):
-    from cgc_core.config import TrainConfig
+    from cgc_core.config import TrainConfig, evolve
     from cgc_core.train import train
 
     scene, store = tiny_inputs
-    cfg = TrainConfig(iterations=60, use_cc=False, use_reg=False, backend="torch", health_every=20, health_views=4)
+    cfg = evolve(TrainConfig(), iterations=60, contrastive={"enabled": False}, regularizer={"enabled": False}, backend="torch",
+                 health={"every": 20, "views": 4})
     with caplog.at_level(logging.WARNING, logger="cgc"):
         train(scene, store, tmp_path, cfg)
     record = json.loads((tmp_path / "train.json").read_text())["health"]
@@ -88,11 +89,11 @@ def test_training_without_the_contrastive_loss_warns_that_features_collapsed(tin
 
 
 def test_a_trained_model_separates_and_gives_no_warning(tiny_inputs, tmp_path, caplog):
-    from cgc_core.config import TrainConfig
+    from cgc_core.config import TrainConfig, evolve
     from cgc_core.train import train
 
     scene, store = tiny_inputs
-    cfg = TrainConfig(iterations=800, backend="torch", health_views=6)  # measured: between 0.33, separation 0.58
+    cfg = evolve(TrainConfig(), iterations=800, backend="torch", health={"views": 6})  # measured: between 0.33, separation 0.58
     with caplog.at_level(logging.WARNING, logger="cgc"):
         train(scene, store, tmp_path, cfg)
     record = json.loads((tmp_path / "train.json").read_text())["health"]

@@ -95,7 +95,7 @@ def test_each_stage_returns_its_typed_outputs_and_they_name_files_it_wrote(tiny_
     from cgc_core.train import TrainOutputs
 
     cfg = load_config(None, [f"data_dir={tmp_path}", "calibrate.mode=known_poses", "train.iterations=6",
-                             "train.checkpoint_every=0", "train.health_views=1", "cluster.min_cluster_size=20"])
+                             "train.checkpoint_every=0", "train.health.views=1", "cluster.min_cluster_size=20"])
     results, reports = {}, []
     for stage in ("scene", "calibrate", "masks", "train", "cluster", "evaluate"):
         scene, results[stage] = pipeline.run_scene_stage(cfg, str(tiny_scene_dir), stage,

@@ -23,10 +23,10 @@ import pytest
 #   no-contrastive               0.030 / 0.033 / 0.039
 #   cc-weight-tenth              0.561 / 0.605 / 0.671   (not asserted, see below)
 # The floor sits midway between the weakest default seed (0.615) and the strongest weakened run
-# (0.460), 0.08 from each. The contrastive weight alone (cc_weight / 10) does not weaken a run:
+# (0.460), 0.08 from each. The contrastive weight alone (contrastive.weight / 10) does not weaken a run:
 # only the contrastive term and the regulariser reach the features, and Adam scales each step by
 # the gradient's own magnitude, so a tenth of the weight shifts only the contrastive term's balance
-# against the regulariser; a tenth of its steps (cc_every x 10) is a tenth of its say in training.
+# against the regulariser; a tenth of its steps (contrastive.every x 10) is a tenth of its say in training.
 QUALITY_FLOOR = 0.54
 TINY_ITERATIONS = 800
 WEAKENED = ("cc-tenth-steps", "shuffled-labels", "no-contrastive")
@@ -54,20 +54,21 @@ class ShuffledLabelStore:
 def click_miou_after_training(scene, store, work: Path, variant: str, seed: int = 0,
                               iterations: int = TINY_ITERATIONS) -> tuple[float, dict[str, float]]:
     """Train the tiny scene with one variant and return its click-oracle mIoU and per-prompt IoU."""
-    from cgc_core.config import EvaluateConfig, TrainConfig
+    from cgc_core.config import EvaluateConfig, TrainConfig, evolve
     from cgc_core.evaluate import evaluate_scene
     from cgc_core.selection import Selector
-    from cgc_core.train import feature_renderer, train
+    from cgc_core.render import feature_renderer
+    from cgc_core.train import train
 
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; variants are {VARIANTS}")
     cfg = TrainConfig(iterations=iterations, backend="torch", seed=seed)
     if variant == "cc-weight-tenth":
-        cfg = replace(cfg, cc_weight=cfg.cc_weight / 10)
+        cfg = evolve(cfg, contrastive={"weight": cfg.contrastive.weight / 10})
     elif variant == "cc-tenth-steps":
-        cfg = replace(cfg, cc_every=cfg.cc_every * 10)
+        cfg = evolve(cfg, contrastive={"every": cfg.contrastive.every * 10})
     elif variant == "no-contrastive":
-        cfg = replace(cfg, use_cc=False)
+        cfg = evolve(cfg, contrastive={"enabled": False})
     elif variant == "shuffled-labels":
         store = ShuffledLabelStore(store, list(scene.train_names))
     result = train(scene, store, work / "train", cfg)

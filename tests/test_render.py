@@ -365,7 +365,7 @@ def test_back_projection_is_the_weighted_mean_of_rendered_unit_features():
     # a Gaussian's back-projected feature is normalize(Σ_views Wᵀ normalize(W f)).
     import torch.nn.functional as F
 
-    from cgc_core.train import FrozenViews
+    from cgc_core.render import FrozenViews
 
     params = _random_scene(40, 3)
     gaussians = Gaussians(*(params[k].detach() for k in PARAMS[:5]))
@@ -390,7 +390,7 @@ def test_back_projection_is_the_weighted_mean_of_rendered_unit_features():
 
 
 def test_frozen_views_beyond_their_memory_budget_render_through_the_rasterizer():
-    from cgc_core.train import FrozenViews
+    from cgc_core.render import FrozenViews
 
     params = _random_scene(40, 5, dtype=torch.float32)
     gaussians = Gaussians(*(params[k].detach() for k in PARAMS[:5]))

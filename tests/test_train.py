@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cgc_core.config import DensifyConfig, TrainConfig
+from cgc_core.config import TrainConfig, evolve
 from cgc_core.train import TrainingError, load_newest_checkpoint, train
 
 
-def _cfg(densify=None, **kw):
-    base = dict(iterations=20, checkpoint_every=10, backend="torch", reg_samples=50)
+def _cfg(densify=None, regularizer=None, **kw):
     growth = {"refine_start_iter": 4, "refine_every": 4, "refine_stop_iter": 16, **(densify or {})}
-    return TrainConfig(**{**base, **kw}, densify=DensifyConfig(**growth))
+    return evolve(TrainConfig(), **{"iterations": 20, "checkpoint_every": 10, "backend": "torch", **kw,
+                                    "regularizer": {"samples": 50, **(regularizer or {})}, "densify": growth})
 
 
 class _Kill(Exception):
@@ -39,7 +39,7 @@ def test_resume_equals_uninterrupted_run(tiny_inputs, tmp_path):
 
 
 def test_zero_feature_gradient_between_contrastive_steps_moves_features_on_momentum(tiny_inputs, tmp_path):
-    # Two iterations, the contrastive loss on the first only (cc_every=2), no regulariser and no
+    # Two iterations, the contrastive loss on the first only (contrastive.every=2), no regulariser and no
     # densification: with `none` the second iteration leaves the features where the first put
     # them; with the released code's `zero` gradient (our default: the one-pass render of colour
     # and features hands them zeros), Adam moves them again on its momentum.
@@ -47,8 +47,8 @@ def test_zero_feature_gradient_between_contrastive_steps_moves_features_on_momen
     results = {}
     for mode in ("none", "zero"):
         for iterations in (1, 2):
-            cfg = _cfg(iterations=iterations, cc_every=2, use_reg=False, densify={"strategy": "none"}, checkpoint_every=100,
-                       features_grad_between_cc=mode)
+            cfg = _cfg(iterations=iterations, regularizer={"enabled": False}, densify={"strategy": "none"},
+                       checkpoint_every=100, contrastive={"every": 2, "features_grad_between": mode})
             results[mode, iterations] = train(scene, store, tmp_path / f"{mode}{iterations}", cfg).params["features"]
     torch.testing.assert_close(results["none", 1], results["zero", 1], rtol=0, atol=0)  # same first step
     torch.testing.assert_close(results["none", 2], results["none", 1], rtol=0, atol=0)
@@ -68,8 +68,8 @@ def test_densification_keeps_features_with_their_gaussians(tiny_inputs, tmp_path
     scene, store = tiny_inputs
     # Features are tagged with the Gaussian's own colour coefficient and neither is trained: after
     # clone, split and prune, every row must still carry its own tag.
-    cfg = _cfg(iterations=12, lr_features=0.0, lr_sh0=0.0, densify=dict(grow_grad2d=1e-12, refine_start_iter=2,
-                                                                          refine_every=4), use_cc=False, use_reg=False, checkpoint_every=0)
+    cfg = _cfg(iterations=12, lr={"features": 0.0, "sh0": 0.0}, densify=dict(grow_grad2d=1e-12, refine_start_iter=2,
+                                                                          refine_every=4), contrastive={"enabled": False}, regularizer={"enabled": False}, checkpoint_every=0)
     import cgc_core.train as train_module
 
     original = train_module.init_params
@@ -91,8 +91,10 @@ def test_densification_keeps_features_with_their_gaussians(tiny_inputs, tmp_path
 
 def test_non_finite_loss_stops_with_a_clear_error(tiny_inputs, tmp_path):
     scene, store = tiny_inputs
+    cfg = _cfg(contrastive={"temperature_clip": None})
+    cfg.contrastive.temperature_scale = float("nan")  # past the config's own check, as a diverging run would be
     with pytest.raises(TrainingError, match="loss became nan at step 0"):
-        train(scene, store, tmp_path, _cfg(cc_temperature_clip=None, cc_temperature_scale=float("nan")))
+        train(scene, store, tmp_path, cfg)
 
 
 def test_cuda_out_of_memory_retries_at_a_coarser_resolution(tiny_inputs, tmp_path, monkeypatch, caplog):
@@ -124,28 +126,28 @@ def test_a_trained_3dgs_model_trains_only_its_features_when_frozen(tiny_inputs, 
     from cgc_core.gaussians import GaussianFileError, load_ply, save_ply
 
     scene, store = tiny_inputs
-    base = train(scene, store, tmp_path / "base", _cfg(iterations=8, use_cc=False, use_reg=False)).params
+    base = train(scene, store, tmp_path / "base", _cfg(iterations=8, contrastive={"enabled": False}, regularizer={"enabled": False})).params
     model = save_ply({k: v for k, v in base.items() if k != "features"}, tmp_path / "model.ply")
-    frozen = train(scene, store, tmp_path / "frozen", _cfg(iterations=6, init_ply=str(model), freeze_geometry=True,
-                                                           cc_every=1, checkpoint_every=3))
+    frozen = train(scene, store, tmp_path / "frozen", _cfg(iterations=6, init_ply=str(model), frozen={"enabled": True},
+                                                           contrastive={"every": 1}, checkpoint_every=3))
     loaded = load_ply(model)
     assert frozen.params["means"].shape == loaded["means"].shape  # no densification
     for name in ("means", "quats", "scales", "opacities", "sh0", "shN"):
         torch.testing.assert_close(frozen.params[name], loaded[name], rtol=0, atol=0)
-    initial = train(scene, store, tmp_path / "zero", _cfg(iterations=1, init_ply=str(model), freeze_geometry=True,
-                                                          use_cc=False, use_reg=False, checkpoint_every=0))
+    initial = train(scene, store, tmp_path / "zero", _cfg(iterations=1, init_ply=str(model), frozen={"enabled": True},
+                                                          contrastive={"enabled": False}, regularizer={"enabled": False}, checkpoint_every=0))
     assert (frozen.params["features"] - initial.params["features"]).abs().max() > 1e-4
     # The fast path (each view's blending weights, once) trains the same features as rendering
     # every step with the dense reference renderer.
-    short = dict(iterations=3, init_ply=str(model), freeze_geometry=True, cc_every=1, checkpoint_every=0, downscale=2,
-                 frozen_back_project=False,  # the fast path only (tested against its oracle in test_render)
-                 health_every=0, health_views=1)
+    short = dict(iterations=3, init_ply=str(model), contrastive={"every": 1}, checkpoint_every=0, downscale=2,
+                 frozen={"enabled": True, "back_project": False},  # the fast path only (its oracle: test_render)
+                 health={"every": 0, "views": 1})
     fast = train(scene, store, tmp_path / "fast", _cfg(**short))
     oracle = train(scene, store, tmp_path / "oracle", _cfg(**short, backend="reference"))
     torch.testing.assert_close(fast.params["features"], oracle.params["features"], rtol=1e-4, atol=1e-5)
     assert (fast.params["features"] - initial.params["features"]).abs().max() > 1e-4
-    with pytest.raises(TrainingError, match="freeze_geometry needs train.init_ply"):
-        train(scene, store, tmp_path / "bad", _cfg(freeze_geometry=True))
+    with pytest.raises(TrainingError, match="frozen.enabled needs train.init_ply"):
+        train(scene, store, tmp_path / "bad", _cfg(frozen={"enabled": True}))
     with pytest.raises(GaussianFileError, match="nothing.ply"):
         train(scene, store, tmp_path / "bad2", _cfg(init_ply=str(tmp_path / "nothing.ply")))
 
@@ -160,7 +162,7 @@ def test_depth_split_cuts_the_masks_with_the_models_depth_and_a_resumed_run_read
     from cgc_core.train import SPLIT_LABELS_NAME, label_map_at, train_view
 
     scene, store = tiny_inputs
-    cfg = _cfg(depth_split_at=0.5, depth_split_jump=0.02)  # the cut at step 10 of 20
+    cfg = _cfg(depth_split={"at": 0.5, "jump": 0.02})  # the cut at step 10 of 20
     full = train(scene, store, tmp_path / "full", cfg)
     record = json.loads((tmp_path / "full" / "train.json").read_text())["depth_split"]
     assert record["segments_per_view_after"] > record["segments_per_view_before"] > 0
@@ -172,9 +174,9 @@ def test_depth_split_cuts_the_masks_with_the_models_depth_and_a_resumed_run_read
     depth = render(Gaussians.from_params(params), camera, sh_degree=0, backend="torch").depth.numpy()
     labels = label_map_at(store, name, *image.shape[:2])[0].numpy()
     np.testing.assert_array_equal(stored[name][0], split_at_depth_edges(
-        labels, depth, 0.02, min_pixels=cfg.depth_split_min_pixels, sharpness=cfg.depth_split_sharpness,
-        fill_distance=cfg.depth_split_fill))
-    assert cfg.depth_split_fill > 0 and cfg.depth_split_sharpness > 0  # the defaults this checks
+        labels, depth, 0.02, min_pixels=cfg.depth_split.min_pixels, sharpness=cfg.depth_split.sharpness,
+        fill_distance=cfg.depth_split.fill))
+    assert cfg.depth_split.fill > 0 and cfg.depth_split.sharpness > 0  # the defaults this checks
     assert 0 < record["supervised_share_after"] <= 1
 
     def kill(step, total, losses):
@@ -188,7 +190,7 @@ def test_depth_split_cuts_the_masks_with_the_models_depth_and_a_resumed_run_read
     for key in full.params:
         torch.testing.assert_close(resumed.params[key], full.params[key], rtol=0, atol=0)
     # Off (the paper's schedule), the masks are read as generated and nothing is stored.
-    train(scene, store, tmp_path / "off", _cfg(iterations=2, depth_split_at=0.0))
+    train(scene, store, tmp_path / "off", _cfg(iterations=2, depth_split={"at": 0.0}))
     assert not (tmp_path / "off" / SPLIT_LABELS_NAME).exists()
     assert json.loads((tmp_path / "off" / "train.json").read_text())["depth_split"] is None
 
@@ -201,8 +203,8 @@ def test_depth_split_of_the_finest_level_only_keeps_the_coarser_levels_as_genera
     scene, store = tiny_inputs
     stored = {}
     for levels in ("all", "finest"):
-        cfg = _cfg(iterations=4, checkpoint_every=2, depth_split_at=0.5, depth_split_jump=0.02, mask_levels=2,
-                   depth_split_levels=levels)
+        cfg = _cfg(iterations=4, checkpoint_every=2, contrastive={"mask_levels": 2},
+                   depth_split={"at": 0.5, "jump": 0.02, "levels": levels})
         train(scene, store, tmp_path / levels, cfg)
         stored[levels] = np.load(tmp_path / levels / SPLIT_LABELS_NAME)
     cut_any_coarse = False

@@ -3,6 +3,11 @@ Chromium is installed, the real thing driven in a headless browser."""
 
 from __future__ import annotations
 
+import select
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -118,15 +123,40 @@ def test_view_modes_render_images():
 
 @pytest.fixture(scope="module")
 def trained_tiny(tmp_path_factory):
+    """The tiny scene trained and clustered (`TINY_TRAINED` and a data folder of its own)."""
     from cgc_core.config import load_config
     from cgc_core.pipeline import run_scene_stage
 
     data = tmp_path_factory.mktemp("viewer") / "data"
-    cfg = load_config(None, [f"data_dir={data}", "synthetic.preset=tiny", "synthetic.supersample=1",
-                             "calibrate.mode=known_poses", "train.iterations=400", "cluster.min_cluster_size=20"])
+    cfg = load_config(None, [f"data_dir={data}", *TINY_TRAINED])
     for stage in ("scene", "calibrate", "masks", "train", "cluster"):
         run_scene_stage(cfg, "synthetic", stage)
     return cfg
+
+
+TINY_TRAINED = ["synthetic.preset=tiny", "synthetic.supersample=1", "calibrate.mode=known_poses",
+                "train.iterations=400", "cluster.min_cluster_size=20"]
+
+
+def test_cgc_view_stops_on_sigterm_without_a_native_stack_trace(trained_tiny):
+    # pycolmap's glog handler used to catch SIGTERM and print "*** SIGTERM received ... stack trace".
+    overrides = [f"data_dir={trained_tiny.data_dir}", *TINY_TRAINED]
+    viewer = subprocess.Popen([sys.executable, "-m", "cgc_core.cli", "view", "--scene", "synthetic", "--port", "0",
+                               *[a for o in overrides for a in ("--set", o)]],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and viewer.poll() is None:
+            if select.select([viewer.stdout], [], [], 5)[0] and "cgc viewer: http" in viewer.stdout.readline():
+                break
+        else:
+            pytest.fail("the viewer did not start")
+        viewer.send_signal(signal.SIGTERM)
+        _, err = viewer.communicate(timeout=60)
+    finally:
+        viewer.kill()
+    assert viewer.returncode == 0, err
+    assert "SIGTERM" not in err and "stack trace" not in err, err
 
 
 def test_viewer_in_headless_chromium_click_overlay_and_export(request, tmp_path, chromium):
