@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from cgc_core.metrics import score_pair
-from cgc_core.query import select
+from cgc_core.selection import Selector
 
 HEIGHT, WIDTH = 1080, 1920
 
@@ -59,7 +59,7 @@ def main() -> None:
     times = []
     for _ in range(args.repeats + 1):
         start = time.perf_counter()
-        select(fmap, queries, 0.7)
+        Selector(threshold=0.7).masks(fmap, queries)
         times.append(time.perf_counter() - start)
     print(f"selection: 8 queries on a {WIDTH}x{HEIGHT}x16 feature map: {1000 * statistics.median(times[1:]):.1f} ms "
           f"({1000 * statistics.median(times[1:]) / 8:.1f} ms per mask), CPU, {torch.get_num_threads()} threads")
@@ -71,7 +71,6 @@ def trained_mask_latency() -> None:
     from cgc_core.config import load_config
     from cgc_core.gaussians import load_ply
     from cgc_core.pipeline import calibrate_stage, scene_dir, scene_stage
-    from cgc_core.query import feature_at
     from cgc_core.render import Gaussians, render
 
     cfg = load_config()
@@ -83,13 +82,14 @@ def trained_mask_latency() -> None:
     calibrated, _ = calibrate_stage(cfg, scene)
     params = load_ply(ply)
     gaussians = Gaussians.from_params(params)
+    selector = Selector(threshold=0.7)
     times = []
     with torch.no_grad():
         for name in calibrated.test_names:
             camera = calibrated.cameras[name]
             start = time.perf_counter()
             fmap = render(gaussians, camera, features=params["features"]).features
-            select(fmap, feature_at(fmap, [(camera.height // 2, camera.width // 2)]), 0.7)
+            selector.masks(fmap, [selector.click(fmap, [(camera.height // 2, camera.width // 2)])])
             times.append(time.perf_counter() - start)
     print(f"mask latency of the trained demo model ({params['means'].shape[0]} Gaussians, "
           f"{calibrated.cameras[calibrated.test_names[0]].width}x{calibrated.cameras[calibrated.test_names[0]].height}, "

@@ -1,6 +1,6 @@
-"""3D scene segmentation: cluster the trained Gaussians by feature, select one object's Gaussians
-from a query feature, export them as .ply, render a cluster palette, and score clusters against a
-known 3D ground truth.
+"""3D scene segmentation: cluster the trained Gaussians by feature, export the clusters and the
+prompts' objects as .ply, render a cluster palette and multi-view consistent masks (one object's
+Gaussians are selected by `selection.Selector`; clusters are scored by `metrics.scores_3d`).
 
 Clustering is HDBSCAN (scikit-learn) on L2-normalised features (optionally joined with positions).
 HDBSCAN is fitted on a seeded sample of at most `max_fit_points` opaque Gaussians; every Gaussian
@@ -20,11 +20,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from scipy.spatial import cKDTree
 from torch import Tensor
 
-from .config import SELECTION_THRESHOLD, ClusterConfig
+from .config import ClusterConfig
 from .gaussians import save_ply, subset_params
+from .masks.store import coco_segment
+from .metrics import scores_3d
 from .scene.model import Camera
 from .stage import SUMMARY, StageOutputs, safe_name
 
@@ -255,45 +256,6 @@ def merge_background(clustering: Clustering, unit_features: Tensor, means: Tenso
     return Clustering(merged, centers, sizes, clustering.n_fitted, int(new_id[wide[0]]))
 
 
-def remove_spatial_outliers(points: np.ndarray, neighbours: int = 10, std_ratio: float = 2.0) -> np.ndarray:
-    """Statistical outlier removal (as Open3D's): keep points whose mean distance to their
-    `neighbours` nearest is at most mean + std_ratio·std over the set. Returns a boolean keep mask."""
-    points = np.asarray(points, dtype=np.float64)
-    if len(points) <= neighbours:
-        return np.ones(len(points), dtype=bool)
-    distances, _ = cKDTree(points).query(points, k=neighbours + 1)
-    mean_d = distances[:, 1:].mean(1)  # column 0 is the point itself
-    return mean_d <= mean_d.mean() + std_ratio * mean_d.std()
-
-
-def select_gaussians(features: Tensor, query: Tensor, threshold: float = SELECTION_THRESHOLD, means: Tensor | None = None,
-                     opacities: Tensor | None = None, min_opacity: float = 0.0, outlier_neighbours: int = 10,
-                     outlier_std_ratio: float | None = 2.0) -> np.ndarray:
-    """The Gaussians of one object: cosine(feature, query) >= threshold, then spatial cleaning.
-
-    Args:
-        features: [N, D] raw Gaussian features.
-        query: [D] query feature (e.g. a rendered pixel's feature from a click).
-        threshold: Cosine similarity threshold (CGC: 0.7).
-        means: [N, 3] positions, needed for the outlier removal.
-        opacities: [N] in [0, 1]; with `min_opacity`, fainter Gaussians are left out.
-        outlier_neighbours, outlier_std_ratio: `remove_spatial_outliers` settings; a ratio of None
-            (or no `means`) skips the cleaning.
-
-    Returns:
-        [N] boolean mask of the selected Gaussians.
-    """
-    sim = F.normalize(features.detach().float(), dim=-1) @ F.normalize(query.detach().float().reshape(-1), dim=0)
-    keep = (sim >= threshold).cpu().numpy()
-    if opacities is not None and min_opacity > 0:
-        keep &= opacities.detach().cpu().numpy() >= min_opacity
-    if means is not None and outlier_std_ratio is not None and keep.sum() > outlier_neighbours:
-        chosen = np.nonzero(keep)[0]
-        inlier = remove_spatial_outliers(means.detach().cpu().numpy()[chosen], outlier_neighbours, outlier_std_ratio)
-        keep[chosen[~inlier]] = False
-    return keep
-
-
 def export_selection(params: dict[str, Tensor], keep: np.ndarray, path: str | Path) -> Path:
     """Write the selected Gaussians (boolean mask or indices) to their own 3DGS .ply (same layout as training)."""
     keep = np.asarray(keep)
@@ -386,8 +348,6 @@ def export_instance_masks(params: dict[str, Tensor], labels: np.ndarray, cameras
     Returns:
         Counts: views, annotations, clusters.
     """
-    from pycocotools import mask as coco_mask
-
     out = Path(out_dir)
     (out / "labels").mkdir(parents=True, exist_ok=True)
     onehot = _cluster_onehot(labels, params["means"].dtype)  # once for every view
@@ -402,11 +362,8 @@ def export_instance_masks(params: dict[str, Tensor], labels: np.ndarray, cameras
         images.append({"id": image_id, "file_name": name, "height": camera.height, "width": camera.width,
                        "label_map": f"labels/{target.name}"})
         for k in np.unique(ids[ids > 0]):
-            rle = coco_mask.encode(np.asfortranarray((ids == k).astype(np.uint8)))
             annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": int(k),
-                                "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()},
-                                "area": int(coco_mask.area(rle)), "bbox": coco_mask.toBbox(rle).tolist(),
-                                "iscrowd": 0})
+                                **coco_segment(ids == k), "iscrowd": 0})
         if progress is not None:
             progress(image_id, len(cameras), "consistent masks (views)")
     coco = {"images": images, "annotations": annotations,
@@ -433,7 +390,7 @@ def cluster_scene(params: dict[str, Tensor], scene, selector, queries: dict, que
 
     Returns:
         The summary, also written to `out.folder / summary.json`: counts, sizes, seconds, Gaussians
-        selected per prompt, and the 3D scores (`scores_3d`) where the scene has 3D truth.
+        selected per prompt, and the 3D scores (`metrics.scores_3d`) where the scene has 3D truth.
     """
     opacities = torch.sigmoid(params["opacities"])
     started = time.perf_counter()
@@ -466,59 +423,3 @@ def cluster_scene(params: dict[str, Tensor], scene, selector, queries: dict, que
                                  (opacities >= cfg.min_opacity).numpy()))
     (out.folder / SUMMARY).write_text(json.dumps(summary, indent=2))
     return summary
-
-
-def set_iou(a: np.ndarray, b: np.ndarray) -> float:
-    """IoU of two boolean masks over the same Gaussians (0 when both are empty)."""
-    union = int((a | b).sum())
-    return float((a & b).sum() / union) if union else 0.0
-
-
-def scores_against_truth(labels: np.ndarray, truth: np.ndarray, considered: np.ndarray | None = None) -> dict:
-    """Clusters against a per-Gaussian ground-truth object id.
-
-    Args:
-        labels: [N] cluster labels (-1 counts as its own label).
-        truth: [N] ground-truth ids (0: background, 1..: objects).
-        considered: [N] boolean, the Gaussians scored (e.g. the opaque ones); None: all.
-
-    Returns:
-        `ari` (adjusted Rand index), `object_iou` {truth id: IoU of the best-matching cluster, as
-        sets of Gaussians} for ids >= 1, and `mean_object_iou`.
-    """
-    from sklearn.metrics import adjusted_rand_score
-
-    labels, truth = np.asarray(labels), np.asarray(truth)
-    if considered is not None:
-        labels, truth = labels[considered], truth[considered]
-    object_iou = {}
-    for obj in np.unique(truth[truth > 0]):
-        in_obj = truth == obj
-        object_iou[int(obj)] = max(set_iou(in_obj, labels == k) for k in np.unique(labels[in_obj]))
-    return {"ari": float(adjusted_rand_score(truth, labels)), "object_iou": object_iou,
-            "mean_object_iou": float(np.mean(list(object_iou.values()))) if object_iou else float("nan")}
-
-
-def scores_3d(object_truth, scene, params: dict, labels: np.ndarray, selections: dict[str, np.ndarray],
-              considered: np.ndarray) -> dict:
-    """Clusters and per-prompt 3D selections against a scene's 3D ground truth.
-
-    Args:
-        object_truth: The scene's `Scene.object_truth` ((scene, points) -> (ids, {id: prompt})).
-        scene: The calibrated scene (its frame is the Gaussians').
-        params: Trained parameters (`means` are scored).
-        labels: [N] cluster labels; selections: prompt -> [N] boolean selection.
-        considered: [N] boolean, the Gaussians scored (opaque enough).
-
-    Returns:
-        ari, mean_object_iou, object_iou (by prompt), selection_iou (by prompt), mean_selection_iou.
-    """
-    truth, names = object_truth(scene, params["means"].detach().cpu().numpy())
-    scores = scores_against_truth(labels, truth, considered)
-    ids = {name: k for k, name in names.items()}
-    selection_iou = {prompt: set_iou((truth == ids[prompt]) & considered, keep & considered)
-                     for prompt, keep in selections.items() if prompt in ids}
-    return {"ari": scores["ari"], "mean_object_iou": scores["mean_object_iou"],
-            "object_iou": {names[k]: v for k, v in scores["object_iou"].items()},
-            "selection_iou": selection_iou,
-            "mean_selection_iou": float(np.mean(list(selection_iou.values()))) if selection_iou else None}

@@ -188,3 +188,59 @@ def psnr(a, b) -> float:
     """Peak signal-to-noise ratio in dB of two images in [0, 1] (tensors or arrays of one shape)."""
     mse = float(((a - b) ** 2).mean())
     return 10 * math.log10(1.0 / max(mse, 1e-12))
+
+
+def set_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of two boolean masks over the same Gaussians (0 when both are empty)."""
+    union = int((a | b).sum())
+    return float((a & b).sum() / union) if union else 0.0
+
+
+def scores_against_truth(labels: np.ndarray, truth: np.ndarray, considered: np.ndarray | None = None) -> dict:
+    """Clusters against a per-Gaussian ground-truth object id.
+
+    Args:
+        labels: [N] cluster labels (-1 counts as its own label).
+        truth: [N] ground-truth ids (0: background, 1..: objects).
+        considered: [N] boolean, the Gaussians scored (e.g. the opaque ones); None: all.
+
+    Returns:
+        `ari` (adjusted Rand index), `object_iou` {truth id: IoU of the best-matching cluster, as
+        sets of Gaussians} for ids >= 1, and `mean_object_iou`.
+    """
+    from sklearn.metrics import adjusted_rand_score
+
+    labels, truth = np.asarray(labels), np.asarray(truth)
+    if considered is not None:
+        labels, truth = labels[considered], truth[considered]
+    object_iou = {}
+    for obj in np.unique(truth[truth > 0]):
+        in_obj = truth == obj
+        object_iou[int(obj)] = max(set_iou(in_obj, labels == k) for k in np.unique(labels[in_obj]))
+    return {"ari": float(adjusted_rand_score(truth, labels)), "object_iou": object_iou,
+            "mean_object_iou": float(np.mean(list(object_iou.values()))) if object_iou else float("nan")}
+
+
+def scores_3d(object_truth, scene, params: dict, labels: np.ndarray, selections: dict[str, np.ndarray],
+              considered: np.ndarray) -> dict:
+    """Clusters and per-prompt 3D selections against a scene's 3D ground truth.
+
+    Args:
+        object_truth: The scene's `Scene.object_truth` ((scene, points) -> (ids, {id: prompt})).
+        scene: The calibrated scene (its frame is the Gaussians').
+        params: Trained parameters (`means` are scored).
+        labels: [N] cluster labels; selections: prompt -> [N] boolean selection.
+        considered: [N] boolean, the Gaussians scored (opaque enough).
+
+    Returns:
+        ari, mean_object_iou, object_iou (by prompt), selection_iou (by prompt), mean_selection_iou.
+    """
+    truth, names = object_truth(scene, params["means"].detach().cpu().numpy())
+    scores = scores_against_truth(labels, truth, considered)
+    ids = {name: k for k, name in names.items()}
+    selection_iou = {prompt: set_iou((truth == ids[prompt]) & considered, keep & considered)
+                     for prompt, keep in selections.items() if prompt in ids}
+    return {"ari": scores["ari"], "mean_object_iou": scores["mean_object_iou"],
+            "object_iou": {names[k]: v for k, v in scores["object_iou"].items()},
+            "selection_iou": selection_iou,
+            "mean_selection_iou": float(np.mean(list(selection_iou.values()))) if selection_iou else None}

@@ -1,5 +1,5 @@
-"""Feature-map primitives of object selection: similarity maps, thresholding, the feature at a
-pixel, clicks, and the query of a 2D mask.
+"""Feature-map primitives of object selection: similarity maps, the feature at a pixel, and the
+query of a 2D mask.
 
 Every query ends as one or more query features q (unit vectors); a pixel belongs to the object
 when the cosine similarity of its L2-normalised rendered feature to q is ≥ t (CGC: t = 0.7).
@@ -19,8 +19,6 @@ import torch.nn.functional as F
 from scipy import ndimage
 from torch import Tensor
 
-from .config import SELECTION_THRESHOLD
-
 
 
 def normalize_features(feature_map: Tensor) -> Tensor:
@@ -35,31 +33,11 @@ def similarity_maps(feature_map: Tensor, queries: Tensor) -> Tensor:
     return torch.einsum("hwd,qd->qhw", fmap, q)
 
 
-def select(feature_map: Tensor, queries: Tensor, threshold: float = SELECTION_THRESHOLD) -> Tensor:
-    """Boolean masks [Q, H, W]: similarity ≥ threshold (a threshold above 1 selects nothing)."""
-    return similarity_maps(feature_map, queries) >= threshold
-
-
 def feature_at(feature_map: Tensor, pixels: Sequence[tuple[int, int]]) -> Tensor:
     """Normalised features [P, D] at (row, col) pixels."""
     rows = torch.as_tensor([p[0] for p in pixels])
     cols = torch.as_tensor([p[1] for p in pixels])
     return normalize_features(feature_map[rows, cols])
-
-
-def click_query(feature_map: Tensor, pixels: Sequence[tuple[int, int]],
-                mode: Literal["mean", "union"] = "mean", threshold: float = SELECTION_THRESHOLD) -> Tensor:
-    """Mask [H, W] from one or several clicks ((row, col) pixels).
-
-    `mean` selects with the normalised mean of the clicked features; `union` is the union of
-    each click's own selection.
-    """
-    feats = feature_at(feature_map, pixels)
-    if mode == "mean":
-        return select(feature_map, F.normalize(feats.mean(0, keepdim=True), dim=-1), threshold)[0]
-    if mode == "union":
-        return select(feature_map, feats, threshold).any(0)
-    raise ValueError(f"click_query: mode must be 'mean' or 'union', got {mode!r}")
 
 
 def deepest_pixel(mask: np.ndarray) -> tuple[int, int]:

@@ -15,9 +15,9 @@ from typing import Callable, Literal, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.spatial import cKDTree
 from torch import Tensor
 
-from .cluster import select_gaussians
 from .config import SELECTION_THRESHOLD, CgcConfig
 from .metrics import resize_nearest
 from .query import feature_at, mask_query, similarity_maps
@@ -66,7 +66,7 @@ class Selector:
             around it (clipped at the edges); 0: the clicked pixel alone.
         min_opacity: 3D selections leave out Gaussians fainter than this.
         outlier_neighbours, outlier_std_ratio: Spatial cleaning of a 3D selection
-            (`cluster.remove_spatial_outliers`; a ratio of None skips it).
+            (`remove_spatial_outliers`; a ratio of None skips it).
         detector: (image, text) -> (box, score) or None; default: Grounding DINO from the config.
         segmenter: (image, box) -> boolean mask; default: SAM's predictor from the config.
         level_dims: Feature channels of each trained mask level, finest first (`train.contrastive.level_dims`
@@ -207,7 +207,7 @@ class Selector:
 
     def gaussians(self, params: dict[str, Tensor], queries: Sequence[Query | Tensor]) -> np.ndarray:
         """[N] boolean: Gaussians selected by any query (union), each query's selection cleaned
-        spatially (`cluster.select_gaussians`)."""
+        spatially (`select_gaussians`)."""
         opacities = torch.sigmoid(params["opacities"])
         keep = np.zeros(len(opacities), dtype=bool)
         for query in queries:
@@ -221,3 +221,42 @@ class Selector:
 
 def _feature(query: Query | Tensor) -> Tensor | None:
     return query.feature if isinstance(query, Query) else query
+
+
+def remove_spatial_outliers(points: np.ndarray, neighbours: int = 10, std_ratio: float = 2.0) -> np.ndarray:
+    """Statistical outlier removal (as Open3D's): keep points whose mean distance to their
+    `neighbours` nearest is at most mean + std_ratio·std over the set. Returns a boolean keep mask."""
+    points = np.asarray(points, dtype=np.float64)
+    if len(points) <= neighbours:
+        return np.ones(len(points), dtype=bool)
+    distances, _ = cKDTree(points).query(points, k=neighbours + 1)
+    mean_d = distances[:, 1:].mean(1)  # column 0 is the point itself
+    return mean_d <= mean_d.mean() + std_ratio * mean_d.std()
+
+
+def select_gaussians(features: Tensor, query: Tensor, threshold: float = SELECTION_THRESHOLD, means: Tensor | None = None,
+                     opacities: Tensor | None = None, min_opacity: float = 0.0, outlier_neighbours: int = 10,
+                     outlier_std_ratio: float | None = 2.0) -> np.ndarray:
+    """The Gaussians of one object: cosine(feature, query) >= threshold, then spatial cleaning.
+
+    Args:
+        features: [N, D] raw Gaussian features.
+        query: [D] query feature (e.g. a rendered pixel's feature from a click).
+        threshold: Cosine similarity threshold (CGC: 0.7).
+        means: [N, 3] positions, needed for the outlier removal.
+        opacities: [N] in [0, 1]; with `min_opacity`, fainter Gaussians are left out.
+        outlier_neighbours, outlier_std_ratio: `remove_spatial_outliers` settings; a ratio of None
+            (or no `means`) skips the cleaning.
+
+    Returns:
+        [N] boolean mask of the selected Gaussians.
+    """
+    sim = F.normalize(features.detach().float(), dim=-1) @ F.normalize(query.detach().float().reshape(-1), dim=0)
+    keep = (sim >= threshold).cpu().numpy()
+    if opacities is not None and min_opacity > 0:
+        keep &= opacities.detach().cpu().numpy() >= min_opacity
+    if means is not None and outlier_std_ratio is not None and keep.sum() > outlier_neighbours:
+        chosen = np.nonzero(keep)[0]
+        inlier = remove_spatial_outliers(means.detach().cpu().numpy()[chosen], outlier_neighbours, outlier_std_ratio)
+        keep[chosen[~inlier]] = False
+    return keep

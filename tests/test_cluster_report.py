@@ -14,8 +14,9 @@ import pytest
 import torch
 from sklearn.metrics import adjusted_rand_score
 
-from cgc_core.cluster import (camera_look_at, cluster_gaussians, export_clusters, export_selection,
-                              remove_spatial_outliers, render_clusters, scores_against_truth, select_gaussians)
+from cgc_core.cluster import camera_look_at, cluster_gaussians, export_clusters, export_selection, render_clusters
+from cgc_core.metrics import scores_against_truth
+from cgc_core.selection import remove_spatial_outliers, select_gaussians
 from cgc_core.config import ClusterConfig, ReportConfig
 from cgc_core.gaussians import load_ply, read_ply_attribute
 from cgc_core.report import build_report

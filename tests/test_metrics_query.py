@@ -16,7 +16,7 @@ from cgc_core.metrics import (
     ovs3d_view_miou, resize_nearest, score_pair,
 )
 from cgc_core.models import BoxSegmenter, ModelLoadError, TextDetector
-from cgc_core.query import click_query, deepest_pixel, mask_query, select, similarity_maps
+from cgc_core.query import deepest_pixel, mask_query, similarity_maps
 from cgc_core.selection import Selector
 
 
@@ -131,13 +131,14 @@ def _piecewise_feature_map():
 
 def test_click_selects_exactly_one_region_and_nothing_above_one():
     fmap = _piecewise_feature_map()
-    mask = click_query(fmap, [(3, 20)])
+    selector = Selector()
+    mask = selector.union_mask(fmap, [selector.click(fmap, [(3, 20)])])
     expected = torch.zeros(20, 30, dtype=torch.bool)
     expected[:10, 15:] = True
     assert torch.equal(mask, expected)
-    assert not select(fmap, fmap[3, 20][None], threshold=1.0001).any()
-    # two clicks in different regions: the union holds both, the mean of distant features neither
-    union = click_query(fmap, [(3, 20), (15, 20)], mode="union")
+    assert not Selector(threshold=1.0001).masks(fmap, [fmap[3, 20]]).any()
+    # two clicks in different regions: the union of their selections holds both
+    union = selector.union_mask(fmap, [selector.click(fmap, [(3, 20)]), selector.click(fmap, [(15, 20)])])
     assert union[:, 15:].all() and not union[:, :15].any()
     sims = similarity_maps(fmap, torch.stack([fmap[0, 0], fmap[19, 29]]))
     assert sims.shape == (2, 20, 30) and torch.allclose(sims[0, 0, 0], torch.tensor(1.0))
@@ -199,7 +200,7 @@ def test_text_query_without_weights_names_the_missing_file(tmp_path):
     with pytest.raises(ModelLoadError, match="box/text queries need SAM: query.sam.checkpoint is not set"):
         BoxSegmenter(SamConfig(model_type="vit_b")).predictor()
     # clicks still work without any weights
-    assert click_query(fmap, [(0, 0)]).sum() == 20 * 15
+    assert Selector().union_mask(fmap, [Selector().click(fmap, [(0, 0)])]).sum() == 20 * 15
 
 
 def _local_bert(folder):

@@ -8,7 +8,6 @@ RESULTS.md, "Quality floor of the tiny preset").
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np

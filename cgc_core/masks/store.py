@@ -59,6 +59,14 @@ def encode_mask(mask: np.ndarray) -> dict[str, Any]:
     return coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))
 
 
+def coco_segment(mask: np.ndarray) -> dict[str, Any]:
+    """COCO's annotation fields of a boolean [H, W] mask: `segmentation` (RLE, counts as text, as
+    COCO JSON holds it), `area` and `bbox`."""
+    rle = encode_mask(mask)
+    return {"segmentation": {"size": rle["size"], "counts": rle["counts"].decode()},
+            "area": int(coco_mask.area(rle)), "bbox": coco_mask.toBbox(rle).tolist()}
+
+
 def decode_rles(rles: list[dict[str, Any]]) -> np.ndarray:
     """[K, H, W] boolean masks from COCO RLE dicts (all of one size)."""
     if not rles:
@@ -104,11 +112,7 @@ def records_from_sam(image_name: str, sam_masks: Iterable[dict[str, Any]], gener
 def records_from_masks(image_name: str, masks: Iterable[np.ndarray], generator: str, version: str,
                        config_hash: str) -> pa.Table:
     """A store table from boolean masks (encoded here with pycocotools)."""
-    items = []
-    for mask in masks:
-        rle = encode_mask(mask)
-        items.append({"segmentation": rle, "area": int(coco_mask.area(rle)), "bbox": coco_mask.toBbox(rle).tolist()})
-    return records_from_sam(image_name, items, generator, version, config_hash)
+    return records_from_sam(image_name, [coco_segment(mask) for mask in masks], generator, version, config_hash)
 
 
 class MaskStore:
