@@ -41,7 +41,7 @@ def main() -> None:
         cfg = load_config(None, [f"data_dir={tmp}/data", "synthetic.preset=tiny", "synthetic.supersample=1",
                                  "calibrate.mode=known_poses"])
         scene, _ = calibrate_stage(cfg, scene_stage(cfg, "synthetic")[0])
-        store, _ = masks_stage(cfg, scene)
+        store = masks_stage(cfg, scene).result.outputs.store
         for variant in args.variants:
             for seed in args.seeds:
                 began = time.perf_counter()

@@ -28,10 +28,10 @@ def main() -> None:
         cfg = load_config(None, [f"data_dir={args.data_dir or tmp}", f"synthetic.preset={args.preset}", *args.overrides])
         scene, _ = scene_stage(cfg, "synthetic")
         calibrated, calibration = calibrate_stage(cfg, scene)
-        _, masks = masks_stage(cfg, calibrated)
-        trained = train_stage(cfg, calibrated, masks, calibration, force=True)
-        evaluated = evaluate_stage(cfg, calibrated, trained, force=True)
-        ari = cluster_stage(cfg, calibrated, trained, force=True).manifest.info["ari"]
+        masks = masks_stage(cfg, calibrated).result
+        trained = train_stage(cfg, calibrated, {"masks": masks, "calibrate": calibration}, force=True).result
+        evaluated = evaluate_stage(cfg, calibrated, {"train": trained}, force=True).result
+        ari = cluster_stage(cfg, calibrated, {"train": trained}, force=True).result.manifest.info["ari"]
         info = trained.manifest.info
         summary = evaluated.outputs.summary
     s_per_iter = info["seconds"] / info["steps"]

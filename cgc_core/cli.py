@@ -266,9 +266,8 @@ def report_cmd(run: Annotated[str, typer.Option(help="run id (a folder under rep
                config: ConfigOpt = None, set_: SetOpt = None) -> None:
     """Rebuild a run's report (Markdown, HTML, every row as Parquet, figures) from its run record."""
 
-    from .pipeline import scene_stage
+    from .pipeline import record_scenes
     from .report import ReportError, ReportOutputs, build_report
-    from .scene import SceneError, load_scene
 
     cfg = _config(config, set_)
     folder = Path(run) if Path(run).is_dir() else Path(cfg.reports_dir) / run
@@ -279,16 +278,8 @@ def report_cmd(run: Annotated[str, typer.Option(help="run id (a folder under rep
         entries = json.loads(record.read_text())["scenes"]
     except (ValueError, KeyError, TypeError) as exc:
         _fail(f"{record}: not a run record ({exc!r})")
-    scenes = {}
-    for entry in entries:
-        scene_root = Path(entry["stages"].get("scene", {}).get("dir") or "")
-        try:  # for the figure strips: the scene as written by its scene stage, or the dataset folder
-            scenes[entry["scene"]] = load_scene(scene_root, name=entry["scene"]) if scene_root.is_dir() else \
-                scene_stage(cfg, entry["scene"])[0]
-        except (SceneError, ValueError) as exc:
-            typer.echo(f"warning: {entry['scene']}: no figures ({exc})", err=True)
     try:
-        files = build_report(folder, cfg.report, scenes)
+        files = build_report(folder, cfg.report, record_scenes(cfg, entries))
     except ReportError as exc:
         _fail(str(exc))
     typer.echo(f"wrote {files.html} ({len(files.figures)} figures), {files.markdown}, {files.results}")

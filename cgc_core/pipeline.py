@@ -1,18 +1,21 @@
 """The benchmark's stages as plain functions: what each reads, how it is keyed, where it writes.
 
-Each `*_stage` function takes the root config and returns a `StageResult` from `run_stage`, so any
-orchestrator (the Prefect flow in `flows/`, the `cgc` CLI, a notebook) runs the same cached,
-crash-safe stage. Stage outputs live in `<data_dir>/<scene>/<stage>/`.
+Every `*_stage` function has one signature, `(cfg, scene, upstream, force, progress) -> StageRun`:
+the root config, the scene (its source string for the scene stage), the results of the stages it
+reads by name, and back the scene for the next stages with this stage's `StageResult` (its typed
+outputs, from `run_stage`). So any orchestrator (the Prefect flow in `flows/`, the `cgc` CLI, a
+notebook) runs the same cached, crash-safe stage. Stage outputs live in `<data_dir>/<scene>/<stage>/`.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping, NamedTuple
 
 from .calibrate import apply_calibration, calibrate, resolve_camera_model, resolve_mode
 from .cluster import ClusterOutputs, cluster_scene
@@ -21,15 +24,29 @@ from .evaluate import EvaluateOutputs, check_protocol_weights, evaluate_model, p
 from .fingerprint import code_fingerprint
 from .gaussians import load_ply
 from .masks.generators import generate_scene_masks, make_generator
-from .masks.store import MasksOutputs, MaskStore
+from .masks.store import MasksOutputs
 from .report import ReportOutputs, build_report
-from .scene import Scene, load_scene, read_photos
+from .scene import Scene, SceneError, load_scene, read_photos
 from .scene.synthetic import read_synthetic_scene, source_preset, write_synthetic_scene
 from .scene.video import extract_frames, is_video
 from .selection import Selector
 from .stage import StageResult, cached_only, digest, hash_file, run_stage, safe_name
 from .render import feature_renderer
 from .train import TrainOutputs, train_with_oom_retries
+
+
+class StageRun(NamedTuple):
+    """What every stage function returns: the scene for the next stages (calibrated from
+    `calibrate` on) and the stage's result (None for a dataset folder read in place)."""
+
+    scene: Scene
+    result: StageResult | None
+
+
+Upstream = Mapping[str, StageResult]
+"""The results of the stages a stage reads, by stage name."""
+
+logger = logging.getLogger("cgc")
 
 
 @dataclass(frozen=True)
@@ -40,9 +57,8 @@ class StageSpec:
     Attributes:
         name: The stage's name (its folder under `<data>/<scene>/`, its task's name).
         reads: The stages whose outputs it takes (the DAG's edges).
-        run: (cfg, scene, {read stage: its StageResult}, force, progress) -> (the scene for the
-            next stages, this stage's StageResult; None for a dataset read in place). The scene
-            stage gets the scene's source string instead of a Scene.
+        run: The stage function: (cfg, scene, {read stage: its StageResult}, force, progress) ->
+            `StageRun`. The scene stage gets the scene's source string instead of a Scene.
         progress_every: Log its progress every this many steps (0: it reports none).
         needs_query_weights: Its work loads the evaluation protocol's models, whose weights are
             checked before any stage runs.
@@ -52,42 +68,10 @@ class StageSpec:
 
     name: str
     reads: tuple[str, ...]
-    run: Callable[..., tuple[Scene, StageResult | None]] | None
+    run: Callable[..., StageRun] | None
     progress_every: int = 0
     needs_query_weights: bool = False
     code: tuple[str, ...] = ()
-
-
-# The functions are looked up when a stage runs (not bound here), so a test can replace one.
-SCENE_SPECS = (
-    StageSpec("scene", (), lambda cfg, source, up, force, progress: scene_stage(cfg, source, force=force),
-              code=("cgc_core.pipeline:scene_stage", "cgc_core.pipeline:_render_synthetic",
-                    "cgc_core.scene.synthetic", "cgc_core.scene.video")),
-    StageSpec("calibrate", ("scene",), lambda cfg, scene, up, force, progress:
-              calibrate_stage(cfg, scene, force=force, progress=progress), progress_every=50,
-              code=("cgc_core.pipeline:calibrate_stage", "cgc_core.pipeline:calibrate_inputs", "cgc_core.calibrate")),
-    StageSpec("masks", ("calibrate",), lambda cfg, scene, up, force, progress:
-              (scene, masks_stage(cfg, scene, force=force, progress=progress)[1]), progress_every=10,
-              code=("cgc_core.pipeline:masks_stage", "cgc_core.masks.generators")),
-    StageSpec("train", ("calibrate", "masks"), lambda cfg, scene, up, force, progress:
-              (scene, train_stage(cfg, scene, up["masks"], up["calibrate"], force=force, progress=progress)),
-              progress_every=100, code=("cgc_core.pipeline:train_stage", "cgc_core.train")),
-    StageSpec("cluster", ("train",), lambda cfg, scene, up, force, progress:
-              (scene, cluster_stage(cfg, scene, up["train"], force=force, progress=progress)),
-              progress_every=10, needs_query_weights=True,
-              code=("cgc_core.pipeline:cluster_stage", "cgc_core.cluster", "cgc_core.evaluate", "cgc_core.selection")),
-    StageSpec("evaluate", ("train",), lambda cfg, scene, up, force, progress:
-              (scene, evaluate_stage(cfg, scene, up["train"], force=force)), needs_query_weights=True,
-              code=("cgc_core.pipeline:evaluate_stage", "cgc_core.evaluate")),
-)
-"""The per-scene stages in the order they run (each after the stages it reads)."""
-REPORT_SPEC = StageSpec("report", ("cluster", "evaluate"), None,
-                        code=("cgc_core.pipeline:report_stage", "cgc_core.report"))
-"""Runs once over every scene of a benchmark run (`report_stage`)."""
-SPECS = {spec.name: spec for spec in (*SCENE_SPECS, REPORT_SPEC)}
-"""Every stage by name. The graph is read from here whenever it is needed, so adding a stage is one
-new `StageSpec` in `SCENE_SPECS` (and `STAGES`, the command-line choices, follows)."""
-STAGES = tuple(SPECS)
 
 
 def stage_code(stage: str) -> dict[str, str]:
@@ -127,13 +111,15 @@ def scene_name_of(source: str) -> str:
     return Path(source).stem if is_video(source) else Path(source).name
 
 
-def scene_stage(cfg: CgcConfig, source: str, force: bool = False) -> tuple[Scene, StageResult | None]:
+def scene_stage(cfg: CgcConfig, source: str, upstream: Upstream | None = None, force: bool = False,
+                progress: Callable | None = None) -> StageRun:
     """Load a scene; the synthetic one is first rendered into `<data>/<name>/scene/` (a cached stage).
 
     Args:
         cfg: Root config (reads `synthetic` for the embedded scene).
         source: `synthetic`, `synthetic-<preset>`, a dataset folder in a supported layout, or a
             video file (its frames are extracted into the stage folder; `video` config).
+        upstream: Nothing (the first stage); progress: not reported.
         force: Re-render the synthetic scene (re-extract the video's frames) even when cached.
 
     Returns:
@@ -144,16 +130,16 @@ def scene_stage(cfg: CgcConfig, source: str, force: bool = False) -> tuple[Scene
         result = run_stage(scene_dir(cfg, name) / "scene", "scene", inputs={"video": hash_file(Path(source))},
                            config_section=cfg.video, compute=lambda tmp: extract_frames(source, tmp, cfg.video),
                            force=force, code=stage_code("scene"))
-        return read_photos(result.stage_dir, name=name), result
+        return StageRun(read_photos(result.stage_dir, name=name), result)
     preset = source_preset(source, cfg.synthetic.preset)
     if preset is None:
-        return load_scene(source), None
+        return StageRun(load_scene(source), None)
     syn_cfg = replace(cfg.synthetic, preset=preset)
     result = run_stage(
         scene_dir(cfg, source) / "scene", "scene", inputs={}, config_section=syn_cfg,
         compute=lambda tmp: _render_synthetic(syn_cfg, tmp), force=force, code=stage_code("scene"),
     )
-    return read_synthetic_scene(result.stage_dir, name=source), result
+    return StageRun(read_synthetic_scene(result.stage_dir, name=source), result)
 
 
 def _render_synthetic(syn_cfg: SyntheticConfig, out_dir: Path) -> dict:
@@ -181,8 +167,8 @@ def calibrate_inputs(cfg: CgcConfig, scene: Scene) -> dict[str, str]:
     return inputs
 
 
-def calibrate_stage(cfg: CgcConfig, scene: Scene, force: bool = False,
-                    progress: Callable[[int, int, str], None] | None = None) -> tuple[Scene, StageResult]:
+def calibrate_stage(cfg: CgcConfig, scene: Scene, upstream: Upstream | None = None, force: bool = False,
+                    progress: Callable[[int, int, str], None] | None = None) -> StageRun:
     """Calibrate (or reuse the calibration of) a scene; returns the calibrated scene and the stage
     result. `progress(done, total, what)` follows feature extraction and matching."""
     # Checked before the key is computed: a bad image is an error naming it, never a COLMAP failure.
@@ -200,12 +186,13 @@ def calibrate_stage(cfg: CgcConfig, scene: Scene, force: bool = False,
         scene_dir(cfg, scene.name) / "calibrate", "calibrate", calibrate_inputs(cfg, scene),
         cfg.calibrate, compute, force=force, code=stage_code("calibrate"),
     )
-    return apply_calibration(scene, result.stage_dir), result
+    return StageRun(apply_calibration(scene, result.stage_dir), result)
 
 
-def masks_stage(cfg: CgcConfig, scene: Scene, force: bool = False,
-                progress: Callable[[int, int, str], None] | None = None) -> tuple[MaskStore, StageResult]:
-    """Automatic masks of the training images in `<data>/<scene>/masks/store/` (resumable per image).
+def masks_stage(cfg: CgcConfig, scene: Scene, upstream: Upstream | None = None, force: bool = False,
+                progress: Callable[[int, int, str], None] | None = None) -> StageRun:
+    """Automatic masks of the training images in `<data>/<scene>/masks/store/` (resumable per
+    image; the result's outputs are `masks.store.MasksOutputs`, its `store` the `MaskStore`).
 
     Keyed on the training images' content, the generator's name, version and config.
     """
@@ -218,19 +205,20 @@ def masks_stage(cfg: CgcConfig, scene: Scene, force: bool = False,
         counts = generate_scene_masks(scene, MasksOutputs(work).store, generator, progress)
         return {"generator": generator.name, "generator_version": generator.version, **counts}
 
-    result = run_stage(scene_dir(cfg, scene.name) / "masks", "masks", inputs, cfg.masks, compute,
-                       force=force, resumable=True, code=stage_code("masks")).as_outputs(MasksOutputs)
-    return result.outputs.store, result
+    return StageRun(scene, run_stage(scene_dir(cfg, scene.name) / "masks", "masks", inputs, cfg.masks, compute,
+                                     force=force, resumable=True, code=stage_code("masks")).as_outputs(MasksOutputs))
 
 
-def train_stage(cfg: CgcConfig, scene: Scene, masks: StageResult, calibration: StageResult, force: bool = False,
-                progress: Callable[[int, int, dict], None] | None = None) -> StageResult:
-    """Train the feature field in `<data>/<scene>/train/` (its files: `train.TrainOutputs`).
+def train_stage(cfg: CgcConfig, scene: Scene, upstream: Upstream, force: bool = False,
+                progress: Callable[[int, int, dict], None] | None = None) -> StageRun:
+    """Train the feature field in `<data>/<scene>/train/` (its files: `train.TrainOutputs`) from
+    `upstream["masks"]` and `upstream["calibrate"]`.
 
     Keyed on the calibration and masks stages' keys (their inputs and configs) and the train
     config; a killed or failed run resumes from its newest checkpoint.
     """
-    inputs = {"calibrate": calibration.manifest.key, "masks": masks.manifest.key}
+    masks = upstream["masks"]
+    inputs = {"calibrate": upstream["calibrate"].manifest.key, "masks": masks.manifest.key}
     if cfg.train.init_ply:  # a model to start from is an input: its content keys the stage
         inputs["init_ply"] = hash_file(Path(cfg.train.init_ply))
     train_cfg = cfg.train  # its preset applied by `load_config`: the key holds every value that runs
@@ -242,17 +230,19 @@ def train_stage(cfg: CgcConfig, scene: Scene, masks: StageResult, calibration: S
                 "resumed_from": result.resumed_from,
                 "n_gaussians": int(result.params["means"].shape[0]), "downscale": downscale}
 
-    return run_stage(scene_dir(cfg, scene.name) / "train", "train", inputs, train_cfg, compute, force=force,
-                     resumable=True, code=stage_code("train")).as_outputs(TrainOutputs)
+    return StageRun(scene, run_stage(scene_dir(cfg, scene.name) / "train", "train", inputs, train_cfg, compute,
+                                     force=force, resumable=True, code=stage_code("train")).as_outputs(TrainOutputs))
 
 
-def cluster_stage(cfg: CgcConfig, scene: Scene, trained: StageResult, force: bool = False,
-                  progress: Callable[[int, int, str], None] | None = None) -> StageResult:
-    """Cluster the trained Gaussians into 3D objects in `<data>/<scene>/cluster/` (`cluster.cluster_scene`:
+def cluster_stage(cfg: CgcConfig, scene: Scene, upstream: Upstream, force: bool = False,
+                  progress: Callable[[int, int, str], None] | None = None) -> StageRun:
+    """Cluster the trained Gaussians (`upstream["train"]`) into 3D objects in `<data>/<scene>/cluster/` (`cluster.cluster_scene`:
     the files are `cluster.ClusterOutputs`), keyed on the trained model, the cluster and query
     config, the evaluation protocols (the prompts' objects are selected with their queries) and the
     query weights. `progress(done, total, what)` follows the clustering and the consistent masks' views.
     """
+    trained = upstream["train"]
+
     def compute(work: Path) -> dict:
         params = load_ply(trained.outputs.ply)
         selector = Selector.from_config(cfg)
@@ -265,10 +255,10 @@ def cluster_stage(cfg: CgcConfig, scene: Scene, trained: StageResult, force: boo
         return {k: v for k, v in summary.items() if k in ("n_clusters", "cluster_seconds", "ari", "mean_object_iou",
                                                           "mean_selection_iou")}
 
-    return run_stage(scene_dir(cfg, scene.name) / "cluster", "cluster",
-                     {"train": trained.manifest.key, **weight_stamps(cfg)},
-                     (cfg.cluster, cfg.query, cfg.evaluate.protocol, cfg.evaluate.ovs_queries), compute,
-                     force=force, code=stage_code("cluster")).as_outputs(ClusterOutputs)
+    return StageRun(scene, run_stage(scene_dir(cfg, scene.name) / "cluster", "cluster",
+                                     {"train": trained.manifest.key, **weight_stamps(cfg)},
+                                     (cfg.cluster, cfg.query, cfg.evaluate.protocol, cfg.evaluate.ovs_queries),
+                                     compute, force=force, code=stage_code("cluster")).as_outputs(ClusterOutputs))
 
 
 def weight_stamps(cfg: CgcConfig) -> dict[str, str]:
@@ -283,14 +273,16 @@ def weight_stamps(cfg: CgcConfig) -> dict[str, str]:
     return stamps
 
 
-def evaluate_stage(cfg: CgcConfig, scene: Scene, trained: StageResult, force: bool = False) -> StageResult:
-    """Evaluation of the trained model on the scene's ground truth under every configured protocol
-    (`evaluate.protocol`), in `<data>/<scene>/evaluate/`.
+def evaluate_stage(cfg: CgcConfig, scene: Scene, upstream: Upstream, force: bool = False,
+                   progress: Callable | None = None) -> StageRun:
+    """Evaluation of the trained model (`upstream["train"]`) on the scene's ground truth under every
+    configured protocol (`evaluate.protocol`), in `<data>/<scene>/evaluate/`.
 
     Writes predictions per protocol (LERF-Mask result layout), every protocol's rows and a summary
     (`evaluate.evaluate_model`, `evaluate.EvaluateOutputs`). A scene without ground truth is
     recorded as skipped.
     """
+    trained = upstream["train"]
     gt_files = [p for masks in scene.gt_masks.values() for p in masks.values()]
     inputs = {"train": trained.manifest.key, **{f"gt:{p.parent.name}/{p.name}": hash_file(p) for p in gt_files},
               **weight_stamps(cfg)}
@@ -300,9 +292,9 @@ def evaluate_stage(cfg: CgcConfig, scene: Scene, trained: StageResult, force: bo
         summary = evaluate_model(params, scene, cfg, work)
         return {k: v for k, v in summary.items() if k not in ("prompts", "protocols")}
 
-    return run_stage(scene_dir(cfg, scene.name) / "evaluate", "evaluate", inputs,
-                     (cfg.evaluate, cfg.query), compute, force=force,
-                     code=stage_code("evaluate")).as_outputs(EvaluateOutputs)
+    return StageRun(scene, run_stage(scene_dir(cfg, scene.name) / "evaluate", "evaluate", inputs,
+                                     (cfg.evaluate, cfg.query), compute, force=force,
+                                     code=stage_code("evaluate")).as_outputs(EvaluateOutputs))
 
 
 def stage_record(result: StageResult | None, scene: Scene | None = None) -> dict:
@@ -314,14 +306,27 @@ def stage_record(result: StageResult | None, scene: Scene | None = None) -> dict
             "seconds": result.manifest.timings.get("compute_s")}
 
 
-def report_stage(cfg: CgcConfig, run_scenes: list[dict], scenes: dict[str, Scene] | None = None,
-                 force: bool = False) -> StageResult:
+def record_scenes(cfg: CgcConfig, run_scenes: list[dict]) -> dict[str, Scene]:
+    """The scenes of a run record's entries, for the report's figure strips: each as its scene stage
+    wrote it, or its dataset folder; one that cannot be read is left out with a warning."""
+    scenes = {}
+    for entry in run_scenes:
+        root = Path(entry["stages"].get("scene", {}).get("dir") or "")
+        try:
+            scenes[entry["scene"]] = (load_scene(root, name=entry["scene"]) if root.is_dir()
+                                      else scene_stage(cfg, entry["scene"]).scene)
+        except (SceneError, ValueError) as exc:
+            logger.warning("%s: no figures (%s)", entry["scene"], exc)
+    return scenes
+
+
+def report_stage(cfg: CgcConfig, run_scenes: list[dict], force: bool = False) -> StageResult:
     """Write the run's report into `<reports_dir>/run-<key>/` (`report.ReportOutputs`).
 
     Args:
         cfg: Root config (reads `report` and `reports_dir`).
-        run_scenes: One entry per scene: {"scene", "layout", "stages": {stage: `stage_record(...)`}}.
-        scenes: scene name -> Scene, for the figure strips.
+        run_scenes: One entry per scene: {"scene", "layout", "stages": {stage: `stage_record(...)`}};
+            the figure strips read each scene's images from its folder (`record_scenes`).
         force: Rebuild even when a report of the same inputs exists.
 
     The folder is keyed on the content keys of every scene's cluster and evaluate outputs and the
@@ -336,7 +341,7 @@ def report_stage(cfg: CgcConfig, run_scenes: list[dict], scenes: dict[str, Scene
         record = {"run_id": run_id, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                   "scenes": run_scenes}
         ReportOutputs(work).run_record.write_text(json.dumps(record, indent=2))
-        files = build_report(work, cfg.report, scenes)
+        files = build_report(work, cfg.report, record_scenes(cfg, run_scenes))
         return {"run_id": run_id, "figures": len(files.figures), "report": files.html.name}
 
     return run_stage(Path(cfg.reports_dir) / run_id, "report", inputs, cfg.report, compute,
@@ -344,7 +349,7 @@ def report_stage(cfg: CgcConfig, run_scenes: list[dict], scenes: dict[str, Scene
 
 
 def run_scene_stage(cfg: CgcConfig, source: str, stage: str, force: bool = False,
-                    progress: Callable | None = None, run_upstream: bool = False) -> tuple[Scene, StageResult | None]:
+                    progress: Callable | None = None, run_upstream: bool = False) -> StageRun:
     """Run one stage of one scene; every stage before it must already be finished (cached), unless
     `run_upstream`.
 
@@ -379,4 +384,28 @@ def run_scene_stage(cfg: CgcConfig, source: str, stage: str, force: bool = False
                 scene, results[spec.name] = spec.run(cfg, scene, upstream, False, None)
         if spec.name == "scene" and target.needs_query_weights:
             check_protocol_weights(cfg, scene)  # the protocol's weights, before anything is loaded or computed
-    return scene, results[stage]
+    return StageRun(scene, results[stage])
+
+
+SCENE_SPECS = (
+    StageSpec("scene", (), scene_stage, code=("cgc_core.pipeline:scene_stage", "cgc_core.pipeline:_render_synthetic",
+                                              "cgc_core.scene.synthetic", "cgc_core.scene.video")),
+    StageSpec("calibrate", ("scene",), calibrate_stage, progress_every=50,
+              code=("cgc_core.pipeline:calibrate_stage", "cgc_core.pipeline:calibrate_inputs", "cgc_core.calibrate")),
+    StageSpec("masks", ("calibrate",), masks_stage, progress_every=10,
+              code=("cgc_core.pipeline:masks_stage", "cgc_core.masks.generators")),
+    StageSpec("train", ("calibrate", "masks"), train_stage, progress_every=100,
+              code=("cgc_core.pipeline:train_stage", "cgc_core.train")),
+    StageSpec("cluster", ("train",), cluster_stage, progress_every=10, needs_query_weights=True,
+              code=("cgc_core.pipeline:cluster_stage", "cgc_core.cluster", "cgc_core.evaluate", "cgc_core.selection")),
+    StageSpec("evaluate", ("train",), evaluate_stage, needs_query_weights=True,
+              code=("cgc_core.pipeline:evaluate_stage", "cgc_core.evaluate")),
+)
+"""The per-scene stages in the order they run (each after the stages it reads)."""
+REPORT_SPEC = StageSpec("report", ("cluster", "evaluate"), None,
+                        code=("cgc_core.pipeline:report_stage", "cgc_core.pipeline:record_scenes", "cgc_core.report"))
+"""Runs once over every scene of a benchmark run (`report_stage`)."""
+SPECS = {spec.name: spec for spec in (*SCENE_SPECS, REPORT_SPEC)}
+"""Every stage by name. The graph is read from here whenever it is needed, so adding a stage is one
+new `StageSpec` in `SCENE_SPECS` (and `STAGES`, the command-line choices, follows)."""
+STAGES = tuple(SPECS)

@@ -46,11 +46,11 @@ def _run(task, cfg: CgcConfig, *args, **kwargs) -> dict:
     return task(*args, return_state=True, **kwargs).result()
 
 
-@flow(name="cgc-scene", log_prints=True)
-def cgc_scene(source: str, config_path: str | None = None, overrides: list[str] | None = None,
-              force: list[str] | None = None) -> dict:
+# validate_parameters=False: the config arrives validated by `load_config` (and pydantic cannot
+# resolve the postponed annotation inside a Dask worker's task).
+@flow(name="cgc-scene", log_prints=True, validate_parameters=False)
+def cgc_scene(source: str, cfg: CgcConfig, force: list[str] | None = None) -> dict:
     """All stages of one scene; returns per stage its output folder and whether it was cached."""
-    cfg = load_config(config_path, overrides)
     force = with_downstream(force or [])
     stages: dict[str, dict] = {}
     start = time.perf_counter()
@@ -65,7 +65,7 @@ def cgc_scene(source: str, config_path: str | None = None, overrides: list[str] 
             check_protocol_weights(cfg, scene)
     return {"scene": scene_name_of(source), "layout": scene.layout,
             "dir": str(scene_dir(cfg, scene_name_of(source))), "stages": stages,
-            "seconds": round(time.perf_counter() - start, 2), "scene_object": scene}
+            "seconds": round(time.perf_counter() - start, 2)}
 
 
 DASK_ADDRESS_ENV = "CGC_DASK_ADDRESS"
@@ -83,10 +83,9 @@ def scene_task_runner(dask_address: str | None = None, max_workers: int | None =
 
 
 @task(name="scene-pipeline", cache_policy=None)
-def scene_pipeline_task(source: str, config_path: str | None, overrides: list[str] | None,
-                        force: list[str] | None) -> dict:
+def scene_pipeline_task(source: str, cfg: CgcConfig, force: list[str] | None) -> dict:
     """One scene's `cgc-scene` subflow, as a task so that scenes run side by side on the task runner."""
-    return cgc_scene(source, config_path, overrides, force)
+    return cgc_scene(source, cfg, force)
 
 
 @flow(name="cgc-benchmark", log_prints=True, task_runner=scene_task_runner())
@@ -103,22 +102,21 @@ def cgc_benchmark(scenes: list[str] | None = None, config_path: str | None = Non
             cluster, evaluate and report).
     """
     forced = with_downstream(force or [])  # also refuses unknown stage names, before any work
+    cfg = load_config(config_path, overrides)  # once: every scene and the report read this one
     sources = scenes or ["synthetic"]
     if len(sources) == 1:
-        results = [cgc_scene(sources[0], config_path, overrides, force)]
+        results = [cgc_scene(sources[0], cfg, force)]
     else:
-        futures = [scene_pipeline_task.submit(s, config_path, overrides, force) for s in sources]
+        futures = [scene_pipeline_task.submit(s, cfg, force) for s in sources]
         results = [f.result() for f in futures]
     logger = get_run_logger()
     for r in results:
         logger.info("%s: outputs in %s (%s)", r["scene"], r["dir"],
                     ", ".join(f"{k} {'cached' if v['cached'] else 'computed'}" for k, v in r["stages"].items()))
-    cfg = load_config(config_path, overrides)
     run_scenes = [{"scene": r["scene"], "layout": r["layout"],
                    "stages": {k: {f: v[f] for f in ("dir", "key", "cached", "seconds")} for k, v in r["stages"].items()}}
                   for r in results]
-    report = _run(report_task, cfg, cfg, run_scenes, {r["scene"]: r.pop("scene_object") for r in results},
-                  force="report" in forced)
+    report = _run(report_task, cfg, cfg, run_scenes, force="report" in forced)
     logger.info("report: %s", report["html"])
     return {"scenes": results, "report": report["report_dir"], "report_html": report["html"],
             "report_cached": report["cached"]}

@@ -16,10 +16,10 @@ from .common import stage_state
 
 
 @task(name="report", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2)
-def report_task(cfg: CgcConfig, run_scenes: list[dict], scenes: dict | None = None, force: bool = False):
+def report_task(cfg: CgcConfig, run_scenes: list[dict], force: bool = False):
     """A Completed state (named `Cached` when reused) whose data holds {"report_dir", "html", "cached",
     "manifest", ...}; the artifacts are published on every run."""
-    result = report_stage(cfg, run_scenes, scenes, force=force)
+    result = report_stage(cfg, run_scenes, force=force)
     files = result.outputs
     html = files.html.resolve()
     # The artifact carries the tables; the figures stay in the HTML (Prefect renders no local images).

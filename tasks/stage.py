@@ -8,7 +8,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed
 
 from cgc_core.config import CgcConfig
-from cgc_core.pipeline import SPECS
+from cgc_core import pipeline
 from cgc_core.scene import Scene
 from cgc_core.stage import StageResult
 
@@ -20,7 +20,7 @@ def stage_task(name: str, cfg: CgcConfig, scene: Scene | str, upstream: dict[str
     """Run stage `name` on `scene` (the source string for the scene stage) with the results of the
     stages it reads. Returns a Completed state (named `Cached` when reused) whose data holds
     {"scene": the scene for the next stages, "result": the StageResult, ...}."""
-    spec = SPECS[name]
+    spec = pipeline.SPECS[name]  # read at run time: the one declaration of the graph
     label = scene if isinstance(scene, str) else scene.name
     progress = ProgressReporter(f"{name} of {label}", log_every=spec.progress_every) if spec.progress_every else None
     out_scene, result = spec.run(cfg, scene, upstream, force, progress)

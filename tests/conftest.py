@@ -78,7 +78,7 @@ def tiny_inputs(tmp_path_factory):
     cfg.synthetic.preset, cfg.synthetic.supersample, cfg.calibrate.mode = "tiny", 1, "known_poses"
     scene, _ = scene_stage(cfg, "synthetic")
     calibrated, _ = calibrate_stage(cfg, scene)
-    store, _ = masks_stage(cfg, calibrated)
+    store = masks_stage(cfg, calibrated).result.outputs.store
     return calibrated, store
 
 

@@ -74,8 +74,8 @@ def test_function_roots_cover_only_their_function(package_copy):
     before = code_fingerprint(*roots, package_dir=package_copy)
     _edit(package_copy / "pipeline.py", "def report_stage(", "def _edited():\n    return 1\n\n\ndef report_stage(")
     assert code_fingerprint(*roots, package_dir=package_copy) == before
-    _edit(package_copy / "pipeline.py", "    inputs = {\"calibrate\": calibration.manifest.key",
-          "    _edited()\n    inputs = {\"calibrate\": calibration.manifest.key")
+    _edit(package_copy / "pipeline.py", "    inputs = {\"calibrate\": upstream[\"calibrate\"].manifest.key",
+          "    _edited()\n    inputs = {\"calibrate\": upstream[\"calibrate\"].manifest.key")
     assert changed_files(before, code_fingerprint(*roots, package_dir=package_copy)) == [
         "cgc_core/pipeline.py:train_stage"]
     with pytest.raises(LookupError, match="no top-level function 'nope'"):
@@ -99,7 +99,7 @@ def test_editing_training_recomputes_train_and_what_follows_it_only(package_copy
             scene, results[stage] = run_scene_stage(cfg, "synthetic", stage, run_upstream=True)
         record = [{"scene": "synthetic", "layout": scene.layout,
                    "stages": {name: stage_record(result, scene) for name, result in results.items()}}]
-        results["report"] = report_stage(cfg, record, {"synthetic": scene})
+        results["report"] = report_stage(cfg, record)
         return results
 
     first = run_all()

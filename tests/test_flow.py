@@ -64,10 +64,12 @@ def test_flow_caches_stages_and_reruns_only_what_changed(tmp_path, prefect_harne
 
 
 def test_a_stage_that_fails_once_succeeds_on_retry(tmp_path, prefect_harness, monkeypatch):
-    import cgc_core.pipeline
+    from dataclasses import replace
+
+    from cgc_core import pipeline
 
     overrides = _overrides(tmp_path)
-    real = cgc_core.pipeline.cluster_stage
+    real = pipeline.cluster_stage
     calls = []
 
     def flaky(*args, **kwargs):
@@ -76,7 +78,9 @@ def test_a_stage_that_fails_once_succeeds_on_retry(tmp_path, prefect_harness, mo
             raise OSError("transient: disk hiccup")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(cgc_core.pipeline, "cluster_stage", flaky)  # the spec calls it by name
+    specs = tuple(replace(s, run=flaky) if s.name == "cluster" else s for s in pipeline.SCENE_SPECS)
+    monkeypatch.setattr(pipeline, "SCENE_SPECS", specs)  # the flow and its task read the table at run time
+    monkeypatch.setattr(pipeline, "SPECS", {s.name: s for s in (*specs, pipeline.REPORT_SPEC)})
     run = cgc_benchmark(["synthetic"], overrides=overrides)
     assert len(calls) == 2 and not run["scenes"][0]["stages"]["cluster"]["cached"]
     assert (tmp_path / "data" / "synthetic" / "cluster" / "summary.json").is_file()

@@ -259,12 +259,13 @@ def test_killed_mask_stage_redoes_only_remaining_images(tiny_scene_dir, tmp_path
     partial = list((tmp_path / "tiny").glob(".masks.partial-*"))
     assert len(partial) == 1 and len(list((partial[0] / "store").glob("*.parquet"))) == 5
 
-    store, result = masks_stage(cfg, scene)
+    result = masks_stage(cfg, scene).result
+    store = result.outputs.store
     info = result.manifest.info
     assert info["reused"] == 5 and info["generated"] == len(scene.train_names) - 5
     assert sorted(store.images()) == sorted(scene.train_names)
     assert not list((tmp_path / "tiny").glob(".masks.partial-*"))
-    again_store, again = masks_stage(cfg, scene)
+    _, again = masks_stage(cfg, scene)
     assert again.cached
 
 
