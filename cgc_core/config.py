@@ -91,9 +91,7 @@ class CalibrateConfig:
     """Fail when fewer than this share of the images registers."""
     num_threads: int = 1
     """Threads for COLMAP (-1: all cores). One makes calibration repeatable: with several, image
-    ids follow the order in which extraction threads finish and the randomised estimators vary,
-    and the bonsai photos were seen to register fully in some runs and split into partial
-    models in others."""
+    ids follow the order in which extraction threads finish and the randomised estimators vary."""
     seed: int = 0
     """COLMAP's random seed, for repeatable reconstructions."""
     colmap_log_level: int = 2
@@ -397,12 +395,10 @@ class QueryConfig:
     """From a box's SAM mask: the mean feature inside it, or the feature at its deepest pixel."""
     click_radius: int = 0
     """A click reads the mean unit feature of the pixels within this many pixels of it (a square
-    window, clipped at the image's edges); 0: the clicked pixel alone, as the paper does. On a thin
-    object one pixel can be dominated by a single Gaussian whose feature is off the object's (the
-    hard preset's pole: `benchmarks/RESULTS.md`); 1 reads 3 × 3 pixels. Not chosen on the
-    development scenes, where it made no difference; an option for the user."""
+    window, clipped at the image's edges); 0: the clicked pixel alone, as the paper does; 1 reads
+    3 × 3 pixels, for thin objects where one Gaussian can dominate a pixel (RESULTS.md)."""
     level: int | None = None
-    """Granularity of a selection when training used several mask levels (`train.mask_levels`):
+    """Granularity of a selection when training used several mask levels (`train.contrastive.mask_levels`):
     0 is the finest (parts), higher levels read fewer feature channels (whole objects). None: the
     coarsest trained level, so a click selects the whole object."""
     sam: SamConfig = field(default_factory=SamConfig)
@@ -442,16 +438,13 @@ class ClusterConfig:
     background_spread: float = 0.2
     """Clusters spread wider than this many times the scene's spread (median distance from the
     median, of the opaque Gaussians) merge into one background cluster (`cluster.merge_background`);
-    0: no cluster merges for its spread. Objects measured 0.05-0.15 and background surfaces 0.24-2.8 on the
-    development scenes (demo, realistic), where 0.16-0.22 all gave the same clusters."""
+    0: none merges for its spread. RESULTS.md, "One background cluster"."""
     background_beyond_cameras: float = 1.0
     """Clusters whose median position lies farther from the point the cameras look at than this
     many times the cameras' own median distance from it merge into the background too: what lies
     outside the ring of cameras of an object-centric capture (walls, pictures, furniture) is the
     surroundings, however compact (`cluster.camera_look_at`). 0 turns it off; it does nothing
-    where the cameras' axes do not meet (a forward-facing capture). On the development scenes
-    (demo, realistic; with the spread rule off) objects' clusters lie within 0.39 of the cameras'
-    distance and background clusters from 1.62 on: 1.0, the ring itself, lies between."""
+    where the cameras' axes do not meet (a forward-facing capture). RESULTS.md, "Outside the ring of cameras"."""
     noise: Literal["nearest", "keep"] = "nearest"
     """HDBSCAN noise: give it the nearest cluster by feature, or keep it unlabelled (-1)."""
     outlier_neighbours: int = 10
