@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from .config import ContrastiveConfig, DensifyConfig, RegularizerConfig, TrainConfig
+from .config import ContrastiveConfig, DensifyConfig, RegularizerConfig, TrainConfig, to_dict
 from .gaussians import init_features, init_params, load_ply, save_ply
 from .health import collapse_warning, feature_separation, mean_separation
 from .losses import multilevel_contrastive_loss, photometric_loss, sample_neighbours, spatial_regularization
@@ -41,7 +41,7 @@ CHECKPOINT_DIR = "checkpoints"
 logger = logging.getLogger("cgc")
 PLY_NAME = "point_cloud.ply"
 RECORD_NAME = "train.json"
-"""The training record: steps, schedule, seconds, Gaussian count, health history."""
+"""The training record: steps, preset, every train value that ran, seconds, Gaussian count, health."""
 SPLIT_LABELS_NAME = "depth_split_labels.npz"
 """The label maps cut at depth edges (`train.depth_split.at`), kept so that a resumed run reads the same."""
 
@@ -104,39 +104,26 @@ def model_params(cfg: TrainConfig) -> dict[str, Tensor]:
     return loaded
 
 
+class NoDensification:
+    """gsplat's strategy interface, doing nothing (`densify.strategy=none`, frozen geometry)."""
+
+    def initialize_state(self, **_) -> dict:
+        return {}
+
+    def check_sanity(self, *_) -> None: ...
+    def step_pre_backward(self, *_) -> None: ...
+    def step_post_backward(self, *_, **__) -> None: ...
+
+
 def densification_strategy(cfg: DensifyConfig):
-    """gsplat's strategy object for the config (None for `none`), built from the config's fields of
-    the same names; features are densified with the other parameters (same parameter dict)."""
+    """gsplat's strategy object for the config (`NoDensification` for `none`), built from the
+    config's fields of the same names; features are densified with the other parameters."""
     from gsplat.strategy import DefaultStrategy, MCMCStrategy
 
     cls = {"default": DefaultStrategy, "mcmc": MCMCStrategy}.get(cfg.strategy)
     if cls is None:
-        return None
+        return NoDensification()
     return cls(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls) if hasattr(cfg, f.name)})
-
-
-class Densification:
-    """gsplat's strategy and its state, called around the backward pass (a no-op for `none`)."""
-
-    def __init__(self, cfg: DensifyConfig, scale: float, enabled: bool = True):
-        self.strategy = densification_strategy(cfg) if enabled else None
-        self.mcmc = cfg.strategy == "mcmc"
-        self.state = self.strategy.initialize_state(scene_scale=scale) if self.strategy is not None else {}
-
-    def check(self, params, optimizers) -> None:
-        if self.strategy is not None:
-            self.strategy.check_sanity(params, optimizers)
-
-    def before_backward(self, params, optimizers, step: int, meta: dict) -> None:
-        if self.strategy is not None:
-            self.strategy.step_pre_backward(params, optimizers, self.state, step, meta)
-
-    def after_step(self, params, optimizers, step: int, meta: dict) -> None:
-        if self.strategy is None:
-            return
-        # MCMC's relocation noise follows the means' learning rate; the default strategy needs `packed`.
-        extra = {"lr": optimizers["means"].param_groups[0]["lr"]} if self.mcmc else {"packed": False}
-        self.strategy.step_post_backward(params, optimizers, self.state, step, meta, **extra)
 
 
 @dataclass
@@ -341,7 +328,7 @@ class Trainer:
         params: The parameter dict (means, quats, scales, opacities, sh0, shN, features); where the
             geometry is frozen only `features` takes gradients.
         optimizers: One Adam per trained parameter.
-        densification: gsplat's strategy and its state.
+        strategy, strategy_state: gsplat's densification strategy and its state.
         views, labels: Each training view's (camera, image) and [levels, H, W] label maps.
         frames: Renders a view for a step (`RasterizedFrames` or `CachedWeightFrames`).
         terms: The loss terms (`PhotometricTerm`, `ContrastiveTerm`, `RegularizerTerm`).
@@ -366,7 +353,8 @@ class Trainer:
             scene.points, scene.point_colors, cfg.sh_degree, init_opacity=cfg.init_opacity, seed=cfg.seed,
             feature_init=cfg.feature_init))
         self._set_params(initial)
-        self.densification = Densification(cfg.densify, self.scale, enabled=not cfg.frozen.enabled)
+        self.strategy = NoDensification() if cfg.frozen.enabled else densification_strategy(cfg.densify)
+        self.strategy_state = self.strategy.initialize_state(scene_scale=self.scale)
         self.step_count, self.resumed_from = 0, None
         self.health = HealthLog(cfg)
         self.depth_cut = DepthCut(cfg, self.out_dir / SPLIT_LABELS_NAME)
@@ -402,11 +390,11 @@ class Trainer:
         if found is not None:
             state, _ = found
             self._set_params(state["params"], state["optimizers"])
-            self.densification.state = state["strategy_state"]
+            self.strategy_state = state["strategy_state"]
             torch.set_rng_state(state["rng"])
             self.step_count = self.resumed_from = int(state["step"])
             self.health.history = list(state.get("health", []))
-        self.densification.check(self.params, self.optimizers)
+        self.strategy.check_sanity(self.params, self.optimizers)
         if self.depth_cut.after_resume(self.step_count):
             self.labels = self.depth_cut(self.params, self.views, self.labels)
         self.started = time.perf_counter()
@@ -424,7 +412,7 @@ class Trainer:
         with open(tmp, "wb") as handle:
             torch.save({"step": step, "params": {k: v.detach() for k, v in self.params.items()},
                         "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
-                        "strategy_state": self.densification.state, "rng": torch.get_rng_state(),
+                        "strategy_state": self.strategy_state, "rng": torch.get_rng_state(),
                         "health": list(self.health.history)}, handle)
         # The checksum goes in first, then the checkpoint is renamed into place: every step_*.pt has
         # its .sha256, and a flipped byte in either is caught on resume.
@@ -461,13 +449,16 @@ class Trainer:
             raise TrainingError(
                 f"{self.scene.name}: loss became {loss.item()} at step {step}; the last good checkpoint is "
                 f"{self.last_good or 'none yet'} (lower the learning rates and resume)")
-        self.densification.before_backward(self.params, self.optimizers, step, frame.meta)
+        self.strategy.step_pre_backward(self.params, self.optimizers, self.strategy_state, step, frame.meta)
         if loss.requires_grad:  # frozen geometry on a step without a feature loss: nothing to learn
             loss.backward()
         if not any(t.trains_features for t in terms):
             self.params["features"].grad = self.frames.idle_features_grad(self.params["features"])
         self._optimizer_step(step)
-        self.densification.after_step(self.params, self.optimizers, step, frame.meta)
+        # MCMC's relocation noise follows the means' learning rate; the default strategy needs `packed`.
+        extra = ({"lr": self.optimizers["means"].param_groups[0]["lr"]} if self.cfg.densify.strategy == "mcmc"
+                 else {"packed": False})
+        self.strategy.step_post_backward(self.params, self.optimizers, self.strategy_state, step, frame.meta, **extra)
         self.step_count = done = step + 1
         self.latest |= {k: float(v.detach()) for k, v in losses.items()} | {"n": int(self.params["means"].shape[0])}
         if health:
@@ -503,7 +494,8 @@ class Trainer:
         if final_health["warning"]:
             logger.warning("%s", final_health["warning"])
         (out_dir / RECORD_NAME).write_text(json.dumps({
-            "steps": cfg.iterations, "schedule": cfg.schedule, "resumed_from": self.resumed_from, "seconds": seconds,
+            "steps": cfg.iterations, "schedule": cfg.schedule, "config": to_dict(cfg),
+            "resumed_from": self.resumed_from, "seconds": seconds,
             "n_gaussians": int(final["means"].shape[0]), "non_finite_dropped": diverged, "scene_scale": self.scale,
             "depth_split": self.depth_cut.record, "health": {"history": self.health.history, **final_health},
         }, indent=2))

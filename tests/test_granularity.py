@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cgc_core.config import PRESETS, ConfigError, TrainConfig, evolve, load_config
+from cgc_core.config import PRESETS, ConfigError, TrainConfig, evolve, load_config, to_dict
 from cgc_core.losses import (contrastive_clustering_loss, multilevel_contrastive_loss,
                              multilevel_contrastive_loss_reference)
 from cgc_core.masks.store import MaskStore, records_from_masks
@@ -162,7 +162,8 @@ def test_train_json_records_the_preset_and_two_level_training_runs(tiny_inputs, 
                              "train.contrastive.every=1", "train.health.every=2"]).train
     train(scene, store, tmp_path, cfg)
     record = json.loads((tmp_path / "train.json").read_text())
-    assert record["schedule"] == "cpu-short"
+    assert record["schedule"] == "cpu-short" and record["config"] == to_dict(cfg)
+    assert record["config"]["contrastive"]["every"] == 1
     assert all(h["cc"] > 0 for h in record["health"]["history"])
 
 
