@@ -270,13 +270,15 @@ def score_predictions(scene: Scene, pred_dir: Path, cfg: EvaluateConfig) -> list
     """
     scores = []
     for view in scene.test_names:
-        for prompt in sorted(scene.gt_masks.get(view, {})):
+        truth = {prompt: scene.load_gt_mask(view, prompt) for prompt in sorted(scene.gt_masks.get(view, {}))}
+        for prompt, gt in truth.items():
             path = prediction_path(pred_dir, scene, view, prompt)
             pred = read_mask(path) if path.is_file() else None
             if pred is None and not cfg.missing_as_zero:
                 raise MissingPredictionError(f"{path}: missing prediction for {scene.name}/{view}/{prompt}")
-            scores.append(score_pair(pred, scene.load_gt_mask(view, prompt), scene.name, view, prompt,
-                                     missing_as_zero=cfg.missing_as_zero, empty_union=cfg.empty_union))
+            others = {p: m for p, m in truth.items() if p != prompt and m.shape == gt.shape}
+            scores.append(score_pair(pred, gt, scene.name, view, prompt, missing_as_zero=cfg.missing_as_zero,
+                                     empty_union=cfg.empty_union, others=others))
     return scores
 
 

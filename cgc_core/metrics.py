@@ -20,6 +20,7 @@ maps, then per-class Jaccard, averaged over classes and views.
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 from dataclasses import dataclass
@@ -109,11 +110,43 @@ class MaskScore:
     missing: bool = False
     empty_union: bool = False
     """Both the ground truth and the prediction are empty (no score under `empty_union="nan"`)."""
+    precision: float | None = None
+    """Share of the predicted pixels inside the ground truth (None: nothing predicted)."""
+    recall: float | None = None
+    """Share of the ground truth predicted (None: empty ground truth)."""
+    false_positives: str = "{}"
+    """JSON {where: pixels} of the predicted pixels outside the ground truth: each other prompt whose
+    ground truth (in this view) holds them, and `background` for the rest (`selection_errors`)."""
+
+
+def selection_errors(pred: np.ndarray, gt: np.ndarray, others: dict[str, np.ndarray] | None = None) -> dict:
+    """Precision, recall and where the false positives of a predicted mask lie.
+
+    Args:
+        pred, gt: Boolean masks of one size.
+        others: The other prompts' ground-truth masks in the same view, by prompt; a false-positive
+            pixel counts for the first of them (by name) that holds it, else for `background`.
+
+    Returns:
+        `precision` (None when nothing is predicted), `recall` (None when the truth is empty) and
+        `false_positives`: {prompt or "background": pixels}, without zero entries.
+    """
+    hit, wrong = int((pred & gt).sum()), pred & ~gt
+    where = {}
+    for name, mask in sorted((others or {}).items()):
+        where[name] = int((wrong & mask).sum())
+        wrong = wrong & ~mask
+    where["background"] = int(wrong.sum())
+    return {"precision": hit / int(pred.sum()) if pred.any() else None,
+            "recall": hit / int(gt.sum()) if gt.any() else None,
+            "false_positives": {k: v for k, v in where.items() if v}}
 
 
 def score_pair(pred: np.ndarray | None, gt: np.ndarray, scene: str, view: str, prompt: str,
-               missing_as_zero: bool = False, empty_union: EmptyUnion = "nan") -> MaskScore:
-    """Score one predicted mask against its ground truth (prediction resized to the GT's size).
+               missing_as_zero: bool = False, empty_union: EmptyUnion = "nan",
+               others: dict[str, np.ndarray] | None = None) -> MaskScore:
+    """Score one predicted mask against its ground truth (prediction resized to the GT's size);
+    `others` (the view's other ground-truth masks) name where false positives lie.
 
     A missing prediction (None) raises `MissingPredictionError`, or with `missing_as_zero` scores
     0 / 0 with a warning.
@@ -126,17 +159,21 @@ def score_pair(pred: np.ndarray | None, gt: np.ndarray, scene: str, view: str, p
         return MaskScore(scene, view, prompt, 0.0, 0.0, missing=True)
     pred = resize_nearest(pred.astype(bool), gt.shape)
     empty = not (pred.any() or gt.any())
+    errors = selection_errors(pred, gt, others)
     return MaskScore(scene, view, prompt, iou(pred, gt, empty_union), boundary_iou(pred, gt, empty_union),
-                     empty_union=empty)
+                     empty_union=empty, precision=errors["precision"], recall=errors["recall"],
+                     false_positives=json.dumps(errors["false_positives"]))
 
 
 def average_scores(scores: Iterable[MaskScore]) -> dict:
     """Protocol averaging: per prompt over its views, per scene over prompts, then over scenes.
 
     Returns:
-        {"scenes": {scene: {"miou", "mbiou", "prompts": {prompt: {"iou", "biou", "views"}}}},
-         "miou", "mbiou", "empty_union_views"}; pairs whose score is None (empty unions under
-        `empty_union="nan"`) are left out of the means and counted in `empty_union_views`.
+        {"scenes": {scene: {"miou", "mbiou", "prompts": {prompt: {"iou", "biou", "views", "precision",
+        "recall", "false_positives"}}}}, "miou", "mbiou", "empty_union_views"}; pairs whose score is
+        None (empty unions under `empty_union="nan"`) are left out of the means and counted in
+        `empty_union_views`. A prompt's precision and recall are means over the views where they
+        are defined; its `false_positives` the share of all its false-positive pixels by where they lie.
     """
     scores = list(scores)
     by_scene: dict[str, dict[str, list[MaskScore]]] = {}
@@ -149,7 +186,8 @@ def average_scores(scores: Iterable[MaskScore]) -> dict:
             ious = [r.iou for r in rows if r.iou is not None]
             bious = [r.biou for r in rows if r.biou is not None]
             if ious:
-                per_prompt[prompt] = {"iou": float(np.mean(ious)), "biou": float(np.mean(bious)), "views": len(ious)}
+                per_prompt[prompt] = {"iou": float(np.mean(ious)), "biou": float(np.mean(bious)), "views": len(ious),
+                                      **_error_means(rows)}
         result["scenes"][scene] = {
             "miou": float(np.mean([p["iou"] for p in per_prompt.values()])) if per_prompt else float("nan"),
             "mbiou": float(np.mean([p["biou"] for p in per_prompt.values()])) if per_prompt else float("nan"),
@@ -160,6 +198,20 @@ def average_scores(scores: Iterable[MaskScore]) -> dict:
     result["mbiou"] = float(np.mean([s["mbiou"] for s in scene_values])) if scene_values else float("nan")
     result["empty_union_views"] = sum(1 for s in scores if s.empty_union and s.iou is None)
     return result
+
+
+def _error_means(rows: list[MaskScore]) -> dict:
+    def mean(values):
+        values = [v for v in values if v is not None]
+        return float(np.mean(values)) if values else None
+
+    where: dict[str, int] = {}
+    for row in rows:
+        for name, pixels in json.loads(row.false_positives).items():
+            where[name] = where.get(name, 0) + pixels
+    total = sum(where.values())
+    return {"precision": mean(r.precision for r in rows), "recall": mean(r.recall for r in rows),
+            "false_positives": {k: v / total for k, v in sorted(where.items(), key=lambda kv: -kv[1])}}
 
 
 def ovs3d_view_miou(scores: np.ndarray, gt_labels: np.ndarray, n_classes: int) -> float:

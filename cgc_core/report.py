@@ -185,6 +185,13 @@ def protocol_title(summary: dict) -> str:
     return title + (" (upper bound)" if is_upper_bound(summary) else "")
 
 
+def _where(false_positives: dict[str, float] | None, most: int = 3) -> str:
+    """`checker box 62 %, background 30 %`: the largest places of a prompt's false positives."""
+    if not false_positives:
+        return "none" if false_positives is not None else "—"
+    return ", ".join(f"{name} {100 * share:.0f} %" for name, share in list(false_positives.items())[:most])
+
+
 def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
     """A GitHub-flavoured Markdown table (cells are str()-ed, pipes escaped)."""
     def cell(v) -> str:
@@ -213,9 +220,14 @@ def _tables(run: dict, summaries: list[dict]) -> list[tuple[str, str, list[str],
     for s in summaries:
         if s["prompts"]:
             tables.append((f"Per prompt: {s['scene']}, protocol {protocol_title(s)}",
-                           PROTOCOL_TEXT.get(s["protocol"], s["protocol"]) + "; IoU / boundary IoU in %, mean over "
-                           "the test views that have the prompt.", ["prompt", "views", "IoU", "BIoU"],
-                           [[p, v["views"], _pct(v["iou"]), _pct(v["biou"])] for p, v in sorted(s["prompts"].items())]))
+                           PROTOCOL_TEXT.get(s["protocol"], s["protocol"]) + "; IoU, boundary IoU, precision and "
+                           "recall of the selection in %, means over the test views that have the prompt; what the "
+                           "selection grabbed outside the prompt's truth: the share of those pixels in each other "
+                           "prompt's ground truth, or the background.",
+                           ["prompt", "views", "IoU", "BIoU", "precision", "recall", "false positives lie in"],
+                           [[p, v["views"], _pct(v["iou"]), _pct(v["biou"]), _pct(v.get("precision")),
+                             _pct(v.get("recall")), _where(v.get("false_positives"))]
+                            for p, v in sorted(s["prompts"].items())]))
     for benchmark, methods in PUBLISHED.items():
         ours = {s["scene"]: s for s in summaries if s["benchmark"] == benchmark and s["protocol"] == COMPARABLE_PROTOCOL
                 and not is_upper_bound(s)}

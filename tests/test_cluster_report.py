@@ -320,6 +320,13 @@ def test_report_has_tables_protocol_published_numbers_and_embedded_figures(tmp_p
     assert "| figurines | LERF-Mask | `click-oracle` (upper bound) | 0.7 |" in results
     assert "not comparable to published numbers" in results and "PROTOCOL.md" in md
     assert "## Per prompt: figurines, protocol `text`" in md and "## Per prompt: figurines, protocol `click-oracle`" in md
+    # per prompt: precision and recall beside IoU, and where the false positives lie
+    per_prompt = md[md.index("## Per prompt: figurines, protocol `text`"):].split("\n## ")[0]
+    for prompt, row in averages["scenes"]["figurines"]["prompts"].items():
+        where = ", ".join(f"{k} {100 * v:.0f} %" for k, v in list(row["false_positives"].items())[:3])
+        assert (f"| {prompt} | {row['views']} | {100 * row['iou']:.1f} | {100 * row['biou']:.1f} | "
+                f"{100 * row['precision']:.1f} | {100 * row['recall']:.1f} | {where} |") in per_prompt
+        assert row["precision"] < 1 and row["recall"] < 1 and "background" in row["false_positives"]
     assert "| figurines | train | computed | 123.4 |" in md
     page = files.html.read_text()
     assert page.count("<table>") == md.count("\n## ") - 1  # one table per section but the figures

@@ -13,7 +13,7 @@ from PIL import Image
 from cgc_core.config import EvaluateConfig, QueryConfig, SamConfig
 from cgc_core.metrics import (
     MaskScore, MissingPredictionError, average_scores, boundary_distance, boundary_iou, iou, mask_boundary,
-    ovs3d_view_miou, resize_nearest, score_pair,
+    ovs3d_view_miou, resize_nearest, score_pair, selection_errors,
 )
 from cgc_core.models import BoxSegmenter, ModelLoadError, TextDetector
 from cgc_core.query import deepest_pixel, mask_query, similarity_maps
@@ -97,10 +97,30 @@ def test_averaging_order_on_a_known_table():
         MaskScore("B", "v1", "z", 0.2, 0.1),  # scene B: 0.2 / 0.1
     ]
     avg = average_scores(rows)
-    assert avg["scenes"]["A"]["prompts"]["x"] == {"iou": 0.5, "biou": 0.5, "views": 2}
+    assert avg["scenes"]["A"]["prompts"]["x"] == {"iou": 0.5, "biou": 0.5, "views": 2, "precision": None,
+                                                  "recall": None, "false_positives": {}}
     assert avg["scenes"]["A"]["miou"] == pytest.approx(0.75)
     assert avg["miou"] == pytest.approx((0.75 + 0.2) / 2)  # plain mean of scenes, not of rows (0.55)
     assert avg["mbiou"] == pytest.approx((0.75 + 0.1) / 2)
+
+
+def test_precision_recall_and_where_the_false_positives_lie():
+    gt, other = np.zeros((10, 10), bool), np.zeros((10, 10), bool)
+    gt[:4, :4] = True  # 16 pixels
+    other[:4, 6:] = True  # another prompt's object beside it
+    pred = np.zeros((10, 10), bool)
+    pred[:4, :2] = True  # 8 inside the truth
+    pred[:4, 6:9] = True  # 12 on the other object
+    pred[9, :4] = True  # 4 on the background
+    errors = selection_errors(pred, gt, {"mug": other})
+    assert errors == {"precision": 8 / 24, "recall": 0.5, "false_positives": {"mug": 12, "background": 4}}
+    assert selection_errors(np.zeros_like(gt), gt)["precision"] is None
+    # a prompt's false positives add up over its views, as shares of all of them
+    score = score_pair(pred, gt, "s", "v1", "cube", others={"mug": other})
+    again = score_pair(pred & ~other, gt, "s", "v2", "cube", others={"mug": other})
+    prompt = average_scores([score, again])["scenes"]["s"]["prompts"]["cube"]
+    assert prompt["false_positives"] == {"mug": 12 / 20, "background": 8 / 20}
+    assert prompt["precision"] == pytest.approx((8 / 24 + 8 / 12) / 2) and prompt["recall"] == 0.5
 
 
 def test_missing_prediction_is_an_error_or_a_loud_zero():
