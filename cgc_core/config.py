@@ -36,12 +36,15 @@ class ConfigError(ValueError):
 class SyntheticConfig:
     """The embedded synthetic tabletop scene (`cgc_core.scene.synthetic`)."""
 
-    preset: Literal["demo", "hard", "tiny", "realistic", "heldout-parts", "heldout-clutter"] = "demo"
+    preset: Literal["demo", "hard", "tiny", "realistic", "heldout-parts", "heldout-clutter",
+                    "realistic-family"] = "demo"
     """Object layout and size: `demo` for `make demo`, `hard` for the difficult cases, `tiny` for fast tests,
     `realistic` (small objects in a furnished room, soft shadows, highlights, reflections) for development;
     `heldout-parts` (objects of several coloured parts) and `heldout-clutter` (a room: same-coloured
     neighbours, a thin pen, glossy and textured objects, occlusion) to judge on, never to tune on;
-    their layouts follow `seed`."""
+    their layouts follow `seed`; `realistic-family` draws a tabletop (layout, colours, orbit, light)
+    from one distribution per `seed`: `scene.synthetic.FAMILY_DEV_SEEDS` to choose settings on,
+    `FAMILY_HELDOUT_SEEDS` to report."""
     seed: int = 0
     """Everything (layout jitter, textures, camera jitter) is deterministic in this seed."""
     n_views: int | None = None

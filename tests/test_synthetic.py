@@ -114,7 +114,8 @@ def test_supersampling_keeps_centre_ids_and_smooths_edges():
 
 
 def test_unknown_preset_is_rejected():
-    assert set(PRESETS) == {"tiny", "demo", "hard", "realistic", "heldout-parts", "heldout-clutter"}
+    assert set(PRESETS) == {"tiny", "demo", "hard", "realistic", "heldout-parts", "heldout-clutter",
+                            "realistic-family"}
     with pytest.raises(ValueError, match="unknown synthetic preset"):
         build_scene(SyntheticConfig(preset="huge"))  # type: ignore[arg-type]
 
@@ -196,3 +197,39 @@ def test_rays_in_chunks_render_exactly_what_one_pass_does(monkeypatch):
     assert (one_pass[1] > 0).any() and (one_pass[1] == 0).any()  # objects and background both seen
     for a, b in zip(one_pass, chunked):
         np.testing.assert_array_equal(a, b)
+
+
+def test_realistic_family_draws_each_case_per_seed_without_overlaps_and_every_object_in_view():
+    from cgc_core.scene.synthetic import FAMILY_DEV_SEEDS, FAMILY_HELDOUT_SEEDS
+
+    assert not set(FAMILY_DEV_SEEDS) & set(FAMILY_HELDOUT_SEEDS) and len(FAMILY_HELDOUT_SEEDS) >= 3
+    grid = np.stack(np.meshgrid(np.linspace(-0.45, 0.45, 91), np.linspace(-0.4, 0.4, 81),
+                                np.linspace(0.001, 0.3, 30), indexing="ij"), -1).reshape(-1, 3)
+    layouts = set()
+    for seed in (FAMILY_DEV_SEEDS[0], FAMILY_HELDOUT_SEEDS[0]):
+        cfg = SyntheticConfig(preset="realistic-family", seed=seed, n_views=8, width=96, height=72)
+        scene = build_scene(cfg)
+        again = build_scene(cfg)  # a seed is one scene
+        assert again.objects == scene.objects and np.array_equal(again.cameras[3].K, scene.cameras[3].K)
+        layouts.add((tuple(o.center for o in scene.objects), round(float(scene.radius), 6)))
+        names = [o.name for o in scene.objects]
+        assert len(set(names)) == len(names)
+        assert sorted(o.role for o in scene.objects if o.role) == ["in", "mirror", "multipart", "on", "small", "thin"]
+        # two same-coloured objects of different shapes touch (their surfaces within 1 mm)
+        pairs = [(a, b) for i, a in enumerate(scene.objects) for b in scene.objects[i + 1:]
+                 if a.color == b.color and a.kind != b.kind and a.kind != "compound"]
+        def touch(a, b, step=0.002):
+            axis = np.arange(-a.bounding_radius, a.bounding_radius, step)
+            near = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3) + a.center
+            return bool(((np.abs(a.sdf(near)) < step) & (np.abs(b.sdf(near)) < step)).any())
+
+        assert any(touch(a, b) for a, b in pairs)
+        inside = np.stack([o.sdf(grid) < 0 for o in scene.objects], axis=1)
+        assert (inside.sum(axis=1) <= 1).all()  # no two objects share space
+        seen = np.zeros(len(scene.objects) + 1, dtype=int)
+        for camera in scene.cameras:
+            seen += np.bincount(render_view(scene, camera)[1].ravel(), minlength=len(seen)) > 0
+        assert (seen[1:] >= 1).all(), dict(zip(names, seen[1:]))
+        small = names.index(next(o.name for o in scene.objects if o.role == "small"))
+        assert seen[1 + small] < len(scene.cameras) or seed != FAMILY_DEV_SEEDS[0]  # hidden from some views
+    assert len(layouts) == 2  # the layout, colours and orbit follow the seed

@@ -23,7 +23,7 @@ import os
 import shutil
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -64,6 +64,9 @@ class Shape:
     texture_scale: float = 6.0
     material: str = "matte"
     parts: tuple["Shape", ...] = ()
+    role: str = ""
+    """What a family scene's object tests (`small`, `thin`, `mirror`, `multipart`, `on`, `in`; see
+    `_family_groups`), for per-case figures; empty elsewhere."""
 
     def to_local(self, p: np.ndarray) -> np.ndarray:
         yaw = math.radians(self.yaw_deg)
@@ -230,8 +233,6 @@ def _placed(rng: np.random.Generator | None, slots: list[tuple[float, float]], o
 def _moved(obj: Shape, dx: float, dy: float, yaw_deg: float) -> Shape:
     """`obj` shifted on the table by (dx, dy) and turned by `yaw_deg` about its own centre
     (a compound's parts turn about the compound's centre)."""
-    from dataclasses import replace
-
     cx, cy = obj.center[0] + dx, obj.center[1] + dy
     if obj.kind != "compound":
         return replace(obj, center=(cx, cy, obj.center[2]), yaw_deg=obj.yaw_deg + yaw_deg)
@@ -304,6 +305,87 @@ def _clutter_objects(rng: np.random.Generator | None = None) -> list[Shape]:
     return placed
 
 
+# --- the realistic family (issue 38): one distribution of tabletop scenes, a layout per seed ------
+
+FAMILY_DEV_SEEDS = (0, 1, 2)
+"""Seeds of `realistic-family` that settings may be chosen on (means over all of them)."""
+FAMILY_HELDOUT_SEEDS = (100, 101, 102)
+"""Seeds of `realistic-family` reported as held out: never used to choose a setting."""
+_PALETTE = {"red": (0.8, 0.12, 0.1), "orange": (0.95, 0.5, 0.1), "yellow": (0.95, 0.78, 0.12),
+            "green": (0.12, 0.5, 0.2), "teal": (0.1, 0.55, 0.55), "blue": (0.15, 0.3, 0.8),
+            "purple": (0.5, 0.2, 0.7), "pink": (0.95, 0.45, 0.7), "brown": (0.45, 0.28, 0.15),
+            "white": (0.92, 0.9, 0.86), "black": (0.08, 0.08, 0.1)}
+
+
+def _family_groups(rng: np.random.Generator, colours: list[str]) -> list[list[Shape]]:
+    """The cases every family scene holds, each a group of objects around the origin (table at
+    z = 0): a small ball half hidden behind a taller object, a thin object lying by a mirror ball,
+    two touching same-coloured objects of different shapes, an object of several materials, food
+    on a plate, something in a bowl, and a plain textured box. `role` tags what each object tests."""
+    u = rng.uniform
+    c = [(name, _PALETTE[name]) for name in colours]
+    tall_h, tall_r = u(0.05, 0.08), u(0.025, 0.035)
+    ball_r = u(0.012, 0.02)
+    hidden = [Shape(f"{c[0][0]} vase", "cylinder", (0.0, 0.0, tall_h), (tall_r, tall_h), c[0][1], material="glossy"),
+              Shape(f"{c[1][0]} marble", "sphere", (tall_r + ball_r + u(0.003, 0.012), u(-0.01, 0.01), ball_r),
+                    (ball_r,), c[1][1], role="small")]
+    mirror_r, pencil_half = u(0.03, 0.045), u(0.05, 0.075)
+    thin = [Shape("chrome ball", "sphere", (0.0, 0.0, mirror_r), (mirror_r,), (0.85, 0.85, 0.88), material="mirror",
+                  role="mirror"),
+            Shape(f"{c[2][0]} pencil", "box", (0.0, mirror_r + u(0.006, 0.02), 0.005), (pencil_half, 0.005, 0.005),
+                  c[2][1], yaw_deg=u(-20, 20), role="thin")]
+    side = u(0.028, 0.04)
+    touching = [Shape(f"{c[3][0]} mug", "cylinder", (0.0, 0.0, 0.045), (0.035, 0.045), c[3][1], material="glossy"),
+                Shape(f"{c[3][0]} cube", "box", (0.035 + side, 0.0, side), (side, side, side), c[3][1])]
+    shade = c[4][1]
+    lamp = [Shape("desk lamp", "compound", (0.0, 0.0, 0.11), (), shade, role="multipart", parts=(
+        Shape("lamp base", "cylinder", (0.0, 0.0, 0.012), (0.05, 0.012), (0.22, 0.22, 0.25), material="glossy"),
+        Shape("lamp pole", "cylinder", (0.0, 0.0, 0.1), (0.006, 0.08), (0.75, 0.75, 0.72), material="mirror"),
+        Shape("lamp shade", "cone", (0.0, 0.0, 0.205), (0.055, 0.035), shade)))]
+    food = u(0.02, 0.03)
+    plate = [Shape("plate", "cylinder", (0.0, 0.0, 0.005), (0.07, 0.005), (0.93, 0.93, 0.9)),
+             Shape(f"{c[5][0]} cake", "box", (0.0, 0.0, 0.01 + food * 0.7), (food, food, food * 0.7), c[5][1],
+                   yaw_deg=u(0, 90), role="on")]
+    bowl_r = u(0.05, 0.065)
+    bowl = [Shape(f"{c[6][0]} bowl", "bowl", (0.0, 0.0, bowl_r), (bowl_r, 0.006), c[6][1]),
+            Shape(f"{c[7][0]} apple", "sphere", (0.0, 0.0, 0.006 + 0.022 + 0.004), (0.022,), c[7][1], role="in")]
+    box = [Shape("checker box", "box", (0.0, 0.0, 0.03), (0.05, 0.035, 0.03), (1.0, 1.0, 1.0),
+                 texture_scale=float(u(40, 70)), material="checker")]
+    return [hidden, thin, touching, lamp, plate, bowl, box]
+
+
+def _family_objects(rng: np.random.Generator | None = None) -> list[Shape]:
+    """A `realistic-family` layout: the case groups (`_family_groups`) in seeded colours, each
+    turned by a seeded yaw about its middle and set at a seeded slot: six on an ellipse around the
+    table's middle (at least 0.17 m apart; no group reaches 0.085 m from its middle), one in it."""
+    rng = rng if rng is not None else np.random.default_rng(0)
+    colours = [str(name) for name in rng.permutation(list(_PALETTE))]
+    groups = _family_groups(rng, colours)
+    ring = len(groups) - 1
+    angles = 2 * math.pi * (np.arange(ring) + rng.uniform(-0.05, 0.05, ring)) / ring + rng.uniform(0, 2 * math.pi)
+    slots = [(0.24 * math.cos(a), 0.2 * math.sin(a)) for a in angles] + [(0.0, 0.0)]
+    placed = []
+    for group, slot in zip([groups[int(i)] for i in rng.permutation(len(groups))], slots):
+        middle = np.mean([obj.center[:2] for obj in group], axis=0)
+        yaw = float(rng.uniform(-180, 180))
+        turn = (math.cos(math.radians(yaw)), math.sin(math.radians(yaw)))
+        for obj in group:  # the group turns about its middle, then moves to its slot
+            x, y = obj.center[0] - middle[0], obj.center[1] - middle[1]
+            dx = slot[0] + turn[0] * x - turn[1] * y - obj.center[0]
+            dy = slot[1] + turn[1] * x + turn[0] * y - obj.center[1]
+            placed.append(_moved(obj, dx, dy, yaw))
+    return placed
+
+
+def _family_view(preset: "Preset", seed: int) -> "Preset":
+    """The family's per-seed orbit (distance, height, aim) and light."""
+    rng = np.random.default_rng([seed, 23])
+    room = replace(preset.room, light=(float(rng.uniform(-0.6, 0.6)), float(rng.uniform(-0.5, 0.5)),
+                                       float(rng.uniform(1.0, 1.35))))
+    return replace(preset, orbit_radius=float(rng.uniform(0.6, 0.72)), orbit_height=float(rng.uniform(0.3, 0.42)),
+                   target=(float(rng.uniform(-0.02, 0.02)), float(rng.uniform(-0.02, 0.02)), 0.05), room=room)
+
+
 @dataclass(frozen=True)
 class Room:
     """A furnished room around a finite wooden table: four walls with pictures, a floor below the
@@ -340,6 +422,8 @@ class Preset:
     height_swing: float = 0.45
     target: tuple[float, float, float] = (0.0, 0.0, 0.2)
     room: Room | None = None
+    vary: Callable[["Preset", int], "Preset"] | None = None
+    """A family's per-seed orbit and light (`_family_view`); None: the same for every seed."""
 
 
 PRESETS = {
@@ -354,6 +438,10 @@ PRESETS = {
     "heldout-parts": Preset(_parts_objects, 48, 320, 240),
     "heldout-clutter": Preset(_clutter_objects, 48, 320, 240, orbit_radius=1.0, orbit_height=0.55, height_swing=0.2,
                               target=(0.0, 0.0, 0.06), room=Room()),
+    # Issue 38: one distribution of realistic tabletops, a layout, orbit and light per seed; choose
+    # settings on FAMILY_DEV_SEEDS only, report FAMILY_HELDOUT_SEEDS.
+    "realistic-family": Preset(_family_objects, 60, 320, 240, orbit_radius=0.62, orbit_height=0.36, height_swing=0.1,
+                               target=(0.0, 0.0, 0.05), room=Room(), vary=_family_view),
 }
 
 
@@ -417,6 +505,7 @@ def build_scene(cfg: SyntheticConfig) -> SyntheticScene:
     if cfg.preset not in PRESETS:
         raise ValueError(f"unknown synthetic preset {cfg.preset!r} (known: {sorted(PRESETS)})")
     preset = PRESETS[cfg.preset]
+    preset = preset.vary(preset, cfg.seed) if preset.vary is not None else preset
     n_views = cfg.n_views or preset.n_views
     width, height = cfg.width or preset.width, cfg.height or preset.height
     rng = np.random.default_rng(cfg.seed)
