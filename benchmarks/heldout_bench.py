@@ -117,6 +117,10 @@ def main() -> None:
     if args.family:
         dev = [r for r in runs if r["seed"] in FAMILY_DEV_SEEDS]
         held = [r for r in runs if r["seed"] in FAMILY_HELDOUT_SEEDS]
+        for label, group in (("development", dev), ("held-out", held)):  # names change by seed; roles do not
+            for kind in sorted({v for r in group for v in r["roles"].values()}):
+                value, spread = _mean_std([r["prompts"].get(p) for r in group for p, v in r["roles"].items() if v == kind])
+                print(f"[{label}] role {kind:<9} IoU {value:.3f} ± {spread:.3f}")
         role = {k: _mean_std([r["prompts"].get(p) for r in held for p, v in r["roles"].items() if v == k])[0]
                 for k in ("small", "thin", "mirror", "multipart")}
         print(f"RESULT dev_miou={_mean_std([r['miou'] for r in dev])[0]:.4f} "
