@@ -617,8 +617,6 @@ def _merge(config: Any, updates: dict[str, Any], source: str, prefix: str = "") 
     """Apply a nested dict of updates onto a config dataclass in place, checking every key."""
     hints = typing.get_type_hints(type(config))
     known = {f.name for f in dataclasses.fields(config)}
-    if isinstance(config, TrainConfig):
-        updates = _undeprecated(updates, source)
     for key, value in updates.items():
         where = f"{source}: {prefix}{key}"
         if key not in known:
@@ -637,7 +635,8 @@ def evolve(section: Any, **values: Any) -> Any:
     against the field types, and a mapping updates a subsection field by field
     (``evolve(cfg.train, iterations=20, contrastive={"every": 1})``)."""
     copy = deepcopy(section)
-    _merge(copy, values, type(section).__name__)
+    source = type(section).__name__
+    _merge(copy, _undeprecated(values, source) if isinstance(section, TrainConfig) else values, source)
     return copy
 
 
@@ -695,18 +694,16 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """
     sources = ([(str(path), _read_yaml(Path(path)))] if path is not None else []) + [
         (f"override {item!r}", _parse_override(item)) for item in overrides or []]
+    # Old flat train keys move to their sections once, here, with one warning each.
+    sources = [(source, {**data, "train": _undeprecated(data["train"], source)}
+                if isinstance(data.get("train"), dict) else data) for source, data in sources]
     probe = CgcConfig()  # the user's values alone, to learn which preset they name
     for source, data in sources:
         _merge(probe, data, source)
     preset = resolve_preset(probe.train.schedule, probe.train.backend, cuda)
     config = CgcConfig()
-    logger.disabled, was_disabled = True, logger.disabled  # the probe has warned of deprecated keys once
-    try:
-        _merge(config, {"train": PRESETS[preset]}, f"preset {preset!r}")
-        for source, data in sources:
-            _merge(config, data, source)
-    finally:
-        logger.disabled = was_disabled
+    for source, data in [(f"preset {preset!r}", {"train": PRESETS[preset]}), *sources]:
+        _merge(config, data, source)
     config.train.schedule = preset
     problems = validate_config(config)
     if problems:

@@ -348,7 +348,8 @@ def evaluate_scene(scene: Scene, render_features: FeatureRenderer, out_dir: str 
             q = queries.get(s.prompt)
             box = q.box if q is not None and q.box is not None else [None] * 4
             rows.append({
-                **asdict(s), "view_index": scene.test_names.index(s.view), "protocol": protocol,
+                **asdict(s), "false_positives": json.dumps(s.false_positives),  # JSON: its keys vary by row
+                "view_index": scene.test_names.index(s.view), "protocol": protocol,
                 "threshold": selector.threshold, "query_source": source,
                 "grounding_view": q.view if q else None, "detected": bool(q and q.detected),
                 "query_row": q.pixel[0] if q and q.pixel else None, "query_col": q.pixel[1] if q and q.pixel else None,

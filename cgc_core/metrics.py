@@ -20,10 +20,9 @@ maps, then per-class Jaccard, averaged over classes and views.
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Literal
 
@@ -114,8 +113,8 @@ class MaskScore:
     """Share of the predicted pixels inside the ground truth (None: nothing predicted)."""
     recall: float | None = None
     """Share of the ground truth predicted (None: empty ground truth)."""
-    false_positives: str = "{}"
-    """JSON {where: pixels} of the predicted pixels outside the ground truth: each other prompt whose
+    false_positives: dict[str, int] = field(default_factory=dict)
+    """{where: pixels} of the predicted pixels outside the ground truth: each other prompt whose
     ground truth (in this view) holds them, and `background` for the rest (`selection_errors`)."""
 
 
@@ -162,7 +161,7 @@ def score_pair(pred: np.ndarray | None, gt: np.ndarray, scene: str, view: str, p
     errors = selection_errors(pred, gt, others)
     return MaskScore(scene, view, prompt, iou(pred, gt, empty_union), boundary_iou(pred, gt, empty_union),
                      empty_union=empty, precision=errors["precision"], recall=errors["recall"],
-                     false_positives=json.dumps(errors["false_positives"]))
+                     false_positives=errors["false_positives"])
 
 
 def average_scores(scores: Iterable[MaskScore]) -> dict:
@@ -207,7 +206,7 @@ def _error_means(rows: list[MaskScore]) -> dict:
 
     where: dict[str, int] = {}
     for row in rows:
-        for name, pixels in json.loads(row.false_positives).items():
+        for name, pixels in row.false_positives.items():
             where[name] = where.get(name, 0) + pixels
     total = sum(where.values())
     return {"precision": mean(r.precision for r in rows), "recall": mean(r.recall for r in rows),

@@ -221,16 +221,15 @@ def train_stage(cfg: CgcConfig, scene: Scene, upstream: Upstream, force: bool = 
     inputs = {"calibrate": upstream["calibrate"].manifest.key, "masks": masks.manifest.key}
     if cfg.train.init_ply:  # a model to start from is an input: its content keys the stage
         inputs["init_ply"] = hash_file(Path(cfg.train.init_ply))
-    train_cfg = cfg.train  # its preset applied by `load_config`: the key holds every value that runs
 
     def compute(work: Path) -> dict:
-        result, downscale = train_with_oom_retries(scene, masks.outputs.store, work, train_cfg,
+        result, downscale = train_with_oom_retries(scene, masks.outputs.store, work, cfg.train,
                                                    progress)
-        return {"steps": result.steps, "schedule": train_cfg.schedule, "seconds": round(result.seconds, 2),
+        return {"steps": result.steps, "schedule": cfg.train.schedule, "seconds": round(result.seconds, 2),
                 "resumed_from": result.resumed_from,
                 "n_gaussians": int(result.params["means"].shape[0]), "downscale": downscale}
 
-    return StageRun(scene, run_stage(scene_dir(cfg, scene.name) / "train", "train", inputs, train_cfg, compute,
+    return StageRun(scene, run_stage(scene_dir(cfg, scene.name) / "train", "train", inputs, cfg.train, compute,
                                      force=force, resumable=True, code=stage_code("train")).as_outputs(TrainOutputs))
 
 

@@ -259,9 +259,9 @@ class HealthLog:
     gradient on the features (which term moves them), the Gaussian count and the view's feature
     separation (`cgc_core.health`), appended to `history`."""
 
-    def __init__(self, cfg: TrainConfig, history: list[dict] | None = None):
+    def __init__(self, cfg: TrainConfig):
         self.every, self.iterations, self.min_pixels = cfg.health.every, cfg.iterations, cfg.contrastive.min_pixels
-        self.history = list(history or [])
+        self.history: list[dict] = []
 
     def due(self, step: int) -> bool:
         return bool(self.every) and (step % self.every == 0 or step + 1 == self.iterations)
@@ -377,8 +377,8 @@ class Trainer:
             "sh0": lr.sh0, "shN": lr.shN, "features": lr.features})
         self.optimizers = {k: torch.optim.Adam([{"params": self.params[k], "lr": rate, "name": k}], eps=1e-15)
                            for k, rate in rates.items()}
-        for k, optimizer in self.optimizers.items():
-            if optimizer_states is not None:
+        if optimizer_states is not None:
+            for k, optimizer in self.optimizers.items():
                 optimizer.load_state_dict(optimizer_states[k])
         # A loaded model may hold fewer SH bands than `sh_degree`.
         self.model_sh_degree = math.isqrt(self.params["shN"].shape[1] + 1) - 1

@@ -266,7 +266,8 @@ def _fake_run(tmp_path: Path, scene_dir: Path, scene_name: str, layout: str,
                 Image.fromarray(pred.astype(np.uint8) * 255).save(path)
         scores = score_predictions(scene, evaluate_dir / "predictions" / protocol, EvaluateConfig())
         averages = average_scores(scores)
-        frames.append(pd.DataFrame([{**s.__dict__, "protocol": protocol} for s in scores]))
+        frames.append(pd.DataFrame([{**s.__dict__, "false_positives": json.dumps(s.false_positives),
+                                     "protocol": protocol} for s in scores]))
         per_protocol[protocol] = {"miou": averages["miou"], "mbiou": averages["mbiou"], "not_detected": [],
                                   "empty_union_views": averages["empty_union_views"],
                                   "prompts": averages["scenes"][scene_name]["prompts"],
