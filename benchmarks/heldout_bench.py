@@ -19,8 +19,10 @@ With `--family realistic`: the `realistic-family` preset (one distribution of ta
 orbit and light per seed) on its development seeds and its held-out seeds (`FAMILY_DEV_SEEDS`,
 `FAMILY_HELDOUT_SEEDS`), with per-case IoU over the held-out runs; last line
     RESULT dev_miou=<mean> heldout_miou=<mean> heldout_std=<x> small_iou=<x> thin_iou=<x>
-           mirror_iou=<x> multipart_iou=<one click> minutes=<total>
-(the issue's `multipart_steps_iou` needs the coarser selection step, not built yet).
+           mirror_iou=<x> multipart_iou=<one click> multipart_steps_iou=<x> minutes=<total>
+(multipart_steps_iou: protocol click-oracle-steps, the click then coarser steps up the cluster tree
+while the IoU in the grounding view rises, an upper bound; over the held-out family seeds'
+multi-part objects and those of the held-out presets at `--steps-seeds`, which run too).
 
 Otherwise the last line:
     RESULT heldout_miou=<mean> heldout_miou_std=<x> multipart_iou=<mean over multi-part objects>
@@ -42,14 +44,17 @@ ROOT = Path(__file__).resolve().parent.parent
 HELDOUT = ("heldout-parts", "heldout-clutter")
 
 
-def run_one(preset: str, seed: int, overrides: list[str], data_dir: str) -> dict:
-    """One (preset, seed) through every stage; its figures."""
+def run_one(preset: str, seed: int, overrides: list[str], data_dir: str, steps: bool = False) -> dict:
+    """One (preset, seed) through every stage; its figures (with `steps`, the click-oracle-steps
+    protocol's IoU per prompt too: an evaluation setting, not a training one)."""
     from cgc_core.config import load_config
     from cgc_core.pipeline import run_scene_stage
     from cgc_core.scene.synthetic import build_scene
 
     folder = Path(data_dir) / f"{preset}-seed{seed}"
-    cfg = load_config(None, [f"data_dir={folder}", f"synthetic.seed={seed}", f"train.seed={seed}", *overrides])
+    protocols = ["evaluate.protocol=[click-oracle, click-oracle-steps]"] if steps else []
+    cfg = load_config(None, [f"data_dir={folder}", f"synthetic.seed={seed}", f"train.seed={seed}", *protocols,
+                             *overrides])
     for stage in ("scene", "calibrate", "masks", "train", "evaluate", "cluster"):
         _, result = run_scene_stage(cfg, f"synthetic-{preset}", stage)
         if stage == "train":
@@ -64,6 +69,9 @@ def run_one(preset: str, seed: int, overrides: list[str], data_dir: str) -> dict
     multipart = [o.name for o in objects if o.kind == "compound"]
     return {"preset": preset, "seed": seed, "miou": evaluated["miou"], "mbiou": evaluated["mbiou"],
             "prompts": {p: row["iou"] for p, row in evaluated["prompts"].items()}, "multipart": multipart,
+            "steps_prompts": {p: row["iou"] for p, row in
+                              evaluated["protocols"].get("click-oracle-steps", {}).get("prompts", {}).items()},
+            "steps_taken": evaluated["protocols"].get("click-oracle-steps", {}).get("steps", {}),
             "roles": {o.name: o.role for o in objects if o.role},
             "ari": clustered.get("ari"), "clusters": clustered["n_clusters"], "minutes": record["seconds"] / 60,
             "schedule": record.get("schedule"), "depth_split": record.get("depth_split")}
@@ -83,6 +91,8 @@ def main() -> None:
     parser.add_argument("--family", choices=["realistic"], help="the realistic family's development and held-out "
                         "seeds instead of --presets/--seeds")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--steps-seeds", nargs="+", type=int, default=[0], help="with --family: seeds of the "
+                        "held-out presets whose multi-part objects join the family's in multipart_steps_iou")
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (each on one thread)")
     parser.add_argument("--data-dir", default=str(ROOT / "data" / "bench-heldout"))
     args = parser.parse_args()
@@ -93,14 +103,17 @@ def main() -> None:
 
         args.presets, args.seeds = [f"{args.family}-family"], [*FAMILY_DEV_SEEDS, *FAMILY_HELDOUT_SEEDS]
     jobs = [(p, s) for p in args.presets for s in args.seeds]
+    if args.family:  # multipart_steps_iou also counts the held-out presets' multi-part objects
+        jobs += [(p, s) for p in HELDOUT for s in args.steps_seeds]
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        runs = list(pool.map(run_one, *zip(*jobs), [args.overrides] * len(jobs), [args.data_dir] * len(jobs)))
+        runs = list(pool.map(run_one, *zip(*jobs), [args.overrides] * len(jobs), [args.data_dir] * len(jobs),
+                             [bool(args.family)] * len(jobs)))
 
     from cgc_core.train import describe_depth_split  # torch only after OMP_NUM_THREADS is set for the workers
 
     print(f"settings: default config{' + ' + ' '.join(args.overrides) if args.overrides else ''}; seeds {args.seeds}; "
           "protocol click-oracle (upper bound)")
-    for preset in args.presets:
+    for preset in dict.fromkeys(r["preset"] for r in runs):
         mine = [r for r in runs if r["preset"] == preset]
         mean, std = _mean_std([r["miou"] for r in mine])
         ari, ari_std = _mean_std([r["ari"] for r in mine])
@@ -113,21 +126,37 @@ def main() -> None:
         for prompt in sorted({p for r in mine for p in r["prompts"]}):
             value, spread = _mean_std([r["prompts"].get(prompt) for r in mine])
             tag = "  (multi-part)" if any(prompt in r["multipart"] for r in mine) else ""
+            stepped = [r["steps_prompts"].get(prompt) for r in mine if prompt in r["steps_prompts"]]
+            if stepped:
+                taken = [r["steps_taken"].get(prompt, 0) for r in mine if prompt in r["steps_prompts"]]
+                tag += f"  with steps {_mean_std(stepped)[0]:.3f} (steps {taken})"
             print(f"[{preset}]   {prompt:<16} IoU {value:.3f} ± {spread:.3f}{tag}")
     if args.family:
-        dev = [r for r in runs if r["seed"] in FAMILY_DEV_SEEDS]
-        held = [r for r in runs if r["seed"] in FAMILY_HELDOUT_SEEDS]
+        family = [r for r in runs if r["preset"] == f"{args.family}-family"]
+        dev = [r for r in family if r["seed"] in FAMILY_DEV_SEEDS]
+        held = [r for r in family if r["seed"] in FAMILY_HELDOUT_SEEDS]
         for label, group in (("development", dev), ("held-out", held)):  # names change by seed; roles do not
             for kind in sorted({v for r in group for v in r["roles"].values()}):
                 value, spread = _mean_std([r["prompts"].get(p) for r in group for p, v in r["roles"].items() if v == kind])
                 print(f"[{label}] role {kind:<9} IoU {value:.3f} ± {spread:.3f}")
         role = {k: _mean_std([r["prompts"].get(p) for r in held for p, v in r["roles"].items() if v == k])[0]
                 for k in ("small", "thin", "mirror", "multipart")}
+        # One click plus coarser steps on every multi-part object: the held-out family seeds' and
+        # the held-out presets' compound objects (click-oracle-steps, an upper bound).
+        multipart = [(r, p) for r in held for p, v in r["roles"].items() if v == "multipart"] + \
+                    [(r, p) for r in runs if r["preset"] in HELDOUT for p in r["multipart"] if p in r["prompts"]]
+        one_click = _mean_std([r["prompts"].get(p) for r, p in multipart])[0]
+        steps_iou = _mean_std([r["steps_prompts"].get(p) for r, p in multipart])[0]
+        print(f"multi-part objects ({len(multipart)}): one click {one_click:.3f}, click-oracle-steps {steps_iou:.3f}")
+        for label, group in (("development", dev), ("held-out", held)):
+            value = _mean_std([r["steps_prompts"].get(p) for r in group for p in r["steps_prompts"]])[0]
+            print(f"[{label}] click-oracle-steps mIoU {value:.3f} (one click: "
+                  f"{_mean_std([r['miou'] for r in group])[0]:.3f})")
         print(f"RESULT dev_miou={_mean_std([r['miou'] for r in dev])[0]:.4f} "
               f"heldout_miou={_mean_std([r['miou'] for r in held])[0]:.4f} "
               f"heldout_std={_mean_std([r['miou'] for r in held])[1]:.4f} small_iou={role['small']:.4f} "
               f"thin_iou={role['thin']:.4f} mirror_iou={role['mirror']:.4f} multipart_iou={role['multipart']:.4f} "
-              f"minutes={sum(r['minutes'] for r in runs):.2f}")
+              f"multipart_steps_iou={steps_iou:.4f} minutes={sum(r['minutes'] for r in runs):.2f}")
         return
     held = [r for r in runs if r["preset"] in HELDOUT]
     heldout_miou, heldout_std = _mean_std([r["miou"] for r in held])

@@ -190,6 +190,8 @@ def export_cmd(scene: Annotated[str, typer.Option(help="scene source, as for `cg
                click: Annotated[Optional[str], typer.Option(help="VIEW,ROW,COL: the feature of this pixel")] = None,
                level: Annotated[Optional[int], typer.Option(help="granularity of --object/--click on a model trained "
                                 "with several mask levels: 0 = parts, higher = whole objects (default: query.level)")] = None,
+               coarser: Annotated[int, typer.Option(help="coarser steps from --object/--click up the tree of the "
+                                  "cluster stage's clusters: a clicked part grows to its whole object")] = 0,
                config: ConfigOpt = None, set_: SetOpt = None) -> None:
     """Write one object's Gaussians to their own .ply (same attributes as the trained model)."""
     import numpy as np
@@ -228,7 +230,18 @@ def export_cmd(scene: Annotated[str, typer.Option(help="scene source, as for `cg
                 _fail(f"--click {click!r}: expected VIEW,ROW,COL inside a calibrated view ({exc})", 2)
         else:
             query = _object_query(cfg, calibrated, render_features, selector, object_)
-        keep = selector.gaussians(params, [query])
+        if coarser < 0:
+            _fail(f"--coarser {coarser}: steps must be >= 0", 2)
+        features = [query.feature]
+        if coarser:
+            from .hierarchy import ClusterTree
+
+            _, clustered = _stage(cfg, scene, "cluster")
+            try:
+                features = ClusterTree.from_json(clustered.outputs.tree).step_features(query.feature, coarser)
+            except ValueError as exc:
+                _fail(str(exc))
+        keep = selector.gaussians(params, features)
     try:
         path = export_selection(params, keep, out)
     except ValueError as exc:

@@ -24,6 +24,7 @@ from torch import Tensor
 
 from .config import ClusterConfig
 from .gaussians import save_ply, subset_params
+from .hierarchy import ClusterTree, build_cluster_tree
 from .masks.store import coco_segment
 from .metrics import scores_3d
 from .scene.model import Camera
@@ -36,11 +37,12 @@ CLUSTERS_PLY = "scene_clusters.ply"
 @dataclass(frozen=True)
 class ClusterOutputs(StageOutputs):
     """The cluster stage's files: `clusters_ply` (every Gaussian with its `cluster` attribute;
-    `cluster_XXX.ply` beside it), `palette` (a view painted by cluster), `objects/<prompt>.ply` (the
+    `cluster_XXX.ply` beside it), `tree` (the clusters' hierarchy, `hierarchy.ClusterTree`), `palette` (a view painted by cluster), `objects/<prompt>.ply` (the
     Gaussians a prompt's query selects), `instance_masks/` (consistent masks: labels/*.png and
     COCO-RLE instances.json) and `summary` (counts, sizes, 3D scores where the scene has truth)."""
 
     clusters_ply = property(lambda self: self.folder / CLUSTERS_PLY)
+    tree = property(lambda self: self.folder / "tree.json")
     palette = property(lambda self: self.folder / "palette.png")
     objects = property(lambda self: self.folder / "objects")
     instance_masks = property(lambda self: self.folder / "instance_masks")
@@ -374,10 +376,20 @@ def export_instance_masks(params: dict[str, Tensor], labels: np.ndarray, cameras
     return {"views": len(images), "annotations": len(annotations), "clusters": clusters}
 
 
+def model_tree(params: dict[str, Tensor], scene, selector, cfg: ClusterConfig) -> tuple[Clustering, ClusterTree]:
+    """The clusters of a trained model at the selection's granularity (the cluster stage's), and
+    their hierarchy (`hierarchy.build_cluster_tree`), which coarser selection steps walk."""
+    features, opacities = selector.restrict(params["features"]), torch.sigmoid(params["opacities"])
+    clustering = cluster_gaussians(features, params["means"], opacities, cfg,
+                                   look_at=camera_look_at(scene.cameras.values()))
+    return clustering, build_cluster_tree(clustering, features, params["means"], opacities, cfg.min_opacity,
+                                          cfg.tree_radius, cfg.tree_min_link, cfg.max_fit_points, cfg.seed)
+
+
 def cluster_scene(params: dict[str, Tensor], scene, selector, queries: dict, query_protocol: str | None,
                   out: ClusterOutputs, cfg: ClusterConfig, backend: str = "auto",
                   progress: Callable[[int, int, str], None] | None = None) -> dict:
-    """The cluster stage's work: HDBSCAN on the Gaussians, then every file of `out`.
+    """The cluster stage's work: HDBSCAN on the Gaussians and the clusters' tree, then every file of `out`.
 
     Args:
         params: Trained parameters.
@@ -395,9 +407,9 @@ def cluster_scene(params: dict[str, Tensor], scene, selector, queries: dict, que
     opacities = torch.sigmoid(params["opacities"])
     started = time.perf_counter()
     # Objects at the selection's granularity (the coarsest trained mask level by default).
-    clustering = cluster_gaussians(selector.restrict(params["features"]), params["means"], opacities, cfg,
-                                   look_at=camera_look_at(scene.cameras.values()))
+    clustering, tree = model_tree(params, scene, selector, cfg)
     seconds = time.perf_counter() - started
+    tree.to_json(out.tree)
     if progress is not None:
         progress(1, 1, f"HDBSCAN: {clustering.n_clusters} clusters")
     export_clusters(params, clustering, out.folder, per_cluster=cfg.export_clusters)
@@ -412,7 +424,7 @@ def cluster_scene(params: dict[str, Tensor], scene, selector, queries: dict, que
                                            out.instance_masks, backend, progress=progress)
                      if cfg.export_masks else None)
     summary = {"n_gaussians": int(len(clustering.labels)), "n_clusters": clustering.n_clusters,
-               "background_cluster": clustering.background,
+               "background_cluster": clustering.background, "tree_merges": tree.merges.tolist(),
                "n_fitted": clustering.n_fitted, "cluster_sizes": clustering.sizes.tolist(),
                "cluster_seconds": round(seconds, 3), "palette_view": view,
                "selected": {p: int(k.sum()) for p, k in selections.items()},

@@ -459,6 +459,12 @@ class ClusterConfig:
     export_masks: bool = True
     """Write multi-view consistent 2D masks of every training view from the clusters
     (`instance_masks/`: 16-bit PNG label maps and COCO-RLE `instances.json`, ids = cluster ids)."""
+    tree_radius: float = 2.0
+    """The cluster tree (`hierarchy.build_cluster_tree`, walked by coarser selection steps): two
+    Gaussians touch within this many times the median distance between nearest Gaussians."""
+    tree_min_link: float = 0.05
+    """Groups of clusters whose strongest link (touching pairs per Gaussian of the smaller, times
+    the agreement of their features) is weaker stay apart. RESULTS.md, "Coarser steps"."""
     seed: int = 0
 
 
@@ -473,7 +479,7 @@ class ReportConfig:
     """Draw the figures (bar chart, mask strips); off: tables only."""
 
 
-EVALUATION_PROTOCOLS = ("text", "box-oracle", "click-oracle", "ovs-argmax")
+EVALUATION_PROTOCOLS = ("text", "box-oracle", "click-oracle", "click-oracle-steps", "ovs-argmax")
 
 
 @dataclass
@@ -485,7 +491,9 @@ class EvaluateConfig:
     `text` (the paper's: Grounding DINO box for the prompt -> SAM mask -> query; needs
     query.gdino_checkpoint and query.sam.checkpoint), `box-oracle` (the ground truth's bounding box
     -> SAM -> query; needs query.sam.checkpoint), `click-oracle` (the rendered feature at the deepest
-    pixel of the ground truth; needs no weights, an upper bound), `ovs-argmax` (3D-OVS's own metric:
+    pixel of the ground truth; needs no weights, an upper bound), `click-oracle-steps` (that click,
+    then coarser steps up the cluster tree while the IoU in the grounding view rises; an upper
+    bound on a click plus steps, `evaluate.oracle_steps`), `ovs-argmax` (3D-OVS's own metric:
     each pixel takes the class whose query it is most similar to; queries from `ovs_queries`), or
     `auto`: `text` for LERF-Mask and 3D-OVS scenes, `click-oracle` for the others."""
     grounding_image: Literal["photo", "render"] = "photo"

@@ -12,6 +12,10 @@ Protocols (`evaluate.protocol`, one or a list; `auto` picks per scene):
   users with SAM but no detector, and to tell detector misses from feature quality.
 - `click-oracle` — the rendered feature at the deepest pixel of the ground truth: an upper bound
   (the query comes from the answer), not comparable with published numbers.
+- `click-oracle-steps` — the click-oracle's click, then coarser steps up the hierarchy of the
+  Gaussians' clusters (`hierarchy.ClusterTree`) while the IoU with the ground truth in the grounding
+  view rises (a user who looks at the result and asks for more of the object), the same step in
+  every test view: an upper bound on one click plus steps; the paper's row stays one click.
 - `ovs-argmax` — the 3D-OVS dataset's own metric: in each view every pixel takes the class whose
   query it is most similar to; per-class IoU; mean over classes per view, then over views.
 
@@ -35,8 +39,11 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from .cluster import model_tree
 from .config import EVALUATION_PROTOCOLS, CgcConfig, EvaluateConfig
-from .metrics import MaskScore, MissingPredictionError, average_scores, psnr, read_mask, score_pair
+from .hierarchy import ClusterTree
+from .metrics import (MaskScore, MissingPredictionError, average_scores, psnr, read_mask, resize_nearest,
+                      score_pair)
 from .query import deepest_pixel
 from .scene.model import Scene, SceneError
 from .selection import Query, Selector
@@ -85,9 +92,15 @@ def resolve_protocols(protocol: str | list[str], layout: str, ovs_queries: str =
     return out
 
 
+def _query_source(protocol: str, ovs_queries: str) -> str:
+    """The query-making protocol behind `protocol` (`ovs-argmax` borrows `ovs_queries`',
+    `click-oracle-steps` the click-oracle's)."""
+    return {"ovs-argmax": ovs_queries, "click-oracle-steps": "click-oracle"}.get(protocol, protocol)
+
+
 def _query_sources(protocols: list[str], ovs_queries: str) -> list[str]:
-    """The query-making protocols behind `protocols` (`ovs-argmax` borrows `ovs_queries`')."""
-    return sorted({ovs_queries if p == "ovs-argmax" else p for p in protocols})
+    """The query-making protocols behind `protocols`."""
+    return sorted({_query_source(p, ovs_queries) for p in protocols})
 
 
 def check_protocol_weights(cfg: CgcConfig, scene: Scene) -> list[str]:
@@ -131,7 +144,7 @@ def selection_protocol(cfg: CgcConfig, scene: Scene) -> str:
     """The query-making protocol whose queries stand for the scene's prompts outside evaluation
     (the cluster stage's objects/*.ply, `cgc export --object`): the first configured one."""
     protocols = resolve_protocols(cfg.evaluate.protocol, scene.layout, cfg.evaluate.ovs_queries)
-    return cfg.evaluate.ovs_queries if protocols[0] == "ovs-argmax" else protocols[0]
+    return _query_source(protocols[0], cfg.evaluate.ovs_queries)
 
 
 def grounding_view(scene: Scene, prompt: str) -> str | None:
@@ -225,10 +238,11 @@ def _write_mask(path: Path, mask: np.ndarray) -> Path:
     return path
 
 
-def predict_masks(scene: Scene, render_features: FeatureRenderer, queries: dict[str, Query], out_dir: Path,
+def predict_masks(scene: Scene, render_features: FeatureRenderer, queries: dict[str, Query | list], out_dir: Path,
                   selector: Selector) -> list[Path]:
     """Threshold every prompt's query in every test view that has its ground truth; write the PNGs.
-    A prompt without a (detected) query gets empty masks."""
+    A prompt whose value is a list of queries (coarser steps) predicts their union; a prompt
+    without a (detected) query gets empty masks."""
     written = []
     prompts = _scene_prompts(scene)
     for view in scene.test_names:
@@ -236,10 +250,31 @@ def predict_masks(scene: Scene, render_features: FeatureRenderer, queries: dict[
         if not wanted:
             continue
         fmap = render_features(view)
-        masks = selector.masks(fmap, [queries.get(p) or Query(None, "none") for p in wanted])
-        for k, prompt in enumerate(wanted):
-            written.append(_write_mask(prediction_path(out_dir, scene, view, prompt), masks[k].cpu().numpy()))
+        for prompt in wanted:
+            chosen = queries.get(prompt) or Query(None, "none")
+            mask = selector.union_mask(fmap, chosen if isinstance(chosen, list) else [chosen])
+            written.append(_write_mask(prediction_path(out_dir, scene, view, prompt), mask.cpu().numpy()))
     return written
+
+
+def oracle_steps(tree: ClusterTree, query: Query, feature_map: Tensor, gt: np.ndarray, selector: Selector,
+                 ) -> tuple[int, list[float]]:
+    """`click-oracle-steps`' choice for one prompt: coarser steps from the click while the IoU of
+    the selection with the ground truth `gt` of the grounding view (`feature_map`'s view) rises.
+
+    Returns:
+        The chosen number of steps (0: the click alone) and the IoU at every step tried.
+    """
+    if not query.detected:
+        return 0, []
+    ious: list[float] = []
+    for steps in range(tree.depth(query.feature) + 1):
+        mask = resize_nearest(selector.union_mask(feature_map, tree.step_features(query.feature, steps)).cpu().numpy(),
+                              gt.shape)
+        ious.append(float((mask & gt).sum() / max((mask | gt).sum(), 1)))
+        if steps and ious[-1] <= ious[-2]:
+            return steps - 1, ious
+    return len(ious) - 1, ious
 
 
 def predict_argmax(scene: Scene, render_features: FeatureRenderer, queries: dict[str, Query], out_dir: Path,
@@ -301,7 +336,8 @@ def ovs_average(scores: list[MaskScore], scene_name: str) -> dict:
 
 def evaluate_scene(scene: Scene, render_features: FeatureRenderer, out_dir: str | Path, cfg: EvaluateConfig,
                    selector: Selector, grounding_image: ImageRenderer | None = None,
-                   protocols: list[str] | None = None) -> tuple[pd.DataFrame, dict[str, dict]]:
+                   protocols: list[str] | None = None, tree: ClusterTree | None = None,
+                   ) -> tuple[pd.DataFrame, dict[str, dict]]:
     """Every protocol end to end: queries, predicted PNGs, scores, one `results.parquet`.
 
     Args:
@@ -312,14 +348,18 @@ def evaluate_scene(scene: Scene, render_features: FeatureRenderer, out_dir: str 
         selector: The selection service (threshold, SAM and detector for box/text queries).
         grounding_image: View name -> uint8 image for the detector and SAM (default: the photo).
         protocols: Concrete protocols (default: `resolve_protocols` of the config for the scene).
+        tree: The hierarchy of the model's clusters (`cluster.model_tree`), needed by `click-oracle-steps`.
 
     Returns:
         Every (protocol, view, prompt) row — with the protocol, the query's grounding view, pixel,
+        the coarser steps taken (`click-oracle-steps`),
         box, detection score and SAM mask area, and flags for undetected prompts and empty
         unions — and per protocol its averages (`metrics.average_scores`, plus `not_detected`).
     """
     out_dir = Path(out_dir)
     protocols = protocols or resolve_protocols(cfg.protocol, scene.layout, cfg.ovs_queries)
+    if "click-oracle-steps" in protocols and tree is None:
+        raise ValueError("evaluate_scene: protocol click-oracle-steps needs the cluster tree (tree=)")
     grounding = grounding_masks(scene)
     for prompt, found in grounding.items():
         if found is None:
@@ -332,17 +372,24 @@ def evaluate_scene(scene: Scene, render_features: FeatureRenderer, out_dir: str 
         made[source] = protocol_queries(source, scene, grounding_features, selector, grounding_image, grounding)
     rows, results = [], {}
     for protocol in protocols:
-        source = cfg.ovs_queries if protocol == "ovs-argmax" else protocol  # ovs-argmax borrows its queries
-        queries = made[source]
+        source = _query_source(protocol, cfg.ovs_queries)
+        queries, steps = made[source], {}
         pred_dir = EvaluateOutputs(out_dir).predictions / protocol
         if protocol == "ovs-argmax":
             predict_argmax(scene, render_features, queries, pred_dir, selector)
+        elif protocol == "click-oracle-steps":
+            steps = {p: oracle_steps(tree, q, grounding_features(q.view), grounding[p][1], selector)[0]
+                     for p, q in queries.items()}
+            predict_masks(scene, render_features, {p: tree.step_features(q.feature, steps[p]) if q.detected else q
+                                                   for p, q in queries.items()}, pred_dir, selector)
         else:
             predict_masks(scene, render_features, queries, pred_dir, selector)
         scores = score_predictions(scene, pred_dir, cfg)
         averages = ovs_average(scores, scene.name) if protocol == "ovs-argmax" else average_scores(scores)
         averages["not_detected"] = sorted(p for p, q in queries.items() if not q.detected)
         averages["query_source"] = source
+        if steps:
+            averages["steps"] = steps
         results[protocol] = averages
         for s in scores:
             q = queries.get(s.prompt)
@@ -353,6 +400,7 @@ def evaluate_scene(scene: Scene, render_features: FeatureRenderer, out_dir: str 
                 "threshold": selector.threshold, "query_source": source,
                 "grounding_view": q.view if q else None, "detected": bool(q and q.detected),
                 "query_row": q.pixel[0] if q and q.pixel else None, "query_col": q.pixel[1] if q and q.pixel else None,
+                "steps": steps.get(s.prompt),
                 "box_x0": box[0], "box_y0": box[1], "box_x1": box[2], "box_y1": box[3],
                 "detection_score": q.score if q else None, "sam_mask_area": q.mask_area if q else None,
             })
@@ -387,15 +435,17 @@ def evaluate_model(params: dict[str, Tensor], scene: Scene, cfg: CgcConfig, out_
             return render(gaussians, scene.cameras[view], backend=cfg.train.backend, background=background).rgb
 
         protocols = resolve_protocols(cfg.evaluate.protocol, scene.layout, cfg.evaluate.ovs_queries)
+        selector = Selector.from_config(cfg)
+        tree = model_tree(params, scene, selector, cfg.cluster)[1] if "click-oracle-steps" in protocols else None
         table, results = evaluate_scene(
-            scene, feature_renderer(params, scene, cfg.train.backend), out_dir, cfg.evaluate, Selector.from_config(cfg),
+            scene, feature_renderer(params, scene, cfg.train.backend), out_dir, cfg.evaluate, selector,
             grounding_image=(lambda view: (rendered(view).clamp(0, 1).cpu().numpy() * 255 + 0.5).astype("uint8"))
-            if cfg.evaluate.grounding_image == "render" else None, protocols=protocols)
+            if cfg.evaluate.grounding_image == "render" else None, protocols=protocols, tree=tree)
         psnrs = [psnr(rendered(n), torch.as_tensor(scene.load_image(n))) for n in scene.test_names]
         per_protocol = {
             p: {"miou": r["miou"], "mbiou": r["mbiou"], "not_detected": r["not_detected"],
                 "empty_union_views": r["empty_union_views"], "rows": int((table["protocol"] == p).sum()),
-                "prompts": r["scenes"].get(scene.name, {}).get("prompts", {})}
+                "prompts": r["scenes"].get(scene.name, {}).get("prompts", {}), **({"steps": r["steps"]} if "steps" in r else {})}
             for p, r in results.items()}
         first = per_protocol[protocols[0]]
         # The top-level numbers are the first protocol's; every protocol's are under "protocols".

@@ -26,6 +26,7 @@ from torch import Tensor
 
 from .cluster import export_selection, render_clusters
 from .gaussians import SH_C0, read_ply_attribute
+from .hierarchy import ClusterTree
 from .query import normalize_features
 from .render import Gaussians, render
 from .scene.model import Camera
@@ -99,6 +100,10 @@ class ViewerSession:
             SAM and Grounding DINO for text prompts); `Selector.from_config(cfg)` in `load_session`.
         mode: What `render_view` shows: rgb, pca (features), similarity (to the query), clusters.
         cluster_labels: Per-Gaussian labels for the `clusters` mode (from the cluster stage), or None.
+        tree: The clusters' hierarchy (the cluster stage's `tree.json`) that `coarser` and `finer`
+            walk from the last click; None: no steps.
+        queries: The clicks' (and text prompts') query features.
+        steps: Coarser steps applied to the last query (0: the paper's selection).
     """
 
     params: dict[str, Tensor]
@@ -106,7 +111,9 @@ class ViewerSession:
     selector: Selector = field(default_factory=Selector)
     mode: Mode = "rgb"
     cluster_labels: np.ndarray | None = None
+    tree: ClusterTree | None = None
     queries: list[Tensor] = field(default_factory=list)
+    steps: int = 0
     last: Frame | None = None
 
     def __post_init__(self) -> None:
@@ -151,13 +158,33 @@ class ViewerSession:
         self.last = Frame(camera, rgb, features, image, time.perf_counter() - start)
         return self.last
 
+    @property
+    def selection(self) -> list[Tensor]:
+        """The query features selected now: every query, the last one grown by `steps` coarser steps."""
+        if not self.queries or not self.steps or self.tree is None:
+            return list(self.queries)
+        return [*self.queries[:-1], *self.tree.step_features(self.queries[-1], self.steps)]
+
+    def coarser(self) -> int:
+        """One coarser step from the last query (up the cluster tree, stopping at its root); returns the steps."""
+        if self.tree is None or not self.queries:
+            raise ValueError("no coarser step: " + ("select something first" if self.tree is not None else
+                                                   "the cluster stage has not run (no cluster tree)"))
+        self.steps = min(self.steps + 1, self.tree.depth(self.queries[-1]))
+        return self.steps
+
+    def finer(self) -> int:
+        """One step back towards the last query alone; returns the steps."""
+        self.steps = max(self.steps - 1, 0)
+        return self.steps
+
     def similarity(self, features: Tensor) -> np.ndarray:
-        """[H, W] highest cosine similarity of each pixel to any query."""
-        return self.selector.similarity(features, self.queries).max(0).values.numpy()
+        """[H, W] highest cosine similarity of each pixel to any query of the selection."""
+        return self.selector.similarity(features, self.selection).max(0).values.numpy()
 
     def mask(self, features: Tensor) -> np.ndarray | None:
-        """[H, W] pixels at or above the threshold for any query (None without a query)."""
-        return None if not self.queries else self.selector.union_mask(features, self.queries).numpy()
+        """[H, W] pixels at or above the threshold for any query of the selection (None without a query)."""
+        return None if not self.queries else self.selector.union_mask(features, self.selection).numpy()
 
     def click(self, u: float, v: float, add: bool = False) -> np.ndarray:
         """A click at normalised image coordinates (u, v) in [0, 1] (OpenCV: u right, v down) on the
@@ -169,6 +196,7 @@ class ViewerSession:
         row, col = min(int(v * h), h - 1), min(int(u * w), w - 1)
         query = self.selector.click(self.last.features, [(row, col)]).feature
         self.queries = [*self.queries, query] if add else [query]
+        self.steps = 0
         return self.mask(self.last.features)
 
     def text(self, prompt: str, add: bool = False) -> np.ndarray | None:
@@ -182,15 +210,16 @@ class ViewerSession:
         if not query.detected:
             return None
         self.queries = [*self.queries, query.feature] if add else [query.feature]
+        self.steps = 0
         return self.mask(self.last.features)
 
     def clear(self) -> None:
-        self.queries = []
+        self.queries, self.steps = [], 0
 
     def selected_gaussians(self) -> np.ndarray:
         """[N] boolean: Gaussians similar to any query (union), spatially cleaned, with the
         configured opacity floor and cleaning (`Selector.gaussians`)."""
-        return self.selector.gaussians(self.params, self.queries)
+        return self.selector.gaussians(self.params, self.selection)
 
     def export(self, path: str | Path) -> tuple[Path, int]:
         """Write the selected Gaussians to a .ply; returns the path and how many."""
@@ -253,6 +282,9 @@ def serve(session: ViewerSession, cameras: dict[str, Camera], export_dir: str | 
                                    initial_value=session.level) if session.selector.levels > 1 else None)
     prompt = server.gui.add_text("Text prompt", initial_value="")
     find = server.gui.add_button("Select by text")
+    # Steps up the cluster tree from the last click: a part grows to its whole object and back.
+    coarser = server.gui.add_button("Coarser") if session.tree is not None else None
+    finer = server.gui.add_button("Finer") if session.tree is not None else None
     clear = server.gui.add_button("Clear selection")
     export = server.gui.add_button("Export selection")
     timing = server.gui.add_markdown("")
@@ -284,7 +316,8 @@ def serve(session: ViewerSession, cameras: dict[str, Camera], export_dir: str | 
         splats.remove()  # the selection recolours its splats
         splats = server.scene.add_gaussian_splats("/gaussians", **splat_arrays(params, keep))
         status.content = (f"selected {int(keep.sum())} Gaussians; mask {pixels} pixels at threshold "
-                          f"{session.threshold:.2f} ({len(session.queries)} click(s))" if session.queries
+                          f"{session.threshold:.2f} ({len(session.queries)} click(s), {session.steps} coarser "
+                          "step(s))" if session.queries
                           else "Click the image to select an object (shift-click adds a click).")
 
     @server.on_client_connect
@@ -346,6 +379,20 @@ def serve(session: ViewerSession, cameras: dict[str, Camera], export_dir: str | 
         redraw_all()
         show_selection()
 
+    def step(walk) -> None:
+        try:
+            with lock:
+                walk()
+        except ValueError as exc:
+            status.content = str(exc)
+            return
+        redraw_all()
+        show_selection()
+
+    if session.tree is not None:
+        coarser.on_click(lambda _: step(session.coarser))
+        finer.on_click(lambda _: step(session.finer))
+
     @clear.on_click
     def _(_) -> None:
         session.clear()
@@ -374,13 +421,15 @@ def load_session(cfg, source: str) -> tuple[ViewerSession, dict[str, Camera], Pa
 
     scene, trained = run_scene_stage(cfg, source, "train")
     params = load_ply(trained.outputs.ply)
-    labels = None
+    labels, tree = None, None
     try:
         _, clustered = run_scene_stage(cfg, source, "cluster")
         labels = read_ply_attribute(clustered.outputs.clusters_ply, "cluster")
+        tree = ClusterTree.from_json(clustered.outputs.tree)
     except StageMissingError:
         pass
-    session = ViewerSession(params, backend=cfg.train.backend, selector=Selector.from_config(cfg), cluster_labels=labels)
+    session = ViewerSession(params, backend=cfg.train.backend, selector=Selector.from_config(cfg), cluster_labels=labels,
+                            tree=tree)
     names = scene.test_names + scene.train_names
     cameras = {n: scene.cameras[n] for n in names if n in scene.cameras}
     return session, cameras, scene_dir(cfg, scene.name) / "viewer"

@@ -96,6 +96,13 @@ def test_single_stages_need_their_upstream_then_cluster_export_and_report(tmp_pa
 
     unknown = runner.invoke(app, ["export", *common, "--object", "unicorn", "-o", str(tmp_path / "u.ply")])
     assert unknown.exit_code == 1 and "'red sphere'" in unknown.output and not (tmp_path / "u.ply").exists()
+    one = runner.invoke(app, ["export", *common, "--object", "red sphere", "-o", str(tmp_path / "one.ply")])
+    grown = runner.invoke(app, ["export", *common, "--object", "red sphere", "--coarser", "2", "-o",
+                                str(tmp_path / "grown.ply")])
+    assert one.exit_code == 0 and grown.exit_code == 0, one.output + grown.output
+    assert len(load_ply(tmp_path / "grown.ply")["means"]) >= len(load_ply(tmp_path / "one.ply")["means"])
+    negative = runner.invoke(app, ["export", *common, "--object", "red sphere", "--coarser", "-1", "-o", "x.ply"])
+    assert negative.exit_code == 2 and "steps must be >= 0" in negative.output
     both = runner.invoke(app, ["export", *common, "--object", "red sphere", "--cluster", "1", "-o", "x.ply"])
     assert both.exit_code == 2 and "exactly one of" in both.output
 

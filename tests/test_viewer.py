@@ -76,6 +76,31 @@ def test_click_selects_the_clicked_blob_and_export_holds_its_gaussians(tmp_path)
         session.export(tmp_path / "none.ply")
 
 
+def test_coarser_and_finer_steps_grow_a_click_to_its_whole_object_and_back():
+    from cgc_core.hierarchy import ClusterTree
+
+    params = _two_blobs()  # the two blobs stand for two parts of one object: the tree joins them
+    tree = ClusterTree(np.eye(2, 16, dtype=np.float32), np.array([[0, 1]]), np.array([1.0]))
+    session = ViewerSession(params, backend="torch", tree=tree)
+    camera = _camera()
+    session.render_view(camera)
+    uv, _ = camera.project(np.array([[-0.6, 0.0, 0.0]]))
+    part = session.click(uv[0, 0] / camera.width, uv[0, 1] / camera.height)
+    left = session.selected_gaussians()
+    assert left[:60].sum() >= 54 and not left[60:].any()
+    assert session.coarser() == 1 and session.coarser() == 1  # clamped at the root
+    whole = session.mask(session.last.features)
+    assert whole.sum() > part.sum() + 50 and (whole & part).sum() == part.sum()
+    assert session.selected_gaussians().sum() >= 108
+    assert session.finer() == 0 and session.finer() == 0
+    np.testing.assert_array_equal(session.mask(session.last.features), part)
+    session.coarser()
+    session.click(uv[0, 0] / camera.width, uv[0, 1] / camera.height)  # a new click starts at its part
+    assert session.steps == 0
+    with pytest.raises(ValueError, match="no cluster tree"):
+        ViewerSession(params, backend="torch").coarser()
+
+
 def test_text_prompt_selects_through_the_selection_service():
     from cgc_core.selection import Selector
 
@@ -150,7 +175,8 @@ def test_cgc_view_stops_on_sigterm_without_a_native_stack_trace(trained_tiny):
             if select.select([viewer.stdout], [], [], 5)[0] and "cgc viewer: http" in viewer.stdout.readline():
                 break
         else:
-            pytest.fail("the viewer did not start")
+            viewer.kill()
+            pytest.fail(f"the viewer did not start: {viewer.communicate(timeout=60)[1][-3000:]}")
         viewer.send_signal(signal.SIGTERM)
         _, err = viewer.communicate(timeout=60)
     finally:
@@ -193,6 +219,10 @@ def test_viewer_in_headless_chromium_click_overlay_and_export(request, tmp_path,
             status = page.get_by_text("Gaussians; mask")
             status.wait_for(timeout=60_000)
             pixels = int(status.inner_text().split("mask ")[1].split(" pixels")[0])
+            page.get_by_role("button", name="Coarser", exact=True).click()  # a step up the cluster tree, then back
+            page.get_by_text(f"{min(1, session.tree.depth(session.queries[-1]))} coarser step(s)").wait_for(timeout=60_000)
+            page.get_by_role("button", name="Finer", exact=True).click()
+            page.get_by_text("0 coarser step(s)").wait_for(timeout=60_000)
             page.get_by_text("Export selection").click()
             page.get_by_text("exported").wait_for(timeout=60_000)
             page.screenshot(path=str(tmp_path / "viewer.png"))

@@ -1,0 +1,212 @@
+"""A hierarchy of the Gaussians' clusters, walked by the coarser and finer selection steps.
+
+One click selects what the features hold together; on an object of several differently coloured
+parts that is the part clicked, and no global loss weight fixes that without merging touching
+objects too. The cluster stage's clusters (`cluster.cluster_gaussians`) are the leaves of a tree;
+two groups merge, the most strongly linked pair first, where their Gaussians lie close in 3D over
+much of the smaller group and their features are alike. Parts of one object are joined along a
+seam; different objects mostly touch at a point, or rest on a surface that is the background. A
+coarser step from a click adds the clusters of the next enclosing group; a finer step goes back.
+Measured in `benchmarks/RESULTS.md`, "Coarser steps".
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.spatial import cKDTree
+from torch import Tensor
+
+if TYPE_CHECKING:  # cluster.py builds trees
+    from .cluster import Clustering
+
+
+@dataclass
+class ClusterTree:
+    """Agglomerative merges of clusters (like scipy's linkage matrix, most strongly linked first).
+
+    Attributes:
+        centers: [K, D] unit feature centre of each leaf cluster (`Clustering.centers`), in the
+            channels the clusters were made of.
+        merges: [M, 2] the two nodes each merge joins; nodes 0..K-1 are the leaves, K + m is the
+            group made by merge m.
+        links: [M] the link strength of each merge (`cluster_links`), decreasing.
+        background: The background leaf (`Clustering.background`), which never merges; -1: none.
+    """
+
+    centers: np.ndarray
+    merges: np.ndarray
+    links: np.ndarray
+    background: int = -1
+
+    @property
+    def n_leaves(self) -> int:
+        return len(self.centers)
+
+    def parent(self, node: int) -> int:
+        """The group that `node` merged into; -1 for a root."""
+        rows = np.nonzero((self.merges == node).any(1))[0]
+        return int(self.n_leaves + rows[0]) if len(rows) else -1
+
+    def leaves(self, node: int) -> list[int]:
+        """The leaf clusters under `node`, ascending."""
+        if node < self.n_leaves:
+            return [int(node)]
+        a, b = self.merges[node - self.n_leaves]
+        return sorted(self.leaves(int(a)) + self.leaves(int(b)))
+
+    def steps(self, leaf: int) -> list[list[int]]:
+        """The leaves of each coarser step from `leaf`: [[leaf], leaves of its parent, ...] up to its root."""
+        out, node = [[int(leaf)]], int(leaf)
+        while (node := self.parent(node)) >= 0:
+            out.append(self.leaves(node))
+        return out
+
+    def start_leaf(self, query: Tensor) -> int:
+        """The leaf whose centre is most similar to a query feature (the background only when it is the only leaf)."""
+        query = F.normalize(query.detach().float().reshape(-1)[: self.centers.shape[1]], dim=0).cpu().numpy()
+        similarity = self.centers @ query
+        if 0 <= self.background < self.n_leaves and self.n_leaves > 1:
+            similarity[self.background] = -np.inf
+        return int(np.argmax(similarity))
+
+    def step_features(self, query: Tensor, steps: int) -> list[Tensor]:
+        """The query features of a selection `steps` coarser than `query` (0: `[query]`, the
+        paper's selection): the query and the centres of the leaves of that step, clamped at the
+        root. Their union is the selection (`Selector.union_mask`, `Selector.gaussians`)."""
+        if steps < 0:
+            raise ValueError(f"steps must be >= 0, got {steps}")
+        if not steps or self.n_leaves == 0:
+            return [query]
+        chain = self.steps(self.start_leaf(query))
+        leaves = chain[min(steps, len(chain) - 1)]
+        return [query, *(torch.as_tensor(self.centers[k], dtype=query.dtype) for k in leaves)]
+
+    def depth(self, query: Tensor) -> int:
+        """How many coarser steps there are above the query's leaf (0 where nothing was clustered)."""
+        return 0 if self.n_leaves == 0 else len(self.steps(self.start_leaf(query))) - 1
+
+    def to_json(self, path: str | Path) -> Path:
+        path = Path(path)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"centers": self.centers.tolist(), "dims": int(self.centers.shape[1]),
+                                   "merges": self.merges.tolist(),
+                                   "links": self.links.tolist(), "background": self.background}))
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> "ClusterTree":
+        try:
+            data = json.loads(Path(path).read_text())
+            centers = np.asarray(data["centers"], np.float32)
+            return cls(centers.reshape(len(centers), int(data["dims"])),
+                       np.asarray(data["merges"], np.int64).reshape(-1, 2), np.asarray(data["links"], np.float64),
+                       int(data["background"]))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{path}: not a readable cluster tree ({exc})") from exc
+
+
+def cluster_contacts(points: np.ndarray, labels: np.ndarray, n_clusters: int, radius: float) -> np.ndarray:
+    """[K, K] symmetric: pairs of points of two different clusters closer than `radius`
+    (labels < 0 take no part). Fast path of `cluster_contacts_reference`."""
+    pairs = cKDTree(points).query_pairs(radius, output_type="ndarray")
+    a, b = labels[pairs[:, 0]], labels[pairs[:, 1]]
+    keep = (a != b) & (a >= 0) & (b >= 0)
+    contacts = np.zeros((n_clusters, n_clusters), np.int64)
+    np.add.at(contacts, (a[keep], b[keep]), 1)
+    return contacts + contacts.T
+
+
+def cluster_contacts_reference(points: np.ndarray, labels: np.ndarray, n_clusters: int, radius: float) -> np.ndarray:
+    """`cluster_contacts` by every pair's distance (the tests' oracle)."""
+    contacts = np.zeros((n_clusters, n_clusters), np.int64)
+    for i in range(len(points)):
+        for j in range(i + 1, len(points)):
+            if labels[i] >= 0 and labels[j] >= 0 and labels[i] != labels[j] and \
+                    np.linalg.norm(points[i] - points[j]) < radius:
+                contacts[labels[i], labels[j]] += 1
+                contacts[labels[j], labels[i]] += 1
+    return contacts
+
+
+def cluster_links(contacts: np.ndarray, sizes: np.ndarray, feature_sums: np.ndarray) -> np.ndarray:
+    """[G, G] link strength of every pair of groups: their close pairs per member of the smaller
+    group, times the agreement of their mean unit features, (1 + cosine) / 2. Close pairs grow with
+    a seam's length, the smaller group's size makes it a share; the feature factor keeps a part that
+    the masks always separated from its neighbours (another object) below a part they sometimes
+    joined. Diagonal: 0."""
+    centres = feature_sums / np.maximum(np.linalg.norm(feature_sums, axis=1, keepdims=True), 1e-12)
+    agreement = (1.0 + centres @ centres.T) / 2.0
+    links = contacts / np.maximum(np.minimum.outer(sizes, sizes), 1) * agreement
+    np.fill_diagonal(links, 0.0)
+    return links
+
+
+def build_cluster_tree(clustering: Clustering, features: Tensor, means: Tensor, opacities: Tensor | None = None,
+                       min_opacity: float = 0.1, radius: float = 2.0, min_link: float = 0.05,
+                       max_points: int | None = 20_000, seed: int = 0) -> ClusterTree:
+    """The hierarchy of a clustering: greedy agglomeration of the clusters by `cluster_links`.
+
+    Args:
+        clustering: The cluster stage's clusters (leaves); its background cluster never merges.
+        features: [N, D] Gaussian features, in the channels the clusters were made of.
+        means: [N, 3] positions.
+        opacities: [N] in [0, 1]; Gaussians below `min_opacity` take no part (None: all do).
+        radius: Two Gaussians are close within this many times the median distance from a
+            Gaussian to its nearest neighbour (the splat's own scale, whatever the scene's units).
+        min_link: Groups whose strongest link is weaker stay apart (the tree is then a forest).
+        max_points: Link statistics on at most this many Gaussians (a seeded sample).
+        seed: The sample's seed.
+
+    Returns:
+        The `ClusterTree`; merges in the order they happened, strongest first.
+    """
+    labels = clustering.labels
+    considered = labels >= 0
+    if opacities is not None:
+        considered &= opacities.detach().cpu().numpy() >= min_opacity
+    index = np.nonzero(considered)[0]
+    if max_points is not None and len(index) > max_points:
+        index = np.sort(np.random.default_rng(seed).choice(index, max_points, replace=False))
+    k = clustering.n_clusters
+    merges: list[tuple[int, int]] = []
+    links_made: list[float] = []
+    if len(index) >= 2 and k >= 2:
+        points = means.detach().cpu().numpy()[index].astype(np.float64)
+        spacing = float(np.median(cKDTree(points).query(points, k=2)[0][:, 1]))
+        contacts = cluster_contacts(points, labels[index], k, radius * max(spacing, 1e-12)).astype(np.float64)
+        unit = F.normalize(features.detach().float()[torch.as_tensor(index)], dim=-1).cpu().numpy()
+        sizes = np.bincount(labels[index], minlength=k).astype(np.float64)
+        sums = np.zeros((k, unit.shape[1]))
+        np.add.at(sums, labels[index], unit)
+        node = list(range(k))  # the tree node each current group is
+        alive = sizes > 0
+        if 0 <= clustering.background < k:
+            alive[clustering.background] = False
+        while True:
+            links = cluster_links(contacts, sizes, sums)
+            links[~alive] = 0.0
+            links[:, ~alive] = 0.0
+            a, b = np.unravel_index(int(np.argmax(links)), links.shape)
+            if links[a, b] < min_link or a == b:
+                break
+            a, b = min(a, b), max(a, b)  # group b joins a
+            merges.append((node[a], node[b]))
+            links_made.append(float(links[a, b]))
+            contacts[a] += contacts[b]
+            contacts[:, a] += contacts[:, b]
+            contacts[a, a] = 0.0
+            contacts[b], contacts[:, b] = 0.0, 0.0
+            sizes[a] += sizes[b]
+            sums[a] += sums[b]
+            alive[b] = False
+            node[a] = k + len(merges) - 1
+    return ClusterTree(np.asarray(clustering.centers, np.float32), np.asarray(merges, np.int64).reshape(-1, 2),
+                       np.asarray(links_made, np.float64), int(clustering.background))

@@ -1,0 +1,124 @@
+"""The clusters' hierarchy and the coarser/finer selection steps (issue 38, point 3)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from cgc_core.cluster import Clustering
+from cgc_core.config import EvaluateConfig
+from cgc_core.hierarchy import (ClusterTree, build_cluster_tree, cluster_contacts, cluster_contacts_reference,
+                                cluster_links)
+from cgc_core.selection import Selector
+
+
+def _grid(x0, x1, y0, y1, z0, z1):
+    return np.stack(np.meshgrid(np.arange(x0, x1), np.arange(y0, y1), np.arange(z0, z1), indexing="ij"), -1).reshape(-1, 3)
+
+
+def _toy():
+    """An object of two parts joined along a 10 × 10 seam (0, 1), an object that touches it at one
+    corner (2), and a background slab under all of them (3)."""
+    parts = [_grid(0, 5, 0, 10, 1, 11), _grid(5, 10, 0, 10, 1, 11), _grid(10, 15, 10, 15, 11, 16), _grid(-5, 20, -5, 20, 0, 1)]
+    means = np.concatenate(parts).astype(np.float32)
+    labels = np.concatenate([np.full(len(p), k) for k, p in enumerate(parts)]).astype(np.int64)
+    centers = F.normalize(torch.randn(4, 8, generator=torch.Generator().manual_seed(0)), dim=-1)
+    features = centers[torch.as_tensor(labels)] + 0.05 * torch.randn(len(labels), 8, generator=torch.Generator().manual_seed(1))
+    clustering = Clustering(labels, centers.numpy(), np.bincount(labels), len(labels), background=3)
+    return clustering, features, torch.as_tensor(means)
+
+
+def test_contacts_equal_the_pairwise_reference():
+    rng = np.random.default_rng(0)
+    points = rng.uniform(0, 4, (150, 3))
+    labels = rng.integers(-1, 4, 150)
+    fast = cluster_contacts(points, labels, 4, 0.7)
+    np.testing.assert_array_equal(fast, cluster_contacts_reference(points, labels, 4, 0.7))
+    assert fast.sum() > 0 and (np.diag(fast) == 0).all()
+
+
+def test_links_are_pairs_per_member_of_the_smaller_group_times_feature_agreement():
+    contacts = np.array([[0, 30], [30, 0]], float)
+    same = cluster_links(contacts, np.array([100.0, 10.0]), np.array([[1.0, 0.0], [2.0, 0.0]]))
+    np.testing.assert_allclose(same, [[0, 3.0], [3.0, 0]])  # 30 pairs / 10 members, agreement 1
+    opposite = cluster_links(contacts, np.array([100.0, 10.0]), np.array([[1.0, 0.0], [-1.0, 0.0]]))
+    np.testing.assert_allclose(opposite, 0.0)
+
+
+def test_parts_joined_along_a_seam_merge_first_and_the_background_never_merges():
+    clustering, features, means = _toy()
+    tree = build_cluster_tree(clustering, features, means, min_link=0.0)
+    # The seam's parts first; the corner-touching object later, with a far weaker link.
+    assert sorted(tree.merges[0].tolist()) == [0, 1]
+    assert len(tree.merges) == 2 and sorted(tree.leaves(5)) == [0, 1, 2]
+    assert tree.links[1] < 0.1 * tree.links[0]
+    assert all(3 not in tree.leaves(4 + m) for m in range(len(tree.merges)))  # background stays out
+    # With a floor between the two links, the touching object stays its own root.
+    floored = build_cluster_tree(clustering, features, means, min_link=0.5 * tree.links[0])
+    assert floored.merges.tolist() == [tree.merges[0].tolist()]
+    assert floored.steps(2) == [[2]] and floored.steps(0) == [[0], [0, 1]] and floored.steps(1) == [[1], [0, 1]]
+
+
+def test_step_features_grow_from_the_clicked_part_and_clamp_at_the_root(tmp_path):
+    clustering, features, means = _toy()
+    tree = build_cluster_tree(clustering, features, means, min_link=0.0)
+    query = torch.as_tensor(clustering.centers[1])
+    assert tree.start_leaf(query) == 1 and tree.depth(query) == 2
+    assert len(tree.step_features(query, 0)) == 1 and torch.equal(tree.step_features(query, 0)[0], query)
+    one = tree.step_features(query, 1)
+    assert len(one) == 3 and all(any(torch.allclose(f, torch.as_tensor(clustering.centers[k])) for f in one) for k in (0, 1))
+    assert len(tree.step_features(query, 9)) == 1 + 3  # clamped at the root: parts 0, 1 and object 2
+    with pytest.raises(ValueError, match="steps must be >= 0"):
+        tree.step_features(query, -1)
+    # The background is never a click's start, even when the query is its centre.
+    assert tree.start_leaf(torch.as_tensor(clustering.centers[3])) != 3
+    # The 3D selection of a step is the union of its queries: the whole object, not the background.
+    params = {"features": features, "means": means, "opacities": torch.full((len(means),), 5.0)}
+    selector = Selector(threshold=0.9, outlier_std_ratio=None)
+    picked = selector.gaussians(params, tree.step_features(query, 1))
+    np.testing.assert_array_equal(picked, np.isin(clustering.labels, [0, 1]))
+    # Saved and read back unchanged; a damaged file is named.
+    again = ClusterTree.from_json(tree.to_json(tmp_path / "tree.json"))
+    assert again.merges.tolist() == tree.merges.tolist() and again.background == 3
+    np.testing.assert_allclose(again.centers, tree.centers, atol=1e-6)
+    empty = ClusterTree(np.zeros((0, 8), np.float32), np.zeros((0, 2), np.int64), np.zeros(0))  # nothing clustered
+    assert ClusterTree.from_json(empty.to_json(tmp_path / "empty.json")).centers.shape == (0, 8)
+    assert empty.depth(query) == 0 and len(empty.step_features(query, 2)) == 1
+    (tmp_path / "bad.json").write_text(json.dumps({"centers": []}))
+    with pytest.raises(ValueError, match="bad.json: not a readable cluster tree"):
+        ClusterTree.from_json(tmp_path / "bad.json")
+
+
+def test_click_oracle_steps_protocol_takes_steps_while_the_grounding_iou_rises(tiny_scene_dir, tmp_path):
+    from cgc_core.evaluate import evaluate_scene
+    from cgc_core.scene import load_scene
+
+    scene = load_scene(tiny_scene_dir, name="tiny")
+    n_ids = len(json.loads((tiny_scene_dir / "ground_truth" / "scene.json").read_text())["objects"]) + 1
+
+    def part_features(view):  # object 1's right half has a feature of its own (a second part)
+        ids = torch.as_tensor(np.array(Image.open(tiny_scene_dir / "ground_truth" / f"instance_{view}")), dtype=torch.long)
+        features = F.one_hot(ids, n_ids + 1).float()
+        cols = torch.nonzero(ids == 1)[:, 1]
+        if len(cols):
+            right = (ids == 1) & (torch.arange(ids.shape[1]) >= cols.float().median())[None]
+            features[right] = F.one_hot(torch.tensor(n_ids), n_ids + 1).float()
+        return features
+
+    tree = ClusterTree(np.eye(n_ids + 1, dtype=np.float32), np.array([[1, n_ids]]), np.array([1.0]), background=0)
+    cfg = EvaluateConfig(protocol=["click-oracle", "click-oracle-steps"])
+    table, results = evaluate_scene(scene, part_features, tmp_path, cfg, Selector(threshold=0.7), tree=tree)
+    one, steps = (results[p]["scenes"][scene.name]["prompts"] for p in ("click-oracle", "click-oracle-steps"))
+    name_1 = json.loads((tiny_scene_dir / "ground_truth" / "scene.json").read_text())["objects"][0]["name"]
+    assert results["click-oracle-steps"]["steps"][name_1] == 1  # the other part joins
+    assert one[name_1]["iou"] < 0.8 and steps[name_1]["iou"] == pytest.approx(1.0)
+    others = [p for p in steps if p != name_1]
+    assert all(results["click-oracle-steps"]["steps"][p] == 0 for p in others)  # nothing to gain: no step
+    assert set(table.loc[table["protocol"] == "click-oracle-steps", "steps"]) <= {0, 1}
+    with pytest.raises(ValueError, match="needs the cluster tree"):
+        evaluate_scene(scene, part_features, tmp_path / "x", cfg, Selector(threshold=0.7))
