@@ -65,6 +65,9 @@ PROTOCOL_TEXT = {
                   "SAM's mask of it, the mean rendered feature inside it as the query",
     "click-oracle": "click-oracle (upper bound): the rendered feature at the deepest pixel of the prompt's ground "
                     "truth in the grounding view as the query",
+    "click-oracle-steps": "click-oracle-steps (upper bound): the click-oracle's click, then coarser steps up the "
+                          "tree of the Gaussians' clusters while the IoU with the ground truth in the grounding "
+                          "view rises; the same step in every test view",
     "ovs-argmax": "ovs-argmax (3D-OVS's own metric): each pixel takes the class whose query it is most similar "
                   "to; per-class IoU, mean over classes per view, then over views",
 }
@@ -72,7 +75,7 @@ SCORING_TEXT = ("a pixel belongs to the object when its cosine similarity to the
                 "and boundary IoU as in Gaussian Grouping's LERF-Mask script, averaged per prompt over views, per "
                 "scene over prompts; a view whose ground truth and prediction are both empty is left out (NaN, "
                 "as the reference script) and counted")
-ORACLE_PROTOCOLS = ("box-oracle", "click-oracle")
+ORACLE_PROTOCOLS = ("box-oracle", "click-oracle", "click-oracle-steps")
 """Protocols whose query comes from the ground truth: upper bounds, never beside published numbers."""
 ORACLE_MASKS = ("truth-objects",)
 """Mask generators that read the ground truth (`masks.generator=truth-objects`): every figure

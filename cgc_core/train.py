@@ -146,7 +146,8 @@ class RasterizedFrames:
         self.idle_grad = cfg.contrastive.features_grad_between
 
     def __call__(self, params, name: str, camera: Camera, sh_degree: int, with_features: bool) -> Frame:
-        out = render(Gaussians.from_params(params), camera, sh_degree=sh_degree, background=self.background,
+        out = render(Gaussians.from_params(params), camera, sh_degree=sh_degree,
+                     background=self.background.to(params["means"].device),
                      features=params["features"] if with_features else None, backend=self.backend)
         return Frame(out.rgb, out.features, out.meta)
 
@@ -342,11 +343,14 @@ class Trainer:
         if not cfg.init_ply and (scene.points is None or len(scene.points) < 4):
             raise TrainingError(f"{scene.name}: no sparse points to initialise Gaussians from; run calibration first")
         self.scene, self.out_dir, self.cfg = scene, Path(out_dir), cfg
+        # gsplat rasterizes on the GPU: the parameters, images and label maps live there too.
+        self.device = torch.device("cuda" if resolve_backend(cfg.backend) == "gsplat" else "cpu")
         torch.manual_seed(cfg.seed)
         self.names = sorted(n for n in scene.train_names if n in scene.cameras)
-        self.views = {n: train_view(scene, n, cfg.downscale) for n in self.names}
+        self.views = {n: (camera, image.to(self.device))
+                      for n in self.names for camera, image in [train_view(scene, n, cfg.downscale)]}
         # The label maps feed the contrastive loss and the health measure (also when it is off).
-        self.labels = {n: label_map_at(store, n, *self.views[n][1].shape[:2], cfg.contrastive.mask_levels)
+        self.labels = {n: label_map_at(store, n, *self.views[n][1].shape[:2], cfg.contrastive.mask_levels).to(self.device)
                        for n in self.names}
         self.scale = scene_scale([scene.cameras[n] for n in self.names])
         initial = (model_params(cfg) if cfg.init_ply else init_params(
@@ -369,7 +373,8 @@ class Trainer:
 
     def _set_params(self, values: dict[str, Tensor], optimizer_states: dict | None = None) -> None:
         frozen = self.cfg.frozen.enabled
-        self.params = torch.nn.ParameterDict({k: torch.nn.Parameter(v.detach().clone(), requires_grad=not frozen
+        self.params = torch.nn.ParameterDict({k: torch.nn.Parameter(v.detach().clone().to(self.device),
+                                                                    requires_grad=not frozen
                                                                     or k == "features") for k, v in values.items()})
         lr = self.cfg.lr
         rates = ({"features": lr.features} if frozen else {
@@ -410,7 +415,7 @@ class Trainer:
         # Through a Python file object: a full disk then raises OSError(ENOSPC), where torch.save on a
         # path raises an opaque "unexpected pos" RuntimeError.
         with open(tmp, "wb") as handle:
-            torch.save({"step": step, "params": {k: v.detach() for k, v in self.params.items()},
+            torch.save({"step": step, "params": {k: v.detach().cpu() for k, v in self.params.items()},
                         "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
                         "strategy_state": self.strategy_state, "rng": torch.get_rng_state(),
                         "health": list(self.health.history)}, handle)
@@ -480,7 +485,7 @@ class Trainer:
         """Write the final model (`point_cloud.ply`, Gaussians with non-finite parameters left out),
         its last checkpoint and `train.json` (steps, schedule, seconds, health)."""
         cfg, out_dir = self.cfg, self.out_dir
-        final = {k: v.detach() for k, v in self.params.items()}
+        final = {k: v.detach().cpu() for k, v in self.params.items()}
         final["features"] = self.frames.final_features(final["features"])
         final, diverged = drop_non_finite_gaussians(final)
         if diverged:
@@ -490,7 +495,8 @@ class Trainer:
             self.save(cfg.iterations)
         ply = save_ply(final, out_dir / PLY_NAME)
         seconds = time.perf_counter() - self.started
-        final_health = final_feature_health(final, self.views, self.labels, self.scene.name, cfg)
+        final_health = final_feature_health({k: v.to(self.device) for k, v in final.items()}, self.views, self.labels,
+                                            self.scene.name, cfg)
         if final_health["warning"]:
             logger.warning("%s", final_health["warning"])
         (out_dir / RECORD_NAME).write_text(json.dumps({

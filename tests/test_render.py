@@ -327,9 +327,24 @@ def test_gsplat_backend_matches_torch_backend_on_cuda():
     # tile loop, and its 2D covariance goes through another (equivalent) formula, so agreement to
     # 1e-2 of the largest entry is what float32 allows while still catching a wrong or missing term
     # (those differ by the term's whole size, tens of percent).
+    assert set(cpu_grads) == {"means", "quats", "scales", "opacities", "sh", "features"}
     for name, grad in cpu_grads.items():
         assert torch.isfinite(gpu_grads[name]).all(), name
         assert _rel_err(gpu_grads[name].cpu(), grad) < 1e-2, (name, _rel_err(gpu_grads[name].cpu(), grad))
+    # What gsplat's densification strategies read from `meta` (DefaultStrategy: means2d and its
+    # gradient, radii, width, height, n_cameras, gaussian_ids; MCMC: none of them): the same keys
+    # and shapes from both, the same visible Gaussians, and their projected centres within 1e-3 px.
+    for key in ("means2d", "radii", "width", "height", "n_cameras", "gaussian_ids"):
+        assert key in gpu.meta and key in cpu.meta, key
+    assert (gpu.meta["width"], gpu.meta["height"], gpu.meta["n_cameras"]) == (camera.width, camera.height, 1)
+    assert gpu.meta["gaussian_ids"] is None and cpu.meta["gaussian_ids"] is None  # unpacked
+    assert gpu.meta["means2d"].shape == cpu.meta["means2d"].shape == (1, 500, 2)
+    assert gpu.meta["radii"].shape[:2] == cpu.meta["radii"].shape[:2] == (1, 500)
+    visible_gpu = (gpu.meta["radii"].cpu() > 0).reshape(1, 500, -1).all(-1)
+    visible_cpu = (cpu.meta["radii"] > 0).reshape(1, 500, -1).all(-1)
+    assert (visible_gpu == visible_cpu).float().mean() > 0.99
+    both = visible_gpu & visible_cpu
+    assert (gpu.meta["means2d"].detach().cpu()[both] - cpu.meta["means2d"].detach()[both]).abs().max() < 1e-3
 
 
 @pytest.mark.parametrize("seed", [0, 1])
