@@ -181,40 +181,42 @@ def cluster_cmd(scene: Annotated[str, typer.Option(help="scene source, as for `c
     stage_cmd("cluster", scene, force=force, config=config, set_=set_)
 
 
-@app.command("export")
-def export_cmd(scene: Annotated[str, typer.Option(help="scene source, as for `cgc stage`")],
-               out: Annotated[Path, typer.Option("-o", "--out", help=".ply file to write")],
-               object_: Annotated[Optional[str], typer.Option("--object", help="prompt: a text query, or the "
-                                  "click-oracle query when no detector is configured and the scene has ground truth for it")] = None,
-               cluster: Annotated[Optional[int], typer.Option(help="cluster id from `cgc cluster`")] = None,
-               click: Annotated[Optional[str], typer.Option(help="VIEW,ROW,COL: the feature of this pixel")] = None,
-               level: Annotated[Optional[int], typer.Option(help="granularity of --object/--click on a model trained "
-                                "with several mask levels: 0 = parts, higher = whole objects (default: query.level)")] = None,
-               coarser: Annotated[int, typer.Option(help="coarser steps from --object/--click up the tree of the "
-                                  "cluster stage's clusters: a clicked part grows to its whole object")] = 0,
-               config: ConfigOpt = None, set_: SetOpt = None) -> None:
-    """Write one object's Gaussians to their own .ply (same attributes as the trained model)."""
+ObjectOpt = Annotated[Optional[list[str]], typer.Option("--object", help="prompt: a text query, or the click-oracle "
+                      "query when no detector is configured and the scene has ground truth for it")]
+ClickOpt = Annotated[Optional[list[str]], typer.Option("--click", help="VIEW,ROW,COL: the feature of this pixel")]
+ClusterOpt = Annotated[Optional[list[int]], typer.Option("--cluster", help="cluster id from `cgc cluster`")]
+LevelOpt = Annotated[Optional[int], typer.Option(help="granularity of --object/--click on a model trained with several "
+                     "mask levels: 0 = parts, higher = whole objects (default: query.level)")]
+CoarserOpt = Annotated[int, typer.Option(help="coarser steps from --object/--click up the tree of the cluster stage's "
+                       "clusters: a clicked part grows to its whole object")]
+
+
+def _selection(cfg, scene: str, objects: list[str], clicks: list[str], clusters: list[int], level: int | None,
+               coarser: int):
+    """The trained model, its calibrated scene, the union of the given selections ([N] boolean,
+    through the selection service) and how to name them; a bad selection ends the command."""
     import numpy as np
 
-    from .cluster import export_selection
     from .gaussians import load_ply, read_ply_attribute
+    from .hierarchy import ClusterTree
+    from .render import feature_renderer
     from .selection import Selector
     from .stage import SUMMARY
-    from .render import feature_renderer
 
-    if sum(x is not None for x in (object_, cluster, click)) != 1:
-        _fail("give exactly one of --object, --cluster, --click", 2)
-    cfg = _config(config, set_)
+    if coarser < 0:
+        _fail(f"--coarser {coarser}: steps must be >= 0", 2)
     calibrated, trained = _stage(cfg, scene, "train")
     params = load_ply(trained.outputs.ply)
-    if cluster is not None:
+    keep = np.zeros(len(params["means"]), bool)
+    if clusters or coarser:
         _, clustered = _stage(cfg, scene, "cluster")
+    for cluster in clusters:
         labels = read_ply_attribute(clustered.outputs.clusters_ply, "cluster")
         if not (labels == cluster).any():
             _fail(f"cluster {cluster} does not exist (clusters 0..{labels.max()}; see "
                   f"{clustered.outputs.folder / SUMMARY})")
-        keep = labels == cluster
-    else:
+        keep |= labels == cluster
+    if objects or clicks:
         selector = Selector.from_config(cfg)
         if level is not None:
             if not 0 <= level < selector.levels:
@@ -222,31 +224,94 @@ def export_cmd(scene: Annotated[str, typer.Option(help="scene source, as for `cg
                       f"(train.contrastive.mask_levels={cfg.train.contrastive.mask_levels})", 2)
             selector = selector.at_level(level)
         render_features = feature_renderer(params, calibrated, cfg.train.backend)
-        if click is not None:
+        queries = []
+        for click in clicks:
             try:
                 view, row, col = click.split(",")
-                query = selector.click(render_features(view), [(int(row), int(col))], view)
+                queries.append(selector.click(render_features(view), [(int(row), int(col))], view))
             except (ValueError, KeyError, IndexError) as exc:
                 _fail(f"--click {click!r}: expected VIEW,ROW,COL inside a calibrated view ({exc})", 2)
-        else:
-            query = _object_query(cfg, calibrated, render_features, selector, object_)
-        if coarser < 0:
-            _fail(f"--coarser {coarser}: steps must be >= 0", 2)
-        features = [query.feature]
+        queries += [_object_query(cfg, calibrated, render_features, selector, prompt) for prompt in objects]
+        features = [q.feature for q in queries]
         if coarser:
-            from .hierarchy import ClusterTree
-
-            _, clustered = _stage(cfg, scene, "cluster")
             try:
-                features = ClusterTree.from_json(clustered.outputs.tree).step_features(query.feature, coarser)
+                tree = ClusterTree.from_json(clustered.outputs.tree)
             except ValueError as exc:
                 _fail(str(exc))
-        keep = selector.gaussians(params, features)
+            features = [f for q in queries for f in tree.step_features(q.feature, coarser)]
+        keep |= selector.gaussians(params, features)
+    what = ", ".join([*(repr(o) for o in objects), *(f"click {c}" for c in clicks), *(f"cluster {k}" for k in clusters)])
+    return calibrated, params, keep, what
+
+
+@app.command("export")
+def export_cmd(scene: Annotated[str, typer.Option(help="scene source, as for `cgc stage`")],
+               out: Annotated[Path, typer.Option("-o", "--out", help=".ply file to write")],
+               object_: ObjectOpt = None, cluster: ClusterOpt = None, click: ClickOpt = None,
+               level: LevelOpt = None, coarser: CoarserOpt = 0,
+               config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Write the selected objects' Gaussians to their own .ply (same attributes as the trained model)."""
+    import numpy as np
+
+    from .cluster import export_selection
+
+    objects, clicks, clusters = object_ or [], click or [], cluster or []
+    if not (objects or clicks or clusters):
+        _fail("give --object, --click or --cluster (each may be repeated)", 2)
+    _, params, keep, what = _selection(_config(config, set_), scene, objects, clicks, clusters, level, coarser)
     try:
         path = export_selection(params, keep, out)
     except ValueError as exc:
-        _fail(f"{exc} (lower query.threshold?)")
+        _fail(f"{exc}: {what} selects no Gaussian (lower query.threshold?)")
     typer.echo(f"wrote {int(np.count_nonzero(keep))} of {len(keep)} Gaussians to {path}")
+
+
+@app.command("edit")
+def edit_cmd(scene: Annotated[str, typer.Option(help="scene source, as for `cgc stage`")],
+             out: Annotated[Path, typer.Option("-o", "--out", help="edited .ply to write (the trained model is "
+                                               "never changed)")],
+             remove: Annotated[bool, typer.Option("--remove", help="remove the selected objects")] = False,
+             keep: Annotated[bool, typer.Option("--keep", help="keep only the selected objects")] = False,
+             object_: ObjectOpt = None, cluster: ClusterOpt = None, click: ClickOpt = None,
+             level: LevelOpt = None, coarser: CoarserOpt = 0,
+             grow: Annotated[float, typer.Option(help="also take the Gaussians within this many neighbour "
+                             "spacings of the selection whose feature matches it loosely (cosine >= 0.5); 0: off")] = 0.0,
+             floaters: Annotated[float, typer.Option(help="with --remove, also drop Gaussians fainter than this "
+                                 "opacity next to what was removed; 0: off")] = 0.0,
+             views: Annotated[int, typer.Option(help="before/after strips written beside the .ply")] = 3,
+             config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Remove the selected objects from the scene, or keep only them; writes the edited .ply, before/after
+    strips (`<out>_before_after/`) and a turntable of the edited model (`<out>_turntable.gif`)."""
+    from .edit import EditError, edit_gaussians, write_edit_figures
+    from .gaussians import save_ply
+
+    if remove == keep:
+        _fail("give exactly one of --remove and --keep", 2)
+    objects, clicks, clusters = object_ or [], click or [], cluster or []
+    if not (objects or clicks or clusters):
+        _fail("give --object, --click or --cluster (each may be repeated)", 2)
+    cfg = _config(config, set_)
+    calibrated, params, selected, what = _selection(cfg, scene, objects, clicks, clusters, level, coarser)
+    try:
+        edit = edit_gaussians(params, selected, "remove" if remove else "keep", grow_radius=grow,
+                              floater_opacity=floaters, what=what)
+    except EditError as exc:
+        _fail(str(exc))
+    from .pipeline import scene_dir
+
+    stages = scene_dir(cfg, calibrated.name).resolve()
+    if out.suffix != ".ply" or out.resolve().is_relative_to(stages):
+        _fail(f"{out}: write the edited model as a .ply outside the stage folders ({stages}), which it would "
+              "overwrite or leave stale", 2)
+    path = save_ply(edit.params, out)
+    figures = write_edit_figures(params, edit.params, {n: calibrated.cameras[n] for n in
+                                                       calibrated.test_names + calibrated.train_names
+                                                       if n in calibrated.cameras},
+                                 out.with_suffix(""), views=views, backend=cfg.train.backend,
+                                 background=cfg.train.background)
+    typer.echo(f"{'removed' if remove else 'kept'} {what}: {int(edit.kept.sum())} of {len(edit.kept)} Gaussians left "
+               f"(grown {int(edit.grown.sum())}, floaters {int(edit.floaters.sum())}) -> {path}; before/after in "
+               f"{figures['strips'][0].parent}, turntable {figures['turntable']}")
 
 
 def _object_query(cfg, scene, render_features, selector, prompt: str):

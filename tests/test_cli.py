@@ -103,8 +103,23 @@ def test_single_stages_need_their_upstream_then_cluster_export_and_report(tmp_pa
     assert len(load_ply(tmp_path / "grown.ply")["means"]) >= len(load_ply(tmp_path / "one.ply")["means"])
     negative = runner.invoke(app, ["export", *common, "--object", "red sphere", "--coarser", "-1", "-o", "x.ply"])
     assert negative.exit_code == 2 and "steps must be >= 0" in negative.output
-    both = runner.invoke(app, ["export", *common, "--object", "red sphere", "--cluster", "1", "-o", "x.ply"])
-    assert both.exit_code == 2 and "exactly one of" in both.output
+    # Editing: remove and keep are complements; the strips and the turntable are written beside the .ply.
+    selected = len(load_ply(tmp_path / "one.ply")["means"])
+    total = len(load_ply(tmp_path / "data" / "synthetic-tiny" / "train" / "point_cloud.ply")["means"])
+    removed = runner.invoke(app, ["edit", *common, "--remove", "--object", "red sphere", "-o", str(tmp_path / "rm.ply")])
+    assert removed.exit_code == 0, removed.output
+    assert len(load_ply(tmp_path / "rm.ply")["means"]) == total - selected
+    assert len(list((tmp_path / "rm_before_after").glob("*.png"))) == 3 and (tmp_path / "rm_turntable.gif").is_file()
+    kept = runner.invoke(app, ["edit", *common, "--keep", "--object", "red sphere", "-o", str(tmp_path / "keep.ply")])
+    assert kept.exit_code == 0 and len(load_ply(tmp_path / "keep.ply")["means"]) == selected
+    both_modes = runner.invoke(app, ["edit", *common, "--remove", "--keep", "--object", "red sphere", "-o", "x.ply"])
+    assert both_modes.exit_code == 2 and "exactly one of --remove and --keep" in both_modes.output
+    in_place = runner.invoke(app, ["edit", *common, "--remove", "--object", "red sphere", "-o",
+                                   str(tmp_path / "data" / "synthetic-tiny" / "train" / "point_cloud.ply")])
+    assert in_place.exit_code == 2 and "outside the stage folders" in in_place.output
+    assert len(load_ply(tmp_path / "data" / "synthetic-tiny" / "train" / "point_cloud.ply")["means"]) == total
+    nothing = runner.invoke(app, ["export", *common, "-o", "x.ply"])
+    assert nothing.exit_code == 2 and "give --object, --click or --cluster" in nothing.output
 
     no_run = runner.invoke(app, ["report", "--run", "run-nope", *common[2:]])
     assert no_run.exit_code == 1 and "run.json: no run record" in no_run.output

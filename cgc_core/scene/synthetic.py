@@ -25,7 +25,7 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 from PIL import Image
@@ -455,6 +455,9 @@ class SyntheticScene:
     test_every: int
     target: np.ndarray = field(default_factory=lambda: np.array([0.0, 0.0, 0.2]))
     room: Room | None = None
+    hidden: frozenset[int] = frozenset()
+    """Objects (1-based ids) left out of renders: they neither show nor cast shadows, while every
+    other object keeps its id and texture (`without_objects`)."""
 
     @property
     def prompts(self) -> list[str]:
@@ -498,6 +501,17 @@ def look_at(eye: np.ndarray, target: np.ndarray) -> np.ndarray:
     w2c[:3, :3] = rotation
     w2c[:3, 3] = -rotation @ eye
     return w2c
+
+
+def without_objects(scene: SyntheticScene, names: Iterable[str]) -> SyntheticScene:
+    """The same scene (cameras, lighting, every other object's id and texture) with the named
+    objects left out of its renders: the truth an edit that removes them is checked against
+    (`render_view`). Raises ValueError for a name the scene does not have."""
+    ids = {o.name: k for k, o in enumerate(scene.objects, start=1)}
+    unknown = sorted(set(names) - set(ids))
+    if unknown:
+        raise ValueError(f"without_objects: no object named {unknown} (objects: {sorted(ids)})")
+    return replace(scene, hidden=scene.hidden | frozenset(ids[n] for n in names))
 
 
 def build_scene(cfg: SyntheticConfig) -> SyntheticScene:
@@ -746,7 +760,7 @@ def _first_hits(scene: SyntheticScene, origin: np.ndarray, dirs: np.ndarray,
     t_best, surface = _background_hits(scene, origin, dirs)
     ids = np.zeros(len(dirs), dtype=np.int64)
     for k, obj in enumerate(scene.objects, start=1):
-        if k == skip:
+        if k == skip or k in scene.hidden:
             continue
         t_obj = _sphere_trace(obj, origin, dirs)
         closer = t_obj < t_best
@@ -810,8 +824,9 @@ def _shade_room(scene: SyntheticScene, origin: np.ndarray, dirs: np.ndarray, t: 
     start = points[lit] + 1e-4 * normals[lit]
     visible = np.ones(len(dirs))
     blocked = np.zeros(lit.sum(), dtype=bool)
-    for obj in scene.objects:
-        blocked |= _sphere_trace(obj, start, l[lit]) < distance[lit]
+    for k, obj in enumerate(scene.objects, start=1):
+        if k not in scene.hidden:
+            blocked |= _sphere_trace(obj, start, l[lit]) < distance[lit]
     visible[np.flatnonzero(lit)[blocked]] = 0.0
     rgb = albedo * (room.ambient + (1 - room.ambient) * lambert * visible)[:, None]
     shiny = (material == "glossy") | (material == "mirror")
