@@ -25,7 +25,8 @@ import torch
 from torch import Tensor
 
 from .cluster import export_selection, render_clusters
-from .gaussians import SH_C0, read_ply_attribute
+from .edit import Edit, edit_gaussians, write_edit_figures
+from .gaussians import SH_C0, read_ply_attribute, save_ply
 from .hierarchy import ClusterTree
 from .query import normalize_features
 from .render import Gaussians, render
@@ -221,6 +222,16 @@ class ViewerSession:
         configured opacity floor and cleaning (`Selector.gaussians`)."""
         return self.selector.gaussians(self.params, self.selection)
 
+    def edit(self, mode: str, path: str | Path, cameras: dict[str, Camera]) -> tuple[Path, Edit]:
+        """Remove the selection from the model, or keep only it (`edit.edit_gaussians`), and write
+        what `cgc edit` writes: the edited .ply at `path`, before/after strips and a turntable.
+        Raises `edit.EditError` for a selection of nothing or of everything."""
+        edit = edit_gaussians(self.params, self.selected_gaussians(), mode,
+                              what=f"the selection ({len(self.queries)} click(s))")
+        path = save_ply(edit.params, path)
+        write_edit_figures(self.params, edit.params, cameras, Path(path).with_suffix(""), backend=self.backend)
+        return path, edit
+
     def export(self, path: str | Path) -> tuple[Path, int]:
         """Write the selected Gaussians to a .ply; returns the path and how many."""
         keep = self.selected_gaussians()
@@ -287,6 +298,9 @@ def serve(session: ViewerSession, cameras: dict[str, Camera], export_dir: str | 
     finer = server.gui.add_button("Finer") if session.tree is not None else None
     clear = server.gui.add_button("Clear selection")
     export = server.gui.add_button("Export selection")
+    remove = server.gui.add_button("Remove selection")
+    keep_only = server.gui.add_button("Keep selection")
+    show_all = server.gui.add_button("Show the whole model")
     timing = server.gui.add_markdown("")
 
     def client_camera(client) -> Camera:
@@ -397,6 +411,27 @@ def serve(session: ViewerSession, cameras: dict[str, Camera], export_dir: str | 
     def _(_) -> None:
         session.clear()
         redraw_all()
+        show_selection()
+
+    def edit(mode: str) -> None:
+        nonlocal splats
+        n = len(list(export_dir.glob("edit_*.ply"))) if export_dir.exists() else 0
+        try:
+            with lock:
+                path, done = session.edit(mode, export_dir / f"edit_{n:03d}.ply", cameras)
+        except ValueError as exc:
+            status.content = f"nothing edited: {exc}"
+            return
+        splats.remove()
+        splats = server.scene.add_gaussian_splats("/gaussians", **splat_arrays(done.params))
+        status.content = (f"{'removed' if mode == 'remove' else 'kept'} the selection: {int(done.kept.sum())} of "
+                          f"{len(done.kept)} Gaussians shown; wrote {path}")
+
+    remove.on_click(lambda _: edit("remove"))
+    keep_only.on_click(lambda _: edit("keep"))
+
+    @show_all.on_click
+    def _(_) -> None:
         show_selection()
 
     @export.on_click

@@ -71,9 +71,17 @@ def test_click_selects_the_clicked_blob_and_export_holds_its_gaussians(tmp_path)
     uv, _ = camera.project(np.array([[0.6, 0.0, 0.0]]))
     both = session.click(uv[0, 0] / camera.width, uv[0, 1] / camera.height, add=True)
     assert both.sum() > mask.sum() and session.selected_gaussians().sum() >= 108
+    # Remove the (left) selection: the right blob stays, and `cgc edit`'s files are written.
+    session.click(uv[0, 0] / camera.width, uv[0, 1] / camera.height)  # the right blob alone
+    path, edit = session.edit("remove", tmp_path / "edit.ply", {"v": camera})
+    assert edit.kept[:60].all() and edit.kept[60:].sum() <= 6  # the cleaning may leave a few of its tails
+    assert len(load_ply(path)["means"]) == int(edit.kept.sum())
+    assert (tmp_path / "edit_turntable.gif").is_file() and (tmp_path / "edit_before_after" / "v.png").is_file()
     session.clear()
     with pytest.raises(ValueError, match="nothing selected"):
         session.export(tmp_path / "none.ply")
+    with pytest.raises(ValueError, match="selects no Gaussian"):
+        session.edit("keep", tmp_path / "none.ply", {"v": camera})
 
 
 def test_coarser_and_finer_steps_grow_a_click_to_its_whole_object_and_back():
@@ -225,11 +233,16 @@ def test_viewer_in_headless_chromium_click_overlay_and_export(request, tmp_path,
             page.get_by_text("0 coarser step(s)").wait_for(timeout=60_000)
             page.get_by_text("Export selection").click()
             page.get_by_text("exported").wait_for(timeout=60_000)
+            page.get_by_role("button", name="Keep selection", exact=True).click()  # only the clicked object stays
+            page.get_by_text("kept the selection").wait_for(timeout=120_000)
+            kept_text = page.get_by_text("kept the selection").inner_text()
             page.screenshot(path=str(tmp_path / "viewer.png"))
             browser.close()
     finally:
         server.stop()
     assert pixels > 100  # the mask overlay appeared
+    shown, total = (int(v) for v in kept_text.split(": ")[1].split(" Gaussians")[0].split(" of "))
+    assert 0 < shown < total and (export_dir / "edit_000.ply").is_file()  # the splats changed to the edit
     exported = load_ply(export_dir / "selection_000.ply")
     truth, _ = read_ground_truth(scene_root).nearest_object(exported["means"].numpy())
     assert np.bincount(truth).argmax() == clicked  # the export holds (mostly) the clicked object's Gaussians
