@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -63,7 +64,9 @@ def main() -> None:
     params = load_ply(result.outputs.ply)
     truth_scene = read_ground_truth(scene.root)
     truth_ids, names = scene.object_truth(scene, params["means"].numpy())
-    selector = Selector.from_config(cfg)
+    # Every Gaussian of the object goes, faint ones too (`cgc edit` does the same): the selection's
+    # opacity floor, right for exporting an object, would leave its faint Gaussians as a ghost.
+    selector = replace(Selector.from_config(cfg), min_opacity=0.0)
     queries = protocol_queries("click-oracle", scene, feature_renderer(params, scene, cfg.train.backend), selector)
     background = tuple(cfg.train.background)
     true_camera = {c.image_name: c for c in truth_scene.cameras}

@@ -192,9 +192,10 @@ CoarserOpt = Annotated[int, typer.Option(help="coarser steps from --object/--cli
 
 
 def _selection(cfg, scene: str, objects: list[str], clicks: list[str], clusters: list[int], level: int | None,
-               coarser: int):
+               coarser: int, min_opacity: float | None = None):
     """The trained model, its calibrated scene, the union of the given selections ([N] boolean,
-    through the selection service) and how to name them; a bad selection ends the command."""
+    through the selection service; `min_opacity` replaces its opacity floor) and how to name them;
+    a bad selection ends the command."""
     import numpy as np
 
     from .gaussians import load_ply, read_ply_attribute
@@ -218,6 +219,8 @@ def _selection(cfg, scene: str, objects: list[str], clicks: list[str], clusters:
         keep |= labels == cluster
     if objects or clicks:
         selector = Selector.from_config(cfg)
+        if min_opacity is not None:
+            selector.min_opacity = min_opacity
         if level is not None:
             if not 0 <= level < selector.levels:
                 _fail(f"--level {level}: the model has levels 0..{selector.levels - 1} "
@@ -291,7 +294,9 @@ def edit_cmd(scene: Annotated[str, typer.Option(help="scene source, as for `cgc 
     if not (objects or clicks or clusters):
         _fail("give --object, --click or --cluster (each may be repeated)", 2)
     cfg = _config(config, set_)
-    calibrated, params, selected, what = _selection(cfg, scene, objects, clicks, clusters, level, coarser)
+    # Every Gaussian of the objects, faint ones too: the export's opacity floor would leave a ghost.
+    calibrated, params, selected, what = _selection(cfg, scene, objects, clicks, clusters, level, coarser,
+                                                    min_opacity=0.0)
     try:
         edit = edit_gaussians(params, selected, "remove" if remove else "keep", grow_radius=grow,
                               floater_opacity=floaters, what=what)

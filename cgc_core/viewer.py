@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -226,7 +226,8 @@ class ViewerSession:
         """Remove the selection from the model, or keep only it (`edit.edit_gaussians`), and write
         what `cgc edit` writes: the edited .ply at `path`, before/after strips and a turntable.
         Raises `edit.EditError` for a selection of nothing or of everything."""
-        edit = edit_gaussians(self.params, self.selected_gaussians(), mode,
+        everything = replace(self.selector, min_opacity=0.0)  # faint Gaussians of the object go too, as in `cgc edit`
+        edit = edit_gaussians(self.params, everything.gaussians(self.params, self.selection), mode,
                               what=f"the selection ({len(self.queries)} click(s))")
         path = save_ply(edit.params, path)
         write_edit_figures(self.params, edit.params, cameras, Path(path).with_suffix(""), backend=self.backend)
