@@ -108,10 +108,12 @@ def test_single_stages_need_their_upstream_then_cluster_export_and_report(tmp_pa
     total = len(load_ply(tmp_path / "data" / "synthetic-tiny" / "train" / "point_cloud.ply")["means"])
     removed = runner.invoke(app, ["edit", *common, "--remove", "--object", "red sphere", "-o", str(tmp_path / "rm.ply")])
     assert removed.exit_code == 0, removed.output
-    assert len(load_ply(tmp_path / "rm.ply")["means"]) == total - selected
     assert len(list((tmp_path / "rm_before_after").glob("*.png"))) == 3 and (tmp_path / "rm_turntable.gif").is_file()
     kept = runner.invoke(app, ["edit", *common, "--keep", "--object", "red sphere", "-o", str(tmp_path / "keep.ply")])
-    assert kept.exit_code == 0 and len(load_ply(tmp_path / "keep.ply")["means"]) == selected
+    assert kept.exit_code == 0, kept.output
+    # Complements; the edit takes the object's faint Gaussians too, which the export's opacity floor leaves out.
+    n_removed, n_kept = (len(load_ply(tmp_path / f)["means"]) for f in ("rm.ply", "keep.ply"))
+    assert n_removed + n_kept == total and n_kept >= selected
     both_modes = runner.invoke(app, ["edit", *common, "--remove", "--keep", "--object", "red sphere", "-o", "x.ply"])
     assert both_modes.exit_code == 2 and "exactly one of --remove and --keep" in both_modes.output
     in_place = runner.invoke(app, ["edit", *common, "--remove", "--object", "red sphere", "-o",
