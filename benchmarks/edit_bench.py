@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +33,7 @@ import torch
 from PIL import Image
 
 from cgc_core.config import load_config
-from cgc_core.edit import edit_gaussians, render_rgb
+from cgc_core.edit import edit_gaussians, edit_selector, render_rgb
 from cgc_core.evaluate import protocol_queries
 from cgc_core.gaussians import load_ply, subset_params
 from cgc_core.metrics import psnr
@@ -64,9 +63,7 @@ def main() -> None:
     params = load_ply(result.outputs.ply)
     truth_scene = read_ground_truth(scene.root)
     truth_ids, names = scene.object_truth(scene, params["means"].numpy())
-    # Every Gaussian of the object goes, faint ones too (`cgc edit` does the same): the selection's
-    # opacity floor, right for exporting an object, would leave its faint Gaussians as a ghost.
-    selector = replace(Selector.from_config(cfg), min_opacity=0.0)
+    selector = edit_selector(Selector.from_config(cfg))  # as `cgc edit` selects: faint Gaussians too
     queries = protocol_queries("click-oracle", scene, feature_renderer(params, scene, cfg.train.backend), selector)
     background = tuple(cfg.train.background)
     true_camera = {c.image_name: c for c in truth_scene.cameras}

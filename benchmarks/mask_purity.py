@@ -14,15 +14,14 @@ Last line:
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from cgc_core.config import SyntheticConfig
 from cgc_core.masks.store import MaskStore
-from cgc_core.scene.synthetic import FAMILY_DEV_SEEDS, FAMILY_HELDOUT_SEEDS, build_scene
+from cgc_core.scene.synthetic import FAMILY_DEV_SEEDS, FAMILY_HELDOUT_SEEDS, build_scene, read_synthetic_scene
+from cgc_core.train import label_map_at
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -31,14 +30,13 @@ def purity(root: Path, seed: int) -> list[tuple[str, str, float, str]]:
     """(object, role, pure share, what it is merged with most) for one family run's folder."""
     objects = dict(enumerate(build_scene(SyntheticConfig(preset="realistic-family", seed=seed)).objects, start=1))
     store = MaskStore(root / "masks" / "store")
-    test = set(json.loads((root / "scene" / "ground_truth" / "scene.json").read_text())["test_names"])
+    scene = read_synthetic_scene(root / "scene")
+    test = set(scene.test_names)
     pure = {k: [0, 0] for k in objects}
     merged: dict[int, dict[int, int]] = {k: {} for k in objects}
     for image in sorted(set(store.images()) - test):
-        ids = np.asarray(Image.open(root / "scene" / "ground_truth" / f"instance_{Path(image).stem}.png")).astype(int)
-        labels = store.read_label_maps(image, 1)[0]
-        if labels.shape != ids.shape:
-            labels = np.asarray(Image.fromarray(labels).resize(ids.shape[::-1], Image.Resampling.NEAREST))
+        ids = scene.instance_truth(f"{Path(image).stem}.png").astype(int)
+        labels = label_map_at(store, image, *ids.shape)[0].numpy()
         for segment in np.unique(labels[labels > 0]):
             counts = np.bincount(ids[labels == segment], minlength=len(objects) + 1)
             for k in (k for k in objects if counts[k]):

@@ -192,10 +192,10 @@ CoarserOpt = Annotated[int, typer.Option(help="coarser steps from --object/--cli
 
 
 def _selection(cfg, scene: str, objects: list[str], clicks: list[str], clusters: list[int], level: int | None,
-               coarser: int, min_opacity: float | None = None):
+               coarser: int, for_edit: bool = False):
     """The trained model, its calibrated scene, the union of the given selections ([N] boolean,
-    through the selection service; `min_opacity` replaces its opacity floor) and how to name them;
-    a bad selection ends the command."""
+    through the selection service, as an edit uses it with `for_edit`: `edit.edit_selector`) and
+    how to name them; a bad selection ends the command."""
     import numpy as np
 
     from .gaussians import load_ply, read_ply_attribute
@@ -211,16 +211,18 @@ def _selection(cfg, scene: str, objects: list[str], clicks: list[str], clusters:
     keep = np.zeros(len(params["means"]), bool)
     if clusters or coarser:
         _, clustered = _stage(cfg, scene, "cluster")
+    labels = read_ply_attribute(clustered.outputs.clusters_ply, "cluster") if clusters else None
     for cluster in clusters:
-        labels = read_ply_attribute(clustered.outputs.clusters_ply, "cluster")
         if not (labels == cluster).any():
             _fail(f"cluster {cluster} does not exist (clusters 0..{labels.max()}; see "
                   f"{clustered.outputs.folder / SUMMARY})")
         keep |= labels == cluster
     if objects or clicks:
         selector = Selector.from_config(cfg)
-        if min_opacity is not None:
-            selector.min_opacity = min_opacity
+        if for_edit:
+            from .edit import edit_selector
+
+            selector = edit_selector(selector)
         if level is not None:
             if not 0 <= level < selector.levels:
                 _fail(f"--level {level}: the model has levels 0..{selector.levels - 1} "
@@ -287,6 +289,7 @@ def edit_cmd(scene: Annotated[str, typer.Option(help="scene source, as for `cgc 
     strips (`<out>_before_after/`) and a turntable of the edited model (`<out>_turntable.gif`)."""
     from .edit import EditError, edit_gaussians, write_edit_figures
     from .gaussians import save_ply
+    from .pipeline import scene_dir, scene_name_of
 
     if remove == keep:
         _fail("give exactly one of --remove and --keep", 2)
@@ -294,20 +297,17 @@ def edit_cmd(scene: Annotated[str, typer.Option(help="scene source, as for `cgc 
     if not (objects or clicks or clusters):
         _fail("give --object, --click or --cluster (each may be repeated)", 2)
     cfg = _config(config, set_)
-    # Every Gaussian of the objects, faint ones too: the export's opacity floor would leave a ghost.
+    stages = scene_dir(cfg, scene_name_of(scene)).resolve()  # checked before any work
+    if out.suffix != ".ply" or out.resolve().is_relative_to(stages):
+        _fail(f"{out}: write the edited model as a .ply outside the stage folders ({stages}), which it would "
+              "overwrite or leave stale", 2)
     calibrated, params, selected, what = _selection(cfg, scene, objects, clicks, clusters, level, coarser,
-                                                    min_opacity=0.0)
+                                                    for_edit=True)
     try:
         edit = edit_gaussians(params, selected, "remove" if remove else "keep", grow_radius=grow,
                               floater_opacity=floaters, what=what)
     except EditError as exc:
         _fail(str(exc))
-    from .pipeline import scene_dir
-
-    stages = scene_dir(cfg, calibrated.name).resolve()
-    if out.suffix != ".ply" or out.resolve().is_relative_to(stages):
-        _fail(f"{out}: write the edited model as a .ply outside the stage folders ({stages}), which it would "
-              "overwrite or leave stale", 2)
     path = save_ply(edit.params, out)
     figures = write_edit_figures(params, edit.params, {n: calibrated.cameras[n] for n in
                                                        calibrated.test_names + calibrated.train_names

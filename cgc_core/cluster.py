@@ -424,7 +424,7 @@ def cluster_scene(params: dict[str, Tensor], scene, selector, queries: dict, que
                                            out.instance_masks, backend, progress=progress)
                      if cfg.export_masks else None)
     summary = {"n_gaussians": int(len(clustering.labels)), "n_clusters": clustering.n_clusters,
-               "background_cluster": clustering.background, "tree_merges": tree.merges.tolist(),
+               "background_cluster": clustering.background,
                "n_fitted": clustering.n_fitted, "cluster_sizes": clustering.sizes.tolist(),
                "cluster_seconds": round(seconds, 3), "palette_view": view,
                "selected": {p: int(k.sum()) for p, k in selections.items()},

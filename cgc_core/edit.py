@@ -1,7 +1,7 @@
 """Scene editing: remove the selected objects, or keep only them (issue 40).
 
-A selection (the selection service's 3D selection: `Selector.gaussians`) decides which Gaussians
-go. Two options answer what users of object removal complain about: `grow` adds the Gaussians
+A selection (the selection service's 3D selection, `Selector.gaussians` of `edit_selector`) decides
+which Gaussians go. Two options answer what users of object removal complain about: `grow` adds the Gaussians
 next to the selection that the feature field marks as the same object (the fringe a threshold
 leaves on the shadow side, floaters stuck to the object), and `floater_opacity` drops the faint
 Gaussians left where a removed object stood. The trained model is never modified: the edit is a
@@ -10,7 +10,7 @@ new parameter dict.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal, Sequence
 
@@ -21,9 +21,10 @@ from PIL import Image
 from scipy.spatial import cKDTree
 from torch import Tensor
 
-from .gaussians import subset_params
+from .gaussians import neighbour_spacing, subset_params
 from .render import Gaussians, render
 from .scene.model import Camera
+from .selection import Selector
 
 
 class EditError(ValueError):
@@ -48,18 +49,33 @@ class Edit:
     floaters: np.ndarray
 
 
-def _spacing(points: np.ndarray) -> float:
-    """Median distance from a Gaussian to its nearest neighbour: the splat's own length scale."""
-    if len(points) < 2:
-        return 1.0
-    return float(np.median(cKDTree(points).query(points, k=2)[0][:, 1])) or 1.0
+def edit_selector(selector: Selector) -> Selector:
+    """The selection service as an edit uses it: every Gaussian of the object goes, faint ones too.
+    The opacity floor that suits exporting an object (`Selector.min_opacity`) would leave its faint
+    Gaussians behind as a ghost (RESULTS.md, "Scene editing")."""
+    return replace(selector, min_opacity=0.0)
+
+
+def _near(means: np.ndarray, to: np.ndarray, candidates: np.ndarray, distance: float) -> np.ndarray:
+    """[N] boolean: the `candidates` (a boolean mask) within `distance` of a point of `to` (a boolean mask)."""
+    near = np.zeros(len(means), bool)
+    index = np.flatnonzero(candidates)
+    if len(index) and to.any():
+        gap, _ = cKDTree(means[to]).query(means[index], k=1)
+        near[index[gap <= distance]] = True
+    return near
+
+
+def _spacing(means: np.ndarray) -> float:
+    return neighbour_spacing(means) or 1.0  # coincident points: any unit will do
 
 
 def grow_selection(params: dict[str, Tensor], selected: np.ndarray, radius: float = 2.0,
                    min_similarity: float = 0.5) -> np.ndarray:
-    """The Gaussians within `radius` median nearest-neighbour distances of a selected one whose
-    feature's cosine similarity to the selection's mean unit feature is at least `min_similarity`
-    (a looser threshold than the selection's, applied only next to it). Returns the added ones."""
+    """The Gaussians within `radius` median nearest-neighbour distances (`gaussians.neighbour_spacing`)
+    of a selected one whose feature's cosine similarity to the selection's mean unit feature is at
+    least `min_similarity` (a looser threshold than the selection's, applied only next to it).
+    Returns the added ones."""
     selected = np.asarray(selected, bool)
     if not selected.any() or radius <= 0:
         return np.zeros_like(selected)
@@ -67,12 +83,7 @@ def grow_selection(params: dict[str, Tensor], selected: np.ndarray, radius: floa
     unit = F.normalize(params["features"].detach().float().cpu(), dim=-1)
     centre = F.normalize(unit[torch.as_tensor(selected)].mean(0), dim=0)
     similar = (unit @ centre).numpy() >= min_similarity
-    near = np.zeros_like(selected)
-    candidates = np.flatnonzero(similar & ~selected)
-    if len(candidates):
-        distance, _ = cKDTree(means[selected]).query(means[candidates], k=1)
-        near[candidates[distance <= radius * _spacing(means)]] = True
-    return near
+    return _near(means, selected, similar & ~selected, radius * _spacing(means))
 
 
 def edit_gaussians(params: dict[str, Tensor], selected: np.ndarray, mode: Literal["remove", "keep"],
@@ -102,10 +113,8 @@ def edit_gaussians(params: dict[str, Tensor], selected: np.ndarray, mode: Litera
     floaters = np.zeros(n, bool)
     if mode == "remove" and floater_opacity > 0:
         means = params["means"].detach().cpu().numpy()
-        faint = np.flatnonzero(~chosen & (torch.sigmoid(params["opacities"]).detach().cpu().numpy() < floater_opacity))
-        if len(faint):
-            distance, _ = cKDTree(means[chosen]).query(means[faint], k=1)
-            floaters[faint[distance <= floater_radius * _spacing(means)]] = True
+        faint = ~chosen & (torch.sigmoid(params["opacities"]).detach().cpu().numpy() < floater_opacity)
+        floaters = _near(means, chosen, faint, floater_radius * _spacing(means))
     if mode == "remove":
         kept = ~(chosen | floaters)
     elif mode == "keep":

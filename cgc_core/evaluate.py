@@ -42,7 +42,7 @@ from torch import Tensor
 from .cluster import model_tree
 from .config import EVALUATION_PROTOCOLS, CgcConfig, EvaluateConfig
 from .hierarchy import ClusterTree
-from .metrics import (MaskScore, MissingPredictionError, average_scores, psnr, read_mask, resize_nearest,
+from .metrics import (MaskScore, MissingPredictionError, average_scores, iou, psnr, read_mask, resize_nearest,
                       score_pair)
 from .query import deepest_pixel
 from .scene.model import Scene, SceneError
@@ -271,7 +271,7 @@ def oracle_steps(tree: ClusterTree, query: Query, feature_map: Tensor, gt: np.nd
     for steps in range(tree.depth(query.feature) + 1):
         mask = resize_nearest(selector.union_mask(feature_map, tree.step_features(query.feature, steps)).cpu().numpy(),
                               gt.shape)
-        ious.append(float((mask & gt).sum() / max((mask | gt).sum(), 1)))
+        ious.append(iou(mask, gt, "one"))  # the grounding view holds the prompt: never an empty union
         if steps and ious[-1] <= ious[-2]:
             return steps - 1, ious
     return len(ious) - 1, ious

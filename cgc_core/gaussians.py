@@ -43,6 +43,16 @@ def init_features(n: int, feature_dim: int = FEATURE_DIM, feature_init: str = "u
     raise ValueError(f"init_params: unknown feature_init {feature_init!r} (uniform, normal)")
 
 
+def neighbour_spacing(points: np.ndarray) -> float:
+    """Median distance from a point to its nearest other point (0 for fewer than two points): the
+    length scale of a splat, whatever the scene's units (the cluster tree's contact radius, an
+    edit's neighbourhood)."""
+    points = np.asarray(points, dtype=np.float64)
+    if len(points) < 2:
+        return 0.0
+    return float(np.median(cKDTree(points).query(points, k=2)[0][:, 1]))
+
+
 def init_params(points: np.ndarray, colors: np.ndarray | None, sh_degree: int = 3, feature_dim: int = FEATURE_DIM,
                 init_opacity: float = 0.1, seed: int = 0, feature_init: str = "uniform") -> dict[str, Tensor]:
     """3DGS initialisation from coloured sparse points, plus CGC features.

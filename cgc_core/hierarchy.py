@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from scipy.spatial import cKDTree
 from torch import Tensor
 
+from .gaussians import neighbour_spacing
+
 if TYPE_CHECKING:  # cluster.py builds trees
     from .cluster import Clustering
 
@@ -180,8 +182,8 @@ def build_cluster_tree(clustering: Clustering, features: Tensor, means: Tensor, 
     links_made: list[float] = []
     if len(index) >= 2 and k >= 2:
         points = means.detach().cpu().numpy()[index].astype(np.float64)
-        spacing = float(np.median(cKDTree(points).query(points, k=2)[0][:, 1]))
-        contacts = cluster_contacts(points, labels[index], k, radius * max(spacing, 1e-12)).astype(np.float64)
+        contacts = cluster_contacts(points, labels[index], k,
+                                    radius * max(neighbour_spacing(points), 1e-12)).astype(np.float64)
         unit = F.normalize(features.detach().float()[torch.as_tensor(index)], dim=-1).cpu().numpy()
         sizes = np.bincount(labels[index], minlength=k).astype(np.float64)
         sums = np.zeros((k, unit.shape[1]))

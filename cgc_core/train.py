@@ -347,8 +347,10 @@ class Trainer:
         self.device = torch.device("cuda" if resolve_backend(cfg.backend) == "gsplat" else "cpu")
         torch.manual_seed(cfg.seed)
         self.names = sorted(n for n in scene.train_names if n in scene.cameras)
-        self.views = {n: (camera, image.to(self.device))
-                      for n in self.names for camera, image in [train_view(scene, n, cfg.downscale)]}
+        self.views = {}
+        for n in self.names:
+            camera, image = train_view(scene, n, cfg.downscale)
+            self.views[n] = (camera, image.to(self.device))
         # The label maps feed the contrastive loss and the health measure (also when it is off).
         self.labels = {n: label_map_at(store, n, *self.views[n][1].shape[:2], cfg.contrastive.mask_levels).to(self.device)
                        for n in self.names}
@@ -485,7 +487,7 @@ class Trainer:
         """Write the final model (`point_cloud.ply`, Gaussians with non-finite parameters left out),
         its last checkpoint and `train.json` (steps, schedule, seconds, health)."""
         cfg, out_dir = self.cfg, self.out_dir
-        final = {k: v.detach().cpu() for k, v in self.params.items()}
+        final = {k: v.detach() for k, v in self.params.items()}  # on the training device until saved
         final["features"] = self.frames.final_features(final["features"])
         final, diverged = drop_non_finite_gaussians(final)
         if diverged:
@@ -495,8 +497,7 @@ class Trainer:
             self.save(cfg.iterations)
         ply = save_ply(final, out_dir / PLY_NAME)
         seconds = time.perf_counter() - self.started
-        final_health = final_feature_health({k: v.to(self.device) for k, v in final.items()}, self.views, self.labels,
-                                            self.scene.name, cfg)
+        final_health = final_feature_health(final, self.views, self.labels, self.scene.name, cfg)
         if final_health["warning"]:
             logger.warning("%s", final_health["warning"])
         (out_dir / RECORD_NAME).write_text(json.dumps({
@@ -505,7 +506,7 @@ class Trainer:
             "n_gaussians": int(final["means"].shape[0]), "non_finite_dropped": diverged, "scene_scale": self.scale,
             "depth_split": self.depth_cut.record, "health": {"history": self.health.history, **final_health},
         }, indent=2))
-        return TrainResult(final, cfg.iterations, seconds, self.resumed_from, ply)
+        return TrainResult({k: v.cpu() for k, v in final.items()}, cfg.iterations, seconds, self.resumed_from, ply)
 
 
 def train(scene: Scene, store: MaskStore, out_dir: str | Path, cfg: TrainConfig,
@@ -536,7 +537,7 @@ def drop_non_finite_gaussians(params: dict[str, Tensor]) -> tuple[dict[str, Tens
     many those were. Such a Gaussian renders nothing (the projection culls it), so the loss never
     shows it, but every median, bound or viewer that reads the saved model would."""
     n = params["means"].shape[0]
-    finite = torch.ones(n, dtype=torch.bool)
+    finite = torch.ones(n, dtype=torch.bool, device=params["means"].device)
     for values in params.values():
         finite &= torch.isfinite(values.reshape(n, -1)).all(dim=1)
     dropped = int(n - finite.sum())

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from .cluster import export_selection, render_clusters
-from .edit import Edit, edit_gaussians, write_edit_figures
+from .edit import Edit, edit_gaussians, edit_selector, write_edit_figures
 from .gaussians import SH_C0, read_ply_attribute, save_ply
 from .hierarchy import ClusterTree
 from .query import normalize_features
@@ -226,8 +226,7 @@ class ViewerSession:
         """Remove the selection from the model, or keep only it (`edit.edit_gaussians`), and write
         what `cgc edit` writes: the edited .ply at `path`, before/after strips and a turntable.
         Raises `edit.EditError` for a selection of nothing or of everything."""
-        everything = replace(self.selector, min_opacity=0.0)  # faint Gaussians of the object go too, as in `cgc edit`
-        edit = edit_gaussians(self.params, everything.gaussians(self.params, self.selection), mode,
+        edit = edit_gaussians(self.params, edit_selector(self.selector).gaussians(self.params, self.selection), mode,
                               what=f"the selection ({len(self.queries)} click(s))")
         path = save_ply(edit.params, path)
         write_edit_figures(self.params, edit.params, cameras, Path(path).with_suffix(""), backend=self.backend)
