@@ -91,6 +91,8 @@ def main() -> None:
     parser.add_argument("--family", choices=["realistic"], help="the realistic family's development and held-out "
                         "seeds instead of --presets/--seeds")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--split", choices=["all", "dev"], default="all", help="with --family: `dev` runs the "
+                        "development seeds only (to choose a setting; no held-out figure is printed)")
     parser.add_argument("--steps-seeds", nargs="+", type=int, default=[0], help="with --family: seeds of the "
                         "held-out presets whose multi-part objects join the family's in multipart_steps_iou")
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (each on one thread)")
@@ -101,9 +103,10 @@ def main() -> None:
     if args.family:
         from cgc_core.scene.synthetic import FAMILY_DEV_SEEDS, FAMILY_HELDOUT_SEEDS
 
-        args.presets, args.seeds = [f"{args.family}-family"], [*FAMILY_DEV_SEEDS, *FAMILY_HELDOUT_SEEDS]
+        held_out = [] if args.split == "dev" else [*FAMILY_HELDOUT_SEEDS]
+        args.presets, args.seeds = [f"{args.family}-family"], [*FAMILY_DEV_SEEDS, *held_out]
     jobs = [(p, s) for p in args.presets for s in args.seeds]
-    if args.family:  # multipart_steps_iou also counts the held-out presets' multi-part objects
+    if args.family and args.split == "all":  # multipart_steps_iou also counts the held-out presets' multi-part objects
         jobs += [(p, s) for p in HELDOUT for s in args.steps_seeds]
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         runs = list(pool.map(run_one, *zip(*jobs), [args.overrides] * len(jobs), [args.data_dir] * len(jobs),

@@ -156,6 +156,37 @@ class ClassicalConfig:
 
 
 @dataclass
+class TextureConfig:
+    """A weights-free CPU generator that finds objects on patterned backgrounds (issue 39): SLIC
+    superpixels merged by colour and texture into nested levels (`masks.regions.texture_regions`;
+    RESULTS.md, "Weights-free masks on patterned cloths"). Like SAM's automatic masks, its levels
+    nest and differ between views: each image draws its own jitter of the thresholds."""
+
+    thresholds: list[float] = field(default_factory=lambda: [0.03, 0.05, 0.08, 0.12, 0.18, 0.27])
+    """Merge distance per level, finest first (`texture_regions`): fine regions, merged regions,
+    object-like groups."""
+    n_superpixels: int = 1200
+    """About how many SLIC superpixels start the merging."""
+    compactness: float = 10.0
+    """SLIC's balance of colour against position."""
+    luminance_weight: float = 0.5
+    """Luminance beside chromaticity in a region's colour."""
+    window: float = 3.0
+    """Texture window (Gaussian standard deviation, pixels at the working resolution)."""
+    textured: float = 0.15
+    """Mean colour spread at which a region counts as fully textured (compared by context)."""
+    spread_weight: float = 0.25
+    """Weight of the difference in colour spread between two regions."""
+    jitter: float = 0.2
+    """Per-image relative jitter of the thresholds (view inconsistency)."""
+    min_area_fraction: float = 0.001
+    """Drop regions smaller than this fraction of the image."""
+    max_side: int = 640
+    """Downscale so that the long side is at most this before segmenting."""
+    seed: int = 0
+
+
+@dataclass
 class TruthObjectsConfig:
     """The `truth-objects` generator, an upper-bound diagnostic for scenes with true instance maps
     (the synthetic ones): the classical generator's segments plus each object's true mask, as if a
@@ -179,12 +210,14 @@ class TruthObjectsConfig:
 class MasksConfig:
     """The mask stage: automatic 2D masks per training image, stored as COCO RLE in Parquet."""
 
-    generator: Literal["auto", "sam", "classical", "truth-objects"] = "auto"
-    """`auto`: the classical generator for the synthetic scene, SAM otherwise. `truth-objects`:
+    generator: Literal["auto", "sam", "classical", "texture", "truth-objects"] = "auto"
+    """`auto`: the classical generator for the synthetic scene, SAM otherwise. `texture`: the
+    weights-free colour-and-texture generator (`TextureConfig`). `truth-objects`:
     classical plus true object masks (synthetic scenes only; an upper-bound diagnostic, see
     `TruthObjectsConfig`)."""
     sam: SamConfig = field(default_factory=SamConfig)
     classical: ClassicalConfig = field(default_factory=ClassicalConfig)
+    texture: TextureConfig = field(default_factory=TextureConfig)
     truth_objects: TruthObjectsConfig = field(default_factory=TruthObjectsConfig)
 
 

@@ -380,3 +380,86 @@ def test_depth_split_equals_its_loop_reference(seed, spacing, min_pixels, sharpn
     # Where the nearest kept pixels of two pieces are equally near, either piece is right.
     np.testing.assert_array_equal(fast[~ties], reference[~ties])
     assert (fast[ties] > 0).all()
+
+
+def _disc_on_checks(cell: int = 8, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A 120x160 blue-and-white checked cloth (with a little noise) and a plain white disc on it
+    (no edge where it meets a white check): the image and the disc's mask."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[:120, :160]
+    checks = ((y // cell + x // cell) % 2).astype(bool)
+    image = np.where(checks[..., None], [40, 80, 200], [235, 235, 230]).astype(float)
+    disc = (y - 60) ** 2 + (x - 80) ** 2 < 30**2
+    image[disc] = [235, 235, 230]
+    image += rng.normal(0, 3, image.shape)
+    return np.clip(image, 0, 255).astype(np.uint8), disc
+
+
+def _best_iou(masks: list[np.ndarray], truth: np.ndarray) -> float:
+    return max(float((m & truth).sum() / (m | truth).sum()) for m in masks)
+
+
+def test_texture_generator_finds_a_plain_white_disc_on_a_checked_cloth():
+    from cgc_core.config import TextureConfig
+    from cgc_core.masks.generators import TextureGenerator
+
+    image, disc = _disc_on_checks()
+    masks, size = TextureGenerator(TextureConfig()).segments(image, "view_000.png")
+    assert size == (120, 160)
+    assert _best_iou(masks, disc) >= 0.85  # the disc is its own segment at some level
+    # and the cloth is one segment at some level (the pattern is a region, not 300 checks)
+    assert _best_iou(masks, ~disc) >= 0.85
+
+
+def test_texture_levels_nest_and_differ_between_views():
+    from cgc_core.config import TextureConfig
+    from cgc_core.masks.generators import TextureGenerator
+
+    image, _ = _disc_on_checks(cell=6, seed=1)
+    generator = TextureGenerator(TextureConfig())
+    levels = generator.levels(image, "view_000.png")
+    assert len(levels) == len(TextureConfig().thresholds) and levels.shape[1:] == (120, 160)
+    for finer, coarser in zip(levels[:-1], levels[1:]):
+        # every region of a finer level lies inside one region of the next level
+        pairs = np.unique(np.stack([finer.ravel(), coarser.ravel()]), axis=1)
+        assert len(np.unique(pairs[0])) == pairs.shape[1]
+        assert len(np.unique(coarser)) <= len(np.unique(finer))
+    assert len(np.unique(levels[0])) > len(np.unique(levels[-1]))  # the levels are not all the same
+    # the same pixels in another view: another draw of the thresholds, other regions somewhere
+    other = generator.levels(image, "view_007.png")
+    assert any(len(np.unique(a)) != len(np.unique(b)) for a, b in zip(levels, other))
+    assert np.array_equal(levels, generator.levels(image, "view_000.png"))  # deterministic per view
+    # masks for the store: every region of every level, each once
+    masks, _ = generator.segments(image, "view_000.png")
+    keys = {np.packbits(m).tobytes() for m in masks}
+    assert len(keys) == len(masks)
+
+
+def test_texture_regions_refuse_thresholds_that_do_not_increase():
+    from cgc_core.masks.regions import texture_regions
+
+    image, _ = _disc_on_checks()
+    with pytest.raises(ValueError, match="thresholds must increase"):
+        texture_regions(image, [0.2, 0.1])
+
+
+def test_texture_generator_is_chosen_by_the_config_and_its_masks_nest_in_the_store(tmp_path):
+    from cgc_core.masks.generators import TextureGenerator, make_generator
+    from cgc_core.scene.model import Scene
+
+    cfg = CgcConfig().masks
+    cfg.generator = "texture"
+    scene = Scene(name="disc", root=tmp_path, image_dir=tmp_path, image_names=["view_000.png"])
+    generator = make_generator(cfg, scene)
+    assert isinstance(generator, TextureGenerator)
+    image, disc = _disc_on_checks()
+    table, (height, width) = generator.generate(image, "view_000.png")
+    assert table.column("generator").to_pylist()[0] == "texture" and (height, width) == (120, 160)
+    store = _store_roundtrip(tmp_path, np.stack(_decode(table)).astype(bool))
+    levels = store.read_label_maps("img.png", 3)
+    # the store's levels step out from the finest region to the enclosing ones
+    for finer, coarser in zip(levels[:-1], levels[1:]):
+        pairs = np.unique(np.stack([finer.ravel(), coarser.ravel()]), axis=1)
+        assert len(np.unique(pairs[0])) == pairs.shape[1]
+    centre = levels[:, 60, 80]
+    assert any(((levels[level] == centre[level]) == disc).mean() > 0.97 for level in range(3))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -214,7 +215,8 @@ def test_realistic_family_draws_each_case_per_seed_without_overlaps_and_every_ob
         layouts.add((tuple(o.center for o in scene.objects), round(float(scene.radius), 6)))
         names = [o.name for o in scene.objects]
         assert len(set(names)) == len(names)
-        assert sorted(o.role for o in scene.objects if o.role) == ["in", "mirror", "multipart", "on", "small", "thin"]
+        assert sorted(o.role for o in scene.objects if o.role) == ["flat", "flat", "glass", "in", "mirror", "multipart",
+                                                                    "on", "small", "thin"]
         # two same-coloured objects of different shapes touch (their surfaces within 1 mm)
         pairs = [(a, b) for i, a in enumerate(scene.objects) for b in scene.objects[i + 1:]
                  if a.color == b.color and a.kind != b.kind and a.kind != "compound"]
@@ -233,3 +235,34 @@ def test_realistic_family_draws_each_case_per_seed_without_overlaps_and_every_ob
         small = names.index(next(o.name for o in scene.objects if o.role == "small"))
         assert seen[1 + small] < len(scene.cameras) or seed != FAMILY_DEV_SEEDS[0]  # hidden from some views
     assert len(layouts) == 2  # the layout, colours and orbit follow the seed
+
+
+def test_family_tables_wear_a_patterned_cloth_and_the_glass_shows_what_stands_behind_it():
+    from cgc_core.scene.synthetic import FAMILY_DEV_SEEDS, Cloth
+
+    patterns = set()
+    for seed in FAMILY_DEV_SEEDS:
+        scene = build_scene(SyntheticConfig(preset="realistic-family", seed=seed, n_views=8, width=96, height=72))
+        patterns.add(scene.room.cloth.pattern)
+    assert len(patterns) >= 2  # the pattern follows the seed
+    # The cloth: base and ink where the pattern says, the table's wood beyond its edge.
+    cloth = Cloth(pattern="gingham", base=(0.9, 0.9, 0.9), ink=(0.1, 0.2, 0.8), cell=0.02)
+    points = np.array([[0.005, 0.005, 0], [0.025, 0.005, 0], [0.025, 0.025, 0], [0.5, 0.0, 0]])
+    colour, covered = cloth.albedo(points, seed=0)
+    assert covered.tolist() == [True, True, True, False]
+    assert colour[0, 2] < colour[0, 0] + 0.1 and colour[2, 2] > 2 * colour[2, 0]  # white check, blue check
+    assert colour[0, 0] > colour[1, 0] > colour[2, 0]  # crossing bands mix to a middle tone
+    # The glass shows the cloth behind it: another ink changes the glass's pixels and not those of
+    # a matte object.
+    scene = build_scene(SyntheticConfig(preset="realistic-family", seed=FAMILY_DEV_SEEDS[0], n_views=8, width=96,
+                                        height=72))
+    glass = next(k for k, o in enumerate(scene.objects, start=1) if o.material == "glass")
+    matte = next(k for k, o in enumerate(scene.objects, start=1) if o.material == "matte" and o.kind == "box")
+    camera = max(scene.cameras, key=lambda c: (render_view(scene, c)[1] == glass).sum())
+    rgb, ids, _ = render_view(scene, camera)
+    recoloured = replace(scene, room=replace(scene.room, cloth=replace(scene.room.cloth, ink=(0.9, 0.1, 0.1))))
+    other, other_ids, _ = render_view(recoloured, camera)
+    assert np.array_equal(ids, other_ids) and (ids == glass).sum() >= 20 and (ids == matte).sum() >= 20
+    change = np.abs(other - rgb).sum(-1)
+    assert (change[ids == glass] > 0.05).mean() > 0.3
+    assert change[ids == matte].max() < 1e-6

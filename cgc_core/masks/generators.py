@@ -1,4 +1,5 @@
-"""Automatic mask generators: SAM (segment-anything), a weights-free classical one, and
+"""Automatic mask generators: SAM (segment-anything), two weights-free ones (classical: colour
+only; texture: colour and texture, nested), and
 `truth-objects` (classical plus true object masks: an upper-bound diagnostic for synthetic scenes).
 
 Each returns masks at a working resolution (the image downscaled to a configured long side) as a
@@ -16,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from ..config import ClassicalConfig, MasksConfig, SamConfig, TruthObjectsConfig, section_hash
+from ..config import ClassicalConfig, MasksConfig, SamConfig, TextureConfig, TruthObjectsConfig, section_hash
 from ..models import ModelLoadError, load_sam
 from ..scene.model import Scene
 from .store import MaskStore, records_from_masks, records_from_sam
@@ -76,6 +77,11 @@ class ClassicalGenerator:
 
     def segments(self, image: np.ndarray, image_name: str) -> tuple[list[np.ndarray], tuple[int, int]]:
         """The boolean masks of one image at the working resolution, and that (height, width)."""
+        levels = self.levels(image, image_name)
+        return level_masks(levels, self.config.min_area_fraction), levels.shape[1:]
+
+    def levels(self, image: np.ndarray, image_name: str) -> np.ndarray:
+        """[scales, H, W] label maps at the working resolution, one per scale."""
         from skimage.segmentation import felzenszwalb
 
         cfg = self.config
@@ -86,14 +92,61 @@ class ClassicalGenerator:
         rng = np.random.default_rng([cfg.seed, zlib.crc32(image_name.encode())])
         min_area = max(1, int(cfg.min_area_fraction * height * width))
         segmented = shading_invariant(work, cfg.luminance_weight) if cfg.colour == "chroma" else work
-        masks = []
-        for scale in cfg.scales:
-            jittered = scale * (1 + rng.uniform(-cfg.jitter, cfg.jitter))
-            labels = felzenszwalb(segmented, scale=jittered, sigma=cfg.sigma, min_size=min_area, channel_axis=-1)
-            counts = np.bincount(labels.ravel())
-            for label in np.nonzero(counts >= min_area)[0]:
-                masks.append(labels == label)
-        return masks, (height, width)
+        return np.stack([felzenszwalb(segmented, scale=scale * (1 + rng.uniform(-cfg.jitter, cfg.jitter)),
+                                      sigma=cfg.sigma, min_size=min_area, channel_axis=-1) for scale in cfg.scales])
+
+
+def level_masks(levels: np.ndarray, min_area_fraction: float, unique: bool = False) -> list[np.ndarray]:
+    """The boolean masks of [L, H, W] label maps: every label of every level covering at least
+    `min_area_fraction` of the image; with `unique`, a region found at several levels once."""
+    min_area = max(1, int(min_area_fraction * levels[0].size))
+    masks, seen = [], set()
+    for labels in levels:
+        counts = np.bincount(labels.ravel())
+        for label in np.nonzero(counts >= min_area)[0]:
+            mask = labels == label
+            key = np.packbits(mask).tobytes() if unique else len(masks)
+            if key not in seen:
+                seen.add(key)
+                masks.append(mask)
+    return masks
+
+
+@dataclass
+class TextureGenerator:
+    """Colour-and-texture regions at nested levels (`regions.texture_regions`): objects on
+    patterned cloths come out as their own regions; view-inconsistent through a per-image jitter
+    of the merge thresholds."""
+
+    config: TextureConfig
+    name: str = "texture"
+    version: str = "slic-rag-texture-1"
+
+    @property
+    def config_hash(self) -> str:
+        return section_hash(self.config)
+
+    def generate(self, image: np.ndarray, image_name: str) -> tuple[pa.Table, tuple[int, int]]:
+        masks, size = self.segments(image, image_name)
+        return records_from_masks(image_name, masks, self.name, self.version, self.config_hash), size
+
+    def segments(self, image: np.ndarray, image_name: str) -> tuple[list[np.ndarray], tuple[int, int]]:
+        """The boolean masks of one image at the working resolution, and that (height, width)."""
+        levels = self.levels(image, image_name)
+        return level_masks(levels, self.config.min_area_fraction, unique=True), levels.shape[1:]
+
+    def levels(self, image: np.ndarray, image_name: str) -> np.ndarray:
+        """[levels, H, W] nested label maps at the working resolution, finest first."""
+        from .regions import texture_regions
+
+        cfg = self.config
+        work = downscale(image, cfg.max_side)
+        rng = np.random.default_rng([cfg.seed, zlib.crc32(image_name.encode())])
+        # One jitter for every level keeps them increasing, hence nested.
+        scale = 1 + rng.uniform(-cfg.jitter, cfg.jitter)
+        return texture_regions(work, [t * scale for t in cfg.thresholds], n_superpixels=cfg.n_superpixels,
+                               compactness=cfg.compactness, luminance_weight=cfg.luminance_weight, window=cfg.window,
+                               textured=cfg.textured, spread_weight=cfg.spread_weight)
 
 
 @dataclass
@@ -190,6 +243,8 @@ def make_generator(cfg: MasksConfig, scene: Scene) -> MaskGenerator:
             raise MaskGeneratorError(f"{scene.root}: masks.generator=truth-objects needs true instance maps, which "
                                      "only the synthetic scenes have (use classical or sam)")
         return TruthObjectsGenerator(cfg.classical, cfg.truth_objects, scene.instance_truth)
+    if kind == "texture":
+        return TextureGenerator(cfg.texture)
     return ClassicalGenerator(cfg.classical) if kind == "classical" else SamGenerator(cfg.sam)
 
 

@@ -51,8 +51,9 @@ class Shape:
       and material; `size` unused).
 
     materials (used by scenes with a `Room`; the plain scenes shade everything matte):
-      matte, glossy (a specular highlight), mirror (reflects the scene), checker (a black and
-      white checkerboard of `texture_scale` cells per metre).
+      matte, glossy (a specular highlight), mirror (reflects the scene), glass (shows the scene
+      behind it, bent and tinted), checker (a black and white checkerboard of `texture_scale`
+      cells per metre).
     """
 
     name: str
@@ -351,19 +352,33 @@ def _family_groups(rng: np.random.Generator, colours: list[str]) -> list[list[Sh
             Shape(f"{c[7][0]} apple", "sphere", (0.0, 0.0, 0.006 + 0.022 + 0.004), (0.022,), c[7][1], role="in")]
     box = [Shape("checker box", "box", (0.0, 0.0, 0.03), (0.05, 0.035, 0.03), (1.0, 1.0, 1.0),
                  texture_scale=float(u(40, 70)), material="checker")]
-    return [hidden, thin, touching, lamp, plate, bowl, box]
+    # Issue 39: flat things lying on the cloth (a white paper napkin, a metal spoon beside it) and a
+    # glass of water, which shows what stands behind it.
+    napkin, spoon_half, glass_r, glass_h = u(0.025, 0.032), u(0.025, 0.032), u(0.022, 0.028), u(0.04, 0.055)
+    breakfast = [Shape("paper napkin", "box", (0.0, 0.0, 0.0015), (napkin, napkin, 0.0015), _PALETTE["white"],
+                       yaw_deg=u(-30, 30), role="flat"),
+                 Shape("spoon", "box", (0.0, napkin * 1.4 + 0.01, 0.002), (spoon_half, 0.005, 0.002),
+                       (0.78, 0.78, 0.8), yaw_deg=u(-15, 15), material="glossy", role="flat"),
+                 Shape("glass of water", "cylinder", (napkin * 1.4 + glass_r + 0.006, 0.0, glass_h), (glass_r, glass_h),
+                       (0.85, 0.92, 0.95), material="glass", role="glass")]
+    return [hidden, thin, touching, lamp, plate, bowl, box, breakfast]
+
+
+_RING = (0.28, 0.22)
+"""Semi-axes (m) of the ellipse the family's groups stand on: seven groups at least 0.19 m apart,
+none reaching 0.09 m from its middle (`tests/test_synthetic.py` checks that no two objects meet)."""
 
 
 def _family_objects(rng: np.random.Generator | None = None) -> list[Shape]:
     """A `realistic-family` layout: the case groups (`_family_groups`) in seeded colours, each
     turned by a seeded yaw about its middle and set at a seeded slot: six on an ellipse around the
-    table's middle (at least 0.17 m apart; no group reaches 0.085 m from its middle), one in it."""
+    table's middle (`_RING`), one in it."""
     rng = rng if rng is not None else np.random.default_rng(0)
     colours = [str(name) for name in rng.permutation(list(_PALETTE))]
     groups = _family_groups(rng, colours)
     ring = len(groups) - 1
     angles = 2 * math.pi * (np.arange(ring) + rng.uniform(-0.05, 0.05, ring)) / ring + rng.uniform(0, 2 * math.pi)
-    slots = [(0.24 * math.cos(a), 0.2 * math.sin(a)) for a in angles] + [(0.0, 0.0)]
+    slots = [(_RING[0] * math.cos(a), _RING[1] * math.sin(a)) for a in angles] + [(0.0, 0.0)]
     placed = []
     for group, slot in zip([groups[int(i)] for i in rng.permutation(len(groups))], slots):
         middle = np.mean([obj.center[:2] for obj in group], axis=0)
@@ -378,12 +393,48 @@ def _family_objects(rng: np.random.Generator | None = None) -> list[Shape]:
 
 
 def _family_view(preset: "Preset", seed: int) -> "Preset":
-    """The family's per-seed orbit (distance, height, aim) and light."""
+    """The family's per-seed orbit (distance, height, aim), light and tablecloth."""
     rng = np.random.default_rng([seed, 23])
-    room = replace(preset.room, light=(float(rng.uniform(-0.6, 0.6)), float(rng.uniform(-0.5, 0.5)),
-                                       float(rng.uniform(1.0, 1.35))))
+    light = (float(rng.uniform(-0.6, 0.6)), float(rng.uniform(-0.5, 0.5)), float(rng.uniform(1.0, 1.35)))
+    # Issue 39: a patterned cloth in white and a colour, as on real breakfast tables; white objects
+    # (plate, napkin, some mugs) match its light squares.
+    ink = ("blue", "red", "green", "teal")[int(rng.integers(4))]
+    cloth = Cloth(pattern=("gingham", "stripes", "dots")[int(rng.integers(3))], base=_PALETTE["white"],
+                  ink=_PALETTE[ink], cell=float(rng.uniform(0.02, 0.035)), yaw_deg=float(rng.uniform(0, 90)))
+    room = replace(preset.room, light=light, cloth=cloth)
     return replace(preset, orbit_radius=float(rng.uniform(0.6, 0.72)), orbit_height=float(rng.uniform(0.3, 0.42)),
                    target=(float(rng.uniform(-0.02, 0.02)), float(rng.uniform(-0.02, 0.02)), 0.05), room=room)
+
+
+@dataclass(frozen=True)
+class Cloth:
+    """A tablecloth over a room's table top: `pattern` in `base` and `ink` colours with cells of
+    `cell` metres, turned by `yaw_deg`; it reaches `half` metres from the middle (the table's wood
+    shows beyond). gingham: checks where crossing bands mix; stripes; dots: ink dots on base."""
+
+    pattern: str
+    base: tuple[float, float, float]
+    ink: tuple[float, float, float]
+    cell: float = 0.025
+    yaw_deg: float = 0.0
+    half: tuple[float, float] = (0.45, 0.33)
+
+    def albedo(self, p: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """Albedo [N, 3] of table points [N, 3] and which of them the cloth covers [N]."""
+        yaw = math.radians(self.yaw_deg)
+        u = (math.cos(yaw) * p[:, 0] + math.sin(yaw) * p[:, 1]) / self.cell
+        v = (-math.sin(yaw) * p[:, 0] + math.cos(yaw) * p[:, 1]) / self.cell
+        base, ink = np.asarray(self.base), np.asarray(self.ink)
+        if self.pattern == "gingham":
+            share = 0.5 * ((np.floor(u) % 2) + (np.floor(v) % 2))  # 0, a half (bands cross) or 1
+        elif self.pattern == "stripes":
+            share = np.floor(u) % 2
+        else:  # dots of a third of a cell's radius
+            share = (np.hypot(u - np.floor(u) - 0.5, v - np.floor(v) - 0.5) < 0.3).astype(float)
+        weave = 0.92 + 0.08 * value_noise(p * 900.0, seed + 70)  # the fabric's threads
+        colour = (base * (1 - share[:, None]) + ink * share[:, None]) * weave[:, None]
+        covered = (np.abs(p[:, 0]) <= self.half[0]) & (np.abs(p[:, 1]) <= self.half[1])
+        return colour, covered
 
 
 @dataclass(frozen=True)
@@ -402,6 +453,8 @@ class Room:
     light: tuple[float, float, float] = (0.5, 0.35, 1.2)
     light_radius: float = 0.25
     ambient: float = 0.3
+    cloth: Cloth | None = None
+    """A tablecloth over the table top; None: bare wood."""
     # (wall: 0 = x walls, 1 = y walls; sign of the wall; centre along the wall; centre height; half width; half height)
     pictures: tuple[tuple[int, int, float, float, float, float], ...] = (
         (0, 1, 0.2, 0.55, 0.45, 0.3), (0, -1, -0.4, 0.5, 0.35, 0.4), (1, 1, 0.6, 0.6, 0.5, 0.28),
@@ -598,6 +651,9 @@ def _albedo(points: np.ndarray, ids: np.ndarray, surface: np.ndarray, scene: Syn
         grain = fbm(p * np.array([4.0, 24.0, 4.0]), seed + 1)
         detail = value_noise(p * 45.0, seed + 2)
         albedo[table] = base * (0.65 + 0.35 * grain[:, None]) + 0.12 * (detail[:, None] - 0.5)
+        if scene.room is not None and scene.room.cloth is not None:
+            colour, covered = scene.room.cloth.albedo(p, seed)
+            albedo[np.flatnonzero(table)[covered]] = colour[covered]
     wall = surface == WALL
     if wall.any():
         p = points[wall]
@@ -829,12 +885,24 @@ def _shade_room(scene: SyntheticScene, origin: np.ndarray, dirs: np.ndarray, t: 
             blocked |= _sphere_trace(obj, start, l[lit]) < distance[lit]
     visible[np.flatnonzero(lit)[blocked]] = 0.0
     rgb = albedo * (room.ambient + (1 - room.ambient) * lambert * visible)[:, None]
-    shiny = (material == "glossy") | (material == "mirror")
+    shiny = (material == "glossy") | (material == "mirror") | (material == "glass")
     if shiny.any():
         half = l[shiny] - dirs[shiny]
         half /= np.maximum(np.linalg.norm(half, axis=1, keepdims=True), 1e-12)
         highlight = np.clip((normals[shiny] * half).sum(1), 0.0, 1.0) ** 60 * visible[shiny]
         rgb[shiny] += 0.6 * highlight[:, None]
+    glass = np.flatnonzero(material == "glass")
+    if glass.size and bounce == 0:
+        # Glass: what stands behind it, bent a little (refraction) and tinted, plus a faint reflection
+        # of the light. The transmitted ray skips the glass object itself.
+        for k in np.unique(ids[glass]):
+            rays = glass[ids[glass] == k]
+            bent = dirs[rays] - 0.25 * normals[rays]
+            bent /= np.linalg.norm(bent, axis=1, keepdims=True)
+            start = points[rays] + 1e-4 * bent
+            t2, surface2, ids2 = _first_hits(scene, start, bent, skip=int(k))
+            seen = _shade_room(scene, start, bent, t2, surface2, ids2, bounce=1)
+            rgb[rays] = 0.2 * rgb[rays] + 0.8 * albedo[rays] * seen  # its own shading and highlight show faintly
     mirror = np.flatnonzero(material == "mirror")
     if mirror.size and bounce == 0:
         n = normals[mirror]

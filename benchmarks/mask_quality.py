@@ -1,0 +1,135 @@
+"""How well a weights-free mask generator finds the objects (issue 39; needs no training).
+
+Renders training views of the realistic family's development seeds (instance truth from the ray
+caster) and runs two generators on the same images: for every view, level and true object
+covering at least `--min-pixels` pixels at the generator's working resolution, the best-matching
+segment's IoU. Figures:
+
+- recall50 / recall75: share of (object, view) pairs with a segment of IoU >= 0.5 / 0.75 at some
+  level (per level in the table above the last line);
+- straddle: share of segments (every level) that straddle, i.e. whose largest part (one object,
+  or the background) is under 90 % of the segment, or that hold at least half of an object
+  other than that largest part (a cloth segment that swallows a napkin);
+- s_per_image: median seconds per image of the generator (this machine, one process);
+- with the depth cut: recall50 and straddle after training's depth cut (`train.depth_split`'s
+  settings) with the renderer's true depth: what geometry adds to each generator's masks, an
+  upper bound for the model's rendered depth (printed in the table, not in the RESULT line).
+
+Settings are chosen on the development seeds only (`FAMILY_DEV_SEEDS`); `--seeds` can name the
+held-out ones for a report.
+
+Last line:
+    RESULT generator=<name> recall50=<x> recall75=<x> straddle=<x> baseline_recall50=<x> s_per_image=<x>
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+from PIL import Image
+
+from cgc_core.config import DepthSplitConfig, SyntheticConfig, load_config
+from cgc_core.masks.depth_split import split_at_depth_edges
+from cgc_core.masks.generators import ClassicalGenerator, TextureGenerator
+from cgc_core.scene.synthetic import FAMILY_DEV_SEEDS, build_scene, render_view
+
+
+def object_scores(levels: np.ndarray, ids: np.ndarray, min_pixels: int) -> tuple[dict[int, list[float]], list[bool]]:
+    """Per true object (id, >= min_pixels): the best segment IoU at each level; per segment of
+    every level: whether it straddles (see the module docstring)."""
+    n_ids = int(ids.max()) + 1
+    object_area = np.bincount(ids.ravel(), minlength=n_ids)
+    objects = [k for k in range(1, n_ids) if object_area[k] >= min_pixels]
+    best = {k: [] for k in objects}
+    straddles = []
+    for labels in levels:
+        n_labels = int(labels.max()) + 1
+        # overlap[segment, id]: pixels of each object (and the background, id 0) in each segment
+        overlap = np.bincount(labels.ravel() * n_ids + ids.ravel(), minlength=n_labels * n_ids).reshape(n_labels, n_ids)
+        area = overlap.sum(1)
+        for k in objects:
+            union = area + object_area[k] - overlap[:, k]
+            best[k].append(float((overlap[:, k] / np.maximum(union, 1)).max()))
+        for segment in np.nonzero(area)[0]:
+            main = int(overlap[segment].argmax())
+            swallowed = [k for k in objects if k != main and overlap[segment, k] >= 0.5 * object_area[k]]
+            straddles.append(overlap[segment, main] < 0.9 * area[segment] or bool(swallowed))
+    return best, straddles
+
+
+def evaluate(generator, views: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]], min_pixels: int,
+             cut: DepthSplitConfig) -> dict:
+    """Recall per level and overall, straddle share and seconds per image over rendered views,
+    and recall50 and straddle after the depth cut `cut` with the true depth."""
+    best_all, straddles, seconds, cut_best, cut_straddles = [], [], [], [], []
+    for name, rgb, ids, depth in views:
+        start = time.perf_counter()
+        levels = generator.levels(rgb, name)
+        seconds.append(time.perf_counter() - start)
+        height, width = levels.shape[1:]
+        if ids.shape != (height, width):
+            ids = np.asarray(Image.fromarray(ids).resize((width, height), Image.Resampling.NEAREST))
+            depth = np.asarray(Image.fromarray(depth).resize((width, height), Image.Resampling.NEAREST))
+        best, straddle = object_scores(levels, ids, min_pixels)
+        best_all += best.values()
+        straddles += straddle
+        split = np.stack([split_at_depth_edges(labels + 1, depth, cut.jump, cut.min_pixels, sharpness=cut.sharpness,
+                                               fill_distance=cut.fill) for labels in levels])
+        best, straddle = object_scores(split, ids, min_pixels)
+        cut_best += best.values()
+        cut_straddles += straddle
+    scores, cut_scores = np.array(best_all), np.array(cut_best)  # [pairs, levels]
+    overall = scores.max(1)
+    return {"pairs": len(scores), "recall50": float((overall >= 0.5).mean()), "recall75": float((overall >= 0.75).mean()),
+            "level_recall50": [float(v) for v in (scores >= 0.5).mean(0)], "mean_best_iou": float(overall.mean()),
+            "straddle": float(np.mean(straddles)), "s_per_image": statistics.median(seconds),
+            "cut_recall50": float((cut_scores.max(1) >= 0.5).mean()), "cut_straddle": float(np.mean(cut_straddles))}
+
+
+def render_views(seeds: list[int], per_seed: int) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
+    """`per_seed` evenly spaced training views of each family seed: (name, RGB uint8, instance
+    ids, depth)."""
+    views = []
+    for seed in seeds:
+        cfg = SyntheticConfig(preset="realistic-family", seed=seed)
+        scene = build_scene(cfg)
+        test = set(scene.test_names)
+        train = [c for c in scene.cameras if c.image_name not in test]
+        for camera in train[:: max(1, len(train) // per_seed)][:per_seed]:
+            rgb, ids, depth = render_view(scene, camera, cfg.supersample)
+            views.append((f"seed{seed}-{camera.image_name}", (rgb * 255 + 0.5).astype(np.uint8), ids, depth))
+    return views
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", nargs="+", type=int, default=list(FAMILY_DEV_SEEDS))
+    parser.add_argument("--views", type=int, default=8, help="training views per seed")
+    parser.add_argument("--min-pixels", type=int, default=100, help="objects smaller than this (at the working "
+                        "resolution) are not counted: the contrastive loss's segment floor")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="texture.FIELD=VALUE",
+                        help="a masks-section override for the generator under test, e.g. texture.window=4")
+    args = parser.parse_args()
+    config = load_config(None, [f"masks.{item}" for item in args.overrides])
+    masks = config.masks
+    views = render_views(args.seeds, args.views)
+    candidate, baseline = TextureGenerator(masks.texture), ClassicalGenerator(masks.classical)
+    results = {gen.name: evaluate(gen, views, args.min_pixels, config.train.depth_split)
+               for gen in (baseline, candidate)}
+    print(f"{len(views)} views of seeds {args.seeds}; objects >= {args.min_pixels} px")
+    print(f"{'generator':<10} {'pairs':>5} {'recall50':>8} {'recall75':>8} {'best IoU':>8} {'straddle':>8} "
+          f"{'s/image':>7} {'cut r50':>7} {'cut str':>7}  recall50 per level")
+    for name, r in results.items():
+        print(f"{name:<10} {r['pairs']:>5} {r['recall50']:>8.3f} {r['recall75']:>8.3f} {r['mean_best_iou']:>8.3f} "
+              f"{r['straddle']:>8.3f} {r['s_per_image']:>7.3f} {r['cut_recall50']:>7.3f} {r['cut_straddle']:>7.3f}  "
+              f"{' '.join(f'{v:.3f}' for v in r['level_recall50'])}")
+    r, b = results[candidate.name], results[baseline.name]
+    print(f"RESULT generator={candidate.name} recall50={r['recall50']:.4f} recall75={r['recall75']:.4f} "
+          f"straddle={r['straddle']:.4f} baseline_recall50={b['recall50']:.4f} s_per_image={r['s_per_image']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
