@@ -162,9 +162,10 @@ class TextureConfig:
     RESULTS.md, "Weights-free masks on patterned cloths"). Like SAM's automatic masks, its levels
     nest and differ between views: each image draws its own jitter of the thresholds."""
 
-    thresholds: list[float] = field(default_factory=lambda: [0.03, 0.05, 0.08, 0.12, 0.18, 0.27])
-    """Merge distance per level, finest first (`texture_regions`): fine regions, merged regions,
-    object-like groups."""
+    thresholds: list[float] = field(default_factory=lambda: [0.12, 0.18, 0.27])
+    """Merge distance per level, finest first (`texture_regions`): regions, merged regions,
+    object-like groups. Finer levels (0.03, 0.05, 0.08 too) find more objects but training reads
+    each pixel's finest mask, and parts of objects there cost the demo 0.35 mIoU (RESULTS.md)."""
     n_superpixels: int = 1200
     """About how many SLIC superpixels start the merging."""
     compactness: float = 10.0
@@ -211,8 +212,8 @@ class MasksConfig:
     """The mask stage: automatic 2D masks per training image, stored as COCO RLE in Parquet."""
 
     generator: Literal["auto", "sam", "classical", "texture", "truth-objects"] = "auto"
-    """`auto`: the classical generator for the synthetic scene, SAM otherwise. `texture`: the
-    weights-free colour-and-texture generator (`TextureConfig`). `truth-objects`:
+    """`auto`: the weights-free `texture` generator for the synthetic scenes (`TextureConfig`), SAM
+    otherwise. `classical`: the earlier weights-free generator, colour only. `truth-objects`:
     classical plus true object masks (synthetic scenes only; an upper-bound diagnostic, see
     `TruthObjectsConfig`)."""
     sam: SamConfig = field(default_factory=SamConfig)
