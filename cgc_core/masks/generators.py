@@ -59,13 +59,15 @@ def shading_invariant(image: np.ndarray, luminance_weight: float) -> np.ndarray:
     return np.concatenate([1.5 * chroma, luminance_weight * x.mean(-1, keepdims=True)], axis=-1)
 
 
-@dataclass
-class ClassicalGenerator:
-    """Felzenszwalb segments at several scales (scikit-image): overlapping, view-inconsistent masks."""
+class LevelGenerator:
+    """A generator whose masks are the regions of label maps at several levels (`levels`): every
+    region covering `config.min_area_fraction` of the image; `unique`: a region repeated at several
+    levels (nested levels) is stored once."""
 
-    config: ClassicalConfig
-    name: str = "classical"
-    version: str = "felzenszwalb-2"
+    config: ClassicalConfig | TextureConfig
+    name: str
+    version: str
+    unique: bool = False
 
     @property
     def config_hash(self) -> str:
@@ -78,7 +80,20 @@ class ClassicalGenerator:
     def segments(self, image: np.ndarray, image_name: str) -> tuple[list[np.ndarray], tuple[int, int]]:
         """The boolean masks of one image at the working resolution, and that (height, width)."""
         levels = self.levels(image, image_name)
-        return level_masks(levels, self.config.min_area_fraction), levels.shape[1:]
+        return level_masks(levels, self.config.min_area_fraction, self.unique), levels.shape[1:]
+
+    def levels(self, image: np.ndarray, image_name: str) -> np.ndarray:
+        """[levels, H, W] int label maps at the working resolution."""
+        raise NotImplementedError
+
+
+@dataclass
+class ClassicalGenerator(LevelGenerator):
+    """Felzenszwalb segments at several scales (scikit-image): overlapping, view-inconsistent masks."""
+
+    config: ClassicalConfig
+    name: str = "classical"
+    version: str = "felzenszwalb-2"
 
     def levels(self, image: np.ndarray, image_name: str) -> np.ndarray:
         """[scales, H, W] label maps at the working resolution, one per scale."""
@@ -113,7 +128,7 @@ def level_masks(levels: np.ndarray, min_area_fraction: float, unique: bool = Fal
 
 
 @dataclass
-class TextureGenerator:
+class TextureGenerator(LevelGenerator):
     """Colour-and-texture regions at nested levels (`regions.texture_regions`): objects on
     patterned cloths come out as their own regions; view-inconsistent through a per-image jitter
     of the merge thresholds."""
@@ -121,19 +136,7 @@ class TextureGenerator:
     config: TextureConfig
     name: str = "texture"
     version: str = "slic-rag-texture-1"
-
-    @property
-    def config_hash(self) -> str:
-        return section_hash(self.config)
-
-    def generate(self, image: np.ndarray, image_name: str) -> tuple[pa.Table, tuple[int, int]]:
-        masks, size = self.segments(image, image_name)
-        return records_from_masks(image_name, masks, self.name, self.version, self.config_hash), size
-
-    def segments(self, image: np.ndarray, image_name: str) -> tuple[list[np.ndarray], tuple[int, int]]:
-        """The boolean masks of one image at the working resolution, and that (height, width)."""
-        levels = self.levels(image, image_name)
-        return level_masks(levels, self.config.min_area_fraction, unique=True), levels.shape[1:]
+    unique: bool = True
 
     def levels(self, image: np.ndarray, image_name: str) -> np.ndarray:
         """[levels, H, W] nested label maps at the working resolution, finest first."""
