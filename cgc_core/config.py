@@ -212,8 +212,9 @@ class MasksConfig:
     """The mask stage: automatic 2D masks per training image, stored as COCO RLE in Parquet."""
 
     generator: Literal["auto", "sam", "classical", "texture", "truth-objects"] = "auto"
-    """`auto`: the weights-free `texture` generator for the synthetic scenes (`TextureConfig`), SAM
-    otherwise. `classical`: the earlier weights-free generator, colour only. `truth-objects`:
+    """`auto`: the classical generator for the synthetic scene, SAM otherwise. `texture`: the
+    weights-free colour-and-texture generator (`TextureConfig`; better on patterned cloths, not the
+    default: RESULTS.md, "Weights-free masks on patterned cloths"). `truth-objects`:
     classical plus true object masks (synthetic scenes only; an upper-bound diagnostic, see
     `TruthObjectsConfig`)."""
     sam: SamConfig = field(default_factory=SamConfig)
