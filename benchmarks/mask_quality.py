@@ -36,6 +36,7 @@ from PIL import Image
 from cgc_core.config import DepthSplitConfig, SyntheticConfig, load_config
 from cgc_core.masks.depth_split import split_at_depth_edges
 from cgc_core.masks.generators import ClassicalGenerator, TextureGenerator
+from cgc_core.masks.store import nesting_label_maps
 from cgc_core.scene.synthetic import FAMILY_DEV_SEEDS, build_scene, render_view
 
 
@@ -79,7 +80,8 @@ def evaluate(generator, views: list[tuple[str, np.ndarray, np.ndarray, np.ndarra
         best_all += best.values()
         straddles += straddle
         masks, _ = generator.segments(rgb, name)
-        best, _ = object_scores(finest_label_map(masks, min_pixels)[None], ids, min_pixels)
+        kept = np.stack([m for m in masks if m.sum() >= min_pixels])
+        best, _ = object_scores(nesting_label_maps(kept, 1), ids, min_pixels)
         loss_best += [v[0] for v in best.values()]
         split = np.stack([split_at_depth_edges(labels + 1, depth, cut.jump, cut.min_pixels, sharpness=cut.sharpness,
                                                fill_distance=cut.fill) for labels in levels])
@@ -94,15 +96,6 @@ def evaluate(generator, views: list[tuple[str, np.ndarray, np.ndarray, np.ndarra
             "cut_recall50": float((cut_scores.max(1) >= 0.5).mean()), "cut_straddle": float(np.mean(cut_straddles)),
             "loss_recall50": float((np.array(loss_best) >= 0.5).mean())}
 
-
-def finest_label_map(masks: list[np.ndarray], min_pixels: int) -> np.ndarray:
-    """[H, W] label map of each pixel's smallest mask of at least `min_pixels` pixels (0: none)."""
-    labels = np.zeros(masks[0].shape, dtype=np.int64)
-    areas = [int(m.sum()) for m in masks]
-    for index in np.argsort([-a for a in areas], kind="stable"):  # largest first, smaller on top
-        if areas[index] >= min_pixels:
-            labels[masks[index]] = index + 1
-    return labels
 
 
 def render_views(seeds: list[int], per_seed: int) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:

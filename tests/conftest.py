@@ -76,8 +76,6 @@ def tiny_inputs(tmp_path_factory):
 
     cfg = CgcConfig(data_dir=str(tmp_path_factory.mktemp("tiny-inputs")))
     cfg.synthetic.preset, cfg.synthetic.supersample, cfg.calibrate.mode = "tiny", 1, "known_poses"
-    # The classical masks, which the training tests' figures (the quality floor) were measured on.
-    cfg.masks.generator = "classical"
     scene, _ = scene_stage(cfg, "synthetic")
     calibrated, _ = calibrate_stage(cfg, scene)
     store = masks_stage(cfg, calibrated).result.outputs.store

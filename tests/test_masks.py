@@ -411,6 +411,13 @@ def test_texture_generator_finds_a_plain_white_disc_on_a_checked_cloth():
     assert _best_iou(masks, ~disc) >= 0.85
 
 
+def _assert_nested(levels: np.ndarray) -> None:
+    """Every region of a finer level lies inside one region of the next level."""
+    for finer, coarser in zip(levels[:-1], levels[1:]):
+        pairs = np.unique(np.stack([finer.ravel(), coarser.ravel()]), axis=1)
+        assert len(np.unique(pairs[0])) == pairs.shape[1]
+
+
 def test_texture_levels_nest_and_differ_between_views():
     from cgc_core.config import TextureConfig
     from cgc_core.masks.generators import TextureGenerator
@@ -419,11 +426,7 @@ def test_texture_levels_nest_and_differ_between_views():
     generator = TextureGenerator(TextureConfig())
     levels = generator.levels(image, "view_000.png")
     assert len(levels) == len(TextureConfig().thresholds) and levels.shape[1:] == (120, 160)
-    for finer, coarser in zip(levels[:-1], levels[1:]):
-        # every region of a finer level lies inside one region of the next level
-        pairs = np.unique(np.stack([finer.ravel(), coarser.ravel()]), axis=1)
-        assert len(np.unique(pairs[0])) == pairs.shape[1]
-        assert len(np.unique(coarser)) <= len(np.unique(finer))
+    _assert_nested(levels)
     assert len(np.unique(levels[0])) > len(np.unique(levels[-1]))  # the levels are not all the same
     # the same pixels in another view: another draw of the thresholds, other regions somewhere
     other = generator.levels(image, "view_007.png")
@@ -457,9 +460,6 @@ def test_texture_generator_is_chosen_by_the_config_and_its_masks_nest_in_the_sto
     assert table.column("generator").to_pylist()[0] == "texture" and (height, width) == (120, 160)
     store = _store_roundtrip(tmp_path, np.stack(_decode(table)).astype(bool))
     levels = store.read_label_maps("img.png", 3)
-    # the store's levels step out from the finest region to the enclosing ones
-    for finer, coarser in zip(levels[:-1], levels[1:]):
-        pairs = np.unique(np.stack([finer.ravel(), coarser.ravel()]), axis=1)
-        assert len(np.unique(pairs[0])) == pairs.shape[1]
+    _assert_nested(levels)  # the store's levels step out from the finest region to the enclosing ones
     centre = levels[:, 60, 80]
     assert any(((levels[level] == centre[level]) == disc).mean() > 0.97 for level in range(3))

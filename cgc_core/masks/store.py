@@ -249,27 +249,34 @@ class MaskStore:
         if levels < 1:
             raise ValueError(f"read_label_maps: levels must be at least 1 (got {levels})")
         rles, indices, (height, width) = self._rles(image_name, min_area)
-        labels = np.zeros((levels, height, width), dtype=np.int32)
         if not rles:
-            return labels
-        masks = self._decode(image_name, rles)
-        areas = masks.reshape(len(masks), -1).sum(1)
-        ids = np.asarray(indices, dtype=np.int32) + 1
-        covered = np.zeros((height, width), dtype=np.int32)  # masks seen so far at each pixel
-        # Smallest first, so the j-th mask seen at a pixel is its j-th smallest; among equal areas the
-        # later mask_index counts as the smaller (as in painting largest first, later on top).
-        for k in np.lexsort((-np.arange(len(masks)), areas)):
-            inside = masks[k]
-            rank = covered[inside]
-            # The mask fills its own rank and every coarser level (until a larger mask takes them).
-            for level in range(levels):
-                take = rank <= level
-                plane = labels[level]
-                values = plane[inside]
-                values[take] = ids[k]
-                plane[inside] = values
-            covered[inside] += 1
-        return labels
+            return np.zeros((levels, height, width), dtype=np.int32)
+        return nesting_label_maps(self._decode(image_name, rles), levels, np.asarray(indices, dtype=np.int32) + 1)
+
+
+def nesting_label_maps(masks: np.ndarray, levels: int, ids: np.ndarray | None = None) -> np.ndarray:
+    """[levels, H, W] int32 label maps of boolean masks [K, H, W] (`MaskStore.read_label_maps`):
+    level l gives each pixel the (l+1)-th smallest mask containing it (or the largest, when fewer
+    do); value ids[k] (default k + 1), 0 where no mask covers the pixel."""
+    height, width = masks.shape[1:]
+    ids = np.arange(1, len(masks) + 1, dtype=np.int32) if ids is None else ids
+    labels = np.zeros((levels, height, width), dtype=np.int32)
+    areas = masks.reshape(len(masks), -1).sum(1)
+    covered = np.zeros((height, width), dtype=np.int32)  # masks seen so far at each pixel
+    # Smallest first, so the j-th mask seen at a pixel is its j-th smallest; among equal areas the
+    # later mask_index counts as the smaller (as in painting largest first, later on top).
+    for k in np.lexsort((-np.arange(len(masks)), areas)):
+        inside = masks[k]
+        rank = covered[inside]
+        # The mask fills its own rank and every coarser level (until a larger mask takes them).
+        for level in range(levels):
+            take = rank <= level
+            plane = labels[level]
+            values = plane[inside]
+            values[take] = ids[k]
+            plane[inside] = values
+        covered[inside] += 1
+    return labels
 
 
 @dataclass(frozen=True)
