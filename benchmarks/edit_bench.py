@@ -1,8 +1,8 @@
 """Object removal checked against truth (issue 40): each object of the demo scene removed in turn.
 
 Trains the demo scene (the stages' caches under the data folder), then for every object: its 3D
-selection (the click-oracle query through the selection service, as `cgc edit --object` without a
-text model), the edit (`edit.edit_gaussians`, `remove`), and in every test view where the object
+selection (the click-oracle query through the selection service, lifted from the training views as
+`cgc edit --object` without a text model does: `edit.edit_selection`), the edit (`edit.edit_gaussians`, `remove`), and in every test view where the object
 shows, the edited model's render against the synthetic truth rendered without that object (same
 camera, light and textures: `scene.synthetic.without_objects`):
 
@@ -32,8 +32,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cgc_core.config import load_config
-from cgc_core.edit import edit_gaussians, edit_selector, render_rgb
+from cgc_core.config import EDIT_VIEW_SHARE, load_config
+from cgc_core.edit import edit_gaussians, edit_selection, render_rgb
 from cgc_core.evaluate import protocol_queries
 from cgc_core.gaussians import load_ply, subset_params
 from cgc_core.metrics import psnr
@@ -56,6 +56,8 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE")
     parser.add_argument("--grow", type=float, default=0.0, help="edit option, as `cgc edit --grow`")
     parser.add_argument("--floaters", type=float, default=0.0, help="edit option, as `cgc edit --floaters`")
+    parser.add_argument("--view-share", type=float, default=EDIT_VIEW_SHARE,
+                        help="edit option, as `cgc edit --view-share` (0: each Gaussian by its own feature)")
     args = parser.parse_args()
     cfg = load_config(None, [f"data_dir={args.data_dir}", "synthetic.preset=demo", *args.overrides])
     for stage in ("scene", "calibrate", "masks", "train"):
@@ -63,7 +65,8 @@ def main() -> None:
     params = load_ply(result.outputs.ply)
     truth_scene = read_ground_truth(scene.root)
     truth_ids, names = scene.object_truth(scene, params["means"].numpy())
-    selector = edit_selector(Selector.from_config(cfg))  # as `cgc edit` selects: faint Gaussians too
+    selector = Selector.from_config(cfg)
+    train_cameras = [scene.cameras[name] for name in scene.train_names]  # what `cgc edit` lifts from
     queries = protocol_queries("click-oracle", scene, feature_renderer(params, scene, cfg.train.backend), selector)
     background = tuple(cfg.train.background)
     true_camera = {c.image_name: c for c in truth_scene.cameras}
@@ -71,7 +74,8 @@ def main() -> None:
     for k, obj in enumerate(truth_scene.objects, start=1):
         if obj.name not in queries:
             continue
-        edit = edit_gaussians(params, selector.gaussians(params, [queries[obj.name]]), "remove",
+        chosen = edit_selection(selector, params, [queries[obj.name]], train_cameras, args.view_share)
+        edit = edit_gaussians(params, chosen, "remove",
                               grow_radius=args.grow, floater_opacity=args.floaters, what=repr(obj.name))
         leftover = subset_params(params, torch.as_tensor(edit.kept & (truth_ids == k)))
         hidden = without_objects(truth_scene, [obj.name])
@@ -104,7 +108,7 @@ def main() -> None:
     strip = np.concatenate([figure[1], gap, figure[2], gap, figure[3]], 1)
     Image.fromarray((strip * 255 + 0.5).astype(np.uint8)).save(FIGURE)
     print(f"figure (model, edited, truth without the object): {FIGURE.relative_to(ROOT)}; "
-          f"edit options grow={args.grow} floaters={args.floaters}; {len(names)} objects")
+          f"edit options view_share={args.view_share} grow={args.grow} floaters={args.floaters}; {len(names)} objects")
     print(f"RESULT edits={len({r['object'] for r in rows})} "
           f"leftover_share={statistics.fmean(r['leftover'] for r in rows):.4f} "
           f"rest_psnr_drop_db={statistics.fmean(r['rest_drop'] for r in rows):.3f} "

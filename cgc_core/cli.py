@@ -25,7 +25,7 @@ from typing import Annotated, NoReturn, Optional
 import typer
 import yaml
 
-from .config import ConfigError, load_config, to_dict
+from .config import EDIT_VIEW_SHARE, ConfigError, load_config, to_dict
 
 app = typer.Typer(help="Contrastive Gaussian Clustering: scenes, calibration and benchmarks.", no_args_is_help=True)
 masks_app = typer.Typer(help="Automatic 2D masks: generate and look at them.", no_args_is_help=True)
@@ -192,10 +192,10 @@ CoarserOpt = Annotated[int, typer.Option(help="coarser steps from --object/--cli
 
 
 def _selection(cfg, scene: str, objects: list[str], clicks: list[str], clusters: list[int], level: int | None,
-               coarser: int, for_edit: bool = False):
+               coarser: int, view_share: float | None = None):
     """The trained model, its calibrated scene, the union of the given selections ([N] boolean,
-    through the selection service, as an edit uses it with `for_edit`: `edit.edit_selector`) and
-    how to name them; a bad selection ends the command."""
+    through the selection service; with `view_share`, as an edit takes it: `edit.edit_selection`
+    lifted from the training views) and how to name them; a bad selection ends the command."""
     import numpy as np
 
     from .gaussians import load_ply, read_ply_attribute
@@ -219,10 +219,6 @@ def _selection(cfg, scene: str, objects: list[str], clicks: list[str], clusters:
         keep |= labels == cluster
     if objects or clicks:
         selector = Selector.from_config(cfg)
-        if for_edit:
-            from .edit import edit_selector
-
-            selector = edit_selector(selector)
         if level is not None:
             if not 0 <= level < selector.levels:
                 _fail(f"--level {level}: the model has levels 0..{selector.levels - 1} "
@@ -244,7 +240,13 @@ def _selection(cfg, scene: str, objects: list[str], clicks: list[str], clusters:
             except ValueError as exc:
                 _fail(str(exc))
             features = [f for q in queries for f in tree.step_features(q.feature, coarser)]
-        keep |= selector.gaussians(params, features)
+        if view_share is None:
+            keep |= selector.gaussians(params, features)
+        else:
+            from .edit import edit_selection
+
+            keep |= edit_selection(selector, params, features, [calibrated.cameras[n] for n in calibrated.train_names],
+                                   view_share)
     what = ", ".join([*(repr(o) for o in objects), *(f"click {c}" for c in clicks), *(f"cluster {k}" for k in clusters)])
     return calibrated, params, keep, what
 
@@ -283,6 +285,8 @@ def edit_cmd(scene: Annotated[str, typer.Option(help="scene source, as for `cgc 
                              "spacings of the selection whose feature matches it loosely (cosine >= 0.5); 0: off")] = 0.0,
              floaters: Annotated[float, typer.Option(help="with --remove, also drop Gaussians fainter than this "
                                  "opacity next to what was removed; 0: off")] = 0.0,
+             view_share: Annotated[float, typer.Option(help="take a Gaussian when this share of its blending weight in "
+                                   "the training views paints selected pixels; 0: by its own feature")] = EDIT_VIEW_SHARE,
              views: Annotated[int, typer.Option(help="before/after strips written beside the .ply")] = 3,
              config: ConfigOpt = None, set_: SetOpt = None) -> None:
     """Remove the selected objects from the scene, or keep only them; writes the edited .ply, before/after
@@ -302,7 +306,7 @@ def edit_cmd(scene: Annotated[str, typer.Option(help="scene source, as for `cgc 
         _fail(f"{out}: write the edited model as a .ply outside the stage folders ({stages}), which it would "
               "overwrite or leave stale", 2)
     calibrated, params, selected, what = _selection(cfg, scene, objects, clicks, clusters, level, coarser,
-                                                    for_edit=True)
+                                                    view_share=view_share)
     try:
         edit = edit_gaussians(params, selected, "remove" if remove else "keep", grow_radius=grow,
                               floater_opacity=floaters, what=what)

@@ -26,6 +26,9 @@ import yaml
 logger = logging.getLogger("cgc")
 SELECTION_THRESHOLD = 0.7
 """CGC's cosine similarity at or above which a pixel or Gaussian belongs to the queried object."""
+EDIT_VIEW_SHARE = 0.1
+"""An edit takes a Gaussian when this share of its blending weight in the training views paints the
+selection's pixels (`edit.edit_selection`; chosen on the demo's edits: RESULTS.md, "Scene editing")."""
 
 
 class ConfigError(ValueError):

@@ -1,6 +1,6 @@
 """Scene editing: remove the selected objects, or keep only them (issue 40).
 
-A selection (the selection service's 3D selection, `Selector.gaussians` of `edit_selector`) decides
+A selection (the selection service's 2D masks lifted onto the Gaussians: `edit_selection`) decides
 which Gaussians go. Two options answer what users of object removal complain about: `grow` adds the Gaussians
 next to the selection that the feature field marks as the same object (the fringe a threshold
 leaves on the shadow side, floaters stuck to the object), and `floater_opacity` drops the faint
@@ -21,10 +21,11 @@ from PIL import Image
 from scipy.spatial import cKDTree
 from torch import Tensor
 
+from .config import EDIT_VIEW_SHARE
 from .gaussians import neighbour_spacing, subset_params
 from .render import Gaussians, render
 from .scene.model import Camera
-from .selection import Selector
+from .selection import Query, Selector
 
 
 class EditError(ValueError):
@@ -49,11 +50,21 @@ class Edit:
     floaters: np.ndarray
 
 
-def edit_selector(selector: Selector) -> Selector:
-    """The selection service as an edit uses it: every Gaussian of the object goes, faint ones too.
-    The opacity floor that suits exporting an object (`Selector.min_opacity`) would leave its faint
-    Gaussians behind as a ghost (RESULTS.md, "Scene editing")."""
-    return replace(selector, min_opacity=0.0)
+def edit_selection(selector: Selector, params: dict[str, Tensor], queries: Sequence[Query | Tensor],
+                   cameras: Sequence[Camera] = (), view_share: float = EDIT_VIEW_SHARE) -> np.ndarray:
+    """[N] boolean: the Gaussians an edit takes for `queries`, faint ones too.
+
+    With cameras and `view_share` > 0, the selection's 2D masks in those views are lifted onto the
+    Gaussians (`Selector.gaussians_from_views`): a Gaussian goes when at least `view_share` of its
+    blending weight paints selected pixels, so the object's surface Gaussians that training left
+    with another feature go too (a per-Gaussian threshold leaves them behind as a ghost). Otherwise
+    the per-Gaussian threshold (`Selector.gaussians`) with the opacity floor off (the floor that
+    suits exporting an object would leave its faint Gaussians behind).
+    """
+    selector = replace(selector, min_opacity=0.0)
+    if view_share > 0 and len(cameras):
+        return selector.gaussians_from_views(params, cameras, queries, min_share=view_share)
+    return selector.gaussians(params, queries)
 
 
 def _near(means: np.ndarray, to: np.ndarray, candidates: np.ndarray, distance: float) -> np.ndarray:

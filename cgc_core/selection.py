@@ -21,6 +21,8 @@ from torch import Tensor
 from .config import SELECTION_THRESHOLD, CgcConfig
 from .metrics import resize_nearest
 from .query import feature_at, mask_query, similarity_maps
+from .render import Gaussians, blend_weights
+from .scene.model import Camera
 
 Detector = Callable[[np.ndarray, str], "tuple[list[float], float] | None"]
 Segmenter = Callable[[np.ndarray, Sequence[float]], np.ndarray]
@@ -216,6 +218,44 @@ class Selector:
                 keep |= select_gaussians(self.restrict(params["features"]), self.restrict(feature), self.threshold,
                                          params["means"], opacities,
                                          self.min_opacity, self.outlier_neighbours, self.outlier_std_ratio)
+        return keep
+
+    @torch.no_grad()
+    def gaussians_from_views(self, params: dict[str, Tensor], cameras: Sequence[Camera],
+                             queries: Sequence[Query | Tensor], min_share: float = 0.5,
+                             min_weight: float = 1e-3) -> np.ndarray:
+        """[N] boolean: the Gaussians that the selection's 2D masks cover, lifted from views.
+
+        In each camera the query's 2D mask (`union_mask` of the rendered feature map) is laid on
+        the Gaussians by their blending weights (`render.blend_weights`); a Gaussian is selected when
+        at least `min_share` of its weight over all views falls inside the masks. A surface Gaussian
+        whose own feature training left unlike the object's is still selected, since the pixels it
+        paints are the object's (per-Gaussian thresholds leave those behind: RESULTS.md, "Scene
+        editing"). Gaussians no view shows (total weight below `min_weight`, e.g. inside an object)
+        take their nearest shown neighbour's decision.
+
+        Args:
+            params: The trained parameter dict (means, quats, scales, opacities, features).
+            cameras: The views to lift from (the training views: a capture's coverage).
+            queries: As `gaussians`; their union is lifted.
+            min_share: The share of a Gaussian's blending weight that must lie inside the masks.
+            min_weight: Total weight below which a Gaussian counts as unseen.
+        """
+        gaussians = Gaussians.from_params({k: v.detach().float().cpu() for k, v in params.items()})
+        features = params["features"].detach().float().cpu()
+        inside = torch.zeros(len(features))
+        total = torch.zeros(len(features))
+        for camera in cameras:
+            weights = blend_weights(gaussians, camera)
+            mask = self.union_mask(weights.render(features), queries).reshape(-1).float()
+            inside += weights.transposed @ mask
+            total += weights.transposed @ torch.ones_like(mask)
+        shown = (total >= min_weight).numpy()
+        keep = (inside >= min_share * total).numpy() & shown
+        if shown.any() and not shown.all():
+            means = gaussians.means.numpy()
+            _, nearest = cKDTree(means[shown]).query(means[~shown])
+            keep[~shown] = keep[shown][nearest]
         return keep
 
 

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from .cluster import export_selection, render_clusters
-from .edit import Edit, edit_gaussians, edit_selector, write_edit_figures
+from .edit import Edit, edit_gaussians, edit_selection, write_edit_figures
 from .gaussians import SH_C0, read_ply_attribute, save_ply
 from .hierarchy import ClusterTree
 from .query import normalize_features
@@ -223,11 +223,12 @@ class ViewerSession:
         return self.selector.gaussians(self.params, self.selection)
 
     def edit(self, mode: str, path: str | Path, cameras: dict[str, Camera]) -> tuple[Path, Edit]:
-        """Remove the selection from the model, or keep only it (`edit.edit_gaussians`), and write
-        what `cgc edit` writes: the edited .ply at `path`, before/after strips and a turntable.
-        Raises `edit.EditError` for a selection of nothing or of everything."""
-        edit = edit_gaussians(self.params, edit_selector(self.selector).gaussians(self.params, self.selection), mode,
-                              what=f"the selection ({len(self.queries)} click(s))")
+        """Remove the selection from the model, or keep only it (`edit.edit_gaussians`; the selection
+        lifted from `cameras`' views: `edit.edit_selection`), and write what `cgc edit` writes: the
+        edited .ply at `path`, before/after strips and a turntable. Raises `edit.EditError` for a
+        selection of nothing or of everything."""
+        selected = edit_selection(self.selector, self.params, self.selection, list(cameras.values()))
+        edit = edit_gaussians(self.params, selected, mode, what=f"the selection ({len(self.queries)} click(s))")
         path = save_ply(edit.params, path)
         write_edit_figures(self.params, edit.params, cameras, Path(path).with_suffix(""), backend=self.backend)
         return path, edit
@@ -483,8 +484,8 @@ def run_viewer(cfg, scene_source: str, host: str = DEFAULT_HOST, port: int = 808
     """
     session, cameras, export_dir = load_session(cfg, scene_source)
     server = serve(session, cameras, export_dir, host, port, max_side, start_view)
-    print(f"cgc viewer: http://{host}:{server.get_port()}  (exports go to {export_dir}; Ctrl-C stops)", flush=True)
-    try:
+    try:  # the announcement inside: a signal that follows it at once still stops the server cleanly
+        print(f"cgc viewer: http://{host}:{server.get_port()}  (exports go to {export_dir}; Ctrl-C stops)", flush=True)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:

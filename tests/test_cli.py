@@ -106,10 +106,18 @@ def test_single_stages_need_their_upstream_then_cluster_export_and_report(tmp_pa
     # Editing: remove and keep are complements; the strips and the turntable are written beside the .ply.
     selected = len(load_ply(tmp_path / "one.ply")["means"])
     total = len(load_ply(tmp_path / "data" / "synthetic-tiny" / "train" / "point_cloud.ply")["means"])
-    removed = runner.invoke(app, ["edit", *common, "--remove", "--object", "red sphere", "-o", str(tmp_path / "rm.ply")])
+    # After 30 iterations the feature field is nearly one feature (the query's mask covers every pixel), so
+    # the default selection, lifted from the views, takes every Gaussian: an error naming it. Each
+    # Gaussian's own feature (--view-share 0) leaves the spatial cleaning's outliers.
+    everything = runner.invoke(app, ["edit", *common, "--remove", "--object", "red sphere", "-o", str(tmp_path / "a.ply")])
+    assert everything.exit_code == 1 and "'red sphere' selects every Gaussian" in everything.output
+    assert not (tmp_path / "a.ply").exists()
+    removed = runner.invoke(app, ["edit", *common, "--remove", "--object", "red sphere", "--view-share", "0", "-o",
+                                   str(tmp_path / "rm.ply")])
     assert removed.exit_code == 0, removed.output
     assert len(list((tmp_path / "rm_before_after").glob("*.png"))) == 3 and (tmp_path / "rm_turntable.gif").is_file()
-    kept = runner.invoke(app, ["edit", *common, "--keep", "--object", "red sphere", "-o", str(tmp_path / "keep.ply")])
+    kept = runner.invoke(app, ["edit", *common, "--keep", "--object", "red sphere", "--view-share", "0", "-o",
+                                str(tmp_path / "keep.ply")])
     assert kept.exit_code == 0, kept.output
     # Complements; the edit takes the object's faint Gaussians too, which the export's opacity floor leaves out.
     n_removed, n_kept = (len(load_ply(tmp_path / f)["means"]) for f in ("rm.ply", "keep.ply"))

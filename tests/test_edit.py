@@ -8,8 +8,10 @@ import pytest
 import torch
 
 from cgc_core.config import SyntheticConfig
-from cgc_core.edit import EditError, edit_gaussians, grow_selection
-from cgc_core.scene.synthetic import build_scene, render_view, without_objects
+from cgc_core.edit import EditError, edit_gaussians, edit_selection, grow_selection
+from cgc_core.scene.model import Camera
+from cgc_core.scene.synthetic import build_scene, look_at, render_view, without_objects
+from cgc_core.selection import Selector
 
 
 def _blobs():
@@ -55,6 +57,34 @@ def test_grow_takes_the_similar_fringe_and_floaters_go_where_the_object_stood():
     edit = edit_gaussians(params, selected, "remove", grow_radius=2.0, floater_opacity=0.05)
     assert edit.grown.sum() == 10 and np.flatnonzero(edit.floaters).tolist() == list(range(210, 215))
     assert np.flatnonzero(edit.kept).tolist() == [*range(100, 200), *range(215, 220)]
+
+
+def test_an_edit_lifts_the_selection_from_views_and_takes_surface_gaussians_with_a_wrong_feature():
+    # Two dense blobs seen from three views; six Gaussians of the left blob carry a feature unlike it
+    # (cosine 0.29 to it), and one invisible Gaussian (opacity ~0) beside it carries the right blob's.
+    g = torch.Generator().manual_seed(0)
+    means = torch.tensor([[-0.6, 0.0, 0.0], [0.6, 0.0, 0.0]]).repeat_interleave(60, 0)
+    means = torch.cat([means + 0.05 * torch.randn(120, 3, generator=g), torch.tensor([[-0.6, 0.0, 0.02]])])
+    features = torch.zeros(121, 8)
+    features[:60, 0], features[60:, 1] = 1.0, 1.0
+    features[:6] = torch.nn.functional.normalize(torch.tensor([0.3, 0, 1.0, 0, 0, 0, 0, 0]), dim=0)
+    opacities = torch.full((121,), 4.0)
+    opacities[120] = -30.0
+    params = {"means": means, "quats": torch.tensor([[1.0, 0, 0, 0]]).repeat(121, 1),
+              "scales": torch.full((121, 3), -2.5), "opacities": opacities, "sh0": torch.rand(121, 1, 3, generator=g),
+              "features": features}
+    K = np.array([[50.0, 0, 32], [0, 50.0, 24], [0, 0, 1]])
+    cameras = [Camera(K, look_at(np.array(eye), np.zeros(3)), 64, 48, f"v{k}")
+               for k, eye in enumerate([(0.3, -3.0, 0.8), (-1.5, -2.6, 1.0), (1.5, -2.6, 0.6)])]
+    query = torch.nn.functional.one_hot(torch.tensor(0), 8).float()
+    selector = Selector(outlier_std_ratio=None)  # no spatial cleaning: the feature rule alone
+    by_feature = edit_selection(selector, params, [query], cameras, view_share=0)
+    assert np.flatnonzero(by_feature).tolist() == list(range(6, 60))  # the six with a wrong feature stay behind
+    lifted = edit_selection(selector, params, [query], cameras)
+    assert np.flatnonzero(lifted).tolist() == [*range(60), 120]  # they paint the blob's pixels; the unseen one
+    # goes with its nearest shown neighbour, and none of the right blob's
+    half = edit_selection(selector, params, [query], cameras[:1], view_share=0.5)
+    assert half[:60].all() and not half[60:120].any()
 
 
 def test_a_selection_of_nothing_or_of_everything_is_an_error_naming_it():
