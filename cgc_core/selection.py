@@ -21,7 +21,7 @@ from torch import Tensor
 from .config import SELECTION_THRESHOLD, CgcConfig
 from .metrics import resize_nearest
 from .query import feature_at, mask_query, similarity_maps
-from .render import Gaussians, blend_weights
+from .render import Gaussians, blend_weights, nearest_shown
 from .scene.model import Camera
 
 Detector = Callable[[np.ndarray, str], "tuple[list[float], float] | None"]
@@ -253,9 +253,7 @@ class Selector:
         shown = (total >= min_weight).numpy()
         keep = (inside >= min_share * total).numpy() & shown
         if shown.any() and not shown.all():
-            means = gaussians.means.numpy()
-            _, nearest = cKDTree(means[shown]).query(means[~shown])
-            keep[~shown] = keep[shown][nearest]
+            keep[~shown] = keep[shown][nearest_shown(gaussians.means.numpy(), shown)]
         return keep
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -278,8 +279,6 @@ class FrozenViews:
         view shows (total weight below `min_weight`) takes its nearest shown neighbour's. Gaussians
         that a frozen run barely reaches keep their random start otherwise, which the rendered maps
         hide but 3D clustering does not."""
-        from scipy.spatial import cKDTree
-
         total = torch.zeros_like(features)
         weight = torch.zeros(features.shape[0], dtype=features.dtype)
         for name in self.cameras:
@@ -291,10 +290,16 @@ class FrozenViews:
         out = torch.nn.functional.normalize(features, dim=-1).clone()
         out[shown] = torch.nn.functional.normalize(total[shown], dim=-1)
         if shown.any() and not shown.all():
-            means = self.gaussians.means.numpy()
-            _, nearest = cKDTree(means[shown.numpy()]).query(means[~shown.numpy()])
-            out[~shown] = out[shown][torch.as_tensor(nearest)]
+            out[~shown] = out[shown][torch.as_tensor(nearest_shown(self.gaussians.means.numpy(), shown.numpy()))]
         return out
+
+
+def nearest_shown(means: np.ndarray, shown: np.ndarray) -> np.ndarray:
+    """For each Gaussian that no view shows (`~shown`, [N] boolean), the index among the shown ones
+    of its nearest shown Gaussian: how values lifted from views reach Gaussians the views never see."""
+    from scipy.spatial import cKDTree
+
+    return cKDTree(means[shown]).query(means[~shown])[1]
 
 
 def feature_renderer(params: dict[str, Tensor], scene, backend: str = "auto",
@@ -311,5 +316,5 @@ def feature_renderer(params: dict[str, Tensor], scene, backend: str = "auto",
     return render_features
 
 
-__all__ = ["Gaussians", "RenderOutput", "render", "BlendWeights", "blend_weights", "FrozenViews", "feature_renderer",
-           "available_backends", "resolve_backend", "BACKENDS"]
+__all__ = ["Gaussians", "RenderOutput", "render", "BlendWeights", "blend_weights", "FrozenViews", "nearest_shown",
+           "feature_renderer", "available_backends", "resolve_backend", "BACKENDS"]
