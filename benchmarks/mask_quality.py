@@ -13,9 +13,15 @@ segment's IoU. Figures:
 - s_per_image: median seconds per image of the generator (this machine, one process);
 - loss r50: recall50 of what training's loss reads (`contrastive.mask_levels=1`): each pixel's
   smallest stored mask of at least `--min-pixels` pixels (`MaskStore.read_label_map`);
-- with the depth cut: recall50 and straddle after training's depth cut (`train.depth_split`'s
-  settings) with the renderer's true depth: what geometry adds to each generator's masks, an
-  upper bound for the model's rendered depth (printed in the table, not in the RESULT line).
+- with the depth cut (`cut r50`, `cut str`): recall50 and straddle after training's depth cut
+  (`train.depth_split`'s settings) with the renderer's true depth: what geometry adds to each
+  generator's masks, an upper bound for the model's rendered depth;
+- `--depth-from D` (the data folder of `heldout_bench.py --family realistic` runs of the same
+  seeds): the geometry ingredient with the model's own depth, rendered from the trained model's
+  checkpoint nearest training's depth cut (`train.depth_split.at`). Then each generator's levels
+  are its levels and the same levels cut at that depth's edges (nested: a cut piece lies inside
+  its segment), and every figure of the RESULT line is of those levels (`generator=<name>+depth`;
+  the baseline gets the same geometry); s_per_image includes the cut.
 
 Settings are chosen on the development seeds only (`FAMILY_DEV_SEEDS`); `--seeds` can name the
 held-out ones for a report.
@@ -27,13 +33,19 @@ Last line:
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
+from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
+from cgc_core.calibrate import apply_calibration
 from cgc_core.config import DepthSplitConfig, SyntheticConfig, load_config
+from cgc_core.render import Gaussians, render
+from cgc_core.scene import load_scene
 from cgc_core.masks.depth_split import split_at_depth_edges
 from cgc_core.masks.generators import ClassicalGenerator, TextureGenerator
 from cgc_core.masks.store import nesting_label_maps
@@ -63,19 +75,32 @@ def object_scores(levels: np.ndarray, ids: np.ndarray, min_pixels: int) -> tuple
     return best, straddles
 
 
+def cut_levels(levels: np.ndarray, depth: np.ndarray, cut: DepthSplitConfig) -> np.ndarray:
+    """[L, H, W] label maps cut where `depth` jumps, as training's depth cut cuts them."""
+    return np.stack([split_at_depth_edges(labels + 1, depth, cut.jump, cut.min_pixels, sharpness=cut.sharpness,
+                                          fill_distance=cut.fill) for labels in levels])
+
+
+def resized(values: np.ndarray, height: int, width: int) -> np.ndarray:
+    if values.shape == (height, width):
+        return values
+    return np.asarray(Image.fromarray(values).resize((width, height), Image.Resampling.NEAREST))
+
+
 def evaluate(generator, views: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]], min_pixels: int,
-             cut: DepthSplitConfig) -> dict:
+             cut: DepthSplitConfig, model_depth: dict[str, np.ndarray] | None = None) -> dict:
     """Recall per level and overall, straddle share and seconds per image over rendered views,
-    and recall50 and straddle after the depth cut `cut` with the true depth."""
+    and recall50 and straddle after the depth cut `cut` with the true depth; with `model_depth`
+    (view name -> the trained model's depth), the levels are the generator's and their cut at it."""
     best_all, straddles, seconds, cut_best, cut_straddles, loss_best = [], [], [], [], [], []
     for name, rgb, ids, depth in views:
         start = time.perf_counter()
         levels = generator.levels(rgb, name)
-        seconds.append(time.perf_counter() - start)
         height, width = levels.shape[1:]
-        if ids.shape != (height, width):
-            ids = np.asarray(Image.fromarray(ids).resize((width, height), Image.Resampling.NEAREST))
-            depth = np.asarray(Image.fromarray(depth).resize((width, height), Image.Resampling.NEAREST))
+        if model_depth is not None:
+            levels = np.concatenate([levels, cut_levels(levels, resized(model_depth[name], height, width), cut)])
+        seconds.append(time.perf_counter() - start)
+        ids, depth = resized(ids, height, width), resized(depth, height, width)
         best, straddle = object_scores(levels, ids, min_pixels)
         best_all += best.values()
         straddles += straddle
@@ -83,9 +108,7 @@ def evaluate(generator, views: list[tuple[str, np.ndarray, np.ndarray, np.ndarra
         kept = np.stack([m for m in masks if m.sum() >= min_pixels])
         best, _ = object_scores(nesting_label_maps(kept, 1), ids, min_pixels)
         loss_best += [v[0] for v in best.values()]
-        split = np.stack([split_at_depth_edges(labels + 1, depth, cut.jump, cut.min_pixels, sharpness=cut.sharpness,
-                                               fill_distance=cut.fill) for labels in levels])
-        best, straddle = object_scores(split, ids, min_pixels)
+        best, straddle = object_scores(cut_levels(levels, depth, cut), ids, min_pixels)
         cut_best += best.values()
         cut_straddles += straddle
     scores, cut_scores = np.array(best_all), np.array(cut_best)  # [pairs, levels]
@@ -95,7 +118,6 @@ def evaluate(generator, views: list[tuple[str, np.ndarray, np.ndarray, np.ndarra
             "straddle": float(np.mean(straddles)), "s_per_image": statistics.median(seconds),
             "cut_recall50": float((cut_scores.max(1) >= 0.5).mean()), "cut_straddle": float(np.mean(cut_straddles)),
             "loss_recall50": float((np.array(loss_best) >= 0.5).mean())}
-
 
 
 def render_views(seeds: list[int], per_seed: int) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
@@ -113,6 +135,33 @@ def render_views(seeds: list[int], per_seed: int) -> list[tuple[str, np.ndarray,
     return views
 
 
+def model_depths(data_dir: Path, views: list, cut: DepthSplitConfig) -> dict[str, np.ndarray]:
+    """Each view's depth rendered from its seed's trained model (a `heldout_bench.py --family
+    realistic --data-dir data_dir` run) at the checkpoint nearest training's depth cut, in the
+    calibrated camera of the same image."""
+    depths, seeds = {}, sorted({name.split("-")[0] for name, *_ in views})
+    for seed in seeds:
+        root = data_dir / f"realistic-family-{seed}" / "synthetic-realistic-family"
+        trained = root / "train"
+        if not (trained / "train.json").is_file():
+            raise SystemExit(f"{trained}: no finished train stage; run heldout_bench.py --family realistic "
+                             f"--split dev --data-dir {data_dir} first")
+        iterations = json.loads((trained / "train.json").read_text())["steps"]
+        checkpoints = sorted(trained.glob("checkpoints/step_*.pt"))
+        step_of = {int(p.stem.split("_")[1]): p for p in checkpoints}
+        nearest = min(step_of, key=lambda step: abs(step - cut.at * iterations))
+        params = torch.load(step_of[nearest], map_location="cpu", weights_only=True)["params"]
+        gaussians = Gaussians.from_params(params)
+        scene = apply_calibration(load_scene(root / "scene"), root / "calibrate")
+        print(f"{seed}: depth of the model at step {nearest} of {iterations} (the cut is at {cut.at * iterations:.0f})")
+        for name, *_ in views:
+            if name.startswith(f"{seed}-"):
+                with torch.no_grad():
+                    depth = render(gaussians, scene.cameras[name.split("-", 1)[1]], sh_degree=0, backend="torch").depth
+                depths[name] = depth.numpy().astype(np.float32)
+    return depths
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", nargs="+", type=int, default=list(FAMILY_DEV_SEEDS))
@@ -120,14 +169,17 @@ def main() -> None:
     parser.add_argument("--min-pixels", type=int, default=100, help="objects smaller than this (at the working "
                         "resolution) are not counted: the contrastive loss's segment floor")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="texture.FIELD=VALUE",
-                        help="a masks-section override for the generator under test, e.g. texture.window=4")
+                        help="a masks-section override for the generator under test, e.g. texture.window=4 "
+                        "(train.depth_split.FIELD=VALUE: the depth cut's settings)")
+    parser.add_argument("--depth-from", type=Path, help="the data folder of heldout_bench.py --family realistic "
+                        "runs of these seeds: cut the levels at the trained model's depth (see above)")
     args = parser.parse_args()
-    config = load_config(None, [f"masks.{item}" for item in args.overrides])
-    masks = config.masks
+    config = load_config(None, [item if item.startswith("train.") else f"masks.{item}" for item in args.overrides])
+    masks, cut = config.masks, config.train.depth_split
     views = render_views(args.seeds, args.views)
+    depths = model_depths(args.depth_from, views, cut) if args.depth_from else None
     candidate, baseline = TextureGenerator(masks.texture), ClassicalGenerator(masks.classical)
-    results = {gen.name: evaluate(gen, views, args.min_pixels, config.train.depth_split)
-               for gen in (baseline, candidate)}
+    results = {gen.name: evaluate(gen, views, args.min_pixels, cut, depths) for gen in (baseline, candidate)}
     print(f"{len(views)} views of seeds {args.seeds}; objects >= {args.min_pixels} px")
     print(f"{'generator':<10} {'pairs':>5} {'recall50':>8} {'recall75':>8} {'best IoU':>8} {'straddle':>8} "
           f"{'s/image':>7} {'loss r50':>8} {'cut r50':>7} {'cut str':>7}  recall50 per level")
@@ -136,7 +188,7 @@ def main() -> None:
               f"{r['straddle']:>8.3f} {r['s_per_image']:>7.3f} {r['loss_recall50']:>8.3f} {r['cut_recall50']:>7.3f} {r['cut_straddle']:>7.3f}  "
               f"{' '.join(f'{v:.3f}' for v in r['level_recall50'])}")
     r, b = results[candidate.name], results[baseline.name]
-    print(f"RESULT generator={candidate.name} recall50={r['recall50']:.4f} recall75={r['recall75']:.4f} "
+    print(f"RESULT generator={candidate.name}{'+depth' if depths else ''} recall50={r['recall50']:.4f} recall75={r['recall75']:.4f} "
           f"straddle={r['straddle']:.4f} baseline_recall50={b['recall50']:.4f} s_per_image={r['s_per_image']:.3f}")
 
 
