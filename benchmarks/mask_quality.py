@@ -149,6 +149,8 @@ def model_depths(data_dir: Path, views: list, cut: DepthSplitConfig) -> dict[str
         iterations = json.loads((trained / "train.json").read_text())["steps"]
         checkpoints = sorted(trained.glob("checkpoints/step_*.pt"))
         step_of = {int(p.stem.split("_")[1]): p for p in checkpoints}
+        if not step_of:
+            raise SystemExit(f"{trained / 'checkpoints'}: no checkpoints to render the model's depth from")
         nearest = min(step_of, key=lambda step: abs(step - cut.at * iterations))
         params = torch.load(step_of[nearest], map_location="cpu", weights_only=True)["params"]
         gaussians = Gaussians.from_params(params)

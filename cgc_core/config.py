@@ -173,8 +173,9 @@ class TextureConfig:
     """About how many SLIC superpixels start the merging."""
     compactness: float = 10.0
     """SLIC's balance of colour against position."""
-    luminance_weight: float = 0.5
-    """Luminance beside chromaticity in a region's colour."""
+    luminance_weight: float = 0.7
+    """Luminance beside chromaticity in a region's colour (0.5 before 2026-12-04: the family's
+    development seeds 0.491 -> 0.530; RESULTS.md, "Geometry for the masks, with the model's own depth")."""
     window: float = 3.0
     """Texture window (Gaussian standard deviation, pixels at the working resolution)."""
     textured: float = 0.15

@@ -58,7 +58,7 @@ def region_distance(a: dict, b: dict, textured: float, spread_weight: float) -> 
 
 
 def texture_regions(image: np.ndarray, thresholds: list[float], n_superpixels: int = 600, compactness: float = 10.0,
-                    luminance_weight: float = 0.5, window: float = 3.0, textured: float = 0.15,
+                    luminance_weight: float = 0.7, window: float = 3.0, textured: float = 0.15,
                     spread_weight: float = 1.0) -> np.ndarray:
     """Nested region label maps of one image.
 
