@@ -14,8 +14,8 @@ segment's IoU. Figures:
 - loss r50: recall50 of what training's loss reads (`contrastive.mask_levels=1`): each pixel's
   smallest stored mask of at least `--min-pixels` pixels (`MaskStore.read_label_map`);
 - with the depth cut (`cut r50`, `cut str`): recall50 and straddle after training's depth cut
-  (`train.depth_split`'s settings) with the renderer's true depth: what geometry adds to each
-  generator's masks, an upper bound for the model's rendered depth;
+  (`train.depth_split`'s settings) of the generator's own levels with the renderer's true depth:
+  what geometry adds to each generator's masks, an upper bound for the model's rendered depth;
 - `--depth-from D` (the data folder of `heldout_bench.py --family realistic` runs of the same
   seeds): the geometry ingredient with the model's own depth, rendered from the trained model's
   checkpoint nearest training's depth cut (`train.depth_split.at`). Then each generator's levels
@@ -44,11 +44,11 @@ from PIL import Image
 
 from cgc_core.calibrate import apply_calibration
 from cgc_core.config import DepthSplitConfig, SyntheticConfig, load_config
-from cgc_core.render import Gaussians, render
-from cgc_core.scene import load_scene
-from cgc_core.masks.depth_split import split_at_depth_edges
+from cgc_core.masks.depth_split import cut_at_depth_edges
 from cgc_core.masks.generators import ClassicalGenerator, TextureGenerator
 from cgc_core.masks.store import nesting_label_maps
+from cgc_core.render import Gaussians, render
+from cgc_core.scene import load_scene
 from cgc_core.scene.synthetic import FAMILY_DEV_SEEDS, build_scene, render_view
 
 
@@ -76,9 +76,9 @@ def object_scores(levels: np.ndarray, ids: np.ndarray, min_pixels: int) -> tuple
 
 
 def cut_levels(levels: np.ndarray, depth: np.ndarray, cut: DepthSplitConfig) -> np.ndarray:
-    """[L, H, W] label maps cut where `depth` jumps, as training's depth cut cuts them."""
-    return np.stack([split_at_depth_edges(labels + 1, depth, cut.jump, cut.min_pixels, sharpness=cut.sharpness,
-                                          fill_distance=cut.fill) for labels in levels])
+    """[L, H, W] label maps (0-based: every pixel labelled) cut where `depth` jumps, as training's
+    depth cut cuts them."""
+    return np.stack([cut_at_depth_edges(labels + 1, depth, cut) for labels in levels])
 
 
 def resized(values: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -95,10 +95,10 @@ def evaluate(generator, views: list[tuple[str, np.ndarray, np.ndarray, np.ndarra
     best_all, straddles, seconds, cut_best, cut_straddles, loss_best = [], [], [], [], [], []
     for name, rgb, ids, depth in views:
         start = time.perf_counter()
-        levels = generator.levels(rgb, name)
+        own = levels = generator.levels(rgb, name)
         height, width = levels.shape[1:]
         if model_depth is not None:
-            levels = np.concatenate([levels, cut_levels(levels, resized(model_depth[name], height, width), cut)])
+            levels = np.concatenate([own, cut_levels(own, resized(model_depth[name], height, width), cut)])
         seconds.append(time.perf_counter() - start)
         ids, depth = resized(ids, height, width), resized(depth, height, width)
         best, straddle = object_scores(levels, ids, min_pixels)
@@ -108,7 +108,7 @@ def evaluate(generator, views: list[tuple[str, np.ndarray, np.ndarray, np.ndarra
         kept = np.stack([m for m in masks if m.sum() >= min_pixels])
         best, _ = object_scores(nesting_label_maps(kept, 1), ids, min_pixels)
         loss_best += [v[0] for v in best.values()]
-        best, straddle = object_scores(cut_levels(levels, depth, cut), ids, min_pixels)
+        best, straddle = object_scores(cut_levels(own, depth, cut), ids, min_pixels)
         cut_best += best.values()
         cut_straddles += straddle
     scores, cut_scores = np.array(best_all), np.array(cut_best)  # [pairs, levels]

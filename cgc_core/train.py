@@ -31,7 +31,7 @@ from .config import ContrastiveConfig, DensifyConfig, RegularizerConfig, TrainCo
 from .gaussians import init_features, init_params, load_ply, save_ply
 from .health import collapse_warning, feature_separation, mean_separation
 from .losses import multilevel_contrastive_loss, photometric_loss, sample_neighbours, spatial_regularization
-from .masks.depth_split import split_at_depth_edges
+from .masks.depth_split import cut_at_depth_edges
 from .masks.store import MaskStore
 from .render import FrozenViews, Gaussians, render, resolve_backend
 from .scene.model import Camera, Scene
@@ -555,8 +555,7 @@ def describe_depth_split(record: dict) -> str:
 def depth_split_labels(params: dict[str, Tensor], views: dict[str, tuple[Camera, Tensor]],
                        labels: dict[str, Tensor], cfg: TrainConfig, path: Path) -> tuple[dict[str, Tensor], dict]:
     """Every view's label maps cut where the depth of the current Gaussians jumps (each level on its
-    own, or only the finest with `cfg.depth_split.levels=finest`; `split_at_depth_edges` with
-    `cfg.depth_split`'s jump, sharpness, fill and min_pixels), and a record of the mean
+    own, or only the finest with `cfg.depth_split.levels=finest`; `cut_at_depth_edges`), and a record of the mean
     number of segments per view before and after. Read from `path` when it is there (a resumed
     run), else computed and written there atomically."""
     cut = {}
@@ -569,10 +568,7 @@ def depth_split_labels(params: dict[str, Tensor], views: dict[str, tuple[Camera,
         def cut_level(index: int, level: Tensor, depth: np.ndarray) -> np.ndarray:
             if index > 0 and cfg.depth_split.levels == "finest":
                 return level.numpy()  # an object level stays as generated
-            return split_at_depth_edges(
-                level.numpy(), depth, cfg.depth_split.jump,
-                min_pixels=cfg.depth_split.min_pixels if cfg.depth_split.fill else 0,
-                sharpness=cfg.depth_split.sharpness, fill_distance=cfg.depth_split.fill)
+            return cut_at_depth_edges(level.numpy(), depth, cfg.depth_split)
 
         with torch.no_grad():
             for name, (camera, _) in views.items():

@@ -363,6 +363,26 @@ def test_depth_split_fill_gives_edge_pixels_and_crumbs_back_to_the_nearest_piece
     assert (far[:, 11] == 0).all()
 
 
+
+def test_training_depth_cut_keeps_crumbs_unless_it_fills():
+    """`cut_at_depth_edges` (training's and mask_quality's cut) drops pieces under
+    `depth_split.min_pixels` only where `fill` gives their pixels back to a piece."""
+    from cgc_core.config import DepthSplitConfig
+    from cgc_core.masks.depth_split import cut_at_depth_edges
+
+    labels = np.full((20, 30), 3)
+    depth = np.ones((20, 30))
+    depth[:, 12:] = 1.2
+    depth[6:12, 18:24] = 2.0  # a block whose inside (4×4 = 16 px) is under min_pixels=20
+    cfg = DepthSplitConfig(jump=0.05, min_pixels=20, sharpness=0.0)
+    filled = cut_at_depth_edges(labels, depth, cfg)  # fill 8 (the default): edge pixels and the crumb rejoin
+    assert (filled > 0).all() and (filled[7:11, 19:23] == filled[10, 15]).all()
+    unfilled = cut_at_depth_edges(labels, depth, DepthSplitConfig(jump=0.05, min_pixels=20, sharpness=0.0, fill=0.0))
+    inside = unfilled[7:11, 19:23]  # kept as its own piece: no crumb floor without fill
+    assert len(np.unique(inside)) == 1 and inside[0, 0] not in (0, unfilled[4, 16])
+    assert (unfilled[6, 18:24] == 0).all()  # edge pixels stay unlabelled
+
+
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), spacing=st.sampled_from([1, 2]), min_pixels=st.sampled_from([0, 4]),
        sharpness=st.sampled_from([0.0, 2.0]), fill_distance=st.sampled_from([0.0, 3.0]))

@@ -20,9 +20,14 @@ textured ground far from the cameras, where a partly trained model's depth wobbl
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from scipy.ndimage import distance_transform_edt
 from skimage.measure import label as connected_regions
+
+if TYPE_CHECKING:
+    from ..config import DepthSplitConfig
 
 
 def depth_edges(depth: np.ndarray, max_jump: float, spacing: int = 2, sharpness: float = 0.0) -> np.ndarray:
@@ -124,6 +129,13 @@ def _fill_from_own_segment(labels: np.ndarray, pieces: np.ndarray, fill_distance
         todo = missing[box] & region[box] & (distance <= fill_distance)
         filled[box][todo] = pieces[box][near_rows[todo], near_cols[todo]]
     return filled
+
+
+def cut_at_depth_edges(labels: np.ndarray, depth: np.ndarray, cfg: DepthSplitConfig) -> np.ndarray:
+    """Training's depth cut of one label map with `train.depth_split`'s settings
+    (`split_at_depth_edges`; crumbs are dropped only where `fill` gives their pixels back)."""
+    return split_at_depth_edges(labels, depth, cfg.jump, min_pixels=cfg.min_pixels if cfg.fill else 0,
+                                sharpness=cfg.sharpness, fill_distance=cfg.fill)
 
 
 def split_at_depth_edges_reference(labels: np.ndarray, depth: np.ndarray, max_jump: float, min_pixels: int = 0,
