@@ -182,6 +182,12 @@ class TextureConfig:
     """Mean colour spread at which a region counts as fully textured (compared by context)."""
     spread_weight: float = 0.25
     """Weight of the difference in colour spread between two regions."""
+    edge_scale: float = 0.08
+    """Colour contrast along a border at which it counts in full; gentler borders (shading across
+    one object) bring two regions closer (`texture_regions`). 0: borders left out (before
+    2026-12-04; the demo's shaded white capsule then split into parts). RESULTS.md, "Borders"."""
+    edge_floor: float = 0.3
+    """What is left of two regions' distance across a border without any contrast."""
     jitter: float = 0.2
     """Per-image relative jitter of the thresholds (view inconsistency)."""
     min_area_fraction: float = 0.001
@@ -216,9 +222,10 @@ class MasksConfig:
     """The mask stage: automatic 2D masks per training image, stored as COCO RLE in Parquet."""
 
     generator: Literal["auto", "sam", "classical", "texture", "truth-objects"] = "auto"
-    """`auto`: the classical generator for the synthetic scene, SAM otherwise. `texture`: the
-    weights-free colour-and-texture generator (`TextureConfig`; better on patterned cloths, not the
-    default: RESULTS.md, "Weights-free masks on patterned cloths"). `truth-objects`:
+    """`auto`: the weights-free `texture` generator for the synthetic scenes, SAM otherwise.
+    `texture`: colour, texture and borders (`TextureConfig`; the default weights-free generator
+    since 2026-12-04: RESULTS.md, "Borders"). `classical`: Felzenszwalb on chromaticity
+    (`ClassicalConfig`; the default before). `truth-objects`:
     classical plus true object masks (synthetic scenes only; an upper-bound diagnostic, see
     `TruthObjectsConfig`)."""
     sam: SamConfig = field(default_factory=SamConfig)

@@ -458,6 +458,56 @@ def test_texture_levels_nest_and_differ_between_views():
     assert len(keys) == len(masks)
 
 
+def _shaded_white_ball(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A white ball lit from the upper left (Lambertian shading from 245 down to about 75) on a
+    plain green ground, 120x160: the image and the ball's mask."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[:120, :160]
+    r2 = ((y - 60) ** 2 + (x - 80) ** 2) / 40**2
+    ball = r2 < 1
+    normal_z = np.sqrt(np.clip(1 - r2, 0, 1))
+    shade = np.clip(0.35 + 0.65 * (-0.5 * (x - 80) / 40 - 0.5 * (y - 60) / 40 + 0.7 * normal_z), 0.3, 1.0)
+    image = np.where(ball[..., None], (245 * shade)[..., None] * [1, 1, 0.97], [70, 110, 60])
+    image = image + rng.normal(0, 3, image.shape)
+    return np.clip(image, 0, 255).astype(np.uint8), ball
+
+
+def test_texture_regions_keep_a_shaded_ball_whole_across_its_gentle_borders():
+    from cgc_core.config import TextureConfig
+    from cgc_core.masks.regions import texture_regions
+
+    image, ball = _shaded_white_ball()
+    cfg = TextureConfig()
+    options = dict(n_superpixels=cfg.n_superpixels, compactness=cfg.compactness, luminance_weight=cfg.luminance_weight,
+                   window=cfg.window, textured=cfg.textured, spread_weight=cfg.spread_weight, edge_floor=cfg.edge_floor)
+    with_borders = texture_regions(image, cfg.thresholds, edge_scale=cfg.edge_scale, **options)
+    without = texture_regions(image, cfg.thresholds, edge_scale=0.0, **options)
+
+    def finest_iou(levels):
+        return _best_iou([levels[0] == k for k in np.unique(levels[0])], ball)
+
+    # By colour alone the shading ramp splits the ball at the finest level (the level training reads);
+    # weighed by its borders' contrast, the ball is one region and its outline still holds.
+    assert finest_iou(without) < 0.6
+    assert finest_iou(with_borders) > 0.95
+
+
+def test_border_contrast_is_high_along_an_outline_and_low_across_a_ramp():
+    from cgc_core.masks.regions import border_contrast
+
+    colour = np.zeros((20, 30, 3))
+    colour[:, :, 0] = np.linspace(0, 0.3, 30)  # a gentle ramp: 0.01 per pixel
+    colour[:, 20:, 1] = 1.0  # a step at x = 20
+    labels = np.zeros((20, 30), dtype=np.int64)
+    labels[:, 10:20], labels[:, 20:] = 1, 2
+    border = border_contrast(labels, colour)
+    assert set(border) == {(0, 1), (1, 2)}
+    assert border[(0, 1)][0] == border[(1, 2)][0] == 20  # one neighbouring pair per row
+    ramp, outline = (border[k][1] / border[k][0] for k in [(0, 1), (1, 2)])
+    assert ramp == pytest.approx(0.01, rel=0.05)
+    assert outline > 20 * ramp
+
+
 def test_texture_regions_refuse_thresholds_that_do_not_increase():
     from cgc_core.masks.regions import texture_regions
 

@@ -135,7 +135,7 @@ class TextureGenerator(LevelGenerator):
 
     config: TextureConfig
     name: str = "texture"
-    version: str = "slic-rag-texture-1"
+    version: str = "slic-rag-texture-2"
     unique: bool = True
 
     def levels(self, image: np.ndarray, image_name: str) -> np.ndarray:
@@ -149,7 +149,8 @@ class TextureGenerator(LevelGenerator):
         scale = 1 + rng.uniform(-cfg.jitter, cfg.jitter)
         return texture_regions(work, [t * scale for t in cfg.thresholds], n_superpixels=cfg.n_superpixels,
                                compactness=cfg.compactness, luminance_weight=cfg.luminance_weight, window=cfg.window,
-                               textured=cfg.textured, spread_weight=cfg.spread_weight)
+                               textured=cfg.textured, spread_weight=cfg.spread_weight,
+                               edge_scale=cfg.edge_scale, edge_floor=cfg.edge_floor)
 
 
 @dataclass
@@ -236,7 +237,7 @@ class SamGenerator:
 
 
 def make_generator(cfg: MasksConfig, scene: Scene) -> MaskGenerator:
-    """The configured generator; `auto` is the scene's own (`Scene.mask_generator`: classical for
+    """The configured generator; `auto` is the scene's own (`Scene.mask_generator`: texture for
     the synthetic scenes, SAM otherwise). `truth-objects` needs a scene with true instance maps."""
     kind = cfg.generator
     if kind == "auto":
