@@ -222,10 +222,10 @@ class MasksConfig:
     """The mask stage: automatic 2D masks per training image, stored as COCO RLE in Parquet."""
 
     generator: Literal["auto", "sam", "classical", "texture", "truth-objects"] = "auto"
-    """`auto`: the weights-free `texture` generator for the synthetic scenes, SAM otherwise.
-    `texture`: colour, texture and borders (`TextureConfig`; the default weights-free generator
-    since 2026-12-04: RESULTS.md, "Borders"). `classical`: Felzenszwalb on chromaticity
-    (`ClassicalConfig`; the default before). `truth-objects`:
+    """`auto`: the weights-free `classical` generator (Felzenszwalb on chromaticity,
+    `ClassicalConfig`) for the synthetic scenes, SAM otherwise. `texture`: colour, texture and
+    borders (`TextureConfig`; better on the patterned-cloth family and level on the demo, but not
+    the default: on low-resolution images it trains far worse, RESULTS.md, "Borders"). `truth-objects`:
     classical plus true object masks (synthetic scenes only; an upper-bound diagnostic, see
     `TruthObjectsConfig`)."""
     sam: SamConfig = field(default_factory=SamConfig)

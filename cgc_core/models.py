@@ -93,7 +93,7 @@ def load_sam(cfg: SamConfig, config_key: str = "masks.sam"):
             raise ModelLoadError(
                 f"{config_key}.checkpoint is not set: SAM needs its weights file (for example "
                 f"sam_{cfg.model_type}_*.pth), which cgc never downloads. Set {config_key}.checkpoint=/path/to/file"
-                + (", or use the weights-free masks.generator=texture." if config_key == "masks.sam" else ".")
+                + (", or a weights-free masks.generator (texture or classical)." if config_key == "masks.sam" else ".")
             )
     elif not Path(checkpoint).is_file():
         raise ModelLoadError(f"{checkpoint}: SAM checkpoint file not found ({config_key}.checkpoint)")
