@@ -225,7 +225,8 @@ class MasksConfig:
     """`auto`: the weights-free `classical` generator (Felzenszwalb on chromaticity,
     `ClassicalConfig`) for the synthetic scenes, SAM otherwise. `texture`: colour, texture and
     borders (`TextureConfig`; better on the patterned-cloth family and level on the demo, but not
-    the default: on low-resolution images it trains far worse, RESULTS.md, "Borders"). `truth-objects`:
+    the default: on the small tiny preset it trains less well and one seed of three collapsed,
+    RESULTS.md, "Borders"). `truth-objects`:
     classical plus true object masks (synthetic scenes only; an upper-bound diagnostic, see
     `TruthObjectsConfig`)."""
     sam: SamConfig = field(default_factory=SamConfig)
