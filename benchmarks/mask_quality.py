@@ -45,7 +45,7 @@ from PIL import Image
 from cgc_core.calibrate import apply_calibration
 from cgc_core.config import DepthSplitConfig, SyntheticConfig, load_config
 from cgc_core.masks.depth_split import cut_at_depth_edges
-from cgc_core.masks.generators import ClassicalGenerator, TextureGenerator
+from cgc_core.masks.generators import ClassicalGenerator, TextureGenerator, level_masks
 from cgc_core.masks.store import nesting_label_maps
 from cgc_core.render import Gaussians, render
 from cgc_core.scene import load_scene
@@ -104,7 +104,8 @@ def evaluate(generator, views: list[tuple[str, np.ndarray, np.ndarray, np.ndarra
         best, straddle = object_scores(levels, ids, min_pixels)
         best_all += best.values()
         straddles += straddle
-        masks, _ = generator.segments(rgb, name)
+        # the stored masks of these levels, as `generator.segments` makes them (not segmenting again)
+        masks = level_masks(own, generator.config.min_area_fraction, generator.unique)
         kept = np.stack([m for m in masks if m.sum() >= min_pixels])
         best, _ = object_scores(nesting_label_maps(kept, 1), ids, min_pixels)
         loss_best += [v[0] for v in best.values()]

@@ -473,15 +473,19 @@ def _shaded_white_ball(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_texture_regions_keep_a_shaded_ball_whole_across_its_gentle_borders():
+    import inspect
+
     from cgc_core.config import TextureConfig
     from cgc_core.masks.regions import texture_regions
 
+    # texture_regions' defaults are the generator's (`masks.texture`), so it is called bare below
+    defaults = {k: p.default for k, p in inspect.signature(texture_regions).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    assert defaults == {k: getattr(TextureConfig(), k) for k in defaults}
     image, ball = _shaded_white_ball()
-    cfg = TextureConfig()
-    options = dict(n_superpixels=cfg.n_superpixels, compactness=cfg.compactness, luminance_weight=cfg.luminance_weight,
-                   window=cfg.window, textured=cfg.textured, spread_weight=cfg.spread_weight, edge_floor=cfg.edge_floor)
-    with_borders = texture_regions(image, cfg.thresholds, edge_scale=cfg.edge_scale, **options)
-    without = texture_regions(image, cfg.thresholds, edge_scale=0.0, **options)
+    thresholds = TextureConfig().thresholds
+    with_borders = texture_regions(image, thresholds)  # the defaults are the generator's
+    without = texture_regions(image, thresholds, edge_scale=0.0)
 
     def finest_iou(levels):
         return _best_iou([levels[0] == k for k in np.unique(levels[0])], ball)

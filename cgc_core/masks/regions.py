@@ -80,10 +80,10 @@ def border_contrast(labels: np.ndarray, colour: np.ndarray) -> dict[tuple[int, i
     return {(int(p // span), int(p % span)): (float(n), float(t)) for p, n, t in zip(pairs, pixels, sums)}
 
 
-def texture_regions(image: np.ndarray, thresholds: list[float], n_superpixels: int = 600, compactness: float = 10.0,
+def texture_regions(image: np.ndarray, thresholds: list[float], n_superpixels: int = 1200, compactness: float = 10.0,
                     luminance_weight: float = 0.7, window: float = 3.0, textured: float = 0.15,
-                    spread_weight: float = 1.0, edge_scale: float = 0.0, edge_floor: float = 0.3) -> np.ndarray:
-    """Nested region label maps of one image.
+                    spread_weight: float = 0.25, edge_scale: float = 0.08, edge_floor: float = 0.3) -> np.ndarray:
+    """Nested region label maps of one image. The defaults are `masks.texture`'s (`TextureConfig`).
 
     Args:
         image: RGB uint8 [H, W, 3].
