@@ -48,7 +48,7 @@ from cgc_core.masks.depth_split import cut_at_depth_edges
 from cgc_core.masks.generators import ClassicalGenerator, TextureGenerator, level_masks
 from cgc_core.masks.store import nesting_label_maps
 from cgc_core.render import Gaussians, render
-from cgc_core.scene import load_scene
+from cgc_core.scene import Camera, load_scene
 from cgc_core.scene.synthetic import FAMILY_DEV_SEEDS, build_scene, render_view
 
 
@@ -75,10 +75,10 @@ def object_scores(levels: np.ndarray, ids: np.ndarray, min_pixels: int) -> tuple
     return best, straddles
 
 
-def cut_levels(levels: np.ndarray, depth: np.ndarray, cut: DepthSplitConfig) -> np.ndarray:
-    """[L, H, W] label maps (0-based: every pixel labelled) cut where `depth` jumps, as training's
-    depth cut cuts them."""
-    return np.stack([cut_at_depth_edges(labels + 1, depth, cut) for labels in levels])
+def cut_levels(levels: np.ndarray, depth: np.ndarray, cut: DepthSplitConfig, intrinsics: np.ndarray) -> np.ndarray:
+    """[L, H, W] label maps (0-based: every pixel labelled) cut where `depth` jumps (and along its
+    concave creases with `cut.crease_angle`), as training's depth cut cuts them."""
+    return np.stack([cut_at_depth_edges(labels + 1, depth, cut, intrinsics) for labels in levels])
 
 
 def resized(values: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -87,18 +87,19 @@ def resized(values: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.asarray(Image.fromarray(values).resize((width, height), Image.Resampling.NEAREST))
 
 
-def evaluate(generator, views: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]], min_pixels: int,
+def evaluate(generator, views: list[tuple[str, np.ndarray, np.ndarray, np.ndarray, Camera]], min_pixels: int,
              cut: DepthSplitConfig, model_depth: dict[str, np.ndarray] | None = None) -> dict:
     """Recall per level and overall, straddle share and seconds per image over rendered views,
     and recall50 and straddle after the depth cut `cut` with the true depth; with `model_depth`
     (view name -> the trained model's depth), the levels are the generator's and their cut at it."""
     best_all, straddles, seconds, cut_best, cut_straddles, loss_best = [], [], [], [], [], []
-    for name, rgb, ids, depth in views:
+    for name, rgb, ids, depth, camera in views:
         start = time.perf_counter()
         own = levels = generator.levels(rgb, name)
         height, width = levels.shape[1:]
+        intrinsics = camera.scaled(width, height).K
         if model_depth is not None:
-            levels = np.concatenate([own, cut_levels(own, resized(model_depth[name], height, width), cut)])
+            levels = np.concatenate([own, cut_levels(own, resized(model_depth[name], height, width), cut, intrinsics)])
         seconds.append(time.perf_counter() - start)
         ids, depth = resized(ids, height, width), resized(depth, height, width)
         best, straddle = object_scores(levels, ids, min_pixels)
@@ -109,7 +110,7 @@ def evaluate(generator, views: list[tuple[str, np.ndarray, np.ndarray, np.ndarra
         kept = np.stack([m for m in masks if m.sum() >= min_pixels])
         best, _ = object_scores(nesting_label_maps(kept, 1), ids, min_pixels)
         loss_best += [v[0] for v in best.values()]
-        best, straddle = object_scores(cut_levels(own, depth, cut), ids, min_pixels)
+        best, straddle = object_scores(cut_levels(own, depth, cut, intrinsics), ids, min_pixels)
         cut_best += best.values()
         cut_straddles += straddle
     scores, cut_scores = np.array(best_all), np.array(cut_best)  # [pairs, levels]
@@ -121,9 +122,9 @@ def evaluate(generator, views: list[tuple[str, np.ndarray, np.ndarray, np.ndarra
             "loss_recall50": float((np.array(loss_best) >= 0.5).mean())}
 
 
-def render_views(seeds: list[int], per_seed: int) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
+def render_views(seeds: list[int], per_seed: int) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray, Camera]]:
     """`per_seed` evenly spaced training views of each family seed: (name, RGB uint8, instance
-    ids, depth)."""
+    ids, depth, camera)."""
     views = []
     for seed in seeds:
         cfg = SyntheticConfig(preset="realistic-family", seed=seed)
@@ -132,7 +133,7 @@ def render_views(seeds: list[int], per_seed: int) -> list[tuple[str, np.ndarray,
         train = [c for c in scene.cameras if c.image_name not in test]
         for camera in train[:: max(1, len(train) // per_seed)][:per_seed]:
             rgb, ids, depth = render_view(scene, camera, cfg.supersample)
-            views.append((f"seed{seed}-{camera.image_name}", (rgb * 255 + 0.5).astype(np.uint8), ids, depth))
+            views.append((f"seed{seed}-{camera.image_name}", (rgb * 255 + 0.5).astype(np.uint8), ids, depth, camera))
     return views
 
 

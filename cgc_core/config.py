@@ -339,6 +339,10 @@ class DepthSplitConfig:
     many pixels; 0 leaves them unlabelled."""
     min_pixels: int = 20
     """Pieces smaller than this are crumbs."""
+    crease_angle: float = 0.0
+    """Also cut along concave creases, where the surface normals of pixels four apart (from the
+    rendered depth and the camera's intrinsics) fold inwards by more than this many degrees: a mug
+    standing on a table (`masks.depth_split.concave_creases`). 0: no crease cut."""
 
 
 @dataclass
@@ -784,6 +788,7 @@ _RULES: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
     ("train.contrastive", "weight"): (lambda v: v >= 0, ">= 0"),
     ("train.regularizer", "lambda_near"): (lambda v: v >= 0, ">= 0"),
     ("train.regularizer", "lambda_far"): (lambda v: v >= 0, ">= 0"),
+    ("train.depth_split", "crease_angle"): (lambda v: 0 <= v < 180, "in [0, 180) degrees"),
     ("train", "sh_degree"): (lambda v: 0 <= v <= 3, "between 0 and 3"),
     ("train", "init_opacity"): (lambda v: 0 < v < 1, "in (0, 1)"),
     ("train.contrastive", "mask_levels"): (lambda v: v >= 1, ">= 1"),

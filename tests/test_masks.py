@@ -383,6 +383,77 @@ def test_training_depth_cut_keeps_crumbs_unless_it_fills():
     assert (unfilled[6, 18:24] == 0).all()  # edge pixels stay unlabelled
 
 
+def _box_on_floor(size: int = 128, focal: float = 80.0):
+    """Ray-cast depth of a box (x in [-1, 1], y in [1, 2], z in [3, 5]) standing on a floor (y = 2,
+    z <= 8), seen from the origin (OpenCV axes: y down); part: 1 the box's front face, 2 its top,
+    3 the floor, 0 nothing (depth 0)."""
+    intrinsics = np.array([[focal, 0, size / 2], [0, focal, 40.0], [0, 0, 1.0]])
+    rows, cols = np.mgrid[0:size, 0:size]
+    dx, dy = (cols + 0.5 - intrinsics[0, 2]) / focal, (rows + 0.5 - intrinsics[1, 2]) / focal
+    down = np.where(dy > 0, dy, 1.0)
+    floor = np.where((dy > 0) & (2 / down <= 8), 2 / down, np.inf)
+    front = np.where((np.abs(3 * dx) <= 1) & (3 * dy >= 1) & (3 * dy <= 2), 3.0, np.inf)
+    top = np.where((dy > 0) & (1 / down >= 3) & (1 / down <= 5) & (np.abs(dx / down) <= 1), 1 / down, np.inf)
+    depth = np.minimum(np.minimum(floor, front), top)
+    seen = np.isfinite(depth)
+    part = np.select([seen & (depth == front), seen & (depth == top), seen & (depth == floor)], [1, 2, 3], 0)
+    return np.where(seen, depth, 0.0), part, intrinsics
+
+
+def test_concave_creases_cut_a_box_from_the_floor_it_stands_on_and_keep_its_own_convex_edge():
+    """Where the box meets the floor the depth does not jump, so a segment holding both (same
+    colour) survives the depth cut; the concave crease along the contact cuts it. The box's front
+    and top meet at a convex edge, which is no crease, so the box stays one piece."""
+    from cgc_core.masks.depth_split import concave_creases, split_at_depth_edges
+
+    depth, part, intrinsics = _box_on_floor()
+    creases = concave_creases(depth, intrinsics, 60)
+    assert creases[92:96, 45:80].all()  # the contact line (the front face ends at row 92)
+    assert not creases[60:72, 45:80].any()  # the convex edge between top and front (row 66/67)
+    assert not creases[100:, :].any() and not creases[part == 2].any()  # open floor, the top face
+
+    labels = np.where(part > 0, 1, 0)  # one colour segment over box and floor
+    kwargs = dict(max_jump=0.03, min_pixels=20, sharpness=2.0, fill_distance=8.0)
+    without = split_at_depth_edges(labels, depth, **kwargs)
+    assert len(np.unique(without[part > 0])) == 1
+
+    def majority(cut, which):
+        values, counts = np.unique(cut[part == which], return_counts=True)
+        return values[counts.argmax()], counts.max() / counts.sum()
+
+    cut = split_at_depth_edges(labels, depth, **kwargs, extra_edges=creases)
+    (front, front_share), (top, top_share), (floor, floor_share) = (majority(cut, k) for k in (1, 2, 3))
+    assert front == top != floor and min(front_share, top_share, floor_share) > 0.95
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), spacing=st.sampled_from([2, 3, 4]), angle=st.sampled_from([10.0, 45.0]))
+def test_concave_creases_equal_their_pixel_by_pixel_reference(seed, spacing, angle):
+    from cgc_core.masks.depth_split import concave_creases, concave_creases_reference
+
+    rng = np.random.default_rng(seed)
+    depth = np.kron(rng.choice([1.0, 1.1, 1.5], (4, 5)), np.ones((3, 3)))[:11, :13]
+    depth *= 1.0 + 0.2 * rng.random(depth.shape)
+    depth[rng.random(depth.shape) < 0.05] = 0
+    intrinsics = np.array([[15.0, 0, 6.5], [0, 15.0, 5.5], [0, 0, 1]])
+    fast = concave_creases(depth, intrinsics, angle, spacing=spacing, smooth=1)
+    np.testing.assert_array_equal(fast, concave_creases_reference(depth, intrinsics, angle, spacing=spacing))
+
+
+def test_the_crease_cut_needs_the_cameras_intrinsics_and_an_angle_below_180():
+    from cgc_core.config import ConfigError, DepthSplitConfig, load_config
+    from cgc_core.masks.depth_split import cut_at_depth_edges
+
+    depth, part, intrinsics = _box_on_floor()
+    labels, creased, plain = np.where(part > 0, 1, 0), DepthSplitConfig(sharpness=2.0, crease_angle=60), DepthSplitConfig(sharpness=2.0)
+    with pytest.raises(ValueError, match="crease_angle.*intrinsics"):
+        cut_at_depth_edges(labels, depth, creased)
+    assert len(np.unique(cut_at_depth_edges(labels, depth, plain)[part > 0])) == 1
+    assert len(np.unique(cut_at_depth_edges(labels, depth, creased, intrinsics)[part > 0])) == 2  # box, floor
+    with pytest.raises(ConfigError, match="crease_angle"):
+        load_config(None, ["train.depth_split.crease_angle=180"])
+
+
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), spacing=st.sampled_from([1, 2]), min_pixels=st.sampled_from([0, 4]),
        sharpness=st.sampled_from([0.0, 2.0]), fill_distance=st.sampled_from([0.0, 3.0]))

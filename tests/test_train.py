@@ -195,6 +195,29 @@ def test_depth_split_cuts_the_masks_with_the_models_depth_and_a_resumed_run_read
     assert json.loads((tmp_path / "off" / "train.json").read_text())["depth_split"] is None
 
 
+def test_depth_split_with_creases_cuts_with_each_views_intrinsics(tiny_inputs, tmp_path):
+    import numpy as np
+
+    from cgc_core.masks.depth_split import concave_creases, split_at_depth_edges
+    from cgc_core.render import Gaussians, render
+    from cgc_core.train import SPLIT_LABELS_NAME, label_map_at, train_view
+
+    scene, store = tiny_inputs
+    cfg = _cfg(iterations=4, checkpoint_every=2, depth_split={"at": 0.5, "jump": 0.02, "crease_angle": 30.0})
+    train(scene, store, tmp_path / "creases", cfg)
+    stored = np.load(tmp_path / "creases" / SPLIT_LABELS_NAME)
+    params = torch.load(tmp_path / "creases" / "checkpoints" / "step_000002.pt", weights_only=True)["params"]
+    name = sorted(scene.train_names)[0]
+    camera, image = train_view(scene, name, cfg.downscale)
+    depth = render(Gaussians.from_params(params), camera, sh_degree=0, backend="torch").depth.numpy()
+    creases = concave_creases(depth, camera.K, 30.0)
+    assert creases.any()
+    labels = label_map_at(store, name, *image.shape[:2])[0].numpy()
+    np.testing.assert_array_equal(stored[name][0], split_at_depth_edges(
+        labels, depth, 0.02, min_pixels=cfg.depth_split.min_pixels, sharpness=cfg.depth_split.sharpness,
+        fill_distance=cfg.depth_split.fill, extra_edges=creases))
+
+
 def test_depth_split_of_the_finest_level_only_keeps_the_coarser_levels_as_generated(tiny_inputs, tmp_path):
     import numpy as np
 

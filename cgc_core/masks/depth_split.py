@@ -16,6 +16,14 @@ textured ground far from the cameras, where a partly trained model's depth wobbl
 - `fill_distance`: the edge pixels and the crumbs (pieces under `min_pixels`) go back to the
   nearest kept piece of their own segment, so the cut takes no pixels away from the training
   signal (without it, a third to two thirds of a textured scene's pixels ended up unlabelled).
+
+Where one object stands on another (a mug on a table) the depth does not jump along the contact,
+but the surface folds inwards there: the side of the mug is perpendicular to the table. With the
+camera's intrinsics the depth gives each pixel a 3D point and a normal, and `concave_creases`
+marks where the normals of two nearby pixels differ by more than an angle and turn towards each
+other (a valley). An object's own convex edges (the top edge of a box) turn away and stay uncut;
+a curved surface turns too gradually. This is the convexity criterion of Stein et al., "Object
+partitioning using local convexity" (CVPR 2014), on the rendered depth instead of a point cloud.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy.ndimage import distance_transform_edt
+from scipy.ndimage import binary_erosion, distance_transform_edt, uniform_filter
 from skimage.measure import label as connected_regions
 
 if TYPE_CHECKING:
@@ -80,7 +88,8 @@ def _marked_offsets(spacing: int) -> range:
 
 
 def split_at_depth_edges(labels: np.ndarray, depth: np.ndarray, max_jump: float, min_pixels: int = 0,
-                         spacing: int = 2, sharpness: float = 0.0, fill_distance: float = 0.0) -> np.ndarray:
+                         spacing: int = 2, sharpness: float = 0.0, fill_distance: float = 0.0,
+                         extra_edges: np.ndarray | None = None) -> np.ndarray:
     """A label map whose segments are cut where the depth jumps.
 
     Args:
@@ -94,6 +103,7 @@ def split_at_depth_edges(labels: np.ndarray, depth: np.ndarray, max_jump: float,
         fill_distance: 0: edge pixels and crumbs stay 0. d > 0: each of them takes the label of the
             nearest (Euclidean) kept piece of its own segment when one is at most d pixels away
             (a segment with no kept piece stays 0).
+        extra_edges: [H, W] bool: more pixels to cut along, as the depth edges are (`concave_creases`).
 
     Returns:
         [H, W] int64 label map: one label per connected (4-neighbour) piece of a segment off the
@@ -103,7 +113,10 @@ def split_at_depth_edges(labels: np.ndarray, depth: np.ndarray, max_jump: float,
     labels = np.asarray(labels)
     if labels.shape != np.shape(depth):
         raise ValueError(f"split_at_depth_edges: labels {labels.shape} and depth {np.shape(depth)} differ in shape")
-    cut = np.where(depth_edges(depth, max_jump, spacing, sharpness), 0, labels)
+    edges = depth_edges(depth, max_jump, spacing, sharpness)
+    if extra_edges is not None:
+        edges |= extra_edges
+    cut = np.where(edges, 0, labels)
     pieces = connected_regions(cut, background=0, connectivity=1).astype(np.int64)
     if min_pixels > 1:
         counts = np.bincount(pieces.ravel())
@@ -131,11 +144,120 @@ def _fill_from_own_segment(labels: np.ndarray, pieces: np.ndarray, fill_distance
     return filled
 
 
-def cut_at_depth_edges(labels: np.ndarray, depth: np.ndarray, cfg: DepthSplitConfig) -> np.ndarray:
+def cut_at_depth_edges(labels: np.ndarray, depth: np.ndarray, cfg: DepthSplitConfig,
+                       intrinsics: np.ndarray | None = None) -> np.ndarray:
     """Training's depth cut of one label map with `train.depth_split`'s settings
-    (`split_at_depth_edges`; crumbs are dropped only where `fill` gives their pixels back)."""
+    (`split_at_depth_edges`; crumbs are dropped only where `fill` gives their pixels back), and
+    with `cfg.crease_angle > 0` also along the concave creases (`concave_creases`), which need the
+    view's 3×3 `intrinsics` at the label map's resolution."""
+    creases = None
+    if cfg.crease_angle > 0:
+        if intrinsics is None:
+            raise ValueError("cut_at_depth_edges: train.depth_split.crease_angle > 0 needs the camera's intrinsics")
+        creases = concave_creases(depth, intrinsics, cfg.crease_angle)
     return split_at_depth_edges(labels, depth, cfg.jump, min_pixels=cfg.min_pixels if cfg.fill else 0,
-                                sharpness=cfg.sharpness, fill_distance=cfg.fill)
+                                sharpness=cfg.sharpness, fill_distance=cfg.fill, extra_edges=creases)
+
+
+def surface_points_and_normals(depth: np.ndarray, intrinsics: np.ndarray, smooth: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """Camera-space points and unit normals of a depth map.
+
+    Args:
+        depth: [H, W] camera z (0 where nothing is rendered).
+        intrinsics: [3, 3] pinhole matrix with pixel centres at (i + 0.5, j + 0.5) (`Camera.K`).
+        smooth: Side of the box over which the depth is averaged first (rendered depth is noisy
+            at the pixel scale); pixels with no depth are left out of the averages. 1: none.
+
+    Returns:
+        points [H, W, 3] (OpenCV axes) and normals [H, W, 3], each normal facing the camera
+        (central differences of the points along rows and columns; 0 where no depth).
+    """
+    depth = np.asarray(depth, dtype=np.float64)
+    valid = depth > 0
+    if smooth > 1:
+        weight = uniform_filter(valid.astype(np.float64), smooth, mode="nearest")
+        depth = np.where(valid, uniform_filter(np.where(valid, depth, 0.0), smooth, mode="nearest")
+                         / np.maximum(weight, 1e-12), 0.0)
+    fx, fy, cx, cy = intrinsics[0, 0], intrinsics[1, 1], intrinsics[0, 2], intrinsics[1, 2]
+    rows, cols = np.mgrid[0:depth.shape[0], 0:depth.shape[1]]
+    points = np.stack([(cols + 0.5 - cx) / fx * depth, (rows + 0.5 - cy) / fy * depth, depth], axis=-1)
+    normals = np.cross(np.gradient(points, axis=1), np.gradient(points, axis=0))
+    normals /= np.maximum(np.linalg.norm(normals, axis=-1, keepdims=True), 1e-12)
+    normals *= np.where((normals * points).sum(-1, keepdims=True) > 0, -1.0, 1.0)  # towards the camera
+    normals[~binary_erosion(valid, border_value=1)] = 0.0
+    return points, normals
+
+
+def concave_creases(depth: np.ndarray, intrinsics: np.ndarray, min_angle: float, spacing: int = 4,
+                    smooth: int = 3) -> np.ndarray:
+    """[H, W] bool: pixels between two pixels `spacing` apart (horizontally or vertically) whose
+    surface normals differ by more than `min_angle` degrees and fold inwards, i.e.
+    (n_a - n_b) · (p_a - p_b) < 0 for their points p and normals n (`surface_points_and_normals`);
+    a convex fold (a box's own edge) has the opposite sign. Pixels without a normal (no depth there
+    or beside them) are never compared.
+
+    Args:
+        depth, intrinsics, smooth: See `surface_points_and_normals`.
+        min_angle: Degrees between the two normals above which the fold is a crease.
+        spacing: Pixels between the two compared; the `spacing - 1` pixels between them are marked.
+    """
+    points, normals = surface_points_and_normals(depth, intrinsics, smooth)
+    valid = normals.any(-1)
+    creases = np.zeros(valid.shape, dtype=bool)
+    cos_limit = np.cos(np.radians(min_angle))
+    for axis in (0, 1):
+        n = valid.shape[axis]
+        if n <= spacing:
+            continue
+        first, second = np.arange(n - spacing), np.arange(spacing, n)
+        p_a, p_b = np.take(points, first, axis=axis), np.take(points, second, axis=axis)
+        n_a, n_b = np.take(normals, first, axis=axis), np.take(normals, second, axis=axis)
+        fold = ((n_a * n_b).sum(-1) < cos_limit) & (((n_a - n_b) * (p_a - p_b)).sum(-1) < 0)
+        fold &= np.take(valid, first, axis=axis) & np.take(valid, second, axis=axis)
+        for offset in _marked_offsets(spacing):
+            index = [slice(None)] * 2
+            index[axis] = slice(offset, offset + n - spacing)
+            creases[tuple(index)] |= fold
+    return creases
+
+
+def concave_creases_reference(depth: np.ndarray, intrinsics: np.ndarray, min_angle: float, spacing: int = 4) -> np.ndarray:
+    """`concave_creases` without smoothing, pixel by pixel (slow; the tests' oracle)."""
+    depth = np.asarray(depth, dtype=np.float64)
+    height, width = depth.shape
+    fx, fy, cx, cy = intrinsics[0, 0], intrinsics[1, 1], intrinsics[0, 2], intrinsics[1, 2]
+
+    def point(y, x):
+        return np.array([(x + 0.5 - cx) / fx * depth[y, x], (y + 0.5 - cy) / fy * depth[y, x], depth[y, x]])
+
+    def difference(y, x, dy, dx):  # central inside the image, one-sided at its border (as np.gradient)
+        ahead = (y + dy, x + dx) if (y + dy < height and x + dx < width) else (y, x)
+        behind = (y - dy, x - dx) if (y - dy >= 0 and x - dx >= 0) else (y, x)
+        steps = (ahead != (y, x)) + (behind != (y, x))
+        return (point(*ahead) - point(*behind)) / steps
+
+    def normal(y, x):
+        around = [(y + dy, x + dx) for dy, dx in ((0, 0), (-1, 0), (1, 0), (0, -1), (0, 1))]
+        if any(0 <= a < height and 0 <= b < width and depth[a, b] <= 0 for a, b in around):
+            return None
+        n = np.cross(difference(y, x, 0, 1), difference(y, x, 1, 0))
+        n = n / max(np.linalg.norm(n), 1e-12)
+        return -n if n @ point(y, x) > 0 else n
+
+    creases = np.zeros((height, width), dtype=bool)
+    for y in range(height):
+        for x in range(width):
+            for dy, dx in ((0, spacing), (spacing, 0)):
+                y2, x2 = y + dy, x + dx
+                if y2 >= height or x2 >= width:
+                    continue
+                n_a, n_b = normal(y, x), normal(y2, x2)
+                if n_a is None or n_b is None:
+                    continue
+                if n_a @ n_b < np.cos(np.radians(min_angle)) and (n_a - n_b) @ (point(y, x) - point(y2, x2)) < 0:
+                    for k in _marked_offsets(spacing):
+                        creases[y + (k if dy else 0), x + (k if dx else 0)] = True
+    return creases
 
 
 def split_at_depth_edges_reference(labels: np.ndarray, depth: np.ndarray, max_jump: float, min_pixels: int = 0,
