@@ -170,7 +170,8 @@ def surface_points_and_normals(depth: np.ndarray, intrinsics: np.ndarray, smooth
 
     Returns:
         points [H, W, 3] (OpenCV axes) and normals [H, W, 3], each normal facing the camera
-        (central differences of the points along rows and columns; 0 where no depth).
+        (central differences of the points along rows and columns; 0 where the pixel or one of
+        its four neighbours has no depth, as the differences there would span the gap).
     """
     depth = np.asarray(depth, dtype=np.float64)
     valid = depth > 0
