@@ -277,6 +277,10 @@ class ContrastiveConfig:
     detach_temperature: bool = True
     reduction: Literal["pixels", "segments"] = "pixels"
     """Paper/code: `pixels` (large segments dominate); `segments`: every segment weighs the same."""
+    balance: float = 0.0
+    """With `pixels`: each segment's pixels weigh (mean segment size / its size)^balance
+    (`losses.contrastive_clustering_loss`). Paper/code: 0 (a 100-pixel object counts for its pixels
+    beside a table's thousands); 1: every segment as the mean segment, at the pixel sum's scale."""
     mask_levels: int = 1
     """1 (paper and code): one term on the finest masks. L > 1: one term per nesting level, level l
     on the first `level_dims[l]` channels, so a selection steps between parts and whole objects by
@@ -789,6 +793,7 @@ _RULES: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
     ("train.regularizer", "lambda_near"): (lambda v: v >= 0, ">= 0"),
     ("train.regularizer", "lambda_far"): (lambda v: v >= 0, ">= 0"),
     ("train.depth_split", "crease_angle"): (lambda v: 0 <= v < 180, "in [0, 180) degrees"),
+    ("train.contrastive", "balance"): (lambda v: 0 <= v <= 1, "between 0 and 1"),
     ("train", "sh_degree"): (lambda v: 0 <= v <= 3, "between 0 and 3"),
     ("train", "init_opacity"): (lambda v: 0 < v < 1, "in (0, 1)"),
     ("train.contrastive", "mask_levels"): (lambda v: v >= 1, ">= 1"),

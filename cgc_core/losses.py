@@ -88,7 +88,8 @@ def segment_pixels(features: Tensor, labels: Tensor, min_pixels: int) -> tuple[T
 
 def contrastive_clustering_loss(features: Tensor, labels: Tensor, min_pixels: int = 100, eps: float = 100.0,
                                 temperature_scale: float = 10.0, temperature_clip: tuple[float, float] | None = (0.1, 1.0),
-                                detach_temperature: bool = True, reduction: str = "pixels") -> Tensor:
+                                detach_temperature: bool = True, reduction: str = "pixels",
+                                balance: float = 0.0) -> Tensor:
     """Contrastive clustering of rendered features by (view-inconsistent) 2D segments.
 
         f_q = rendered feature of pixel q, L2-normalised;  f̄^p = mean of {f_q : q ∈ p}
@@ -109,6 +110,10 @@ def contrastive_clustering_loss(features: Tensor, labels: Tensor, min_pixels: in
             segments, so a segment weighs as many pixels as it has and a table or a wall outweighs
             a small object) or `segments` (the mean over segments of each segment's mean pixel
             term: every segment weighs the same).
+        balance: With `pixels`: each segment's pixel terms are weighed by (n̄ / N_p)^balance, n̄
+            the mean segment size in the view, so 0 is the paper's sum and 1 weighs every segment
+            as n̄ pixels (the `segments` mean at the pixel sum's scale); between, a small object
+            counts for more than its pixels without the field learning every crumb alike.
 
     Returns:
         The scalar loss (0 with fewer than two segments).
@@ -126,8 +131,11 @@ def contrastive_clustering_loss(features: Tensor, labels: Tensor, min_pixels: in
     if detach_temperature:
         phi = phi.detach()
     logits = (f @ centroids.T) / phi[None, :]
-    if reduction == "pixels":
+    if reduction == "pixels" and balance == 0:
         return F.cross_entropy(logits, seg, reduction="sum") / k
+    if reduction == "pixels":
+        weights = (n_p.mean() / n_p) ** balance
+        return (F.cross_entropy(logits, seg, reduction="none") * weights[seg]).sum() / k
     if reduction == "segments":
         per_pixel = F.cross_entropy(logits, seg, reduction="none")
         return (torch.zeros(k, dtype=f.dtype, device=f.device).index_add_(0, seg, per_pixel) / n_p).mean()
@@ -137,7 +145,8 @@ def contrastive_clustering_loss(features: Tensor, labels: Tensor, min_pixels: in
 def contrastive_clustering_loss_reference(features: Tensor, labels: Tensor, min_pixels: int = 100, eps: float = 100.0,
                                           temperature_scale: float = 10.0,
                                           temperature_clip: tuple[float, float] | None = (0.1, 1.0),
-                                          detach_temperature: bool = True, reduction: str = "pixels") -> Tensor:
+                                          detach_temperature: bool = True, reduction: str = "pixels",
+                                          balance: float = 0.0) -> Tensor:
     """Eq. 3 with explicit loops over segments and pixels (slow; the tests' oracle)."""
     segments = []
     for sid in sorted(int(v) for v in torch.unique(labels) if v > 0):
@@ -155,12 +164,16 @@ def contrastive_clustering_loss_reference(features: Tensor, labels: Tensor, min_
             phi = phi.clamp(*temperature_clip)
         phis.append(phi.detach() if detach_temperature else phi)
     total = features.sum() * 0.0
+    mean_size = sum(s.shape[0] for s in segments) / len(segments)
     for p, s in enumerate(segments):
         segment_total = features.sum() * 0.0
         for q in range(s.shape[0]):
             scores = torch.stack([(s[q] @ centroids[j]) / phis[j] for j in range(len(segments))])
             segment_total = segment_total - (scores[p] - torch.logsumexp(scores, 0))
-        total = total + (segment_total if reduction == "pixels" else segment_total / s.shape[0])
+        if reduction == "pixels":
+            total = total + segment_total * (mean_size / s.shape[0]) ** balance
+        else:
+            total = total + segment_total / s.shape[0]
     return total / len(segments)
 
 
@@ -178,7 +191,7 @@ def multilevel_contrastive_loss(features: Tensor, level_labels: Tensor, level_di
         features: [H, W, D] rendered features.
         level_labels: [L, H, W] int label maps, finest first (`MaskStore.read_label_maps`).
         level_dims: Channels of each level, at least L of them; D or fewer.
-        **options: `contrastive_clustering_loss`'s (min_pixels, eps, temperature..., reduction).
+        **options: `contrastive_clustering_loss`'s (min_pixels, eps, temperature..., reduction, balance).
     """
     levels = level_labels.shape[0]
     if len(level_dims) < levels:

@@ -214,7 +214,8 @@ class ContrastiveTerm:
         self.cfg = cfg
         self.options = {"min_pixels": cfg.min_pixels, "temperature_scale": cfg.temperature_scale,
                         "temperature_clip": tuple(cfg.temperature_clip) if cfg.temperature_clip is not None else None,
-                        "detach_temperature": cfg.detach_temperature, "reduction": cfg.reduction}
+                        "detach_temperature": cfg.detach_temperature, "reduction": cfg.reduction,
+                        "balance": cfg.balance}
 
     def due(self, step: int) -> bool:
         return self.cfg.enabled and step % self.cfg.every == 0

@@ -24,16 +24,17 @@ def _labels(h=14, w=16):
     return labels
 
 
-@pytest.mark.parametrize("clip, detach, scale, reduction", [((0.1, 1.0), True, 10.0, "pixels"), (None, False, 1.0, "pixels"),
-                                                          ((0.1, 1.0), True, 10.0, "segments")])
-def test_contrastive_loss_equals_loop_reference(clip, detach, scale, reduction):
+@pytest.mark.parametrize("clip, detach, scale, reduction, balance", [
+    ((0.1, 1.0), True, 10.0, "pixels", 0.0), (None, False, 1.0, "pixels", 0.0), ((0.1, 1.0), True, 10.0, "segments", 0.0),
+    ((0.1, 1.0), True, 10.0, "pixels", 0.5)])
+def test_contrastive_loss_equals_loop_reference(clip, detach, scale, reduction, balance):
     torch.manual_seed(0)
     labels = _labels()
     labels[12:, 14:] = 9  # a 4-pixel segment: below min_pixels, left out
     a = torch.randn(14, 16, 5, dtype=torch.float64, requires_grad=True)
     b = a.detach().clone().requires_grad_()
     kwargs = dict(min_pixels=10, temperature_clip=clip, detach_temperature=detach, temperature_scale=scale,
-                  reduction=reduction)
+                  reduction=reduction, balance=balance)
     fast = contrastive_clustering_loss(a, labels, **kwargs)
     slow = contrastive_clustering_loss_reference(b, labels, **kwargs)
     fast.backward()
@@ -54,6 +55,24 @@ def test_segment_reduction_weighs_every_segment_the_same():
     assert pixels > 5 * segments
     with pytest.raises(ValueError, match="unknown reduction 'mean'"):
         contrastive_clustering_loss(features, labels, min_pixels=10, reduction="mean")
+
+
+def test_balance_runs_from_the_pixel_sum_to_equal_segments_at_the_pixel_sums_scale():
+    from cgc_core.config import ConfigError, load_config
+
+    labels = torch.zeros(20, 20, dtype=torch.int64)
+    labels[:, :18] = 1  # 360 pixels
+    labels[:, 18:] = 2  # 40 pixels
+    torch.manual_seed(0)
+    features = torch.randn(20, 20, 4, dtype=torch.float64)
+    pixels = contrastive_clustering_loss(features, labels, min_pixels=10)
+    assert contrastive_clustering_loss(features, labels, min_pixels=10, balance=0.0) == pixels
+    # At 1 every segment weighs the mean size (200 px): the `segments` mean times 200.
+    balanced = contrastive_clustering_loss(features, labels, min_pixels=10, balance=1.0)
+    segments = contrastive_clustering_loss(features, labels, min_pixels=10, reduction="segments")
+    torch.testing.assert_close(balanced, segments * 200)
+    with pytest.raises(ConfigError, match="balance"):
+        load_config(None, ["train.contrastive.balance=2"])
 
 
 def test_normal_feature_init_spreads_directions():
