@@ -280,7 +280,8 @@ class ContrastiveConfig:
     balance: float = 0.0
     """With `pixels`: each segment's pixels weigh (mean segment size / its size)^balance
     (`losses.contrastive_clustering_loss`). Paper/code: 0 (a 100-pixel object counts for its pixels
-    beside a table's thousands); 1: every segment as the mean segment, at the pixel sum's scale."""
+    beside a table's thousands); 1: every segment as the mean segment, at the pixel sum's scale.
+    0.5 is a lead on the family, not a choice (RESULTS.md, "Small segments weigh more")."""
     mask_levels: int = 1
     """1 (paper and code): one term on the finest masks. L > 1: one term per nesting level, level l
     on the first `level_dims[l]` channels, so a selection steps between parts and whole objects by
@@ -346,7 +347,8 @@ class DepthSplitConfig:
     crease_angle: float = 0.0
     """Also cut along concave creases, where the surface normals of pixels four apart (from the
     rendered depth and the camera's intrinsics) fold inwards by more than this many degrees: a mug
-    standing on a table (`masks.depth_split.concave_creases`). 0: no crease cut."""
+    standing on a table (`masks.depth_split.concave_creases`). 0: no crease cut; 60 lifted the
+    family's development mean by 0.015, under the spread between seeds (RESULTS.md, "Creases")."""
 
 
 @dataclass
