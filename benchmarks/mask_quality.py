@@ -78,7 +78,7 @@ def object_scores(levels: np.ndarray, ids: np.ndarray, min_pixels: int) -> tuple
 def cut_levels(levels: np.ndarray, depth: np.ndarray, cut: DepthSplitConfig, intrinsics: np.ndarray) -> np.ndarray:
     """[L, H, W] label maps (0-based: every pixel labelled) cut where `depth` jumps (and along its
     concave creases with `cut.crease_angle`), as training's depth cut cuts them."""
-    return np.stack([cut_at_depth_edges(labels + 1, depth, cut, intrinsics) for labels in levels])
+    return cut_at_depth_edges(levels + 1, depth, cut, intrinsics)
 
 
 def resized(values: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -566,16 +566,14 @@ def depth_split_labels(params: dict[str, Tensor], views: dict[str, tuple[Camera,
     else:
         gaussians = Gaussians.from_params({k: v.detach() for k, v in params.items()})
 
-        def cut_level(index: int, level: Tensor, depth: np.ndarray, camera: Camera) -> np.ndarray:
-            if index > 0 and cfg.depth_split.levels == "finest":
-                return level.numpy()  # an object level stays as generated
-            return cut_at_depth_edges(level.numpy(), depth, cfg.depth_split, camera.K)
-
+        # `finest`: only level 0 is cut; the object levels stay as generated.
+        n_cut = 1 if cfg.depth_split.levels == "finest" else None
         with torch.no_grad():
             for name, (camera, _) in views.items():
                 depth = render(gaussians, camera, sh_degree=0, backend=cfg.backend).depth.cpu().numpy()
-                levels = [cut_level(i, level, depth, camera) for i, level in enumerate(labels[name])]
-                cut[name] = torch.as_tensor(np.stack(levels))
+                levels = labels[name].numpy()
+                cut_levels = cut_at_depth_edges(levels[:n_cut], depth, cfg.depth_split, camera.K)
+                cut[name] = torch.as_tensor(np.concatenate([cut_levels, levels[len(cut_levels):]]))
         path.parent.mkdir(parents=True, exist_ok=True)  # before the first checkpoint it may not exist yet
         tmp = path.with_suffix(".tmp.npz")
         np.savez_compressed(tmp, **{n: v.numpy().astype(np.int32) for n, v in cut.items()})

@@ -146,17 +146,21 @@ def _fill_from_own_segment(labels: np.ndarray, pieces: np.ndarray, fill_distance
 
 def cut_at_depth_edges(labels: np.ndarray, depth: np.ndarray, cfg: DepthSplitConfig,
                        intrinsics: np.ndarray | None = None) -> np.ndarray:
-    """Training's depth cut of one label map with `train.depth_split`'s settings
-    (`split_at_depth_edges`; crumbs are dropped only where `fill` gives their pixels back), and
-    with `cfg.crease_angle > 0` also along the concave creases (`concave_creases`), which need the
-    view's 3×3 `intrinsics` at the label map's resolution."""
+    """Training's depth cut of one label map [H, W], or of each of a view's levels [L, H, W], with
+    `train.depth_split`'s settings (`split_at_depth_edges`; crumbs are dropped only where `fill`
+    gives their pixels back), and with `cfg.crease_angle > 0` also along the concave creases
+    (`concave_creases`, found once for all levels), which need the view's 3×3 `intrinsics` at the
+    label maps' resolution."""
     creases = None
     if cfg.crease_angle > 0:
         if intrinsics is None:
             raise ValueError("cut_at_depth_edges: train.depth_split.crease_angle > 0 needs the camera's intrinsics")
         creases = concave_creases(depth, intrinsics, cfg.crease_angle)
-    return split_at_depth_edges(labels, depth, cfg.jump, min_pixels=cfg.min_pixels if cfg.fill else 0,
+    labels = np.asarray(labels)
+    cut = [split_at_depth_edges(level, depth, cfg.jump, min_pixels=cfg.min_pixels if cfg.fill else 0,
                                 sharpness=cfg.sharpness, fill_distance=cfg.fill, extra_edges=creases)
+           for level in labels.reshape(-1, *labels.shape[-2:])]
+    return np.stack(cut) if labels.ndim == 3 else cut[0]
 
 
 def surface_points_and_normals(depth: np.ndarray, intrinsics: np.ndarray, smooth: int = 3) -> tuple[np.ndarray, np.ndarray]:
