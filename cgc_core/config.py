@@ -225,8 +225,8 @@ class MasksConfig:
     """`auto`: the weights-free `classical` generator (Felzenszwalb on chromaticity,
     `ClassicalConfig`) for the synthetic scenes, SAM otherwise. `texture`: colour, texture and
     borders (`TextureConfig`; better on the patterned-cloth family and level on the demo, but not
-    the default: on the small tiny preset it trains less well and one seed of three collapsed,
-    RESULTS.md, "Borders"). `truth-objects`:
+    the default: worse on the plain realistic scene, 0.812 against 0.864 over three seeds, and on the
+    tiny preset; RESULTS.md, "Borders" and "The tiny preset's collapse is a seed's"). `truth-objects`:
     classical plus true object masks (synthetic scenes only; an upper-bound diagnostic, see
     `TruthObjectsConfig`)."""
     sam: SamConfig = field(default_factory=SamConfig)
@@ -273,8 +273,14 @@ class ContrastiveConfig:
     min_pixels: int = 100
     """Segments smaller than this many pixels are left out. Code: 100."""
     temperature_scale: float = 10.0
+    """Factor on each segment's temperature φ = spread / (N log(N + 100)) (lower: sharper). Paper: 1;
+    code: 10. At 3 the family's small and touching objects part (development mean 0.432 -> 0.495) but
+    shaded and multi-part objects split (demo 0.962 -> 0.885): a lead, not a default (RESULTS.md,
+    "The segment temperature")."""
     temperature_clip: list[float] | None = field(default_factory=lambda: [0.1, 1.0])
+    """Clip of φ after scaling (code: [0.1, 1.0]); None leaves it unclipped."""
     detach_temperature: bool = True
+    """No gradient through φ (code: yes)."""
     reduction: Literal["pixels", "segments"] = "pixels"
     """Paper/code: `pixels` (large segments dominate); `segments`: every segment weighs the same."""
     balance: float = 0.0
