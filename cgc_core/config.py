@@ -274,9 +274,8 @@ class ContrastiveConfig:
     """Segments smaller than this many pixels are left out. Code: 100."""
     temperature_scale: float = 10.0
     """Factor on each segment's temperature φ = spread / (N log(N + 100)) (lower: sharper). Paper: 1;
-    code: 10. At 3 the family's small and touching objects part (development mean 0.432 -> 0.495) but
-    shaded and multi-part objects split (demo 0.962 -> 0.885): a lead, not a default (RESULTS.md,
-    "The segment temperature")."""
+    code: 10. Sharper parts a small object from the one it touches and splits shaded and multi-part
+    objects: 3 fails the demo, 5 is a lead (RESULTS.md, "The segment temperature")."""
     temperature_clip: list[float] | None = field(default_factory=lambda: [0.1, 1.0])
     """Clip of φ after scaling (code: [0.1, 1.0]); None leaves it unclipped."""
     detach_temperature: bool = True
