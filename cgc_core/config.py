@@ -280,6 +280,10 @@ class ContrastiveConfig:
     """Clip of φ after scaling (code: [0.1, 1.0]); None leaves it unclipped."""
     detach_temperature: bool = True
     """No gradient through φ (code: yes)."""
+    reference_segments: int | None = None
+    """None (paper and code): φ as above in every view. K₀: φ also times log K₀ / log K in a view
+    with K segments, so that a margin between a pixel's own segment and the others buys the same
+    probability however many segments the view holds (`losses.contrastive_clustering_loss`)."""
     reduction: Literal["pixels", "segments"] = "pixels"
     """Paper/code: `pixels` (large segments dominate); `segments`: every segment weighs the same."""
     balance: float = 0.0
@@ -801,6 +805,7 @@ _RULES: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
     ("train.regularizer", "lambda_far"): (lambda v: v >= 0, ">= 0"),
     ("train.depth_split", "crease_angle"): (lambda v: 0 <= v < 180, "in [0, 180) degrees"),
     ("train.contrastive", "balance"): (lambda v: 0 <= v <= 1, "between 0 and 1"),
+    ("train.contrastive", "reference_segments"): (lambda v: v is None or v >= 2, "null or >= 2"),
     ("train", "sh_degree"): (lambda v: 0 <= v <= 3, "between 0 and 3"),
     ("train", "init_opacity"): (lambda v: 0 < v < 1, "in (0, 1)"),
     ("train.contrastive", "mask_levels"): (lambda v: v >= 1, ">= 1"),

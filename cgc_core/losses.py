@@ -89,7 +89,7 @@ def segment_pixels(features: Tensor, labels: Tensor, min_pixels: int) -> tuple[T
 def contrastive_clustering_loss(features: Tensor, labels: Tensor, min_pixels: int = 100, eps: float = 100.0,
                                 temperature_scale: float = 10.0, temperature_clip: tuple[float, float] | None = (0.1, 1.0),
                                 detach_temperature: bool = True, reduction: str = "pixels",
-                                balance: float = 0.0) -> Tensor:
+                                balance: float = 0.0, reference_segments: int | None = None) -> Tensor:
     """Contrastive clustering of rendered features by (view-inconsistent) 2D segments.
 
         f_q = rendered feature of pixel q, L2-normalised;  f̄^p = mean of {f_q : q ∈ p}
@@ -97,6 +97,11 @@ def contrastive_clustering_loss(features: Tensor, labels: Tensor, min_pixels: in
         L_CC = −(1/N_k) Σ_p Σ_{q∈p} log( exp(f_q·f̄^p / φ^p) / Σ_s exp(f_q·f̄^s / φ^s) )
 
     The released code multiplies φ by 10, clips it to [0.1, 1] and detaches it: the defaults.
+
+    With K segments in the view, a pixel whose own centroid beats every other by a margin Δ in
+    cosine has p(own) = 1 / (1 + (K − 1) e^(−Δ/φ)): at one temperature, the more segments a view
+    holds the flatter the loss. `reference_segments` = K₀ multiplies φ by log K₀ / log K, so that
+    a margin buys the same p(own) in every view as it does with K₀ segments.
 
     Args:
         features: [H, W, D] rendered features (any norm).
@@ -114,6 +119,8 @@ def contrastive_clustering_loss(features: Tensor, labels: Tensor, min_pixels: in
             the mean segment size in the view, so 0 is the paper's sum and 1 weighs every segment
             as n̄ pixels (the `segments` mean at the pixel sum's scale); between, a small object
             counts for more than its pixels without the field learning every crumb alike.
+        reference_segments: None (paper and code): φ as above. K₀ ≥ 2: φ also times log K₀ / log K,
+            K the view's segments (sharper in views with more segments than K₀).
 
     Returns:
         The scalar loss (0 with fewer than two segments).
@@ -126,6 +133,8 @@ def contrastive_clustering_loss(features: Tensor, labels: Tensor, min_pixels: in
     centroids = torch.zeros(k, f.shape[1], dtype=f.dtype, device=f.device).index_add_(0, seg, f) / n_p[:, None]
     spread = torch.zeros(k, dtype=f.dtype, device=f.device).index_add_(0, seg, (f - centroids[seg]).norm(dim=-1))
     phi = spread / (n_p * torch.log(n_p + eps)) * temperature_scale
+    if reference_segments is not None:
+        phi = phi * (math.log(reference_segments) / math.log(k))
     if temperature_clip is not None:
         phi = phi.clamp(*temperature_clip)
     if detach_temperature:
@@ -146,7 +155,7 @@ def contrastive_clustering_loss_reference(features: Tensor, labels: Tensor, min_
                                           temperature_scale: float = 10.0,
                                           temperature_clip: tuple[float, float] | None = (0.1, 1.0),
                                           detach_temperature: bool = True, reduction: str = "pixels",
-                                          balance: float = 0.0) -> Tensor:
+                                          balance: float = 0.0, reference_segments: int | None = None) -> Tensor:
     """Eq. 3 with explicit loops over segments and pixels (slow; the tests' oracle)."""
     segments = []
     for sid in sorted(int(v) for v in torch.unique(labels) if v > 0):
@@ -160,6 +169,8 @@ def contrastive_clustering_loss_reference(features: Tensor, labels: Tensor, min_
     for s, c in zip(segments, centroids):
         n = s.shape[0]
         phi = sum((s[q] - c).norm() for q in range(n)) / (n * math.log(n + eps)) * temperature_scale
+        if reference_segments is not None:
+            phi = phi * math.log(reference_segments) / math.log(len(segments))
         if temperature_clip is not None:
             phi = phi.clamp(*temperature_clip)
         phis.append(phi.detach() if detach_temperature else phi)

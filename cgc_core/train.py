@@ -215,7 +215,7 @@ class ContrastiveTerm:
         self.options = {"min_pixels": cfg.min_pixels, "temperature_scale": cfg.temperature_scale,
                         "temperature_clip": tuple(cfg.temperature_clip) if cfg.temperature_clip is not None else None,
                         "detach_temperature": cfg.detach_temperature, "reduction": cfg.reduction,
-                        "balance": cfg.balance}
+                        "balance": cfg.balance, "reference_segments": cfg.reference_segments}
 
     def due(self, step: int) -> bool:
         return self.cfg.enabled and step % self.cfg.every == 0

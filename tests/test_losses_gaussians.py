@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from cgc_core.config import ConfigError, load_config
 from cgc_core.gaussians import GaussianFileError, init_params, load_ply, save_ply
 from cgc_core.losses import (
     contrastive_clustering_loss, contrastive_clustering_loss_reference, photometric_loss, sample_neighbours,
@@ -24,17 +25,18 @@ def _labels(h=14, w=16):
     return labels
 
 
-@pytest.mark.parametrize("clip, detach, scale, reduction, balance", [
-    ((0.1, 1.0), True, 10.0, "pixels", 0.0), (None, False, 1.0, "pixels", 0.0), ((0.1, 1.0), True, 10.0, "segments", 0.0),
-    ((0.1, 1.0), True, 10.0, "pixels", 0.5)])
-def test_contrastive_loss_equals_loop_reference(clip, detach, scale, reduction, balance):
+@pytest.mark.parametrize("clip, detach, scale, reduction, balance, reference", [
+    ((0.1, 1.0), True, 10.0, "pixels", 0.0, None), (None, False, 1.0, "pixels", 0.0, None),
+    ((0.1, 1.0), True, 10.0, "segments", 0.0, None), ((0.1, 1.0), True, 10.0, "pixels", 0.5, None),
+    (None, True, 10.0, "pixels", 0.0, 20)])
+def test_contrastive_loss_equals_loop_reference(clip, detach, scale, reduction, balance, reference):
     torch.manual_seed(0)
     labels = _labels()
     labels[12:, 14:] = 9  # a 4-pixel segment: below min_pixels, left out
     a = torch.randn(14, 16, 5, dtype=torch.float64, requires_grad=True)
     b = a.detach().clone().requires_grad_()
     kwargs = dict(min_pixels=10, temperature_clip=clip, detach_temperature=detach, temperature_scale=scale,
-                  reduction=reduction, balance=balance)
+                  reduction=reduction, balance=balance, reference_segments=reference)
     fast = contrastive_clustering_loss(a, labels, **kwargs)
     slow = contrastive_clustering_loss_reference(b, labels, **kwargs)
     fast.backward()
@@ -42,6 +44,22 @@ def test_contrastive_loss_equals_loop_reference(clip, detach, scale, reduction, 
     torch.testing.assert_close(fast, slow)
     torch.testing.assert_close(a.grad, b.grad)
     assert a.grad[12:, 14:].abs().max() == 0 and a.grad[0, 0].abs().max() == 0
+
+
+def test_reference_segments_sharpens_the_temperature_by_the_log_of_the_segment_count():
+    torch.manual_seed(1)
+    labels = _labels()  # four segments over min_pixels
+    features = torch.randn(14, 16, 5, dtype=torch.float64)
+    plain = dict(min_pixels=10, temperature_clip=None)
+    # With as many segments as the reference, nothing changes.
+    torch.testing.assert_close(contrastive_clustering_loss(features, labels, reference_segments=4, **plain),
+                               contrastive_clustering_loss(features, labels, **plain))
+    # A view with four segments against a reference of two: φ times log 2 / log 4 = 1/2, the same as half the scale.
+    torch.testing.assert_close(contrastive_clustering_loss(features, labels, reference_segments=2, **plain),
+                               contrastive_clustering_loss(features, labels, temperature_scale=5.0, **plain))
+    assert load_config(None, ["train.contrastive.reference_segments=20"]).train.contrastive.reference_segments == 20
+    with pytest.raises(ConfigError, match="train.contrastive.reference_segments must be null or >= 2, got 1"):
+        load_config(None, ["train.contrastive.reference_segments=1"])
 
 
 def test_segment_reduction_weighs_every_segment_the_same():
