@@ -283,7 +283,8 @@ class ContrastiveConfig:
     reference_segments: int | None = None
     """None (paper and code): φ as above in every view. K₀: φ also times log K₀ / log K in a view
     with K segments, so that a margin between a pixel's own segment and the others buys the same
-    probability however many segments the view holds (`losses.contrastive_clustering_loss`)."""
+    probability however many segments the view holds (`losses.contrastive_clustering_loss`). 20 is
+    a lead, like `temperature_scale=5` (RESULTS.md, "A temperature that does not flatten")."""
     reduction: Literal["pixels", "segments"] = "pixels"
     """Paper/code: `pixels` (large segments dominate); `segments`: every segment weighs the same."""
     balance: float = 0.0
