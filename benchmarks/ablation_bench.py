@@ -1,7 +1,7 @@
 """The paper's ablation on the embedded scene: complete, no 3D loss, no near (similarity) term,
 no far (dissimilarity) term; click-protocol mIoU/mBIoU and the 3D clustering ARI of each.
 
-For each preset (default: demo and hard) the scene, calibrate (SfM) and masks (classical) stages
+For each preset (default: demo and hard) the scene, calibrate (SfM) and masks (default generator) stages
 run once; each variant then trains from scratch with the default train config plus its switch,
 and is evaluated and clustered. Prints a Markdown table (paste into RESULTS.md).
 

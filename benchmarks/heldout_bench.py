@@ -6,7 +6,7 @@ Presets: `heldout-parts` (objects of several coloured parts: one prompt and one 
 for the whole object), `heldout-clutter` (a furnished room: same-coloured neighbours of different
 shapes, a thin pen, glossy and textured objects, occlusion) and `hard` (a thin pole, two
 same-coloured cubes, a rarely seen ball). Every setting of the default config was chosen on the
-`demo` preset (seed 0) only. For each (preset, seed): scene → calibrate → masks (classical) →
+`demo` preset (seed 0) only. For each (preset, seed): scene → calibrate → masks (default generator) →
 train → evaluate → cluster, cached under the data folder (one folder per preset and seed), with
 `synthetic.seed` and `train.seed` set to the seed.
 

@@ -1,7 +1,7 @@
 """The realistic development scene (synthetic preset `realistic`: nine small objects in a furnished
 room, soft shadows, highlights, a mirror ball) beside the demo preset, both with the default config.
 
-For each scene: scene → calibrate (SfM) → masks (classical) → train → evaluate (click-oracle
+For each scene: scene → calibrate (SfM) → masks (default generator) → train → evaluate (click-oracle
 protocol: the query is the deepest pixel of the ground-truth mask, an upper bound on selection
 from a click, not comparable with the paper's text protocol) → cluster. Stages are cached in the
 data folder (default: the checkout's `data/bench-realistic`), so an ablation (`--set train.x=y`)

@@ -1,7 +1,7 @@
 """Training on the embedded scene: time per iteration, total minutes, test PSNR, click-protocol
 mIoU/mBIoU, and the 3D clustering's ARI against the true objects.
 
-Runs the scene, calibrate (SfM) and masks (classical, view-inconsistent) stages through their
+Runs the scene, calibrate (SfM) and masks (the default weights-free generator, view-inconsistent) stages through their
 caches under a temporary data folder, then trains from scratch with the default train config on
 the default render backend (CPU here) and evaluates under the click protocol, then clusters.
 

@@ -222,11 +222,10 @@ class MasksConfig:
     """The mask stage: automatic 2D masks per training image, stored as COCO RLE in Parquet."""
 
     generator: Literal["auto", "sam", "classical", "texture", "truth-objects"] = "auto"
-    """`auto`: the weights-free `classical` generator (Felzenszwalb on chromaticity,
-    `ClassicalConfig`) for the synthetic scenes, SAM otherwise. `texture`: colour, texture and
-    borders (`TextureConfig`; better on the patterned-cloth family and level on the demo, but not
-    the default: worse on the plain realistic scene, 0.812 against 0.864 over three seeds, and on the
-    tiny preset; RESULTS.md, "Borders" and "The tiny preset's collapse is a seed's"). `truth-objects`:
+    """`auto`: the weights-free `texture` generator (colour, texture and borders, `TextureConfig`)
+    for the synthetic scenes, SAM otherwise. `classical`: Felzenszwalb on chromaticity
+    (`ClassicalConfig`; the synthetic scenes' default before 2026-12-04, better on plain tables:
+    RESULTS.md, "Texture masks with the count-normalised temperature"). `truth-objects`:
     classical plus true object masks (synthetic scenes only; an upper-bound diagnostic, see
     `TruthObjectsConfig`)."""
     sam: SamConfig = field(default_factory=SamConfig)
@@ -280,11 +279,12 @@ class ContrastiveConfig:
     """Clip of φ after scaling (code: [0.1, 1.0]); None leaves it unclipped."""
     detach_temperature: bool = True
     """No gradient through φ (code: yes)."""
-    reference_segments: int | None = None
-    """None (paper and code): φ as above in every view. K₀: φ also times log K₀ / log K in a view
-    with K segments, so that a margin between a pixel's own segment and the others buys the same
-    probability however many segments the view holds (`losses.contrastive_clustering_loss`). 20 is
-    a lead, like `temperature_scale=5` (RESULTS.md, "A temperature that does not flatten")."""
+    reference_segments: int | None = 20
+    """None (paper and code, the `paper` preset): φ as above in every view. K₀: φ also times
+    log K₀ / log K in a view with K segments, so that a margin between a pixel's own segment and the
+    others buys the same probability however many segments the view holds
+    (`losses.contrastive_clustering_loss`). 20, about the segments of the demo's views: RESULTS.md,
+    "A temperature that does not flatten" and "Texture masks with the count-normalised temperature"."""
     reduction: Literal["pixels", "segments"] = "pixels"
     """Paper/code: `pixels` (large segments dominate); `segments`: every segment weighs the same."""
     balance: float = 0.0
@@ -445,7 +445,7 @@ PRESETS: dict[str, dict] = {
     # The released code's (PROTOCOL.md): 30k iterations, L_CC every 50, L_reg every 100 at its λ
     # and signed far term, masks as generated, 3DGS's densification and SH schedule.
     "paper": {"iterations": 30_000, "sh_degree_every": 1000, "checkpoint_every": 5000,
-              "contrastive": {"every": 50},
+              "contrastive": {"every": 50, "reference_segments": None},
               "regularizer": {"every": 100, "lambda_near": 0.05, "lambda_far": 0.15, "far_similarity": "signed"},
               "depth_split": {"at": 0.0},
               "densify": {"refine_start_iter": 500, "refine_stop_iter": 15_000, "refine_every": 100,

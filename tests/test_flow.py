@@ -47,7 +47,7 @@ def test_flow_caches_stages_and_reruns_only_what_changed(tmp_path, prefect_harne
     assert (tmp_path / "data" / "synthetic" / "cluster" / "scene_clusters.ply").is_file()
     assert (Path(run["report"]) / "report.html").is_file() and Path(run["report"]).parent == tmp_path / "reports"
     assert first["stages"]["calibrate"]["info"]["registered_share"] == 1.0
-    assert first["stages"]["masks"]["info"]["generator"] == "classical"  # the synthetic scene's default
+    assert first["stages"]["masks"]["info"]["generator"] == "texture"  # the synthetic scene's default
 
     # Nothing changed: no stage body runs, the report is the same folder.
     rerun = cgc_benchmark(["synthetic"], overrides=overrides)
@@ -58,7 +58,7 @@ def test_flow_caches_stages_and_reruns_only_what_changed(tmp_path, prefect_harne
     assert _computed(forced) == {"train", "cluster", "evaluate", "report"}
 
     # A changed masks setting: masks and everything downstream of it, not the calibration.
-    changed = cgc_benchmark(["synthetic"], overrides=overrides + ["masks.classical.sigma=1.0"])
+    changed = cgc_benchmark(["synthetic"], overrides=overrides + ["masks.texture.window=2.5"])
     assert _computed(changed) == {"masks", "train", "cluster", "evaluate", "report"}
     assert changed["report"] != run["report"]
 

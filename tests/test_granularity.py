@@ -137,6 +137,8 @@ def test_presets_resolve_by_device_and_a_value_the_user_writes_always_wins(tmp_p
     # The paper's regulariser and masks as generated; the short CPU schedule's differ (TrainConfig).
     reg = paper.regularizer
     assert (reg.lambda_near, reg.lambda_far, reg.far_similarity, paper.depth_split.at) == (0.05, 0.15, "signed", 0.0)
+    # The paper's temperature (no segment-count normalisation); the short schedule's is normalised to 20 segments.
+    assert (paper.contrastive.reference_segments, TrainConfig().contrastive.reference_segments) == (None, 20)
     short = load_config(None, [], cuda=False).train
     assert short == replace(TrainConfig(), schedule="cpu-short")
     # The user's value wins even where it equals the default the preset would replace.

@@ -237,7 +237,7 @@ class SamGenerator:
 
 
 def make_generator(cfg: MasksConfig, scene: Scene) -> MaskGenerator:
-    """The configured generator; `auto` is the scene's own (`Scene.mask_generator`: classical for
+    """The configured generator; `auto` is the scene's own (`Scene.mask_generator`: texture for
     the synthetic scenes, SAM otherwise). `truth-objects` needs a scene with true instance maps."""
     kind = cfg.generator
     if kind == "auto":

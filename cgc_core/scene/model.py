@@ -167,7 +167,7 @@ class Scene:
         poses_are_truth: The shipped poses are exact (a rendered scene): calibration then runs SfM
             by default and is checked against them instead of adopting them.
         mask_generator: The mask generator `masks.generator=auto` picks for this scene (`sam`;
-            `classical`, weights-free, for the synthetic scenes).
+            `texture`, weights-free, for the synthetic scenes).
         object_truth: 3D ground truth, when the reader has it: (calibrated scene, [N, 3] points in
             its frame) -> ([N] id of the nearest true object, 0 for background; {id: prompt}).
             The cluster stage scores its clusters and selections with it.

@@ -1084,7 +1084,7 @@ def read_synthetic_scene(root: str | Path, name: str | None = None) -> Scene:
     scene.layout = "synthetic"
     scene.pinhole_images = True
     scene.poses_are_truth = True  # rendered: SfM is run and checked against them
-    scene.mask_generator = "classical"  # weights-free: no SAM weights here
+    scene.mask_generator = "texture"  # weights-free: no SAM weights here
     scene.object_truth = lambda calibrated, points: _nearest_true_object(Path(root), calibrated, points)
     scene.instance_truth = lambda image_name: _read_instance_map(Path(root), image_name)
     return scene
