@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.test_quality import VARIANTS, WEAKENED, click_miou_after_training  # noqa: E402
+from tests.test_quality import TINY_MASKS, VARIANTS, WEAKENED, click_miou_after_training  # noqa: E402
 
 
 def main() -> None:
@@ -39,7 +39,7 @@ def main() -> None:
     scores: dict[str, list[float]] = {variant: [] for variant in args.variants}
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_config(None, [f"data_dir={tmp}/data", "synthetic.preset=tiny", "synthetic.supersample=1",
-                                 "calibrate.mode=known_poses"])
+                                 "calibrate.mode=known_poses", f"masks.generator={TINY_MASKS}"])
         scene, _ = calibrate_stage(cfg, scene_stage(cfg, "synthetic")[0])
         store = masks_stage(cfg, scene).result.outputs.store
         for variant in args.variants:

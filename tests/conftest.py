@@ -69,13 +69,18 @@ def tiny_scene_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_inputs(tmp_path_factory):
-    """The tiny synthetic preset through scene, calibrate (true poses) and masks: the calibrated
-    scene and its mask store, for tests that train (read only: shared by the whole session)."""
+    """The tiny synthetic preset through scene, calibrate (true poses) and the classical masks: the
+    calibrated scene and its mask store, for tests that train (read only: shared by the whole
+    session). Classical, not the synthetic default (texture): the quality floor is calibrated on
+    them (`test_quality.TINY_MASKS`)."""
+    from test_quality import TINY_MASKS
+
     from cgc_core.config import CgcConfig
     from cgc_core.pipeline import calibrate_stage, masks_stage, scene_stage
 
     cfg = CgcConfig(data_dir=str(tmp_path_factory.mktemp("tiny-inputs")))
     cfg.synthetic.preset, cfg.synthetic.supersample, cfg.calibrate.mode = "tiny", 1, "known_poses"
+    cfg.masks.generator = TINY_MASKS
     scene, _ = scene_stage(cfg, "synthetic")
     calibrated, _ = calibrate_stage(cfg, scene)
     store = masks_stage(cfg, calibrated).result.outputs.store
