@@ -73,7 +73,7 @@ def tiny_inputs(tmp_path_factory):
     calibrated scene and its mask store, for tests that train (read only: shared by the whole
     session). Classical, not the synthetic default (texture): the quality floor is calibrated on
     them (`test_quality.TINY_MASKS`)."""
-    from test_quality import TINY_MASKS
+    from tests.test_quality import TINY_MASKS
 
     from cgc_core.config import CgcConfig
     from cgc_core.pipeline import calibrate_stage, masks_stage, scene_stage
