@@ -30,7 +30,7 @@ from cgc_core.render import Gaussians
 from cgc_core.render.projection import project_gaussians, sh_to_rgb
 from cgc_core.render import torch_backend
 from cgc_core.render.torch_backend import _Rasterize, bin_tiles
-from cgc_core.train import label_map_at, train_view
+from cgc_core.train import ContrastiveTerm, label_map_at, train_view
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -92,8 +92,7 @@ def main() -> None:
             projected.radii.to(torch.int32).contiguous(), background, offsets, ids, w, h, 16))
         photo, t_photo = _timed(lambda: photometric_loss(image[..., :3], target))
         cc, t_cc = _timed(lambda: train_cfg.contrastive.weight * multilevel_contrastive_loss(
-            image[..., 3:19], labels, train_cfg.contrastive.level_dims, min_pixels=train_cfg.contrastive.min_pixels,
-            temperature_scale=train_cfg.contrastive.temperature_scale, temperature_clip=tuple(train_cfg.contrastive.temperature_clip)))
+            image[..., 3:19], labels, train_cfg.contrastive.level_dims, **ContrastiveTerm(train_cfg.contrastive).options))
 
         def regulariser():
             samples, near, far = sample_neighbours(params["means"], train_cfg.regularizer.samples, train_cfg.regularizer.k_near,

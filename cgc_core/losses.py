@@ -120,7 +120,7 @@ def contrastive_clustering_loss(features: Tensor, labels: Tensor, min_pixels: in
             as n̄ pixels (the `segments` mean at the pixel sum's scale); between, a small object
             counts for more than its pixels without the field learning every crumb alike.
         reference_segments: None (paper and code): φ as above. K₀ ≥ 2: φ also times log K₀ / log K,
-            K the view's segments (sharper in views with more segments than K₀).
+            K the view's segments (sharper in views with more segments than K₀, softer with fewer).
 
     Returns:
         The scalar loss (0 with fewer than two segments).
