@@ -359,6 +359,18 @@ class DepthSplitConfig:
     rendered depth and the camera's intrinsics) fold inwards by more than this many degrees: a mug
     standing on a table (`masks.depth_split.concave_creases`). 0: no crease cut; 60 lifted the
     family's development mean by 0.015, under the spread between seeds (RESULTS.md, "Creases")."""
+    groups: float = 0.0
+    """Share of the training views whose label map the loss reads becomes, at the cut, its object
+    groups (`masks.depth_split.object_groups`: the segments standing on the table joined where
+    they connect without a depth jump, so an object of several colours is one segment), drawn per
+    view from `seed` and the image name, as SAM gives an object whole in some views and in parts
+    in others. 0: none (RESULTS.md, "Object groups from the model's depth")."""
+    group_height: float = 0.006
+    """A pixel stands on the table when its point is higher than this over the table's plane (in
+    units of the view's median depth)."""
+    plane_tolerance: float = 0.008
+    """The table's plane is the plane with the most points within this distance (units of the
+    median depth; RANSAC)."""
 
 
 @dataclass
@@ -805,6 +817,9 @@ _RULES: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
     ("train.regularizer", "lambda_near"): (lambda v: v >= 0, ">= 0"),
     ("train.regularizer", "lambda_far"): (lambda v: v >= 0, ">= 0"),
     ("train.depth_split", "crease_angle"): (lambda v: 0 <= v < 180, "in [0, 180) degrees"),
+    ("train.depth_split", "groups"): (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("train.depth_split", "group_height"): (lambda v: v > 0, "> 0"),
+    ("train.depth_split", "plane_tolerance"): (lambda v: v > 0, "> 0"),
     ("train.contrastive", "balance"): (lambda v: 0 <= v <= 1, "between 0 and 1"),
     ("train.contrastive", "reference_segments"): (lambda v: v is None or v >= 2, "null or >= 2"),
     ("train", "sh_degree"): (lambda v: 0 <= v <= 3, "between 0 and 3"),

@@ -24,6 +24,12 @@ marks where the normals of two nearby pixels differ by more than an angle and tu
 other (a valley). An object's own convex edges (the top edge of a box) turn away and stay uncut;
 a curved surface turns too gradually. This is the convexity criterion of Stein et al., "Object
 partitioning using local convexity" (CVPR 2014), on the rendered depth instead of a point cloud.
+
+The colour segments of one object of several colours (a desk lamp's base, stem and shade) stay
+parts however well they are cut. `object_groups` joins them the other way round: the scene's
+dominant plane (the table, fitted by RANSAC to the rendered depth) carries the objects, so the
+segments whose pixels stand above it, where those pixels connect without a depth jump, become one
+object-like group, as SAM's object level holds an object's parts in one mask.
 """
 
 from __future__ import annotations
@@ -161,6 +167,113 @@ def cut_at_depth_edges(labels: np.ndarray, depth: np.ndarray, cfg: DepthSplitCon
                                 sharpness=cfg.sharpness, fill_distance=cfg.fill, extra_edges=creases)
            for level in labels.reshape(-1, *labels.shape[-2:])]
     return np.stack(cut) if labels.ndim == 3 else cut[0]
+
+
+def plane_heights(depth: np.ndarray, intrinsics: np.ndarray, tolerance: float, seed: int = 0,
+                  max_points: int = 4000) -> np.ndarray:
+    """[H, W] height of each pixel's point over the depth map's dominant plane, positive on the
+    camera's side, in units of the median depth (0 where there is no depth).
+
+    The plane is fitted by RANSAC (scikit-learn's `RANSACRegressor`) in the form in which a plane is
+    linear: its inverse depth is an affine function of the normalised image coordinates,
+    1/z = a x + b y + c with x = X/Z, y = Y/Z, so that the points P of the plane satisfy
+    Z (a x + b y + c) = 1 and a point's signed distance from it is (1 - Z (a x + b y + c)) / |(a, b, c)|
+    (the camera, Z = 0, at +1 / |(a, b, c)|).
+
+    Args:
+        depth: [H, W] camera z (0 where nothing is rendered).
+        intrinsics: [3, 3] pinhole matrix at the depth's resolution (`Camera.K`).
+        tolerance: A point within this distance of a candidate plane (in units of the median depth)
+            is one of its inliers.
+        seed: RANSAC's random state (the fit is repeatable).
+        max_points: The fit reads at most this many pixels, drawn evenly at random.
+    """
+    from sklearn.linear_model import LinearRegression, RANSACRegressor
+
+    depth = np.asarray(depth, dtype=np.float64)
+    valid = depth > 0
+    heights = np.zeros(depth.shape)
+    if valid.sum() < 3:
+        return heights
+    rows, cols = np.mgrid[0:depth.shape[0], 0:depth.shape[1]]
+    coords = np.stack([(cols + 0.5 - intrinsics[0, 2]) / intrinsics[0, 0],
+                       (rows + 0.5 - intrinsics[1, 2]) / intrinsics[1, 1]], axis=-1)
+    scale = float(np.median(depth[valid]))
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(int(valid.sum()), min(int(valid.sum()), max_points), replace=False)
+    x, z = coords[valid][chosen], depth[valid][chosen]
+    # An error of `tolerance * scale` in depth at the median depth, in inverse depth.
+    fit = RANSACRegressor(LinearRegression(), min_samples=3, residual_threshold=tolerance / scale,
+                          max_trials=200, random_state=seed).fit(x, 1.0 / z)
+    a, b = fit.estimator_.coef_
+    c = fit.estimator_.intercept_
+    along = coords[..., 0] * a + coords[..., 1] * b + c
+    heights[valid] = (1.0 - depth[valid] * along[valid]) / np.linalg.norm([a, b, c]) / scale
+    return heights
+
+
+def object_groups(labels: np.ndarray, depth: np.ndarray, intrinsics: np.ndarray, cfg: DepthSplitConfig,
+                  seed: int = 0) -> np.ndarray:
+    """A coarser label map: the segments that stand on the dominant plane joined into one group
+    per object.
+
+    The pixels higher than `cfg.group_height` over the plane (`plane_heights` with tolerance
+    `cfg.plane_tolerance`), less the depth edges (`depth_edges` with the cut's `jump` and
+    `sharpness`), fall into connected pieces, one per object or per group of touching objects.
+    A segment with at least half of its pixels in one piece takes that piece's label; the others
+    (the table, the room) keep their own. So the groups nest the segments, and an object of several
+    colours becomes one segment.
+
+    Args:
+        labels: [H, W] int label map (0: no mask, kept 0).
+        depth, intrinsics: The view's rendered depth and its pinhole matrix, at the labels' size.
+        cfg: `train.depth_split` (`group_height`, `plane_tolerance`, `jump`, `sharpness`).
+        seed: The plane fit's random state.
+
+    Returns:
+        [H, W] int64 label map: a kept segment keeps its label, a grouped one takes
+        labels.max() + its piece's number.
+    """
+    above = plane_heights(depth, intrinsics, cfg.plane_tolerance, seed) > cfg.group_height
+    pieces = connected_regions(above & ~depth_edges(depth, cfg.jump, sharpness=cfg.sharpness), connectivity=1)
+    return group_segments(labels, pieces)
+
+
+def group_segments(labels: np.ndarray, pieces: np.ndarray) -> np.ndarray:
+    """`object_groups`' joining: each segment of `labels` ([H, W] int, 0 none) with at least half
+    of its pixels in one piece of `pieces` ([H, W] int, 0 for no piece; the one with most of its
+    pixels, the lower number on a tie) takes the label labels.max() + that piece's number; the
+    other segments keep theirs."""
+    labels = np.asarray(labels).astype(np.int64)
+    n_labels, n_pieces = int(labels.max()) + 1, int(pieces.max()) + 1
+    if n_pieces == 1:
+        return labels
+    # overlap[segment, piece]: pixels of each segment in each piece (piece 0: none)
+    overlap = np.bincount(labels.ravel() * n_pieces + np.asarray(pieces).ravel(),
+                          minlength=n_labels * n_pieces).reshape(n_labels, n_pieces)
+    piece = overlap[:, 1:].argmax(1) + 1
+    grouped = 2 * overlap[np.arange(n_labels), piece] >= np.maximum(overlap.sum(1), 1)
+    grouped[0] = False
+    return np.where(grouped, n_labels - 1 + piece, np.arange(n_labels))[labels]
+
+
+def group_segments_reference(labels: np.ndarray, pieces: np.ndarray) -> np.ndarray:
+    """`group_segments` segment by segment and pixel by pixel (slow; the tests' oracle)."""
+    out = np.array(labels, dtype=np.int64)
+    top = int(labels.max())
+    for segment in np.unique(labels):
+        if segment == 0:
+            continue
+        counts = {}
+        for value in pieces[labels == segment]:
+            counts[int(value)] = counts.get(int(value), 0) + 1
+        above = {k: v for k, v in counts.items() if k != 0}
+        if not above:
+            continue
+        best = min(above, key=lambda k: (-above[k], k))  # most pixels; ties to the lower number
+        if 2 * above[best] >= sum(counts.values()):
+            out[labels == segment] = top + best
+    return out
 
 
 def surface_points_and_normals(depth: np.ndarray, intrinsics: np.ndarray, smooth: int = 3) -> tuple[np.ndarray, np.ndarray]:
