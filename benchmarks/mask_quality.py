@@ -21,7 +21,9 @@ segment's IoU. Figures:
   checkpoint nearest training's depth cut (`train.depth_split.at`). Then each generator's levels
   are its levels and the same levels cut at that depth's edges (nested: a cut piece lies inside
   its segment), and every figure of the RESULT line is of those levels (`generator=<name>+depth`;
-  the baseline gets the same geometry); s_per_image includes the cut.
+  the baseline gets the same geometry); s_per_image includes the cut. With
+  `--set train.depth_split.groups=<share>` (> 0), each cut level's object groups
+  (`masks.depth_split.object_groups`: segments standing on the table joined) are levels too.
 
 Settings are chosen on the development seeds only (`FAMILY_DEV_SEEDS`); `--seeds` can name the
 held-out ones for a report.
@@ -44,7 +46,7 @@ from PIL import Image
 
 from cgc_core.calibrate import apply_calibration
 from cgc_core.config import DepthSplitConfig, SyntheticConfig, load_config
-from cgc_core.masks.depth_split import cut_at_depth_edges
+from cgc_core.masks.depth_split import cut_at_depth_edges, object_groups
 from cgc_core.masks.generators import ClassicalGenerator, TextureGenerator, level_masks
 from cgc_core.masks.store import nesting_label_maps
 from cgc_core.render import Gaussians, render
@@ -99,7 +101,11 @@ def evaluate(generator, views: list[tuple[str, np.ndarray, np.ndarray, np.ndarra
         height, width = levels.shape[1:]
         intrinsics = camera.scaled(width, height).K
         if model_depth is not None:
-            levels = np.concatenate([own, cut_levels(own, resized(model_depth[name], height, width), cut, intrinsics)])
+            view_depth = resized(model_depth[name], height, width)
+            levels = np.concatenate([own, cut_levels(own, view_depth, cut, intrinsics)])
+            if cut.groups > 0:  # and each cut level's object groups
+                levels = np.concatenate([levels, [object_groups(level, view_depth, intrinsics, cut)
+                                                  for level in levels[len(own):]]])
         seconds.append(time.perf_counter() - start)
         ids, depth = resized(ids, height, width), resized(depth, height, width)
         best, straddle = object_scores(levels, ids, min_pixels)

@@ -454,6 +454,90 @@ def test_the_crease_cut_needs_the_cameras_intrinsics_and_an_angle_below_180():
         load_config(None, ["train.depth_split.crease_angle=180"])
 
 
+def _two_boxes_on_floor():
+    """`_box_on_floor` with its front face and top as two colour parts (1, 2), a second, lower box
+    of one colour (3) standing apart on the floor to the left, and the floor in stripes (4...)."""
+    depth, part, intrinsics = _box_on_floor()
+    rows, cols = np.mgrid[0:128, 0:128]
+    dx, dy = (cols + 0.5 - 64) / 80.0, (rows + 0.5 - 40) / 80.0
+    # The second box's front face: x in [-3, -2], y in [1.5, 2] at z = 3 (in front of the floor).
+    second = (3 * dx >= -3) & (3 * dx <= -2) & (3 * dy >= 1.5) & (3 * dy <= 2)
+    depth = np.where(second, 3.0, depth)
+    labels = np.select([second, part == 1, part == 2, part == 3], [3, 1, 2, 4 + rows // 10], 0)
+    return depth, labels, intrinsics
+
+
+def test_plane_heights_measure_the_floor_and_the_box_over_it():
+    from cgc_core.masks.depth_split import plane_heights
+
+    depth, part, intrinsics = _box_on_floor()
+    heights = plane_heights(depth, intrinsics, tolerance=0.008) * np.median(depth[depth > 0])
+    assert np.abs(heights[part == 3]).max() < 1e-6  # the floor is the dominant plane
+    np.testing.assert_allclose(heights[part == 2], 1.0, atol=1e-6)  # the top: 1 over the floor
+    assert heights[part == 1].min() > -1e-6 and heights[part == 1].max() > 0.95  # the front: 0 up to 1
+    assert (heights[part == 0] == 0).all()
+
+
+def test_object_groups_join_the_parts_of_an_object_and_keep_the_floor_and_other_objects_apart():
+    """The box's front and top (two colours) become one segment; the second box is its own group;
+    every stripe of the floor keeps its own label, and the groups nest the segments."""
+    from cgc_core.config import DepthSplitConfig
+    from cgc_core.masks.depth_split import object_groups
+
+    depth, labels, intrinsics = _two_boxes_on_floor()
+    groups = object_groups(labels, depth, intrinsics, DepthSplitConfig())
+    (box,), (other,) = np.unique(groups[(labels == 1) | (labels == 2)]), np.unique(groups[labels == 3])
+    assert box != other and box > labels.max() and other > labels.max()
+    floor = labels >= 4
+    np.testing.assert_array_equal(groups[floor], labels[floor])
+    assert (groups[labels == 0] == 0).all()
+    for segment in np.unique(labels):  # nesting: each segment lies inside one group
+        assert len(np.unique(groups[labels == segment])) == 1
+    # Without height to stand on (the objects lower than `group_height`) nothing is joined.
+    flat = object_groups(labels, depth, intrinsics, DepthSplitConfig(group_height=0.5))
+    np.testing.assert_array_equal(flat, labels)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), n_pieces=st.integers(0, 4))
+def test_group_segments_equal_their_loop_reference(seed, n_pieces):
+    from cgc_core.masks.depth_split import group_segments, group_segments_reference
+
+    rng = np.random.default_rng(seed)
+    labels = np.kron(rng.integers(0, 6, (6, 7)), np.ones((2, 2), dtype=np.int64))
+    pieces = np.kron(rng.integers(0, n_pieces + 1, (4, 5)), np.ones((3, 3), dtype=np.int64))[:12, :14]
+    np.testing.assert_array_equal(group_segments(labels, pieces), group_segments_reference(labels, pieces))
+
+
+def test_the_depth_cut_groups_the_chosen_share_of_views(monkeypatch, tmp_path):
+    """`train.depth_split.groups`: that share of the views (drawn per image name) reads its finest
+    label map as object groups at the cut; the others only as cut; the record counts them."""
+    import cgc_core.train as train_module
+    from cgc_core.config import TrainConfig
+    from cgc_core.scene.model import Camera
+
+    depth, labels, intrinsics = _two_boxes_on_floor()
+
+    class Rendered:
+        def __init__(self):
+            self.depth = torch.as_tensor(depth)
+
+    monkeypatch.setattr(train_module, "render", lambda *args, **kwargs: Rendered())
+    monkeypatch.setattr(train_module.Gaussians, "from_params", staticmethod(lambda params: None))
+    camera = Camera(K=intrinsics, world_to_camera=np.eye(4), width=128, height=128, image_name="c")
+    names = [f"view_{i:03d}.png" for i in range(40)]
+    views = {n: (camera, None) for n in names}
+    maps = {n: torch.as_tensor(labels[None]) for n in names}
+    cfg = TrainConfig()
+    cfg.depth_split.groups, cfg.depth_split.sharpness = 0.5, 2.0  # 2: the box's convex edge is no jump
+    cut, record = train_module.depth_split_labels({}, views, maps, cfg, tmp_path / "split.npz")
+    grouped = [n for n in names if len(np.unique(cut[n][0][torch.as_tensor((labels == 1) | (labels == 2))])) == 1]
+    assert grouped == [n for n in names if train_module.grouped_view(n, cfg)]
+    assert 10 <= len(grouped) <= 30 and record["grouped_views"] == len(grouped)
+    cfg.depth_split.groups = 0.0
+    assert not any(train_module.grouped_view(n, cfg) for n in names)
+
+
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), spacing=st.sampled_from([1, 2]), min_pixels=st.sampled_from([0, 4]),
        sharpness=st.sampled_from([0.0, 2.0]), fill_distance=st.sampled_from([0.0, 3.0]))

@@ -170,45 +170,49 @@ def cut_at_depth_edges(labels: np.ndarray, depth: np.ndarray, cfg: DepthSplitCon
 
 
 def plane_heights(depth: np.ndarray, intrinsics: np.ndarray, tolerance: float, seed: int = 0,
-                  max_points: int = 4000) -> np.ndarray:
+                  trials: int = 200, max_points: int = 4000) -> np.ndarray:
     """[H, W] height of each pixel's point over the depth map's dominant plane, positive on the
     camera's side, in units of the median depth (0 where there is no depth).
 
-    The plane is fitted by RANSAC (scikit-learn's `RANSACRegressor`) in the form in which a plane is
-    linear: its inverse depth is an affine function of the normalised image coordinates,
-    1/z = a x + b y + c with x = X/Z, y = Y/Z, so that the points P of the plane satisfy
-    Z (a x + b y + c) = 1 and a point's signed distance from it is (1 - Z (a x + b y + c)) / |(a, b, c)|
-    (the camera, Z = 0, at +1 / |(a, b, c)|).
+    The plane is found by RANSAC: of `trials` planes through three points drawn at random, the one
+    with the most points within `tolerance` (perpendicular distance), refitted to those points by
+    least squares (SVD). By hand, because scikit-learn's `RANSACRegressor` and scikit-image's
+    `ransac` have no plane model that measures the perpendicular distance: a regression of depth
+    or inverse depth measures along the ray, which favours planes facing the camera (a wall) over
+    a table seen at a grazing angle.
 
     Args:
         depth: [H, W] camera z (0 where nothing is rendered).
         intrinsics: [3, 3] pinhole matrix at the depth's resolution (`Camera.K`).
         tolerance: A point within this distance of a candidate plane (in units of the median depth)
             is one of its inliers.
-        seed: RANSAC's random state (the fit is repeatable).
-        max_points: The fit reads at most this many pixels, drawn evenly at random.
+        seed: The random draws' seed (the fit is repeatable).
+        trials: Candidate planes.
+        max_points: The fit reads at most this many pixels, drawn at random.
     """
-    from sklearn.linear_model import LinearRegression, RANSACRegressor
-
     depth = np.asarray(depth, dtype=np.float64)
     valid = depth > 0
     heights = np.zeros(depth.shape)
     if valid.sum() < 3:
         return heights
-    rows, cols = np.mgrid[0:depth.shape[0], 0:depth.shape[1]]
-    coords = np.stack([(cols + 0.5 - intrinsics[0, 2]) / intrinsics[0, 0],
-                       (rows + 0.5 - intrinsics[1, 2]) / intrinsics[1, 1]], axis=-1)
+    points, _ = surface_points_and_normals(depth, intrinsics, smooth=1)
     scale = float(np.median(depth[valid]))
     rng = np.random.default_rng(seed)
-    chosen = rng.choice(int(valid.sum()), min(int(valid.sum()), max_points), replace=False)
-    x, z = coords[valid][chosen], depth[valid][chosen]
-    # An error of `tolerance * scale` in depth at the median depth, in inverse depth.
-    fit = RANSACRegressor(LinearRegression(), min_samples=3, residual_threshold=tolerance / scale,
-                          max_trials=200, random_state=seed).fit(x, 1.0 / z)
-    a, b = fit.estimator_.coef_
-    c = fit.estimator_.intercept_
-    along = coords[..., 0] * a + coords[..., 1] * b + c
-    heights[valid] = (1.0 - depth[valid] * along[valid]) / np.linalg.norm([a, b, c]) / scale
+    sample = points[valid][rng.choice(int(valid.sum()), min(int(valid.sum()), max_points), replace=False)]
+    a, b, c = (sample[rng.integers(0, len(sample), trials)] for _ in range(3))
+    normals = np.cross(b - a, c - a)
+    usable = np.linalg.norm(normals, axis=1) > 1e-12 * scale ** 2
+    if not usable.any():
+        return heights
+    normals = normals[usable] / np.linalg.norm(normals[usable], axis=1, keepdims=True)
+    offsets = -(normals * a[usable]).sum(1)
+    inliers = np.abs(sample @ normals.T + offsets) < tolerance * scale  # [points, planes]
+    best = inliers[:, inliers.sum(0).argmax()]
+    centre = sample[best].mean(0)
+    normal = np.linalg.svd(sample[best] - centre, full_matrices=False)[2][-1]
+    if normal @ centre > 0:  # the camera (the origin) on the positive side
+        normal = -normal
+    heights[valid] = (points[valid] - centre) @ normal / scale
     return heights
 
 
