@@ -360,11 +360,12 @@ class DepthSplitConfig:
     standing on a table (`masks.depth_split.concave_creases`). 0: no crease cut; 60 lifted the
     family's development mean by 0.015, under the spread between seeds (RESULTS.md, "Creases")."""
     groups: float = 0.0
-    """Share of the training views whose label map the loss reads becomes, at the cut, its object
-    groups (`masks.depth_split.object_groups`: the segments standing on the table joined where
-    they connect without a depth jump, so an object of several colours is one segment), drawn per
-    view from `seed` and the image name, as SAM gives an object whole in some views and in parts
-    in others. 0: none (RESULTS.md, "Object groups from the model's depth")."""
+    """Share of the training views whose coarsest label map the loss reads (the finest one with
+    `contrastive.mask_levels=1`) becomes, at the cut, the finest one's object groups
+    (`masks.depth_split.object_groups`: the segments standing on the table joined where they
+    connect without a depth jump, so an object of several colours is one segment), drawn per view
+    from `seed` and the image name, as SAM gives an object whole in some views and in parts in
+    others. 0: none (RESULTS.md, "Object groups from the model's depth")."""
     group_height: float = 0.006
     """A pixel stands on the table when its point is higher than this over the table's plane (in
     units of the view's median depth)."""

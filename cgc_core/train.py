@@ -557,9 +557,9 @@ def describe_depth_split(record: dict) -> str:
 def depth_split_labels(params: dict[str, Tensor], views: dict[str, tuple[Camera, Tensor]],
                        labels: dict[str, Tensor], cfg: TrainConfig, path: Path) -> tuple[dict[str, Tensor], dict]:
     """Every view's label maps cut where the depth of the current Gaussians jumps (each level on its
-    own, or only the finest with `cfg.depth_split.levels=finest`; `cut_at_depth_edges`), the finest
-    one of a share `cfg.depth_split.groups` of the views then joined into object groups
-    (`object_groups`), and a record of the mean number of segments per view before and after. Read from `path` when it is there (a resumed
+    own, or only the finest with `cfg.depth_split.levels=finest`; `cut_at_depth_edges`), in a share
+    `cfg.depth_split.groups` of the views the coarsest level read then replaced by the finest one's
+    object groups (`object_groups`), and a record of the mean number of segments per view before and after. Read from `path` when it is there (a resumed
     run), else computed and written there atomically."""
     cut = {}
     if path.is_file():
@@ -575,9 +575,10 @@ def depth_split_labels(params: dict[str, Tensor], views: dict[str, tuple[Camera,
                 depth = render(gaussians, camera, sh_degree=0, backend=cfg.backend).depth.cpu().numpy()
                 levels = labels[name].numpy()
                 cut_levels = cut_at_depth_edges(levels[:n_cut], depth, cfg.depth_split, camera.K)
-                if grouped_view(name, cfg):
-                    cut_levels[0] = object_groups(cut_levels[0], depth, camera.K, cfg.depth_split, cfg.seed)
-                cut[name] = torch.as_tensor(np.concatenate([cut_levels, levels[len(cut_levels):]]))
+                view_levels = np.concatenate([cut_levels, levels[len(cut_levels):]])
+                if grouped_view(name, cfg):  # the coarsest level read becomes the finest one's groups
+                    view_levels[-1] = object_groups(view_levels[0], depth, camera.K, cfg.depth_split, cfg.seed)
+                cut[name] = torch.as_tensor(view_levels)
         path.parent.mkdir(parents=True, exist_ok=True)  # before the first checkpoint it may not exist yet
         tmp = path.with_suffix(".tmp.npz")
         np.savez_compressed(tmp, **{n: v.numpy().astype(np.int32) for n, v in cut.items()})
