@@ -559,8 +559,9 @@ def depth_split_labels(params: dict[str, Tensor], views: dict[str, tuple[Camera,
     """Every view's label maps cut where the depth of the current Gaussians jumps (each level on its
     own, or only the finest with `cfg.depth_split.levels=finest`; `cut_at_depth_edges`), in a share
     `cfg.depth_split.groups` of the views the coarsest level read then replaced by the finest one's
-    object groups (`object_groups`), and a record of the mean number of segments per view before and after. Read from `path` when it is there (a resumed
-    run), else computed and written there atomically."""
+    object groups (`object_groups`), and a record of the mean number of segments per view before
+    and after. Read from `path` when it is there (a resumed run), else computed and written there
+    atomically."""
     cut = {}
     if path.is_file():
         with np.load(path) as stored:

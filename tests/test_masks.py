@@ -513,7 +513,7 @@ def test_the_depth_cut_groups_the_chosen_share_of_views(monkeypatch, tmp_path):
     """`train.depth_split.groups`: that share of the views (drawn per image name) reads its finest
     label map as object groups at the cut; the others only as cut; the record counts them."""
     import cgc_core.train as train_module
-    from cgc_core.config import TrainConfig
+    from cgc_core.config import ConfigError, TrainConfig, load_config
     from cgc_core.scene.model import Camera
 
     depth, labels, intrinsics = _two_boxes_on_floor()
@@ -536,6 +536,8 @@ def test_the_depth_cut_groups_the_chosen_share_of_views(monkeypatch, tmp_path):
     assert 10 <= len(grouped) <= 30 and record["grouped_views"] == len(grouped)
     cfg.depth_split.groups = 0.0
     assert not any(train_module.grouped_view(n, cfg) for n in names)
+    with pytest.raises(ConfigError, match="train.depth_split.groups"):
+        load_config(None, ["train.depth_split.groups=1.5"])
 
 
 @settings(max_examples=25, deadline=None)
