@@ -364,7 +364,7 @@ class DepthSplitConfig:
     `contrastive.mask_levels=1`) becomes, at the cut, the finest one's object groups
     (`masks.depth_split.object_groups`: the segments standing on the table joined where they
     connect without a depth jump, so an object of several colours is one segment), drawn per view
-    from `seed` and the image name, as SAM gives an object whole in some views and in parts in
+    from `train.seed` and the image name, as SAM gives an object whole in some views and in parts in
     others. 0: none; 0.5 lost 0.018 on the family's development seeds (RESULTS.md, "Object groups
     from the model's depth")."""
     group_height: float = 0.006
