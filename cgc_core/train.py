@@ -18,7 +18,6 @@ import logging
 import math
 import os
 import time
-import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -33,6 +32,7 @@ from .gaussians import init_features, init_params, load_ply, save_ply
 from .health import collapse_warning, feature_separation, mean_separation
 from .losses import multilevel_contrastive_loss, photometric_loss, sample_neighbours, spatial_regularization
 from .masks.depth_split import cut_at_depth_edges, object_groups
+from .masks.generators import image_rng
 from .masks.store import MaskStore
 from .render import FrozenViews, Gaussians, render, resolve_backend
 from .scene.model import Camera, Scene
@@ -602,10 +602,10 @@ def depth_split_labels(params: dict[str, Tensor], views: dict[str, tuple[Camera,
 
 
 def grouped_view(name: str, cfg: TrainConfig) -> bool:
-    """Whether the depth cut gives this view's finest label map as object groups (a share
+    """Whether the depth cut gives this view's coarsest label map read as object groups (a share
     `cfg.depth_split.groups` of the views, drawn from the seed and the image name)."""
     share = cfg.depth_split.groups
-    return share > 0 and np.random.default_rng([cfg.seed, zlib.crc32(name.encode())]).random() < share
+    return share > 0 and image_rng(cfg.seed, name).random() < share
 
 
 def final_feature_health(params: dict[str, Tensor], views: dict[str, tuple[Camera, Tensor]],

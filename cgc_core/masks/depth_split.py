@@ -195,7 +195,7 @@ def plane_heights(depth: np.ndarray, intrinsics: np.ndarray, tolerance: float, s
     heights = np.zeros(depth.shape)
     if valid.sum() < 3:
         return heights
-    points, _ = surface_points_and_normals(depth, intrinsics, smooth=1)
+    points = camera_points(depth, intrinsics)
     scale = float(np.median(depth[valid]))
     rng = np.random.default_rng(seed)
     sample = points[valid][rng.choice(int(valid.sum()), min(int(valid.sum()), max_points), replace=False)]
@@ -280,6 +280,14 @@ def group_segments_reference(labels: np.ndarray, pieces: np.ndarray) -> np.ndarr
     return out
 
 
+def camera_points(depth: np.ndarray, intrinsics: np.ndarray) -> np.ndarray:
+    """[H, W, 3] camera-space points (OpenCV axes) of a depth map [H, W] through the pinhole
+    matrix `intrinsics` (pixel centres at (i + 0.5, j + 0.5), `Camera.K`)."""
+    fx, fy, cx, cy = intrinsics[0, 0], intrinsics[1, 1], intrinsics[0, 2], intrinsics[1, 2]
+    rows, cols = np.mgrid[0:depth.shape[0], 0:depth.shape[1]]
+    return np.stack([(cols + 0.5 - cx) / fx * depth, (rows + 0.5 - cy) / fy * depth, depth], axis=-1)
+
+
 def surface_points_and_normals(depth: np.ndarray, intrinsics: np.ndarray, smooth: int = 3) -> tuple[np.ndarray, np.ndarray]:
     """Camera-space points and unit normals of a depth map.
 
@@ -300,9 +308,7 @@ def surface_points_and_normals(depth: np.ndarray, intrinsics: np.ndarray, smooth
         weight = uniform_filter(valid.astype(np.float64), smooth, mode="nearest")
         depth = np.where(valid, uniform_filter(np.where(valid, depth, 0.0), smooth, mode="nearest")
                          / np.maximum(weight, 1e-12), 0.0)
-    fx, fy, cx, cy = intrinsics[0, 0], intrinsics[1, 1], intrinsics[0, 2], intrinsics[1, 2]
-    rows, cols = np.mgrid[0:depth.shape[0], 0:depth.shape[1]]
-    points = np.stack([(cols + 0.5 - cx) / fx * depth, (rows + 0.5 - cy) / fy * depth, depth], axis=-1)
+    points = camera_points(depth, intrinsics)
     normals = np.cross(np.gradient(points, axis=1), np.gradient(points, axis=0))
     normals /= np.maximum(np.linalg.norm(normals, axis=-1, keepdims=True), 1e-12)
     normals *= np.where((normals * points).sum(-1, keepdims=True) > 0, -1.0, 1.0)  # towards the camera

@@ -23,6 +23,13 @@ from ..scene.model import Scene
 from .store import MaskStore, records_from_masks, records_from_sam
 
 
+def image_rng(seed: int, image_name: str) -> np.random.Generator:
+    """The random draws of one image (a generator's jitter, training's per-view choices): fixed by
+    the seed and the image's name, different between images, so that the masks are view-inconsistent
+    as SAM's are and the same on every run."""
+    return np.random.default_rng([seed, zlib.crc32(image_name.encode())])
+
+
 class MaskGeneratorError(ModelLoadError):
     """A generator cannot be built or run (missing or corrupt weights, ...); the message says which file."""
 
@@ -104,7 +111,7 @@ class ClassicalGenerator(LevelGenerator):
         height, width = work.shape[:2]
         # A per-image draw of the scales: the same object splits differently in different views,
         # as SAM's automatic masks do.
-        rng = np.random.default_rng([cfg.seed, zlib.crc32(image_name.encode())])
+        rng = image_rng(cfg.seed, image_name)
         min_area = max(1, int(cfg.min_area_fraction * height * width))
         segmented = shading_invariant(work, cfg.luminance_weight) if cfg.colour == "chroma" else work
         return np.stack([felzenszwalb(segmented, scale=scale * (1 + rng.uniform(-cfg.jitter, cfg.jitter)),
@@ -144,7 +151,7 @@ class TextureGenerator(LevelGenerator):
 
         cfg = self.config
         work = downscale(image, cfg.max_side)
-        rng = np.random.default_rng([cfg.seed, zlib.crc32(image_name.encode())])
+        rng = image_rng(cfg.seed, image_name)
         # One jitter for every level keeps them increasing, hence nested.
         scale = 1 + rng.uniform(-cfg.jitter, cfg.jitter)
         return texture_regions(work, [t * scale for t in cfg.thresholds], n_superpixels=cfg.n_superpixels,
@@ -179,7 +186,7 @@ class TruthObjectsGenerator:
         if ids.shape != (height, width):  # to the classical masks' working resolution
             ids = np.asarray(Image.fromarray(ids).resize((width, height), Image.Resampling.NEAREST))
         cfg = self.config
-        rng = np.random.default_rng([cfg.seed, zlib.crc32(image_name.encode())])
+        rng = image_rng(cfg.seed, image_name)
         min_area = max(1, int(cfg.min_area_fraction * height * width))
         if cfg.parts_within_objects:
             pieces = (segment & (ids == k) for segment in masks for k in np.unique(ids[segment]))
