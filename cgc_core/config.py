@@ -292,6 +292,14 @@ class ContrastiveConfig:
     (`losses.contrastive_clustering_loss`). Paper/code: 0 (a 100-pixel object counts for its pixels
     beside a table's thousands); 1: every segment as the mean segment, at the pixel sum's scale.
     0.5 is a lead on the family, not a choice (RESULTS.md, "Small segments weigh more")."""
+    zoom: int = 1
+    """1 (paper and code): the loss reads the whole training view. Z > 1: a share `zoom_share` of
+    the contrastive steps read a window of 1/Z of the view's width and height instead, rendered
+    Z times magnified with its label maps enlarged alike, so that an object of a few dozen pixels
+    clears `min_pixels` and weighs Z² times more in that step's pixel sum (as the paper's
+    1000-pixel-wide images and SAM's crop layers see small objects)."""
+    zoom_share: float = 0.5
+    """With `zoom` > 1: the share of contrastive steps that read a zoomed window (drawn per step)."""
     mask_levels: int = 1
     """1 (paper and code): one term on the finest masks. L > 1: one term per nesting level, level l
     on the first `level_dims[l]` channels, so a selection steps between parts and whole objects by
@@ -827,6 +835,8 @@ _RULES: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
     ("train", "sh_degree"): (lambda v: 0 <= v <= 3, "between 0 and 3"),
     ("train", "init_opacity"): (lambda v: 0 < v < 1, "in (0, 1)"),
     ("train.contrastive", "mask_levels"): (lambda v: v >= 1, ">= 1"),
+    ("train.contrastive", "zoom"): (lambda v: v >= 1, ">= 1"),
+    ("train.contrastive", "zoom_share"): (lambda v: 0 <= v <= 1, "in [0, 1]"),
     ("train.contrastive", "level_dims"): (lambda v: bool(v) and all(0 < b < a for a, b in zip([17, *v], v)),
                                           "a non-empty decreasing list of channel counts between 1 and 16"),
     ("query", "level"): (lambda v: v is None or v >= 0, "null or >= 0"),

@@ -188,6 +188,7 @@ class StepInputs:
 
     step: int
     view: str
+    camera: Camera
     target: Tensor
     labels: Tensor
     frame: Frame
@@ -207,12 +208,14 @@ class PhotometricTerm:
 
 
 class ContrastiveTerm:
-    """The contrastive clustering loss on the view's mask levels, every `every` steps, times `weight`."""
+    """The contrastive clustering loss on the view's mask levels, every `every` steps, times `weight`;
+    with `zoom` > 1, a share `zoom_share` of those steps read a magnified window of the view instead
+    (`zoomed_window`), drawn from a generator seeded by (seed, step)."""
 
     name, reads_features, trains_features = "cc", True, True
 
-    def __init__(self, cfg: ContrastiveConfig):
-        self.cfg = cfg
+    def __init__(self, cfg: ContrastiveConfig, backend: str = "auto", seed: int = 0):
+        self.cfg, self.backend, self.seed = cfg, backend, seed
         self.options = {"min_pixels": cfg.min_pixels, "temperature_scale": cfg.temperature_scale,
                         "temperature_clip": tuple(cfg.temperature_clip) if cfg.temperature_clip is not None else None,
                         "detach_temperature": cfg.detach_temperature, "reduction": cfg.reduction,
@@ -222,8 +225,27 @@ class ContrastiveTerm:
         return self.cfg.enabled and step % self.cfg.every == 0
 
     def __call__(self, inputs: StepInputs) -> Tensor:
-        return self.cfg.weight * multilevel_contrastive_loss(inputs.frame.features, inputs.labels,
-                                                             self.cfg.level_dims, **self.options)
+        features, labels = inputs.frame.features, inputs.labels
+        if self.cfg.zoom > 1:
+            draws = torch.Generator().manual_seed(self.seed * 1_000_033 + inputs.step)
+            if float(torch.rand((), generator=draws)) < self.cfg.zoom_share:
+                features, labels = zoomed_window(inputs.params, inputs.camera, labels, self.cfg.zoom, draws,
+                                                 self.backend)
+        return self.cfg.weight * multilevel_contrastive_loss(features, labels, self.cfg.level_dims, **self.options)
+
+
+def zoomed_window(params, camera: Camera, labels: Tensor, zoom: int, generator: torch.Generator,
+                  backend: str = "auto") -> tuple[Tensor, Tensor]:
+    """The features and [levels, H, W] label maps of a window of 1/`zoom` of the view's width and
+    height at a random place, rendered `zoom` times magnified (`Camera.zoomed`; the labels repeated
+    alike), at the view's own size give or take the rounding."""
+    height, width = labels.shape[1] // zoom, labels.shape[2] // zoom
+    top = int(torch.randint(labels.shape[1] - height + 1, (), generator=generator))
+    left = int(torch.randint(labels.shape[2] - width + 1, (), generator=generator))
+    window = labels[:, top:top + height, left:left + width].repeat_interleave(zoom, 1).repeat_interleave(zoom, 2)
+    out = render(Gaussians.from_params(params), camera.zoomed(left, top, width, height, zoom), sh_degree=0,
+                 features=params["features"], backend=backend)
+    return out.features, window
 
 
 class RegularizerTerm:
@@ -370,7 +392,8 @@ class Trainer:
         self.frames = (CachedWeightFrames(self.params, {n: v[0] for n, v in self.views.items()}, cfg) if cached
                        else RasterizedFrames(cfg))
         self.terms = ([] if cfg.frozen.enabled else [PhotometricTerm()]) + [
-            ContrastiveTerm(cfg.contrastive), RegularizerTerm(cfg.regularizer, uses_regularizer(cfg), cfg.seed)]
+            ContrastiveTerm(cfg.contrastive, cfg.backend, cfg.seed),
+            RegularizerTerm(cfg.regularizer, uses_regularizer(cfg), cfg.seed)]
         self.latest: dict[str, float] = {}  # the last value of every term, also on steps that skip it
         self.last_good: Path | None = None
         self.started = time.perf_counter()
@@ -449,7 +472,7 @@ class Trainer:
         health = self.health.due(step)
         sh_degree = min(step // cfg.sh_degree_every, cfg.sh_degree, self.model_sh_degree)
         frame = self.frames(self.params, name, camera, sh_degree, any(t.reads_features for t in terms) or health)
-        inputs = StepInputs(step, name, target, self.labels[name], frame, self.params)
+        inputs = StepInputs(step, name, camera, target, self.labels[name], frame, self.params)
         losses = {term.name: term(inputs) for term in terms}
         loss = sum(losses.values(), torch.zeros(()))
         if health:

@@ -271,3 +271,73 @@ def test_a_diverged_gaussian_is_left_out_of_the_saved_model_and_counted(tiny_inp
     kept = [i for i in range(n) if i not in (3, 7)]
     torch.testing.assert_close(saved["means"], first.params["means"][kept])
     assert json.loads((tmp_path / "train.json").read_text())["non_finite_dropped"] == 2
+
+
+
+def test_a_zoomed_window_renders_a_magnified_part_of_the_view_with_its_labels_enlarged_alike(tiny_inputs):
+    # Labels that encode each pixel's place tell where the window was drawn. Gaussians on a grid of
+    # the view, each its own feature channel: every blob's centre in the magnified render, mapped
+    # back, must land where the whole view's render has it (a window off by a pixel fails).
+    import numpy as np
+
+    from cgc_core.render import Gaussians, render
+    from cgc_core.train import train_view, zoomed_window
+
+    scene, _ = tiny_inputs
+    camera, _ = train_view(scene, scene.train_names[0], 1)
+    height, width, depth = camera.height, camera.width, 2.0
+    u, v = np.meshgrid(np.arange(8, width, 16) + 0.5, np.arange(8, height, 16) + 0.5)
+    rays = np.stack([u.ravel(), v.ravel(), np.ones(u.size)], 1) @ np.linalg.inv(camera.K).T
+    points = (rays * depth) @ camera.camera_to_world[:3, :3].T + camera.camera_to_world[:3, 3]
+    n = len(points)
+    params = {"means": torch.as_tensor(points, dtype=torch.float32), "quats": torch.tensor([[1.0, 0, 0, 0]]).repeat(n, 1),
+              "scales": torch.full((n, 3), float(np.log(2.5 * depth / camera.K[0, 0]))),
+              "opacities": torch.full((n,), 4.0), "sh0": torch.zeros(n, 1, 3), "shN": torch.zeros(n, 0, 3),
+              "features": torch.eye(n)}
+    places = torch.arange(height * width).reshape(1, height, width)
+    zoom = 2
+    features, window = zoomed_window(params, camera, places, zoom, torch.Generator().manual_seed(3), backend="torch")
+    h, w = height // zoom, width // zoom
+    assert window.shape == (1, h * zoom, w * zoom) and features.shape[:2] == window.shape[1:]
+    top, left = divmod(int(window[0, 0, 0]), width)
+    expected = places[:, top:top + h, left:left + w].repeat_interleave(zoom, 1).repeat_interleave(zoom, 2)
+    torch.testing.assert_close(window, expected, rtol=0, atol=0)
+    full = render(Gaussians.from_params(params), camera, features=params["features"], backend="torch").features
+
+    def centres(image, scale, dx, dy):  # [n, 2] weighted centre of each channel, in the view's pixels
+        ys, xs = torch.meshgrid(torch.arange(image.shape[0]) + 0.5, torch.arange(image.shape[1]) + 0.5, indexing="ij")
+        mass = image.sum((0, 1))
+        return torch.stack([(image * xs[..., None]).sum((0, 1)) / mass / scale + dx,
+                            (image * ys[..., None]).sum((0, 1)) / mass / scale + dy], 1), mass
+
+    zoomed, mass = centres(features, zoom, left, top)
+    whole, _ = centres(full, 1, 0, 0)
+    inside = (mass > 0.5 * mass.max()) & (zoomed[:, 0] > left + 6) & (zoomed[:, 0] < left + w - 6) \
+        & (zoomed[:, 1] > top + 6) & (zoomed[:, 1] < top + h - 6)  # blobs whole in the window
+    assert inside.sum() >= 4
+    assert (zoomed[inside] - whole[inside]).abs().max() < 0.1
+
+
+def test_the_contrastive_term_reads_a_zoomed_window_on_the_drawn_share_of_its_steps(monkeypatch):
+    import cgc_core.train as train_module
+    from cgc_core.config import ConfigError, ContrastiveConfig, load_config
+
+    calls = []
+
+    def window(params, camera, labels, zoom, generator, backend):
+        calls.append(zoom)
+        return torch.ones(8, 8, 16), torch.arange(64).reshape(1, 8, 8) // 16 + 1
+
+    monkeypatch.setattr(train_module, "zoomed_window", window)
+    features, labels = torch.randn(8, 8, 16), torch.arange(64).reshape(1, 8, 8) // 16 + 1
+    frame = train_module.Frame(None, features, {})
+    for zoom, share, expected in ((2, 0.5, range(10, 31)), (2, 0.0, [0]), (1, 1.0, [0])):
+        calls.clear()
+        term = train_module.ContrastiveTerm(ContrastiveConfig(zoom=zoom, zoom_share=share, min_pixels=1, weight=1.0))
+        losses = [term(train_module.StepInputs(step, "v", None, None, labels, frame, {})) for step in range(40)]
+        assert len(calls) in expected and set(calls) <= {zoom}
+        # a zoomed step reads the window (constant features: no contrast, a different loss)
+        assert len({round(float(x), 9) for x in losses}) == (2 if calls else 1)
+    for bad in ("train.contrastive.zoom=0", "train.contrastive.zoom_share=1.5"):
+        with pytest.raises(ConfigError, match=bad.split("=")[0]):
+            load_config(None, [bad])
