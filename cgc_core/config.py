@@ -297,7 +297,8 @@ class ContrastiveConfig:
     the contrastive steps read a window of 1/Z of the view's width and height instead, rendered
     Z times magnified with its label maps enlarged alike, so that an object of a few dozen pixels
     clears `min_pixels` and weighs Z² times more in that step's pixel sum (as the paper's
-    1000-pixel-wide images and SAM's crop layers see small objects)."""
+    1000-pixel-wide images and SAM's crop layers see small objects); the window's loss counts the
+    view's segments, not its own. A lead, off: RESULTS.md, "Zoomed windows"."""
     zoom_share: float = 0.5
     """With `zoom` > 1: the share of contrastive steps that read a zoomed window (drawn per step)."""
     mask_levels: int = 1

@@ -64,6 +64,12 @@ def photometric_loss(rendered: Tensor, target: Tensor, ssim_weight: float = 0.2)
 # --- contrastive clustering (Eq. 3) ---------------------------------------------------------------
 
 
+def count_segments(labels: Tensor, min_pixels: int) -> int:
+    """The segments of a label map that the contrastive loss reads: ids > 0 with more than `min_pixels` pixels."""
+    counts = torch.bincount(labels.reshape(-1))
+    return int((counts[1:] > min_pixels).sum())
+
+
 def segment_pixels(features: Tensor, labels: Tensor, min_pixels: int) -> tuple[Tensor, Tensor, int] | None:
     """The unit features of the pixels of every segment with more than `min_pixels` pixels.
 
@@ -89,7 +95,8 @@ def segment_pixels(features: Tensor, labels: Tensor, min_pixels: int) -> tuple[T
 def contrastive_clustering_loss(features: Tensor, labels: Tensor, min_pixels: int = 100, eps: float = 100.0,
                                 temperature_scale: float = 10.0, temperature_clip: tuple[float, float] | None = (0.1, 1.0),
                                 detach_temperature: bool = True, reduction: str = "pixels",
-                                balance: float = 0.0, reference_segments: int | None = None) -> Tensor:
+                                balance: float = 0.0, reference_segments: int | None = None,
+                                view_segments: int | None = None) -> Tensor:
     """Contrastive clustering of rendered features by (view-inconsistent) 2D segments.
 
         f_q = rendered feature of pixel q, L2-normalised;  f̄^p = mean of {f_q : q ∈ p}
@@ -121,6 +128,9 @@ def contrastive_clustering_loss(features: Tensor, labels: Tensor, min_pixels: in
             counts for more than its pixels without the field learning every crumb alike.
         reference_segments: None (paper and code): φ as above. K₀ ≥ 2: φ also times log K₀ / log K,
             K the view's segments (sharper in views with more segments than K₀, softer with fewer).
+        view_segments: Where `labels` are a window of a view (`train.zoomed_window`): the view's
+            segment count (`count_segments`), taken as K in the temperature and in the division by
+            K, so that a window weighs as its view does; None: K is the segments found here.
 
     Returns:
         The scalar loss (0 with fewer than two segments).
@@ -129,25 +139,26 @@ def contrastive_clustering_loss(features: Tensor, labels: Tensor, min_pixels: in
     if found is None:
         return features.sum() * 0.0
     f, seg, k = found
+    per = k if view_segments is None else max(view_segments, 2)  # the K of the division and the temperature
     n_p = torch.bincount(seg, minlength=k).to(f.dtype)
     centroids = torch.zeros(k, f.shape[1], dtype=f.dtype, device=f.device).index_add_(0, seg, f) / n_p[:, None]
     spread = torch.zeros(k, dtype=f.dtype, device=f.device).index_add_(0, seg, (f - centroids[seg]).norm(dim=-1))
     phi = spread / (n_p * torch.log(n_p + eps)) * temperature_scale
     if reference_segments is not None:
-        phi = phi * (math.log(reference_segments) / math.log(k))
+        phi = phi * (math.log(reference_segments) / math.log(per))
     if temperature_clip is not None:
         phi = phi.clamp(*temperature_clip)
     if detach_temperature:
         phi = phi.detach()
     logits = (f @ centroids.T) / phi[None, :]
     if reduction == "pixels" and balance == 0:
-        return F.cross_entropy(logits, seg, reduction="sum") / k
+        return F.cross_entropy(logits, seg, reduction="sum") / per
     if reduction == "pixels":
         weights = (n_p.mean() / n_p) ** balance
-        return (F.cross_entropy(logits, seg, reduction="none") * weights[seg]).sum() / k
+        return (F.cross_entropy(logits, seg, reduction="none") * weights[seg]).sum() / per
     if reduction == "segments":
         per_pixel = F.cross_entropy(logits, seg, reduction="none")
-        return (torch.zeros(k, dtype=f.dtype, device=f.device).index_add_(0, seg, per_pixel) / n_p).mean()
+        return (torch.zeros(k, dtype=f.dtype, device=f.device).index_add_(0, seg, per_pixel) / n_p).sum() / per
     raise ValueError(f"contrastive_clustering_loss: unknown reduction {reduction!r} (pixels, segments)")
 
 
@@ -155,7 +166,8 @@ def contrastive_clustering_loss_reference(features: Tensor, labels: Tensor, min_
                                           temperature_scale: float = 10.0,
                                           temperature_clip: tuple[float, float] | None = (0.1, 1.0),
                                           detach_temperature: bool = True, reduction: str = "pixels",
-                                          balance: float = 0.0, reference_segments: int | None = None) -> Tensor:
+                                          balance: float = 0.0, reference_segments: int | None = None,
+                                          view_segments: int | None = None) -> Tensor:
     """Eq. 3 with explicit loops over segments and pixels (slow; the tests' oracle)."""
     segments = []
     for sid in sorted(int(v) for v in torch.unique(labels) if v > 0):
@@ -165,12 +177,13 @@ def contrastive_clustering_loss_reference(features: Tensor, labels: Tensor, min_
     if len(segments) < 2:
         return features.sum() * 0.0
     centroids = [s.mean(0) for s in segments]
+    per = len(segments) if view_segments is None else max(view_segments, 2)
     phis = []
     for s, c in zip(segments, centroids):
         n = s.shape[0]
         phi = sum((s[q] - c).norm() for q in range(n)) / (n * math.log(n + eps)) * temperature_scale
         if reference_segments is not None:
-            phi = phi * math.log(reference_segments) / math.log(len(segments))
+            phi = phi * math.log(reference_segments) / math.log(per)
         if temperature_clip is not None:
             phi = phi.clamp(*temperature_clip)
         phis.append(phi.detach() if detach_temperature else phi)
@@ -185,11 +198,11 @@ def contrastive_clustering_loss_reference(features: Tensor, labels: Tensor, min_
             total = total + segment_total * (mean_size / s.shape[0]) ** balance
         else:
             total = total + segment_total / s.shape[0]
-    return total / len(segments)
+    return total / per
 
 
 def multilevel_contrastive_loss(features: Tensor, level_labels: Tensor, level_dims: list[int] | tuple[int, ...],
-                                **options) -> Tensor:
+                                view_segments: list[int] | None = None, **options) -> Tensor:
     """The contrastive clustering loss at several mask granularities, on nested feature channels:
 
         L = (1/L) Σ_l L_CC(features[..., :level_dims[l]], level_labels[l])
@@ -202,21 +215,26 @@ def multilevel_contrastive_loss(features: Tensor, level_labels: Tensor, level_di
         features: [H, W, D] rendered features.
         level_labels: [L, H, W] int label maps, finest first (`MaskStore.read_label_maps`).
         level_dims: Channels of each level, at least L of them; D or fewer.
+        view_segments: Where the label maps are a window of a view: each level's segment count in
+            the view (`contrastive_clustering_loss`'s `view_segments`); None: a whole view.
         **options: `contrastive_clustering_loss`'s (min_pixels, eps, temperature..., reduction, balance).
     """
     levels = level_labels.shape[0]
     if len(level_dims) < levels:
         raise ValueError(f"multilevel_contrastive_loss: {levels} label levels but only {len(level_dims)} level_dims")
-    terms = [contrastive_clustering_loss(features[..., : level_dims[l]], level_labels[l], **options) for l in range(levels)]
+    counts = view_segments or [None] * levels
+    terms = [contrastive_clustering_loss(features[..., : level_dims[l]], level_labels[l], view_segments=counts[l],
+                                         **options) for l in range(levels)]
     return torch.stack(terms).mean()
 
 
-def multilevel_contrastive_loss_reference(features: Tensor, level_labels: Tensor,
-                                          level_dims: list[int] | tuple[int, ...], **options) -> Tensor:
+def multilevel_contrastive_loss_reference(features: Tensor, level_labels: Tensor, level_dims: list[int] | tuple[int, ...],
+                                          view_segments: list[int] | None = None, **options) -> Tensor:
     """`multilevel_contrastive_loss` through the loop reference of Eq. 3 (the tests' oracle)."""
     total = features.sum() * 0.0
     for l in range(level_labels.shape[0]):
-        total = total + contrastive_clustering_loss_reference(features[..., : level_dims[l]], level_labels[l], **options)
+        total = total + contrastive_clustering_loss_reference(
+            features[..., : level_dims[l]], level_labels[l], view_segments=view_segments and view_segments[l], **options)
     return total / level_labels.shape[0]
 
 

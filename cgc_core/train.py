@@ -30,7 +30,8 @@ from torch import Tensor
 from .config import ContrastiveConfig, DensifyConfig, RegularizerConfig, TrainConfig, to_dict
 from .gaussians import init_features, init_params, load_ply, save_ply
 from .health import collapse_warning, feature_separation, mean_separation
-from .losses import multilevel_contrastive_loss, photometric_loss, sample_neighbours, spatial_regularization
+from .losses import (count_segments, multilevel_contrastive_loss, photometric_loss, sample_neighbours,
+                     spatial_regularization)
 from .masks.depth_split import cut_at_depth_edges, object_groups
 from .masks.generators import image_rng
 from .masks.store import MaskStore
@@ -225,13 +226,16 @@ class ContrastiveTerm:
         return self.cfg.enabled and step % self.cfg.every == 0
 
     def __call__(self, inputs: StepInputs) -> Tensor:
-        features, labels = inputs.frame.features, inputs.labels
+        features, labels, view_segments = inputs.frame.features, inputs.labels, None
         if self.cfg.zoom > 1:
             draws = torch.Generator().manual_seed(self.seed * 1_000_033 + inputs.step)
             if float(torch.rand((), generator=draws)) < self.cfg.zoom_share:
+                # The window weighs as its view: the view's segment counts set K in the loss.
+                view_segments = [count_segments(level, self.cfg.min_pixels) for level in labels]
                 features, labels = zoomed_window(inputs.params, inputs.camera, labels, self.cfg.zoom, draws,
                                                  self.backend)
-        return self.cfg.weight * multilevel_contrastive_loss(features, labels, self.cfg.level_dims, **self.options)
+        return self.cfg.weight * multilevel_contrastive_loss(features, labels, self.cfg.level_dims, view_segments,
+                                                             **self.options)
 
 
 def zoomed_window(params, camera: Camera, labels: Tensor, zoom: int, generator: torch.Generator,

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from cgc_core.config import ConfigError, load_config
 from cgc_core.gaussians import GaussianFileError, init_params, load_ply, save_ply
 from cgc_core.losses import (
-    contrastive_clustering_loss, contrastive_clustering_loss_reference, photometric_loss, sample_neighbours,
+    contrastive_clustering_loss, contrastive_clustering_loss_reference, count_segments, photometric_loss, sample_neighbours,
     spatial_regularization, spatial_regularization_reference, ssim, ssim_reference,
 )
 
@@ -25,18 +25,19 @@ def _labels(h=14, w=16):
     return labels
 
 
-@pytest.mark.parametrize("clip, detach, scale, reduction, balance, reference", [
-    ((0.1, 1.0), True, 10.0, "pixels", 0.0, None), (None, False, 1.0, "pixels", 0.0, None),
-    ((0.1, 1.0), True, 10.0, "segments", 0.0, None), ((0.1, 1.0), True, 10.0, "pixels", 0.5, None),
-    (None, True, 10.0, "pixels", 0.0, 20)])
-def test_contrastive_loss_equals_loop_reference(clip, detach, scale, reduction, balance, reference):
+@pytest.mark.parametrize("clip, detach, scale, reduction, balance, reference, view", [
+    ((0.1, 1.0), True, 10.0, "pixels", 0.0, None, None), (None, False, 1.0, "pixels", 0.0, None, None),
+    ((0.1, 1.0), True, 10.0, "segments", 0.0, None, None), ((0.1, 1.0), True, 10.0, "pixels", 0.5, None, None),
+    (None, True, 10.0, "pixels", 0.0, 20, None), (None, True, 10.0, "pixels", 0.0, 20, 9),
+    ((0.1, 1.0), True, 10.0, "segments", 0.0, None, 7)])
+def test_contrastive_loss_equals_loop_reference(clip, detach, scale, reduction, balance, reference, view):
     torch.manual_seed(0)
     labels = _labels()
     labels[12:, 14:] = 9  # a 4-pixel segment: below min_pixels, left out
     a = torch.randn(14, 16, 5, dtype=torch.float64, requires_grad=True)
     b = a.detach().clone().requires_grad_()
     kwargs = dict(min_pixels=10, temperature_clip=clip, detach_temperature=detach, temperature_scale=scale,
-                  reduction=reduction, balance=balance, reference_segments=reference)
+                  reduction=reduction, balance=balance, reference_segments=reference, view_segments=view)
     fast = contrastive_clustering_loss(a, labels, **kwargs)
     slow = contrastive_clustering_loss_reference(b, labels, **kwargs)
     fast.backward()
@@ -57,6 +58,11 @@ def test_reference_segments_sharpens_the_temperature_by_the_log_of_the_segment_c
     # A view with four segments against a reference of two: φ times log 2 / log 4 = 1/2, the same as half the scale.
     torch.testing.assert_close(contrastive_clustering_loss(features, labels, reference_segments=2, **plain),
                                contrastive_clustering_loss(features, labels, temperature_scale=5.0, **plain))
+    # A window counted as a view of eight segments (contrastive.zoom): half the loss, at the temperature
+    # of eight segments (as a reference of four over eight: log 4 / log 8 = 2/3 of the scale).
+    torch.testing.assert_close(contrastive_clustering_loss(features, labels, reference_segments=4, view_segments=8, **plain),
+                               contrastive_clustering_loss(features, labels, temperature_scale=20 / 3, **plain) / 2)
+    assert count_segments(labels, 10) == 4
     assert load_config(None, ["train.contrastive.reference_segments=20"]).train.contrastive.reference_segments == 20
     with pytest.raises(ConfigError, match="train.contrastive.reference_segments must be null or >= 2, got 1"):
         load_config(None, ["train.contrastive.reference_segments=1"])
