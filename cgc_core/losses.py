@@ -231,10 +231,10 @@ def multilevel_contrastive_loss(features: Tensor, level_labels: Tensor, level_di
 def multilevel_contrastive_loss_reference(features: Tensor, level_labels: Tensor, level_dims: list[int] | tuple[int, ...],
                                           view_segments: list[int] | None = None, **options) -> Tensor:
     """`multilevel_contrastive_loss` through the loop reference of Eq. 3 (the tests' oracle)."""
-    total = features.sum() * 0.0
+    total, counts = features.sum() * 0.0, view_segments or [None] * level_labels.shape[0]
     for l in range(level_labels.shape[0]):
-        total = total + contrastive_clustering_loss_reference(
-            features[..., : level_dims[l]], level_labels[l], view_segments=view_segments and view_segments[l], **options)
+        total = total + contrastive_clustering_loss_reference(features[..., : level_dims[l]], level_labels[l],
+                                                              view_segments=counts[l], **options)
     return total / level_labels.shape[0]
 
 
