@@ -292,13 +292,13 @@ class ContrastiveConfig:
     (`losses.contrastive_clustering_loss`). Paper/code: 0 (a 100-pixel object counts for its pixels
     beside a table's thousands); 1: every segment as the mean segment, at the pixel sum's scale.
     0.5 is a lead on the family, not a choice (RESULTS.md, "Small segments weigh more")."""
-    zoom: int = 2
-    """1 (paper and code, the `paper` preset): the loss reads the whole training view. Z > 1: a share
-    `zoom_share` of the contrastive steps read a window of 1/Z of the view's width and height
-    instead, rendered Z times magnified with its label maps enlarged alike, so that an object of a
-    few dozen pixels clears `min_pixels` and weighs Z² times more in that step's pixel sum (as the
-    paper's 1000-pixel-wide images and SAM's crop layers see small objects); the window's loss
-    counts the view's segments, not its own. 2 (`cpu-short`): RESULTS.md, "Zoomed windows"."""
+    zoom: int = 1
+    """1 (paper and code): the loss reads the whole training view. Z > 1: a share `zoom_share` of
+    the contrastive steps read a window of 1/Z of the view's width and height instead, rendered
+    Z times magnified with its label maps enlarged alike, so that an object of a few dozen pixels
+    clears `min_pixels` and weighs Z² times more in that step's pixel sum (as the paper's
+    1000-pixel-wide images and SAM's crop layers see small objects); the window's loss counts the
+    view's segments, not its own. A lead, off: RESULTS.md, "Zoomed windows"."""
     zoom_share: float = 0.5
     """With `zoom` > 1: the share of contrastive steps that read a zoomed window (drawn per step)."""
     mask_levels: int = 1
@@ -465,10 +465,10 @@ class TrainConfig:
 
 
 PRESETS: dict[str, dict] = {
-    # The released code's (PROTOCOL.md): 30k iterations, L_CC every 50 on whole views, L_reg every 100 at its λ
+    # The released code's (PROTOCOL.md): 30k iterations, L_CC every 50, L_reg every 100 at its λ
     # and signed far term, masks as generated, 3DGS's densification and SH schedule.
     "paper": {"iterations": 30_000, "sh_degree_every": 1000, "checkpoint_every": 5000,
-              "contrastive": {"every": 50, "reference_segments": None, "zoom": 1},
+              "contrastive": {"every": 50, "reference_segments": None},
               "regularizer": {"every": 100, "lambda_near": 0.05, "lambda_far": 0.15, "far_similarity": "signed"},
               "depth_split": {"at": 0.0},
               "densify": {"refine_start_iter": 500, "refine_stop_iter": 15_000, "refine_every": 100,

@@ -142,8 +142,6 @@ def test_presets_resolve_by_device_and_a_value_the_user_writes_always_wins(tmp_p
     assert (reg.lambda_near, reg.lambda_far, reg.far_similarity, paper.depth_split.at) == (0.05, 0.15, "signed", 0.0)
     # The paper's temperature (no segment-count normalisation); the short schedule's is normalised to 20 segments.
     assert (paper.contrastive.reference_segments, TrainConfig().contrastive.reference_segments) == (None, 20)
-    # The paper's loss reads whole views; the short schedule's reads a zoomed window on half its contrastive steps.
-    assert (paper.contrastive.zoom, TrainConfig().contrastive.zoom, TrainConfig().contrastive.zoom_share) == (1, 2, 0.5)
     short = load_config(None, [], cuda=False).train
     assert short == replace(TrainConfig(), schedule="cpu-short")
     # The user's value wins even where it equals the default the preset would replace.
