@@ -298,7 +298,8 @@ class ContrastiveConfig:
     Z times magnified with its label maps enlarged alike, so that an object of a few dozen pixels
     clears `min_pixels` and weighs Z² times more in that step's pixel sum (as the paper's
     1000-pixel-wide images and SAM's crop layers see small objects); the window's loss counts the
-    view's segments, not its own. A lead, off: RESULTS.md, "Zoomed windows"."""
+    view's segments, not its own. Off: its gain did not repeat over training seeds nor hold out
+    (RESULTS.md, "Zoomed windows, repeated and held out")."""
     zoom_share: float = 0.5
     """With `zoom` > 1: the share of contrastive steps that read a zoomed window (drawn per step)."""
     mask_levels: int = 1
