@@ -279,7 +279,8 @@ def evaluate_stage(cfg: CgcConfig, scene: Scene, upstream: Upstream, force: bool
 
     Writes predictions per protocol (LERF-Mask result layout), every protocol's rows and a summary
     (`evaluate.evaluate_model`, `evaluate.EvaluateOutputs`). A scene without ground truth is
-    recorded as skipped.
+    recorded as skipped. Keyed on the trained model, the ground truth, the query weights, the
+    evaluate and query sections, and under `click-oracle-steps` the cluster section too.
     """
     trained = upstream["train"]
     gt_files = [p for masks in scene.gt_masks.values() for p in masks.values()]
@@ -291,9 +292,11 @@ def evaluate_stage(cfg: CgcConfig, scene: Scene, upstream: Upstream, force: bool
         summary = evaluate_model(params, scene, cfg, work)
         return {k: v for k, v in summary.items() if k not in ("prompts", "protocols")}
 
-    return StageRun(scene, run_stage(scene_dir(cfg, scene.name) / "evaluate", "evaluate", inputs,
-                                     (cfg.evaluate, cfg.query), compute, force=force,
-                                     code=stage_code("evaluate")).as_outputs(EvaluateOutputs))
+    protocols = [cfg.evaluate.protocol] if isinstance(cfg.evaluate.protocol, str) else cfg.evaluate.protocol
+    # click-oracle-steps walks the clusters' tree, which the cluster section shapes (`cluster.model_tree`).
+    sections = (cfg.evaluate, cfg.query, cfg.cluster) if "click-oracle-steps" in protocols else (cfg.evaluate, cfg.query)
+    return StageRun(scene, run_stage(scene_dir(cfg, scene.name) / "evaluate", "evaluate", inputs, sections, compute,
+                                     force=force, code=stage_code("evaluate")).as_outputs(EvaluateOutputs))
 
 
 def stage_record(result: StageResult | None, scene: Scene | None = None) -> dict:
