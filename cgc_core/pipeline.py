@@ -20,7 +20,8 @@ from typing import Callable, Mapping, NamedTuple
 from .calibrate import apply_calibration, calibrate, resolve_camera_model, resolve_mode
 from .cluster import ClusterOutputs, cluster_scene
 from .config import CgcConfig, SyntheticConfig, section_hash
-from .evaluate import EvaluateOutputs, check_protocol_weights, evaluate_model, protocol_queries, selection_protocol
+from .evaluate import (EvaluateOutputs, check_protocol_weights, evaluate_model, protocol_queries, resolve_protocols,
+                       selection_protocol)
 from .fingerprint import code_fingerprint
 from .gaussians import load_ply
 from .masks.generators import generate_scene_masks, make_generator
@@ -292,8 +293,9 @@ def evaluate_stage(cfg: CgcConfig, scene: Scene, upstream: Upstream, force: bool
         summary = evaluate_model(params, scene, cfg, work)
         return {k: v for k, v in summary.items() if k not in ("prompts", "protocols")}
 
-    protocols = [cfg.evaluate.protocol] if isinstance(cfg.evaluate.protocol, str) else cfg.evaluate.protocol
-    # click-oracle-steps walks the clusters' tree, which the cluster section shapes (`cluster.model_tree`).
+    # click-oracle-steps walks the clusters' tree, which the cluster section shapes (`cluster.model_tree`);
+    # the same resolution `evaluate_model` uses to decide whether to build it.
+    protocols = resolve_protocols(cfg.evaluate.protocol, scene.layout, cfg.evaluate.ovs_queries)
     sections = (cfg.evaluate, cfg.query, cfg.cluster) if "click-oracle-steps" in protocols else (cfg.evaluate, cfg.query)
     return StageRun(scene, run_stage(scene_dir(cfg, scene.name) / "evaluate", "evaluate", inputs, sections, compute,
                                      force=force, code=stage_code("evaluate")).as_outputs(EvaluateOutputs))
