@@ -285,23 +285,11 @@ class ContrastiveConfig:
     others buys the same probability however many segments the view holds
     (`losses.contrastive_clustering_loss`). 20, about the segments of the demo's views: RESULTS.md,
     "A temperature that does not flatten" and "Texture masks with the count-normalised temperature"."""
-    reduction: Literal["pixels", "segments"] = "pixels"
-    """Paper/code: `pixels` (large segments dominate); `segments`: every segment weighs the same."""
     balance: float = 0.0
-    """With `pixels`: each segment's pixels weigh (mean segment size / its size)^balance
+    """Each segment's pixels weigh (mean segment size / its size)^balance
     (`losses.contrastive_clustering_loss`). Paper/code: 0 (a 100-pixel object counts for its pixels
     beside a table's thousands); 1: every segment as the mean segment, at the pixel sum's scale.
     0.5 is a lead on the family, not a choice (RESULTS.md, "Small segments weigh more")."""
-    zoom: int = 1
-    """1 (paper and code): the loss reads the whole training view. Z > 1: a share `zoom_share` of
-    the contrastive steps read a window of 1/Z of the view's width and height instead, rendered
-    Z times magnified with its label maps enlarged alike, so that an object of a few dozen pixels
-    clears `min_pixels` and weighs Z² times more in that step's pixel sum (as the paper's
-    1000-pixel-wide images and SAM's crop layers see small objects); the window's loss counts the
-    view's segments, not its own. Off: its gain did not repeat over training seeds nor hold out
-    (RESULTS.md, "Zoomed windows, repeated and held out")."""
-    zoom_share: float = 0.5
-    """With `zoom` > 1: the share of contrastive steps that read a zoomed window (drawn per step)."""
     mask_levels: int = 1
     """1 (paper and code): one term on the finest masks. L > 1: one term per nesting level, level l
     on the first `level_dims[l]` channels, so a selection steps between parts and whole objects by
@@ -331,14 +319,10 @@ class RegularizerConfig:
     "The train defaults"). 0 is the paper's "no similarity" ablation."""
     lambda_far: float = 0.015
     """Paper/code: 0.15. 0 is the paper's "no dissimilarity" ablation."""
-    far: Literal["farthest", "random"] = "farthest"
-    """Paper/code: the `l_far` farthest Gaussians; `random`: drawn from the farther half."""
     far_similarity: Literal["signed", "positive"] = "positive"
     """Paper/code: `signed`, σ(s); `positive`: σ(max(s, 0)), orthogonal counts as dissimilar."""
     near_includes_self: bool = False
     """Released code: True (the sampled Gaussian is one of its own K nearest)."""
-    near_pairs: Literal["all", "similar"] = "all"
-    """Paper/code: `all`; `similar`: only pairs whose features already agree (cosine > 0)."""
     sigmoid_of_mean: bool = True
     """Code: sigmoid of the mean similarity; paper: mean of sigmoids."""
 
@@ -451,8 +435,6 @@ class TrainConfig:
     init_ply: str | None = None
     """Start from a trained 3DGS model (.ply with the standard attributes) in the calibrated
     cameras' frame (`calibrate.mode=known_poses`) instead of the sparse points."""
-    feature_init: Literal["uniform", "normal"] = "uniform"
-    """Code: U[0, 1) features; `normal`: N(0, 1) (see gaussians.init_params)."""
     checkpoint_every: int = 500
     oom_retries: int = 2
     """On a CUDA out-of-memory error, retry this many times, each at twice the `downscale`."""
@@ -682,11 +664,11 @@ def _check_type(value: Any, annotation: Any, where: str) -> Any:
 
 DEPRECATED_TRAIN_KEYS: dict[str, str] = {
     **{f"cc_{k}": f"contrastive.{k}" for k in ("every", "weight", "min_pixels", "temperature_scale",
-                                               "temperature_clip", "detach_temperature", "reduction")},
+                                               "temperature_clip", "detach_temperature")},
     "use_cc": "contrastive.enabled", "mask_levels": "contrastive.mask_levels", "level_dims": "contrastive.level_dims",
     "features_grad_between_cc": "contrastive.features_grad_between", "use_reg": "regularizer.enabled",
-    **{f"reg_{k}": f"regularizer.{k}" for k in ("every", "samples", "max_points", "far", "far_similarity",
-                                                "near_includes_self", "near_pairs", "sigmoid_of_mean")},
+    **{f"reg_{k}": f"regularizer.{k}" for k in ("every", "samples", "max_points", "far_similarity",
+                                                "near_includes_self", "sigmoid_of_mean")},
     **{k: f"regularizer.{k}" for k in ("k_near", "l_far", "lambda_near", "lambda_far")},
     **{f"depth_split_{k}": f"depth_split.{k}" for k in ("at", "levels", "jump", "sharpness", "fill", "min_pixels")},
     "freeze_geometry": "frozen.enabled", "frozen_cache_gb": "frozen.cache_gb", "frozen_back_project": "frozen.back_project",
@@ -696,6 +678,15 @@ DEPRECATED_TRAIN_KEYS: dict[str, str] = {
 }
 """Train keys of before the config had sections (issue 37) -> their new place under `train.`; they
 still work, with a one-line warning naming the new key."""
+
+_COLLAPSE, _ZOOM = "The realistic development scene and the feature collapse", "Zoomed windows, repeated and held out"
+REMOVED_KEYS: dict[str, str] = {
+    **dict.fromkeys(["train.contrastive.reduction", "train.cc_reduction", "train.regularizer.far", "train.reg_far",
+                     "train.regularizer.near_pairs", "train.reg_near_pairs", "train.feature_init"], _COLLAPSE),
+    **dict.fromkeys(["train.contrastive.zoom", "train.contrastive.zoom_share"], _ZOOM),
+}
+"""Ablation options measured, not chosen and removed -> the RESULTS.md section that measured them
+(the code that ran them is in that commit's history)."""
 
 
 def _undeprecated(updates: dict[str, Any], source: str) -> dict[str, Any]:
@@ -718,6 +709,9 @@ def _merge(config: Any, updates: dict[str, Any], source: str, prefix: str = "") 
     known = {f.name for f in dataclasses.fields(config)}
     for key, value in updates.items():
         where = f"{source}: {prefix}{key}"
+        if key not in known and f"{prefix}{key}" in REMOVED_KEYS:
+            raise ConfigError(f"{where}: removed, measured and not chosen (benchmarks/RESULTS.md, "
+                              f"\"{REMOVED_KEYS[prefix + key]}\")")
         if key not in known:
             raise ConfigError(f"{where}: unknown key (known: {sorted(known)})")
         current = getattr(config, key)
@@ -837,8 +831,6 @@ _RULES: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
     ("train", "sh_degree"): (lambda v: 0 <= v <= 3, "between 0 and 3"),
     ("train", "init_opacity"): (lambda v: 0 < v < 1, "in (0, 1)"),
     ("train.contrastive", "mask_levels"): (lambda v: v >= 1, ">= 1"),
-    ("train.contrastive", "zoom"): (lambda v: v >= 1, ">= 1"),
-    ("train.contrastive", "zoom_share"): (lambda v: 0 <= v <= 1, "in [0, 1]"),
     ("train.contrastive", "level_dims"): (lambda v: bool(v) and all(0 < b < a for a, b in zip([17, *v], v)),
                                           "a non-empty decreasing list of channel counts between 1 and 16"),
     ("query", "level"): (lambda v: v is None or v >= 0, "null or >= 0"),

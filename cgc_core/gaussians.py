@@ -33,14 +33,10 @@ def rgb_to_sh0(rgb: Tensor) -> Tensor:
     return (rgb - 0.5) / SH_C0
 
 
-def init_features(n: int, feature_dim: int = FEATURE_DIM, feature_init: str = "uniform", seed: int = 0) -> Tensor:
-    """[n, feature_dim] initial features: U[0, 1) (the released code) or N(0, 1), seeded."""
-    generator = torch.Generator().manual_seed(seed)
-    if feature_init == "uniform":
-        return torch.rand(n, feature_dim, generator=generator)
-    if feature_init == "normal":
-        return torch.randn(n, feature_dim, generator=generator)
-    raise ValueError(f"init_params: unknown feature_init {feature_init!r} (uniform, normal)")
+def init_features(n: int, feature_dim: int = FEATURE_DIM, seed: int = 0) -> Tensor:
+    """[n, feature_dim] initial features, U[0, 1) as the released code draws them (every feature in
+    one orthant: the rendered features of all objects start nearly parallel, cosine about 0.75), seeded."""
+    return torch.rand(n, feature_dim, generator=torch.Generator().manual_seed(seed))
 
 
 def neighbour_spacing(points: np.ndarray) -> float:
@@ -54,7 +50,7 @@ def neighbour_spacing(points: np.ndarray) -> float:
 
 
 def init_params(points: np.ndarray, colors: np.ndarray | None, sh_degree: int = 3, feature_dim: int = FEATURE_DIM,
-                init_opacity: float = 0.1, seed: int = 0, feature_init: str = "uniform") -> dict[str, Tensor]:
+                init_opacity: float = 0.1, seed: int = 0) -> dict[str, Tensor]:
     """3DGS initialisation from coloured sparse points, plus CGC features.
 
     Args:
@@ -63,11 +59,7 @@ def init_params(points: np.ndarray, colors: np.ndarray | None, sh_degree: int = 
         sh_degree: SH degree of the colour (0–3).
         feature_dim: Length of the per-Gaussian feature (16 in CGC).
         init_opacity: Initial opacity of every Gaussian.
-        seed: Seed of the feature initialisation.
-        feature_init: `uniform` (CGC's code: U[0, 1), so every feature starts in one orthant and
-            the rendered features of all objects start nearly parallel, cosine about 0.75) or
-            `normal` (N(0, 1): directions spread over the sphere, different Gaussians start
-            nearly orthogonal).
+        seed: Seed of the feature initialisation (`init_features`).
 
     Returns:
         The raw parameter dict (float32 tensors). Scales start at the mean distance to the 3
@@ -80,7 +72,7 @@ def init_params(points: np.ndarray, colors: np.ndarray | None, sh_degree: int = 
     mean_dist = np.maximum(distances[:, 1:].mean(axis=1), 1e-7)
     n = len(points)
     rgb = torch.full((n, 3), 0.5) if colors is None else torch.as_tensor(np.asarray(colors), dtype=torch.float32) / 255
-    features = init_features(n, feature_dim, feature_init, seed)
+    features = init_features(n, feature_dim, seed)
     return {
         "means": torch.as_tensor(points, dtype=torch.float32),
         "quats": torch.tensor([[1.0, 0.0, 0.0, 0.0]]).repeat(n, 1),

@@ -64,12 +64,6 @@ def photometric_loss(rendered: Tensor, target: Tensor, ssim_weight: float = 0.2)
 # --- contrastive clustering (Eq. 3) ---------------------------------------------------------------
 
 
-def count_segments(labels: Tensor, min_pixels: int) -> int:
-    """The segments of a label map that the contrastive loss reads: ids > 0 with more than `min_pixels` pixels."""
-    counts = torch.bincount(labels.reshape(-1))
-    return int((counts[1:] > min_pixels).sum())
-
-
 def segment_pixels(features: Tensor, labels: Tensor, min_pixels: int) -> tuple[Tensor, Tensor, int] | None:
     """The unit features of the pixels of every segment with more than `min_pixels` pixels.
 
@@ -94,9 +88,8 @@ def segment_pixels(features: Tensor, labels: Tensor, min_pixels: int) -> tuple[T
 
 def contrastive_clustering_loss(features: Tensor, labels: Tensor, min_pixels: int = 100, eps: float = 100.0,
                                 temperature_scale: float = 10.0, temperature_clip: tuple[float, float] | None = (0.1, 1.0),
-                                detach_temperature: bool = True, reduction: str = "pixels",
-                                balance: float = 0.0, reference_segments: int | None = None,
-                                view_segments: int | None = None) -> Tensor:
+                                detach_temperature: bool = True, balance: float = 0.0,
+                                reference_segments: int | None = None) -> Tensor:
     """Contrastive clustering of rendered features by (view-inconsistent) 2D segments.
 
         f_q = rendered feature of pixel q, L2-normalised;  f̄^p = mean of {f_q : q ∈ p}
@@ -118,19 +111,12 @@ def contrastive_clustering_loss(features: Tensor, labels: Tensor, min_pixels: in
         temperature_scale: Factor on φ (code: 10; paper: 1).
         temperature_clip: (low, high) clip of φ after scaling, or None.
         detach_temperature: Stop gradients through φ (code: yes).
-        reduction: `pixels` (paper and code: the sum over pixels divided by the number of
-            segments, so a segment weighs as many pixels as it has and a table or a wall outweighs
-            a small object) or `segments` (the mean over segments of each segment's mean pixel
-            term: every segment weighs the same).
-        balance: With `pixels`: each segment's pixel terms are weighed by (n̄ / N_p)^balance, n̄
-            the mean segment size in the view, so 0 is the paper's sum and 1 weighs every segment
-            as n̄ pixels (the `segments` mean at the pixel sum's scale); between, a small object
-            counts for more than its pixels without the field learning every crumb alike.
+        balance: Each segment's pixel terms are weighed by (n̄ / N_p)^balance, n̄ the mean segment
+            size in the view: 0 is the paper's sum over pixels (a table outweighs a small object),
+            1 weighs every segment as n̄ pixels; between, a small object counts for more than its
+            pixels without the field learning every crumb alike.
         reference_segments: None (paper and code): φ as above. K₀ ≥ 2: φ also times log K₀ / log K,
             K the view's segments (sharper in views with more segments than K₀, softer with fewer).
-        view_segments: Where `labels` are a window of a view (`train.zoomed_window`): the view's
-            segment count (`count_segments`), taken as K in the temperature and in the division by
-            K, so that a window weighs as its view does; None: K is the segments found here.
 
     Returns:
         The scalar loss (0 with fewer than two segments).
@@ -139,35 +125,28 @@ def contrastive_clustering_loss(features: Tensor, labels: Tensor, min_pixels: in
     if found is None:
         return features.sum() * 0.0
     f, seg, k = found
-    per = k if view_segments is None else max(view_segments, 2)  # the K of the division and the temperature
     n_p = torch.bincount(seg, minlength=k).to(f.dtype)
     centroids = torch.zeros(k, f.shape[1], dtype=f.dtype, device=f.device).index_add_(0, seg, f) / n_p[:, None]
     spread = torch.zeros(k, dtype=f.dtype, device=f.device).index_add_(0, seg, (f - centroids[seg]).norm(dim=-1))
     phi = spread / (n_p * torch.log(n_p + eps)) * temperature_scale
     if reference_segments is not None:
-        phi = phi * (math.log(reference_segments) / math.log(per))
+        phi = phi * (math.log(reference_segments) / math.log(k))
     if temperature_clip is not None:
         phi = phi.clamp(*temperature_clip)
     if detach_temperature:
         phi = phi.detach()
     logits = (f @ centroids.T) / phi[None, :]
-    if reduction == "pixels" and balance == 0:
-        return F.cross_entropy(logits, seg, reduction="sum") / per
-    if reduction == "pixels":
-        weights = (n_p.mean() / n_p) ** balance
-        return (F.cross_entropy(logits, seg, reduction="none") * weights[seg]).sum() / per
-    if reduction == "segments":
-        per_pixel = F.cross_entropy(logits, seg, reduction="none")
-        return (torch.zeros(k, dtype=f.dtype, device=f.device).index_add_(0, seg, per_pixel) / n_p).sum() / per
-    raise ValueError(f"contrastive_clustering_loss: unknown reduction {reduction!r} (pixels, segments)")
+    if balance == 0:
+        return F.cross_entropy(logits, seg, reduction="sum") / k
+    weights = (n_p.mean() / n_p) ** balance
+    return (F.cross_entropy(logits, seg, reduction="none") * weights[seg]).sum() / k
 
 
 def contrastive_clustering_loss_reference(features: Tensor, labels: Tensor, min_pixels: int = 100, eps: float = 100.0,
                                           temperature_scale: float = 10.0,
                                           temperature_clip: tuple[float, float] | None = (0.1, 1.0),
-                                          detach_temperature: bool = True, reduction: str = "pixels",
-                                          balance: float = 0.0, reference_segments: int | None = None,
-                                          view_segments: int | None = None) -> Tensor:
+                                          detach_temperature: bool = True, balance: float = 0.0,
+                                          reference_segments: int | None = None) -> Tensor:
     """Eq. 3 with explicit loops over segments and pixels (slow; the tests' oracle)."""
     segments = []
     for sid in sorted(int(v) for v in torch.unique(labels) if v > 0):
@@ -177,7 +156,7 @@ def contrastive_clustering_loss_reference(features: Tensor, labels: Tensor, min_
     if len(segments) < 2:
         return features.sum() * 0.0
     centroids = [s.mean(0) for s in segments]
-    per = len(segments) if view_segments is None else max(view_segments, 2)
+    per = len(segments)
     phis = []
     for s, c in zip(segments, centroids):
         n = s.shape[0]
@@ -194,15 +173,12 @@ def contrastive_clustering_loss_reference(features: Tensor, labels: Tensor, min_
         for q in range(s.shape[0]):
             scores = torch.stack([(s[q] @ centroids[j]) / phis[j] for j in range(len(segments))])
             segment_total = segment_total - (scores[p] - torch.logsumexp(scores, 0))
-        if reduction == "pixels":
-            total = total + segment_total * (mean_size / s.shape[0]) ** balance
-        else:
-            total = total + segment_total / s.shape[0]
+        total = total + segment_total * (mean_size / s.shape[0]) ** balance
     return total / per
 
 
 def multilevel_contrastive_loss(features: Tensor, level_labels: Tensor, level_dims: list[int] | tuple[int, ...],
-                                view_segments: list[int] | None = None, **options) -> Tensor:
+                                **options) -> Tensor:
     """The contrastive clustering loss at several mask granularities, on nested feature channels:
 
         L = (1/L) Σ_l L_CC(features[..., :level_dims[l]], level_labels[l])
@@ -215,26 +191,22 @@ def multilevel_contrastive_loss(features: Tensor, level_labels: Tensor, level_di
         features: [H, W, D] rendered features.
         level_labels: [L, H, W] int label maps, finest first (`MaskStore.read_label_maps`).
         level_dims: Channels of each level, at least L of them; D or fewer.
-        view_segments: Where the label maps are a window of a view: each level's segment count in
-            the view (`contrastive_clustering_loss`'s `view_segments`); None: a whole view.
-        **options: `contrastive_clustering_loss`'s (min_pixels, eps, temperature..., reduction, balance).
+        **options: `contrastive_clustering_loss`'s (min_pixels, eps, temperature..., balance).
     """
     levels = level_labels.shape[0]
     if len(level_dims) < levels:
         raise ValueError(f"multilevel_contrastive_loss: {levels} label levels but only {len(level_dims)} level_dims")
-    counts = view_segments or [None] * levels
-    terms = [contrastive_clustering_loss(features[..., : level_dims[l]], level_labels[l], view_segments=counts[l],
-                                         **options) for l in range(levels)]
+    terms = [contrastive_clustering_loss(features[..., : level_dims[l]], level_labels[l], **options)
+             for l in range(levels)]
     return torch.stack(terms).mean()
 
 
 def multilevel_contrastive_loss_reference(features: Tensor, level_labels: Tensor, level_dims: list[int] | tuple[int, ...],
-                                          view_segments: list[int] | None = None, **options) -> Tensor:
+                                          **options) -> Tensor:
     """`multilevel_contrastive_loss` through the loop reference of Eq. 3 (the tests' oracle)."""
-    total, counts = features.sum() * 0.0, view_segments or [None] * level_labels.shape[0]
+    total = features.sum() * 0.0
     for l in range(level_labels.shape[0]):
-        total = total + contrastive_clustering_loss_reference(features[..., : level_dims[l]], level_labels[l],
-                                                              view_segments=counts[l], **options)
+        total = total + contrastive_clustering_loss_reference(features[..., : level_dims[l]], level_labels[l], **options)
     return total / level_labels.shape[0]
 
 
@@ -273,22 +245,16 @@ def near_and_far_reference(queries: Tensor, points: Tensor, self_index: Tensor, 
 
 
 def sample_neighbours(means: Tensor, n_samples: int, k_near: int, l_far: int, max_points: int = 300_000,
-                      generator: torch.Generator | None = None, far: str = "farthest",
-                      near_includes_self: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+                      generator: torch.Generator | None = None, near_includes_self: bool = False) -> tuple[Tensor, Tensor, Tensor]:
     """Sample Gaussians and find, by 3D distance (positions detached), their near and far ones.
 
     Args:
         means: [N, 3] Gaussian centres.
         n_samples: How many Gaussians to sample (M).
         k_near: Nearest neighbours per sample (the similarity term).
-        l_far: Far Gaussians per sample (the dissimilarity term).
+        l_far: Farthest Gaussians per sample (the dissimilarity term; paper and code).
         max_points: Neighbours are searched in a random pool of at most this many Gaussians.
         generator: Seeds the sampling.
-        far: `farthest` (paper and code: the l_far farthest Gaussians) or `random` (l_far drawn
-            uniformly from the farther half of the pool, by distance to the sample). In a scene
-            whose farthest Gaussians are the same walls for every object, `farthest` pushes every
-            object's feature away from one set of features, that is towards one common direction;
-            `random` pushes away from many different ones.
         near_includes_self: The released code's top-k over distances that include the sample's
             own (0): the sample is one of its K nearest. Default: it is left out.
 
@@ -301,22 +267,13 @@ def sample_neighbours(means: Tensor, n_samples: int, k_near: int, l_far: int, ma
     samples = pool[positions]
     queries, points = means.detach()[samples], means.detach()[pool]
     search = near_and_far if means.device.type == "cpu" else near_and_far_reference
-    if far == "farthest":
-        near, far_ids = search(queries, points, positions, k_near, l_far, near_includes_self)
-        return samples, pool[near], pool[far_ids]
-    if far != "random":
-        raise ValueError(f"sample_neighbours: unknown far={far!r} (farthest, random)")
-    near, _ = search(queries, points, positions, k_near, 1, near_includes_self)
-    distances = torch.cdist(queries, points)
-    distances[torch.arange(len(samples)), positions] = -1.0  # never its own far Gaussian
-    farther_half = distances >= distances.median(dim=1, keepdim=True).values
-    far_ids = torch.multinomial(farther_half.to(torch.float64), l_far, replacement=True, generator=generator)
+    near, far_ids = search(queries, points, positions, k_near, l_far, near_includes_self)
     return samples, pool[near], pool[far_ids]
 
 
 def spatial_regularization(features: Tensor, samples: Tensor, near: Tensor, far: Tensor, lambda_near: float = 0.05,
                            lambda_far: float = 0.15, sigmoid_of_mean: bool = True,
-                           far_similarity: str = "signed", near_pairs: str = "all") -> Tensor:
+                           far_similarity: str = "signed") -> Tensor:
     """Spatial-similarity regulariser on Gaussian features (cosine similarity s = f_j·f_i):
 
         paper:  λ_near/(MK) Σ_i Σ_{j∈near(i)} σ(1 − s_ij) + λ_far/(ML) Σ_i Σ_{j∈far(i)} σ(s_ij)
@@ -332,24 +289,14 @@ def spatial_regularization(features: Tensor, samples: Tensor, near: Tensor, far:
             a feature orthogonal to its far ones is already "dissimilar". With `signed`, every
             object whose far Gaussians are the same walls is pushed towards the walls' opposite
             direction, i.e. towards one shared feature.
-        near_pairs: `all` (paper) pulls every near pair together; `similar` only pairs whose
-            features already agree (s > 0), so that spatial neighbours the contrastive loss has
-            told apart (a mirror ball's Gaussians behind its surface, next to the table's) are
-            left apart: the near term smooths within objects and does not merge them.
     """
     if far_similarity not in ("signed", "positive"):
         raise ValueError(f"spatial_regularization: unknown far_similarity={far_similarity!r} (signed, positive)")
-    if near_pairs not in ("all", "similar"):
-        raise ValueError(f"spatial_regularization: unknown near_pairs={near_pairs!r} (all, similar)")
     f = F.normalize(features, dim=-1)
     sim_near = (f[near] * f[samples][:, None]).sum(-1)
     sim_far = (f[far] * f[samples][:, None]).sum(-1)
     if far_similarity == "positive":
         sim_far = sim_far.clamp(min=0)
-    if near_pairs == "similar":
-        sim_near = sim_near[sim_near.detach() > 0]
-        if sim_near.numel() == 0:
-            sim_near = torch.ones(1, dtype=f.dtype, device=f.device)  # no pair to pull: the term is constant
     if sigmoid_of_mean:
         return lambda_near * torch.sigmoid((1 - sim_near).mean()) + lambda_far * torch.sigmoid(sim_far.mean())
     return lambda_near * torch.sigmoid(1 - sim_near).mean() + lambda_far * torch.sigmoid(sim_far).mean()
@@ -357,8 +304,7 @@ def spatial_regularization(features: Tensor, samples: Tensor, near: Tensor, far:
 
 def spatial_regularization_reference(features: Tensor, samples: Tensor, near: Tensor, far: Tensor,
                                      lambda_near: float = 0.05, lambda_far: float = 0.15,
-                                     sigmoid_of_mean: bool = True, far_similarity: str = "signed",
-                                     near_pairs: str = "all") -> Tensor:
+                                     sigmoid_of_mean: bool = True, far_similarity: str = "signed") -> Tensor:
     """Eq. 4 with loops (slow; the tests' oracle)."""
     def cos(i, j):
         return F.normalize(features[i], dim=0) @ F.normalize(features[j], dim=0)
@@ -367,10 +313,7 @@ def spatial_regularization_reference(features: Tensor, samples: Tensor, near: Te
         s = cos(i, j)
         return torch.clamp(s, min=0) if far_similarity == "positive" else s
 
-    near_terms = [1 - cos(int(i), int(j)) for row, i in enumerate(samples) for j in near[row]
-                  if near_pairs == "all" or float(cos(int(i), int(j))) > 0]
-    if not near_terms:
-        near_terms = [torch.zeros((), dtype=features.dtype)]
+    near_terms = [1 - cos(int(i), int(j)) for row, i in enumerate(samples) for j in near[row]]
     far_terms = [far_sim(int(i), int(j)) for row, i in enumerate(samples) for j in far[row]]
     if sigmoid_of_mean:
         return (lambda_near * torch.sigmoid(torch.stack(near_terms).mean())

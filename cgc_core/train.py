@@ -30,8 +30,7 @@ from torch import Tensor
 from .config import ContrastiveConfig, DensifyConfig, RegularizerConfig, TrainConfig, to_dict
 from .gaussians import init_features, init_params, load_ply, save_ply
 from .health import collapse_warning, feature_separation, mean_separation
-from .losses import (count_segments, multilevel_contrastive_loss, photometric_loss, sample_neighbours,
-                     spatial_regularization)
+from .losses import multilevel_contrastive_loss, photometric_loss, sample_neighbours, spatial_regularization
 from .masks.depth_split import cut_at_depth_edges, object_groups
 from .masks.generators import image_rng
 from .masks.store import MaskStore
@@ -102,7 +101,7 @@ def model_params(cfg: TrainConfig) -> dict[str, Tensor]:
     model where the file has none (`GaussianFileError` names a bad file)."""
     loaded = load_ply(cfg.init_ply)
     if "features" not in loaded:
-        loaded["features"] = init_features(loaded["means"].shape[0], feature_init=cfg.feature_init, seed=cfg.seed)
+        loaded["features"] = init_features(loaded["means"].shape[0], seed=cfg.seed)
     return loaded
 
 
@@ -209,47 +208,23 @@ class PhotometricTerm:
 
 
 class ContrastiveTerm:
-    """The contrastive clustering loss on the view's mask levels, every `every` steps, times `weight`;
-    with `zoom` > 1, a share `zoom_share` of those steps read a magnified window of the view instead
-    (`zoomed_window`), drawn from a generator seeded by (seed, step)."""
+    """The contrastive clustering loss on the view's mask levels, every `every` steps, times `weight`."""
 
     name, reads_features, trains_features = "cc", True, True
 
-    def __init__(self, cfg: ContrastiveConfig, backend: str = "auto", seed: int = 0):
-        self.cfg, self.backend, self.seed = cfg, backend, seed
+    def __init__(self, cfg: ContrastiveConfig):
+        self.cfg = cfg
         self.options = {"min_pixels": cfg.min_pixels, "temperature_scale": cfg.temperature_scale,
                         "temperature_clip": tuple(cfg.temperature_clip) if cfg.temperature_clip is not None else None,
-                        "detach_temperature": cfg.detach_temperature, "reduction": cfg.reduction,
-                        "balance": cfg.balance, "reference_segments": cfg.reference_segments}
+                        "detach_temperature": cfg.detach_temperature, "balance": cfg.balance,
+                        "reference_segments": cfg.reference_segments}
 
     def due(self, step: int) -> bool:
         return self.cfg.enabled and step % self.cfg.every == 0
 
     def __call__(self, inputs: StepInputs) -> Tensor:
-        features, labels, view_segments = inputs.frame.features, inputs.labels, None
-        if self.cfg.zoom > 1:
-            draws = torch.Generator().manual_seed(self.seed * 1_000_033 + inputs.step)
-            if float(torch.rand((), generator=draws)) < self.cfg.zoom_share:
-                # The window weighs as its view: the view's segment counts set K in the loss.
-                view_segments = [count_segments(level, self.cfg.min_pixels) for level in labels]
-                features, labels = zoomed_window(inputs.params, inputs.camera, labels, self.cfg.zoom, draws,
-                                                 self.backend)
-        return self.cfg.weight * multilevel_contrastive_loss(features, labels, self.cfg.level_dims, view_segments,
-                                                             **self.options)
-
-
-def zoomed_window(params, camera: Camera, labels: Tensor, zoom: int, generator: torch.Generator,
-                  backend: str = "auto") -> tuple[Tensor, Tensor]:
-    """The features and [levels, H, W] label maps of a window of 1/`zoom` of the view's width and
-    height at a random place, rendered `zoom` times magnified (`Camera.zoomed`; the labels repeated
-    alike), at the view's own size give or take the rounding."""
-    height, width = labels.shape[1] // zoom, labels.shape[2] // zoom
-    top = int(torch.randint(labels.shape[1] - height + 1, (), generator=generator))
-    left = int(torch.randint(labels.shape[2] - width + 1, (), generator=generator))
-    window = labels[:, top:top + height, left:left + width].repeat_interleave(zoom, 1).repeat_interleave(zoom, 2)
-    out = render(Gaussians.from_params(params), camera.zoomed(left, top, width, height, zoom), sh_degree=0,
-                 features=params["features"], backend=backend)
-    return out.features, window
+        return self.cfg.weight * multilevel_contrastive_loss(inputs.frame.features, inputs.labels,
+                                                             self.cfg.level_dims, **self.options)
 
 
 class RegularizerTerm:
@@ -268,12 +243,12 @@ class RegularizerTerm:
     def __call__(self, inputs: StepInputs) -> Tensor:
         cfg, params = self.cfg, inputs.params
         samples, near, far = sample_neighbours(
-            params["means"], cfg.samples, cfg.k_near, cfg.l_far, cfg.max_points, far=cfg.far,
+            params["means"], cfg.samples, cfg.k_near, cfg.l_far, cfg.max_points,
             generator=torch.Generator().manual_seed(self.seed * 1_000_003 + inputs.step),
             near_includes_self=cfg.near_includes_self)
         return spatial_regularization(params["features"], samples, near, far, lambda_near=cfg.lambda_near,
                                       lambda_far=cfg.lambda_far, sigmoid_of_mean=cfg.sigmoid_of_mean,
-                                      far_similarity=cfg.far_similarity, near_pairs=cfg.near_pairs)
+                                      far_similarity=cfg.far_similarity)
 
 
 def uses_regularizer(cfg: TrainConfig) -> bool:
@@ -384,8 +359,7 @@ class Trainer:
                        for n in self.names}
         self.scale = scene_scale([scene.cameras[n] for n in self.names])
         initial = (model_params(cfg) if cfg.init_ply else init_params(
-            scene.points, scene.point_colors, cfg.sh_degree, init_opacity=cfg.init_opacity, seed=cfg.seed,
-            feature_init=cfg.feature_init))
+            scene.points, scene.point_colors, cfg.sh_degree, init_opacity=cfg.init_opacity, seed=cfg.seed))
         self._set_params(initial)
         self.strategy = NoDensification() if cfg.frozen.enabled else densification_strategy(cfg.densify)
         self.strategy_state = self.strategy.initialize_state(scene_scale=self.scale)
@@ -396,7 +370,7 @@ class Trainer:
         self.frames = (CachedWeightFrames(self.params, {n: v[0] for n, v in self.views.items()}, cfg) if cached
                        else RasterizedFrames(cfg))
         self.terms = ([] if cfg.frozen.enabled else [PhotometricTerm()]) + [
-            ContrastiveTerm(cfg.contrastive, cfg.backend, cfg.seed),
+            ContrastiveTerm(cfg.contrastive),
             RegularizerTerm(cfg.regularizer, uses_regularizer(cfg), cfg.seed)]
         self.latest: dict[str, float] = {}  # the last value of every term, also on steps that skip it
         self.last_good: Path | None = None

@@ -78,6 +78,11 @@ def test_old_flat_train_keys_still_work_with_one_line_naming_the_new_key(tmp_pat
                                      "train.densify.cap_max=500", "train.frozen.enabled=true"])
     with pytest.raises(ConfigError, match="train.contrastive.every: expected int"):
         load_config(None, ["train.cc_every=often"])  # the new key is named in errors too
+    # An ablation option that was removed points at its measurement, under its old name too.
+    for removed in ("train.contrastive.zoom=2", "train.cc_reduction=segments"):
+        with pytest.raises(ConfigError, match=rf"{removed.split('=')[0]}: removed, measured and not chosen "
+                                              r"\(benchmarks/RESULTS.md, \"(Zoomed windows|The realistic)"):
+            load_config(None, [removed])
 
 
 def test_section_hash_tracks_only_its_section():

@@ -55,9 +55,6 @@ def test_multilevel_loss_equals_the_loop_reference_and_one_level_is_eq3(tmp_path
     fast = multilevel_contrastive_loss(features, labels, [16, 8], **options)
     slow = multilevel_contrastive_loss_reference(features, labels, [16, 8], **options)
     torch.testing.assert_close(fast, slow)
-    # A window of a view (contrastive.zoom): each level's K is the view's.
-    torch.testing.assert_close(multilevel_contrastive_loss(features, labels, [16, 8], [7, 3], **options),
-                               multilevel_contrastive_loss_reference(features, labels, [16, 8], [7, 3], **options))
     # The coarse level sees only the first 8 channels: changing the others leaves its term alone.
     coarse = multilevel_contrastive_loss(features, labels[1:], [8], **options)
     changed = features.clone()

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from cgc_core.config import ConfigError, load_config
 from cgc_core.gaussians import GaussianFileError, init_params, load_ply, save_ply
 from cgc_core.losses import (
-    contrastive_clustering_loss, contrastive_clustering_loss_reference, count_segments, photometric_loss, sample_neighbours,
+    contrastive_clustering_loss, contrastive_clustering_loss_reference, photometric_loss, sample_neighbours,
     spatial_regularization, spatial_regularization_reference, ssim, ssim_reference,
 )
 
@@ -25,19 +25,17 @@ def _labels(h=14, w=16):
     return labels
 
 
-@pytest.mark.parametrize("clip, detach, scale, reduction, balance, reference, view", [
-    ((0.1, 1.0), True, 10.0, "pixels", 0.0, None, None), (None, False, 1.0, "pixels", 0.0, None, None),
-    ((0.1, 1.0), True, 10.0, "segments", 0.0, None, None), ((0.1, 1.0), True, 10.0, "pixels", 0.5, None, None),
-    (None, True, 10.0, "pixels", 0.0, 20, None), (None, True, 10.0, "pixels", 0.0, 20, 9),
-    ((0.1, 1.0), True, 10.0, "segments", 0.0, None, 7)])
-def test_contrastive_loss_equals_loop_reference(clip, detach, scale, reduction, balance, reference, view):
+@pytest.mark.parametrize("clip, detach, scale, balance, reference", [
+    ((0.1, 1.0), True, 10.0, 0.0, None), (None, False, 1.0, 0.0, None), ((0.1, 1.0), True, 10.0, 0.5, None),
+    ((0.1, 1.0), True, 10.0, 1.0, None), (None, True, 10.0, 0.0, 20)])
+def test_contrastive_loss_equals_loop_reference(clip, detach, scale, balance, reference):
     torch.manual_seed(0)
     labels = _labels()
     labels[12:, 14:] = 9  # a 4-pixel segment: below min_pixels, left out
     a = torch.randn(14, 16, 5, dtype=torch.float64, requires_grad=True)
     b = a.detach().clone().requires_grad_()
     kwargs = dict(min_pixels=10, temperature_clip=clip, detach_temperature=detach, temperature_scale=scale,
-                  reduction=reduction, balance=balance, reference_segments=reference, view_segments=view)
+                  balance=balance, reference_segments=reference)
     fast = contrastive_clustering_loss(a, labels, **kwargs)
     slow = contrastive_clustering_loss_reference(b, labels, **kwargs)
     fast.backward()
@@ -58,27 +56,9 @@ def test_reference_segments_sharpens_the_temperature_by_the_log_of_the_segment_c
     # A view with four segments against a reference of two: φ times log 2 / log 4 = 1/2, the same as half the scale.
     torch.testing.assert_close(contrastive_clustering_loss(features, labels, reference_segments=2, **plain),
                                contrastive_clustering_loss(features, labels, temperature_scale=5.0, **plain))
-    # A window counted as a view of eight segments (contrastive.zoom): half the loss, at the temperature
-    # of eight segments (as a reference of four over eight: log 4 / log 8 = 2/3 of the scale).
-    torch.testing.assert_close(contrastive_clustering_loss(features, labels, reference_segments=4, view_segments=8, **plain),
-                               contrastive_clustering_loss(features, labels, temperature_scale=20 / 3, **plain) / 2)
-    assert count_segments(labels, 10) == 4
     assert load_config(None, ["train.contrastive.reference_segments=20"]).train.contrastive.reference_segments == 20
     with pytest.raises(ConfigError, match="train.contrastive.reference_segments must be null or >= 2, got 1"):
         load_config(None, ["train.contrastive.reference_segments=1"])
-
-
-def test_segment_reduction_weighs_every_segment_the_same():
-    labels = torch.zeros(20, 20, dtype=torch.int64)
-    labels[:, :18] = 1  # a large segment
-    labels[:, 18:] = 2  # a small one (40 pixels)
-    features = torch.randn(20, 20, 4, dtype=torch.float64)
-    pixels = contrastive_clustering_loss(features, labels, min_pixels=10)
-    segments = contrastive_clustering_loss(features, labels, min_pixels=10, reduction="segments")
-    # Under `pixels` the loss grows with the pixel counts (the large segment dominates); under `segments` it does not.
-    assert pixels > 5 * segments
-    with pytest.raises(ValueError, match="unknown reduction 'mean'"):
-        contrastive_clustering_loss(features, labels, min_pixels=10, reduction="mean")
 
 
 def test_balance_runs_from_the_pixel_sum_to_equal_segments_at_the_pixel_sums_scale():
@@ -91,25 +71,15 @@ def test_balance_runs_from_the_pixel_sum_to_equal_segments_at_the_pixel_sums_sca
     features = torch.randn(20, 20, 4, dtype=torch.float64)
     pixels = contrastive_clustering_loss(features, labels, min_pixels=10)
     assert contrastive_clustering_loss(features, labels, min_pixels=10, balance=0.0) == pixels
-    # At 1 every segment weighs the mean size (200 px): the `segments` mean times 200.
-    balanced = contrastive_clustering_loss(features, labels, min_pixels=10, balance=1.0)
-    segments = contrastive_clustering_loss(features, labels, min_pixels=10, reduction="segments")
-    torch.testing.assert_close(balanced, segments * 200)
+    # Each segment's pixel sum S_p weighs (200 / N_p)^balance (mean size 200): the sums found from
+    # balance 0 and 1 predict the loss at 0.5.
+    loss = {b: float(contrastive_clustering_loss(features, labels, min_pixels=10, balance=b)) for b in (0.0, 0.5, 1.0)}
+    sums = torch.linalg.solve(torch.tensor([[1.0, 1.0], [200 / 360, 5.0]], dtype=torch.float64),
+                              torch.tensor([2 * loss[0.0], 2 * loss[1.0]], dtype=torch.float64))
+    assert bool((sums > 0).all())
+    assert loss[0.5] == pytest.approx(float((200 / 360) ** 0.5 * sums[0] + 5 ** 0.5 * sums[1]) / 2, rel=1e-9)
     with pytest.raises(ConfigError, match="balance"):
         load_config(None, ["train.contrastive.balance=2"])
-
-
-def test_normal_feature_init_spreads_directions():
-    import numpy as np
-
-    from cgc_core.gaussians import init_params
-
-    points = np.random.default_rng(0).normal(size=(400, 3))
-    uniform = torch.nn.functional.normalize(init_params(points, None)["features"], dim=1)
-    normal = torch.nn.functional.normalize(init_params(points, None, feature_init="normal")["features"], dim=1)
-    assert (uniform @ uniform.T).mean() > 0.7 and abs(float((normal @ normal.T).mean())) < 0.05
-    with pytest.raises(ValueError, match="unknown feature_init"):
-        init_params(points, None, feature_init="zeros")
 
 
 def test_contrastive_loss_with_fewer_than_two_segments_is_zero():
@@ -145,13 +115,12 @@ def test_spatial_regularization_equals_loop_reference():
     feats_a = torch.randn(60, 8, dtype=torch.float64, requires_grad=True)
     feats_b = feats_a.detach().clone().requires_grad_()
     samples, near, far = sample_neighbours(means, 10, 2, 5, generator=torch.Generator().manual_seed(0))
-    for sigmoid_of_mean, far_similarity, near_pairs in [(True, "signed", "all"), (False, "signed", "all"),
-                                                        (True, "positive", "similar"), (False, "positive", "similar")]:
+    for sigmoid_of_mean, far_similarity in [(True, "signed"), (False, "signed"), (True, "positive"), (False, "positive")]:
         feats_a.grad = feats_b.grad = None
         fast = spatial_regularization(feats_a, samples, near, far, sigmoid_of_mean=sigmoid_of_mean,
-                                      far_similarity=far_similarity, near_pairs=near_pairs)
+                                      far_similarity=far_similarity)
         slow = spatial_regularization_reference(feats_b, samples, near, far, sigmoid_of_mean=sigmoid_of_mean,
-                                                far_similarity=far_similarity, near_pairs=near_pairs)
+                                                far_similarity=far_similarity)
         fast.backward()
         slow.backward()
         torch.testing.assert_close(fast, slow)
@@ -181,16 +150,6 @@ def test_positive_far_similarity_leaves_orthogonal_and_opposite_features_alone()
     assert grads["signed"][1].abs().max() > 0 and grads["signed"][2].abs().max() == 0  # opposite: tangent 0
     with pytest.raises(ValueError, match="far_similarity"):
         spatial_regularization(features, samples, near, far, far_similarity="absolute")
-
-
-def test_similar_near_pairs_leave_neighbours_the_features_tell_apart():
-    # sample 0 with near Gaussians 1 (similar, cos 0.8) and 2 (told apart, cos -0.6): `similar`
-    # pulls only the first; `all` pulls both.
-    features = torch.tensor([[1.0, 0.0], [0.8, 0.6], [-0.6, 0.8]])
-    grads = _regulariser_gradients(features, torch.tensor([[1, 2]]), torch.tensor([[1]]), "near_pairs",
-                                   ("all", "similar"), lambda_near=1.0, lambda_far=0.0)
-    assert grads["similar"][2].abs().max() == 0 and grads["similar"][1].abs().max() > 0
-    assert grads["all"][2].abs().max() > 0
 
 
 def test_neighbour_sampling_is_by_distance():
@@ -282,19 +241,6 @@ def test_bad_ply_is_a_named_error(tmp_path):
     (tmp_path / "junk.ply").write_bytes(b"not a ply")
     with pytest.raises(GaussianFileError, match="junk.ply: not a readable Gaussian .ply"):
         load_ply(tmp_path / "junk.ply")
-
-
-def test_random_far_neighbours_come_from_the_farther_half():
-    means = torch.randn(300, 3, generator=torch.Generator().manual_seed(1))
-    samples, near, far = sample_neighbours(means, 40, 2, 6, generator=torch.Generator().manual_seed(0), far="random")
-    _, _, farthest = sample_neighbours(means, 40, 2, 6, generator=torch.Generator().manual_seed(0))
-    distances = torch.cdist(means[samples], means)
-    median = distances.median(dim=1, keepdim=True).values
-    assert far.shape == (40, 6) and bool((distances.gather(1, far) >= median).all())
-    # drawn at random: the far sets differ between samples far more than the farthest sets do
-    assert len(torch.unique(far)) > 2 * len(torch.unique(farthest))
-    with pytest.raises(ValueError, match="unknown far='nearest'"):
-        sample_neighbours(means, 4, 2, 2, far="nearest")
 
 
 @pytest.mark.parametrize("near_includes_self", [False, True])

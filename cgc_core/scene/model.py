@@ -138,17 +138,6 @@ class Camera:
         return Camera(K, self.world_to_camera, width, height, self.image_name,
                       self.distortion_model, self.distortion_params)
 
-    def zoomed(self, left: int, top: int, width: int, height: int, zoom: int) -> "Camera":
-        """The window of `width` x `height` pixels at (`left`, `top`) of this view, magnified `zoom`
-        times: a camera of `zoom`·width x `zoom`·height pixels whose pixel (u, v) sees this view's
-        (left + u/zoom, top + v/zoom)."""
-        K = self.K.copy()
-        K[0, 2] -= left
-        K[1, 2] -= top
-        K[:2] *= zoom
-        return Camera(K, self.world_to_camera, width * zoom, height * zoom, self.image_name,
-                      self.distortion_model, self.distortion_params)
-
 
 @dataclass
 class Scene:
