@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from .config import ClusterConfig
+from .config import ClusterConfig, DepthSplitConfig
 from .gaussians import save_ply, subset_params
-from .hierarchy import ClusterTree, build_cluster_tree
+from .hierarchy import ClusterTree, build_cluster_tree, view_group_links
 from .masks.store import coco_segment
 from .metrics import scores_3d
 from .scene.model import Camera
@@ -376,19 +376,28 @@ def export_instance_masks(params: dict[str, Tensor], labels: np.ndarray, cameras
     return {"views": len(images), "annotations": len(annotations), "clusters": clusters}
 
 
-def model_tree(params: dict[str, Tensor], scene, selector, cfg: ClusterConfig) -> tuple[Clustering, ClusterTree]:
+def model_tree(params: dict[str, Tensor], scene, selector, cfg: ClusterConfig, geometry: DepthSplitConfig | None = None,
+               backend: str = "auto") -> tuple[Clustering, ClusterTree]:
     """The clusters of a trained model at the selection's granularity (the cluster stage's), and
-    their hierarchy (`hierarchy.build_cluster_tree`), which coarser selection steps walk."""
+    their hierarchy (`hierarchy.build_cluster_tree`), which coarser selection steps walk; with
+    `geometry` (`train.depth_split`) and `cfg.tree_view_groups` > 0 the tree also reads the
+    training views' object regions (`hierarchy.view_group_links`, rendered with `backend`)."""
     features, opacities = selector.restrict(params["features"]), torch.sigmoid(params["opacities"])
     clustering = cluster_gaussians(features, params["means"], opacities, cfg,
                                    look_at=camera_look_at(scene.cameras.values()))
+    view_links = None
+    if geometry is not None and cfg.tree_view_groups > 0 and clustering.n_clusters >= 2:
+        view_links = view_group_links(params, [scene.cameras[n] for n in scene.train_names], clustering.labels,
+                                      clustering.n_clusters, geometry, backend, cfg.seed)
     return clustering, build_cluster_tree(clustering, features, params["means"], opacities, cfg.min_opacity,
-                                          cfg.tree_radius, cfg.tree_min_link, cfg.max_fit_points, cfg.seed)
+                                          cfg.tree_radius, cfg.tree_min_link, cfg.max_fit_points, cfg.seed,
+                                          view_links, cfg.tree_view_groups)
 
 
 def cluster_scene(params: dict[str, Tensor], scene, selector, queries: dict, query_protocol: str | None,
                   out: ClusterOutputs, cfg: ClusterConfig, backend: str = "auto",
-                  progress: Callable[[int, int, str], None] | None = None) -> dict:
+                  progress: Callable[[int, int, str], None] | None = None,
+                  geometry: DepthSplitConfig | None = None) -> dict:
     """The cluster stage's work: HDBSCAN on the Gaussians and the clusters' tree, then every file of `out`.
 
     Args:
@@ -399,6 +408,7 @@ def cluster_scene(params: dict[str, Tensor], scene, selector, queries: dict, que
             are written to `out.objects`; query_protocol: the protocol they come from (for the summary).
         out: The stage's folder; cfg: the cluster section; backend: render backend.
         progress: (done, total, what) after the clustering and after each consistent-mask view.
+        geometry: `train.depth_split`, for the tree's view links (`model_tree`); None: 3D links only.
 
     Returns:
         The summary, also written to `out.folder / summary.json`: counts, sizes, seconds, Gaussians
@@ -407,7 +417,7 @@ def cluster_scene(params: dict[str, Tensor], scene, selector, queries: dict, que
     opacities = torch.sigmoid(params["opacities"])
     started = time.perf_counter()
     # Objects at the selection's granularity (the coarsest trained mask level by default).
-    clustering, tree = model_tree(params, scene, selector, cfg)
+    clustering, tree = model_tree(params, scene, selector, cfg, geometry, backend)
     seconds = time.perf_counter() - started
     tree.to_json(out.tree)
     if progress is not None:

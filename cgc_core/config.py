@@ -538,6 +538,11 @@ class ClusterConfig:
     tree_min_link: float = 0.05
     """Groups of clusters whose strongest link (touching pairs per Gaussian of the smaller, times
     the agreement of their features) is weaker stay apart. RESULTS.md, "Coarser steps"."""
+    tree_view_groups: float = 0.1
+    """Two clusters also link by the share of the training views showing both in which one object
+    region holds both (`hierarchy.view_group_links`: the model's depth standing on the table's plane,
+    less its jumps, with `train.depth_split`'s plane and jump settings), where that share is at least
+    this; 0: 3D contact alone. RESULTS.md, "Coarser steps from the views' object regions"."""
     seed: int = 0
 
 
@@ -843,6 +848,7 @@ _RULES: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
                                                         for p in ([v] if isinstance(v, str) else v)),
                                f"one of {['auto', *EVALUATION_PROTOCOLS]} or a non-empty list of them"),
     ("cluster", "min_cluster_size"): (lambda v: v >= 2, ">= 2"),
+    ("cluster", "tree_view_groups"): (lambda v: 0 <= v <= 1, "in [0, 1]"),
     ("cluster", "max_fit_points"): (lambda v: v is None or v >= 2, ">= 2 or null"),
     ("stage", "retries"): (lambda v: v >= 0, ">= 0"),
     ("stage", "retry_delay_seconds"): (lambda v: v >= 0, ">= 0"),

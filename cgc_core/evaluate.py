@@ -436,7 +436,8 @@ def evaluate_model(params: dict[str, Tensor], scene: Scene, cfg: CgcConfig, out_
 
         protocols = resolve_protocols(cfg.evaluate.protocol, scene.layout, cfg.evaluate.ovs_queries)
         selector = Selector.from_config(cfg)
-        tree = model_tree(params, scene, selector, cfg.cluster)[1] if "click-oracle-steps" in protocols else None
+        tree = (model_tree(params, scene, selector, cfg.cluster, cfg.train.depth_split, cfg.train.backend)[1]
+                if "click-oracle-steps" in protocols else None)
         table, results = evaluate_scene(
             scene, feature_renderer(params, scene, cfg.train.backend), out_dir, cfg.evaluate, selector,
             grounding_image=(lambda view: (rendered(view).clamp(0, 1).cpu().numpy() * 255 + 0.5).astype("uint8"))

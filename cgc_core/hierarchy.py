@@ -6,8 +6,11 @@ objects too. The cluster stage's clusters (`cluster.cluster_gaussians`) are the 
 two groups merge, the most strongly linked pair first, where their Gaussians lie close in 3D over
 much of the smaller group and their features are alike. Parts of one object are joined along a
 seam; different objects mostly touch at a point, or rest on a surface that is the background. A
-coarser step from a click adds the clusters of the next enclosing group; a finer step goes back.
-Measured in `benchmarks/RESULTS.md`, "Coarser steps".
+part joined to the rest by too thin a piece to touch in 3D (a lamp's shade on its stem) is linked
+by the views instead: in many of them the model's depth shows one region standing on the table
+that holds both (`view_group_links`). A coarser step from a click adds the clusters of the next
+enclosing group; a finer step goes back. Measured in `benchmarks/RESULTS.md`, "Coarser steps" and
+"Coarser steps from the views' object regions".
 """
 
 from __future__ import annotations
@@ -21,12 +24,21 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.spatial import cKDTree
+from skimage.measure import label as connected_regions
 from torch import Tensor
 
 from .gaussians import neighbour_spacing
+from .masks.depth_split import depth_edges, plane_heights
 
 if TYPE_CHECKING:  # cluster.py builds trees
     from .cluster import Clustering
+    from .config import DepthSplitConfig
+    from .scene.model import Camera
+
+REGION_MIN_PIXELS = 50
+"""Object regions of a view smaller than this are passed over (`view_group_links`)."""
+CLUSTER_MIN_PIXELS = 20
+"""A cluster is seen in a view, or in a region, where it is the dominant cluster of this many pixels."""
 
 
 @dataclass
@@ -151,9 +163,83 @@ def cluster_links(contacts: np.ndarray, sizes: np.ndarray, feature_sums: np.ndar
     return links
 
 
+def region_votes(dominant: np.ndarray, regions: np.ndarray, n_clusters: int,
+                 min_pixels: int = CLUSTER_MIN_PIXELS) -> tuple[np.ndarray, np.ndarray]:
+    """One view's evidence for `view_group_links`.
+
+    Args:
+        dominant: [H, W] the cluster each pixel shows most (-1: none).
+        regions: [H, W] object regions (0: none), e.g. `object_regions`.
+        n_clusters: K.
+        min_pixels: A cluster is seen with this many dominant pixels.
+
+    Returns:
+        together [K, K] (1 where one region of at least `REGION_MIN_PIXELS` holds both clusters:
+        each with `min_pixels` there, 5 % of the region and 30 % of what the view shows of it; 0 on the
+        diagonal) and seen [K] (bool: the cluster is seen in the view).
+    """
+    everywhere = np.bincount(dominant[dominant >= 0], minlength=n_clusters)
+    together = np.zeros((n_clusters, n_clusters))
+    for region in range(1, int(regions.max()) + 1):
+        inside = regions == region
+        size = int(inside.sum())
+        if size < REGION_MIN_PIXELS:
+            continue
+        counts = np.bincount(dominant[inside & (dominant >= 0)], minlength=n_clusters)
+        present = (counts >= min_pixels) & (counts >= 0.05 * size) & (counts >= 0.3 * everywhere)
+        together = np.maximum(together, np.outer(present, present))
+    np.fill_diagonal(together, 0.0)
+    return together, everywhere >= min_pixels
+
+
+def object_regions(depth: np.ndarray, intrinsics: np.ndarray, geometry: DepthSplitConfig, seed: int = 0) -> np.ndarray:
+    """[H, W] int: the connected pieces of a view's pixels that stand on its dominant plane (higher
+    than `geometry.group_height` over it) less its depth edges: one per object or group of touching
+    objects, as `masks.depth_split.object_groups` finds them; 0 elsewhere."""
+    above = plane_heights(depth, intrinsics, geometry.plane_tolerance, seed) > geometry.group_height
+    return connected_regions(above & ~depth_edges(depth, geometry.jump, sharpness=geometry.sharpness), connectivity=1)
+
+
+def view_group_links(params: dict[str, Tensor], cameras: list[Camera], labels: np.ndarray, n_clusters: int,
+                     geometry: DepthSplitConfig, backend: str = "auto", seed: int = 0) -> np.ndarray:
+    """[K, K] for every pair of clusters, the share of the views showing both in which one object
+    region holds both (`region_votes`); symmetric, 0 on the diagonal.
+
+    Each view renders the clusters as one-hot features (a pixel shows the cluster of largest
+    blended weight, where that weight exceeds 0.3) and the model's depth, whose object regions
+    (`object_regions`) join an object's parts wherever its depth rises from the table without a
+    jump between them, even where the parts touch in 3D along too thin a piece to count in
+    `cluster_contacts`.
+
+    Args:
+        params: Trained parameters; labels: [N] each Gaussian's cluster (-1: none); n_clusters: K.
+        cameras: The views (the training views).
+        geometry: `train.depth_split` (`group_height`, `plane_tolerance`, `jump`, `sharpness`).
+        backend: Render backend; seed: the plane fits' random state.
+    """
+    from .render import Gaussians, render
+
+    one_hot = torch.zeros(len(labels), n_clusters)
+    labelled = np.nonzero(labels >= 0)[0]
+    one_hot[torch.as_tensor(labelled), torch.as_tensor(labels[labelled])] = 1.0
+    gaussians = Gaussians.from_params({name: value.detach() for name, value in params.items()})
+    together, seen = np.zeros((n_clusters, n_clusters)), np.zeros((n_clusters, n_clusters))
+    for camera in cameras:
+        with torch.no_grad():
+            out = render(gaussians, camera, features=one_hot.to(gaussians.means.device), sh_degree=0, backend=backend)
+        weights = out.features.cpu().numpy()
+        dominant = np.where(weights.max(-1) > 0.3, weights.argmax(-1), -1)
+        depth = out.depth.cpu().numpy().reshape(camera.height, camera.width)
+        view_together, view_seen = region_votes(dominant, object_regions(depth, camera.K, geometry, seed), n_clusters)
+        together += view_together
+        seen += np.outer(view_seen, view_seen)
+    return together / np.maximum(seen, 1)
+
+
 def build_cluster_tree(clustering: Clustering, features: Tensor, means: Tensor, opacities: Tensor | None = None,
                        min_opacity: float = 0.1, radius: float = 2.0, min_link: float = 0.05,
-                       max_points: int | None = 20_000, seed: int = 0) -> ClusterTree:
+                       max_points: int | None = 20_000, seed: int = 0, view_links: np.ndarray | None = None,
+                       min_view_link: float = 0.1) -> ClusterTree:
     """The hierarchy of a clustering: greedy agglomeration of the clusters by `cluster_links`.
 
     Args:
@@ -166,6 +252,9 @@ def build_cluster_tree(clustering: Clustering, features: Tensor, means: Tensor, 
         min_link: Groups whose strongest link is weaker stay apart (the tree is then a forest).
         max_points: Link statistics on at most this many Gaussians (a seeded sample).
         seed: The sample's seed.
+        view_links: [K, K] `view_group_links`, or None. A pair's link is the larger of the 3D link
+            and its view link where that is at least `min_view_link`; a merged group keeps the
+            strongest view link of its members (single linkage).
 
     Returns:
         The `ClusterTree`; merges in the order they happened, strongest first.
@@ -194,6 +283,8 @@ def build_cluster_tree(clustering: Clustering, features: Tensor, means: Tensor, 
             alive[clustering.background] = False
         while True:
             links = cluster_links(contacts, sizes, sums)
+            if view_links is not None:
+                links = np.maximum(links, np.where(view_links >= min_view_link, view_links, 0.0))
             links[~alive] = 0.0
             links[:, ~alive] = 0.0
             a, b = np.unravel_index(int(np.argmax(links)), links.shape)
@@ -208,6 +299,11 @@ def build_cluster_tree(clustering: Clustering, features: Tensor, means: Tensor, 
             contacts[b], contacts[:, b] = 0.0, 0.0
             sizes[a] += sizes[b]
             sums[a] += sums[b]
+            if view_links is not None:
+                view_links = view_links.copy()
+                view_links[a] = view_links[:, a] = np.maximum(view_links[a], view_links[b])
+                view_links[a, a] = 0.0
+                view_links[b], view_links[:, b] = 0.0, 0.0
             alive[b] = False
             node[a] = k + len(merges) - 1
     return ClusterTree(np.asarray(clustering.centers, np.float32), np.asarray(merges, np.int64).reshape(-1, 2),

@@ -251,7 +251,7 @@ def cluster_stage(cfg: CgcConfig, scene: Scene, upstream: Upstream, force: bool 
             protocol = selection_protocol(cfg, scene)
             queries = protocol_queries(protocol, scene, feature_renderer(params, scene, cfg.train.backend), selector)
         summary = cluster_scene(params, scene, selector, queries, protocol, ClusterOutputs(work), cfg.cluster,
-                                cfg.train.backend, progress)
+                                cfg.train.backend, progress, cfg.train.depth_split)
         return {k: v for k, v in summary.items() if k in ("n_clusters", "cluster_seconds", "ari", "mean_object_iou",
                                                           "mean_selection_iou")}
 
@@ -293,7 +293,8 @@ def evaluate_stage(cfg: CgcConfig, scene: Scene, upstream: Upstream, force: bool
         summary = evaluate_model(params, scene, cfg, work)
         return {k: v for k, v in summary.items() if k not in ("prompts", "protocols")}
 
-    # click-oracle-steps walks the clusters' tree, which the cluster section shapes (`cluster.model_tree`);
+    # click-oracle-steps walks the clusters' tree, which the cluster section shapes (`cluster.model_tree`;
+    # the train section's depth-cut settings it also reads key the train stage, hence this one);
     # the same resolution `evaluate_model` uses to decide whether to build it.
     protocols = resolve_protocols(cfg.evaluate.protocol, scene.layout, cfg.evaluate.ovs_queries)
     sections = (cfg.evaluate, cfg.query, cfg.cluster) if "click-oracle-steps" in protocols else (cfg.evaluate, cfg.query)

@@ -13,7 +13,7 @@ from PIL import Image
 from cgc_core.cluster import Clustering
 from cgc_core.config import EvaluateConfig
 from cgc_core.hierarchy import (ClusterTree, build_cluster_tree, cluster_contacts, cluster_contacts_reference,
-                                cluster_links)
+                                cluster_links, region_votes)
 from cgc_core.selection import Selector
 
 
@@ -122,3 +122,74 @@ def test_click_oracle_steps_protocol_takes_steps_while_the_grounding_iou_rises(t
     assert set(table.loc[table["protocol"] == "click-oracle-steps", "steps"]) <= {0, 1}
     with pytest.raises(ValueError, match="needs the cluster tree"):
         evaluate_scene(scene, part_features, tmp_path / "x", cfg, Selector(threshold=0.7))
+
+
+def test_region_votes_join_the_clusters_one_region_holds_and_no_others():
+    dominant = np.full((20, 30), -1)
+    dominant[:, :10] = 0           # the table: in no region
+    dominant[2:10, 10:20] = 1      # an object's base ...
+    dominant[10:18, 10:20] = 2     # ... and its top, one region
+    dominant[2:8, 22:28] = 3       # another object, its own region
+    dominant[18:20, 10:12] = 3     # and 4 of its pixels in the first region: too few to count
+    regions = np.zeros((20, 30), int)
+    regions[2:20, 10:20] = 1
+    regions[2:8, 22:28] = 2
+    together, seen = region_votes(dominant, regions, 4)
+    expected = np.zeros((4, 4))
+    expected[1, 2] = expected[2, 1] = 1.0
+    np.testing.assert_array_equal(together, expected)
+    np.testing.assert_array_equal(seen, [True, True, True, True])
+    regions[2:8, 22:28] = 1  # one region over both objects: the three clusters in it are joined
+    assert region_votes(dominant, regions, 4)[0][1, 3] == 1.0
+
+
+def test_view_links_join_a_part_the_3d_contacts_leave_apart_only_above_their_floor():
+    clustering, features, means = _toy()
+    seam = build_cluster_tree(clustering, features, means, min_link=0.0).links[0]
+    floor = 0.5 * seam  # between the seam's 3D link and the corner-touching object's (under a tenth of it)
+    assert build_cluster_tree(clustering, features, means, min_link=floor).steps(2) == [[2]]
+    view_links = np.zeros((4, 4))
+    view_links[0, 2] = view_links[2, 0] = 0.8 * seam  # object 2 shown in one region with part 0
+    joined = build_cluster_tree(clustering, features, means, min_link=floor, view_links=view_links,
+                                min_view_link=0.5 * seam)
+    # The seam first, then object 2 joins the group of 0 and 1 by part 0's view link (single linkage).
+    assert joined.steps(2) == [[2], [0, 1, 2]] and joined.links.tolist() == pytest.approx([seam, 0.8 * seam])
+    ignored = build_cluster_tree(clustering, features, means, min_link=floor, view_links=view_links,
+                                 min_view_link=0.9 * seam)  # the view link under its own floor
+    assert ignored.steps(2) == [[2]]
+
+
+def _box(lo, hi, spacing=0.02):
+    axes = [np.arange(a + spacing / 2, b, spacing) for a, b in zip(lo, hi)]
+    return np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
+
+
+def test_view_group_links_render_a_stacked_object_as_one_region_and_a_separate_one_apart():
+    from cgc_core.config import DepthSplitConfig
+    from cgc_core.hierarchy import view_group_links
+    from cgc_core.scene.model import Camera
+
+    # A table (cluster 0), an object of two stacked parts (1 below, 2 on top) and another object (3).
+    parts = [_box((-0.6, -0.6, -0.02), (0.6, 0.6, 0.0)), _box((-0.3, -0.1, 0.0), (-0.1, 0.1, 0.12)),
+             _box((-0.3, -0.1, 0.12), (-0.1, 0.1, 0.24)), _box((0.15, -0.1, 0.0), (0.35, 0.1, 0.16))]
+    means = torch.as_tensor(np.concatenate(parts), dtype=torch.float32)
+    labels = np.concatenate([np.full(len(p), k) for k, p in enumerate(parts)])
+    n = len(means)
+    params = {"means": means, "quats": torch.tensor([[1.0, 0, 0, 0]]).repeat(n, 1),
+              "scales": torch.full((n, 3), float(np.log(0.015))), "opacities": torch.full((n,), 5.0),
+              "sh0": torch.zeros(n, 1, 3), "shN": torch.zeros(n, 0, 3), "features": torch.zeros(n, 4)}
+    cameras = []
+    for angle in (0.0, 0.6, -0.6):  # orbiting, looking down at the table
+        eye = np.array([1.2 * np.sin(angle), -1.2 * np.cos(angle), 0.9])
+        forward = -eye / np.linalg.norm(eye)
+        right = np.cross(forward, [0.0, 0.0, 1.0])
+        right /= np.linalg.norm(right)
+        down = np.cross(forward, right)
+        rotation = np.stack([right, down, forward])
+        world_to_camera = np.eye(4)
+        world_to_camera[:3, :3], world_to_camera[:3, 3] = rotation, -rotation @ eye
+        cameras.append(Camera(np.array([[220.0, 0, 80], [0, 220.0, 60], [0, 0, 1]]), world_to_camera, 160, 120, f"v{angle}"))
+    links = view_group_links(params, cameras, labels, 4, DepthSplitConfig(), backend="torch")
+    np.testing.assert_allclose(links, links.T)
+    assert links[1, 2] == 1.0  # one region in every view
+    assert links[1, 3] == 0.0 and links[2, 3] == 0.0 and links[0].max() == 0.0  # apart; the table in no region
