@@ -24,11 +24,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.spatial import cKDTree
-from skimage.measure import label as connected_regions
 from torch import Tensor
 
 from .gaussians import neighbour_spacing
-from .masks.depth_split import depth_edges, plane_heights
+from .masks.depth_split import object_regions
 
 if TYPE_CHECKING:  # cluster.py builds trees
     from .cluster import Clustering
@@ -169,7 +168,7 @@ def region_votes(dominant: np.ndarray, regions: np.ndarray, n_clusters: int,
 
     Args:
         dominant: [H, W] the cluster each pixel shows most (-1: none).
-        regions: [H, W] object regions (0: none), e.g. `object_regions`.
+        regions: [H, W] object regions (0: none), e.g. `masks.depth_split.object_regions`.
         n_clusters: K.
         min_pixels: A cluster is seen with this many dominant pixels.
 
@@ -192,14 +191,6 @@ def region_votes(dominant: np.ndarray, regions: np.ndarray, n_clusters: int,
     return together, everywhere >= min_pixels
 
 
-def object_regions(depth: np.ndarray, intrinsics: np.ndarray, geometry: DepthSplitConfig, seed: int = 0) -> np.ndarray:
-    """[H, W] int: the connected pieces of a view's pixels that stand on its dominant plane (higher
-    than `geometry.group_height` over it) less its depth edges: one per object or group of touching
-    objects, as `masks.depth_split.object_groups` finds them; 0 elsewhere."""
-    above = plane_heights(depth, intrinsics, geometry.plane_tolerance, seed) > geometry.group_height
-    return connected_regions(above & ~depth_edges(depth, geometry.jump, sharpness=geometry.sharpness), connectivity=1)
-
-
 def view_group_links(params: dict[str, Tensor], cameras: list[Camera], labels: np.ndarray, n_clusters: int,
                      geometry: DepthSplitConfig, backend: str = "auto", seed: int = 0) -> np.ndarray:
     """[K, K] for every pair of clusters, the share of the views showing both in which one object
@@ -207,7 +198,7 @@ def view_group_links(params: dict[str, Tensor], cameras: list[Camera], labels: n
 
     Each view renders the clusters as one-hot features (a pixel shows the cluster of largest
     blended weight, where that weight exceeds 0.3) and the model's depth, whose object regions
-    (`object_regions`) join an object's parts wherever its depth rises from the table without a
+    (`masks.depth_split.object_regions`) join an object's parts wherever its depth rises from the table without a
     jump between them, even where the parts touch in 3D along too thin a piece to count in
     `cluster_contacts`.
 

@@ -238,9 +238,15 @@ def object_groups(labels: np.ndarray, depth: np.ndarray, intrinsics: np.ndarray,
         [H, W] int64 label map: a kept segment keeps its label, a grouped one takes
         labels.max() + its piece's number.
     """
+    return group_segments(labels, object_regions(depth, intrinsics, cfg, seed))
+
+
+def object_regions(depth: np.ndarray, intrinsics: np.ndarray, cfg: DepthSplitConfig, seed: int = 0) -> np.ndarray:
+    """[H, W] int: the connected pieces of a view's pixels that stand on its dominant plane (higher
+    than `cfg.group_height` over it, `plane_heights`) less its depth edges: one per object or group
+    of touching objects (`object_groups`' pieces; the cluster tree's view links); 0 elsewhere."""
     above = plane_heights(depth, intrinsics, cfg.plane_tolerance, seed) > cfg.group_height
-    pieces = connected_regions(above & ~depth_edges(depth, cfg.jump, sharpness=cfg.sharpness), connectivity=1)
-    return group_segments(labels, pieces)
+    return connected_regions(above & ~depth_edges(depth, cfg.jump, sharpness=cfg.sharpness), connectivity=1)
 
 
 def group_segments(labels: np.ndarray, pieces: np.ndarray) -> np.ndarray:
