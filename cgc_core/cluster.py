@@ -318,10 +318,16 @@ def _cluster_onehot(labels, dtype) -> Tensor:
 
 def render_instance_ids(params: dict[str, Tensor], labels: np.ndarray, camera, backend: str = "auto",
                         min_weight: float = 0.5) -> np.ndarray:
+    return render_instances(params, labels, camera, backend, min_weight)[0]
+
+
+def render_instances(params: dict[str, Tensor], labels: np.ndarray, camera, backend: str = "auto",
+                     min_weight: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
     """[H, W] int32 cluster id per pixel of one view, the same id in every view: each cluster's
     Gaussians are rendered as a one-hot channel, alpha-blended, and a pixel takes the cluster of
     the largest blended weight; 0 where no cluster reaches `min_weight` (background, noise),
-    otherwise cluster k is k + 1.
+    otherwise cluster k is k + 1. `render_instance_ids` returns these; `render_instances` also the
+    view's [H, W] depth from the same render (the cluster tree's view links read both).
 
     Args:
         params: Trained parameters; labels: [N] cluster per Gaussian (-1 noise), or their [N, K] one-hot.
@@ -331,12 +337,14 @@ def render_instance_ids(params: dict[str, Tensor], labels: np.ndarray, camera, b
     from .render import Gaussians, render
 
     onehot = _cluster_onehot(labels, params["means"].dtype)
-    if onehot.shape[1] == 0:
-        return np.zeros((camera.height, camera.width), dtype=np.int32)
     with torch.no_grad():
-        weights = render(Gaussians.from_params(params), camera, features=onehot, backend=backend).features
-    best, ids = weights.max(dim=-1)
-    return torch.where(best >= min_weight, ids + 1, 0).to(torch.int32).cpu().numpy()
+        out = render(Gaussians.from_params(params), camera, features=onehot if onehot.shape[1] else None,
+                     backend=backend)
+    depth = out.depth.cpu().numpy().reshape(camera.height, camera.width)
+    if onehot.shape[1] == 0:
+        return np.zeros((camera.height, camera.width), dtype=np.int32), depth
+    best, ids = out.features.max(dim=-1)
+    return torch.where(best >= min_weight, ids + 1, 0).to(torch.int32).cpu().numpy(), depth
 
 
 def export_instance_masks(params: dict[str, Tensor], labels: np.ndarray, cameras: dict, out_dir: str | Path,

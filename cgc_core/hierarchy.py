@@ -196,8 +196,8 @@ def view_group_links(params: dict[str, Tensor], cameras: list[Camera], labels: n
     """[K, K] for every pair of clusters, the share of the views showing both in which one object
     region holds both (`region_votes`); symmetric, 0 on the diagonal.
 
-    Each view renders the clusters as one-hot features (a pixel shows the cluster of largest
-    blended weight, where that weight exceeds 0.3) and the model's depth, whose object regions
+    Each view renders the clusters' ids (`cluster.render_instances`: a pixel shows the cluster of
+    largest blended weight, where that weight is at least 0.3) and the model's depth, whose object regions
     (`masks.depth_split.object_regions`) join an object's parts wherever its depth rises from the table without a
     jump between them, even where the parts touch in 3D along too thin a piece to count in
     `cluster_contacts`.
@@ -208,20 +208,13 @@ def view_group_links(params: dict[str, Tensor], cameras: list[Camera], labels: n
         geometry: `train.depth_split` (`group_height`, `plane_tolerance`, `jump`, `sharpness`).
         backend: Render backend; seed: the plane fits' random state.
     """
-    from .render import Gaussians, render
+    from .cluster import _cluster_onehot, render_instances  # cluster.py imports this module
 
-    one_hot = torch.zeros(len(labels), n_clusters)
-    labelled = np.nonzero(labels >= 0)[0]
-    one_hot[torch.as_tensor(labelled), torch.as_tensor(labels[labelled])] = 1.0
-    gaussians = Gaussians.from_params({name: value.detach() for name, value in params.items()})
+    one_hot = _cluster_onehot(labels, params["means"].dtype)  # once for every view
     together, seen = np.zeros((n_clusters, n_clusters)), np.zeros((n_clusters, n_clusters))
     for camera in cameras:
-        with torch.no_grad():
-            out = render(gaussians, camera, features=one_hot.to(gaussians.means.device), sh_degree=0, backend=backend)
-        weights = out.features.cpu().numpy()
-        dominant = np.where(weights.max(-1) > 0.3, weights.argmax(-1), -1)
-        depth = out.depth.cpu().numpy().reshape(camera.height, camera.width)
-        view_together, view_seen = region_votes(dominant, object_regions(depth, camera.K, geometry, seed), n_clusters)
+        ids, depth = render_instances(params, one_hot, camera, backend, min_weight=0.3)
+        view_together, view_seen = region_votes(ids - 1, object_regions(depth, camera.K, geometry, seed), n_clusters)
         together += view_together
         seen += np.outer(view_seen, view_seen)
     return together / np.maximum(seen, 1)
