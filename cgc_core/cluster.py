@@ -24,7 +24,7 @@ from torch import Tensor
 
 from .config import ClusterConfig, DepthSplitConfig
 from .gaussians import save_ply, subset_params
-from .hierarchy import ClusterTree, build_cluster_tree, view_group_links
+from .hierarchy import ClusterTree, build_cluster_tree, scene_up, view_group_links
 from .masks.store import coco_segment
 from .metrics import scores_3d
 from .scene.model import Camera
@@ -389,7 +389,8 @@ def model_tree(params: dict[str, Tensor], scene, selector, cfg: ClusterConfig, g
     """The clusters of a trained model at the selection's granularity (the cluster stage's), and
     their hierarchy (`hierarchy.build_cluster_tree`), which coarser selection steps walk; with
     `geometry` (`train.depth_split`) and `cfg.tree_view_groups` > 0 the tree also reads the
-    training views' object regions (`hierarchy.view_group_links`, rendered with `backend`)."""
+    training views' object regions (`hierarchy.view_group_links`, rendered with `backend`); a
+    floating cluster links to what lies beneath it along the cameras' up (`cfg.tree_support`)."""
     features, opacities = selector.restrict(params["features"]), torch.sigmoid(params["opacities"])
     clustering = cluster_gaussians(features, params["means"], opacities, cfg,
                                    look_at=camera_look_at(scene.cameras.values()))
@@ -399,7 +400,8 @@ def model_tree(params: dict[str, Tensor], scene, selector, cfg: ClusterConfig, g
                                       clustering.n_clusters, geometry, backend, cfg.seed)
     return clustering, build_cluster_tree(clustering, features, params["means"], opacities, cfg.min_opacity,
                                           cfg.tree_radius, cfg.tree_min_link, cfg.max_fit_points, cfg.seed,
-                                          view_links, cfg.tree_view_groups)
+                                          view_links, cfg.tree_view_groups, scene_up(scene.cameras.values()),
+                                          cfg.tree_support)
 
 
 def cluster_scene(params: dict[str, Tensor], scene, selector, queries: dict, query_protocol: str | None,

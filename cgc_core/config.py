@@ -543,6 +543,11 @@ class ClusterConfig:
     region holds both (`hierarchy.view_group_links`: the model's depth standing on the table's plane,
     less its jumps, with `train.depth_split`'s plane and jump settings), where that share is at least
     this; 0: 3D contact alone. RESULTS.md, "Coarser steps from the views' object regions"."""
+    tree_support: float = 0.5
+    """A cluster that touches nothing in 3D (the sum of its links under `tree_min_link`: a lamp's shade
+    on a stem too thin for the model) also links to the cluster straight beneath the largest share of
+    its Gaussians (along the cameras' mean up direction; `hierarchy.support_links`), where that share
+    is at least this; 0: off. RESULTS.md, "What holds a floating part up"."""
     seed: int = 0
 
 
@@ -849,6 +854,7 @@ _RULES: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
                                f"one of {['auto', *EVALUATION_PROTOCOLS]} or a non-empty list of them"),
     ("cluster", "min_cluster_size"): (lambda v: v >= 2, ">= 2"),
     ("cluster", "tree_view_groups"): (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("cluster", "tree_support"): (lambda v: 0 <= v <= 1, "in [0, 1]"),
     ("cluster", "max_fit_points"): (lambda v: v is None or v >= 2, ">= 2 or null"),
     ("stage", "retries"): (lambda v: v >= 0, ">= 0"),
     ("stage", "retry_delay_seconds"): (lambda v: v >= 0, ">= 0"),

@@ -8,9 +8,10 @@ much of the smaller group and their features are alike. Parts of one object are 
 seam; different objects mostly touch at a point, or rest on a surface that is the background. A
 part joined to the rest by too thin a piece to touch in 3D (a lamp's shade on its stem) is linked
 by the views instead: in many of them the model's depth shows one region standing on the table
-that holds both (`view_group_links`). A coarser step from a click adds the clusters of the next
-enclosing group; a finer step goes back. Measured in `benchmarks/RESULTS.md`, "Coarser steps" and
-"Coarser steps from the views' object regions".
+that holds both (`view_group_links`), or by what holds it up: a part that touches nothing floats,
+and joins what lies straight beneath it (`support_votes`). A coarser step from a click adds the
+clusters of the next enclosing group; a finer step goes back. Measured in `benchmarks/RESULTS.md`,
+"Coarser steps", "Coarser steps from the views' object regions" and "What holds a floating part up".
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
 import torch
@@ -220,10 +221,81 @@ def view_group_links(params: dict[str, Tensor], cameras: list[Camera], labels: n
     return together / np.maximum(seen, 1)
 
 
+def scene_up(cameras: Iterable[Camera]) -> np.ndarray:
+    """[3] unit vector: the mean of the cameras' up directions (OpenCV: each camera's -y), the
+    orientation nerfstudio's `auto_orient_and_center_poses(method="up")` gives a capture; for views
+    taken around a tabletop, the table's normal."""
+    up = -np.sum([camera.camera_to_world[:3, 1] for camera in cameras], axis=0)
+    return up / max(float(np.linalg.norm(up)), 1e-12)
+
+
+def support_votes(points: np.ndarray, labels: np.ndarray, n_clusters: int, up: np.ndarray, radius: float,
+                  clusters: list[int] | None = None) -> np.ndarray:
+    """What lies straight beneath each cluster's points.
+
+    Args:
+        points: [N, 3]; labels: [N] cluster of each point (-1: none, takes no part); n_clusters: K.
+        up: [3] unit vector (`scene_up`).
+        radius: A point is beneath another within this horizontal distance (perpendicular to `up`).
+        clusters: The clusters whose rows are wanted (None: all); the other rows stay 0.
+
+    Returns:
+        [K, K + 1] votes: row A, column B counts the points of A whose highest point beneath, of any
+        other cluster, is B's; column K the points of A with nothing of another cluster beneath.
+        Fast path (a KD-tree over the points projected on the horizontal plane) of
+        `support_votes_reference`.
+    """
+    votes = np.zeros((n_clusters, n_clusters + 1), np.int64)
+    heights = points @ up
+    flat = points - np.outer(heights, up)
+    wanted = np.nonzero(labels >= 0 if clusters is None else np.isin(labels, clusters))[0]
+    if not len(wanted):
+        return votes
+    for i, near in zip(wanted, cKDTree(flat).query_ball_point(flat[wanted], radius)):
+        near = np.asarray(near, np.int64)
+        near = near[(labels[near] >= 0) & (labels[near] != labels[i]) & (heights[near] < heights[i])]
+        votes[labels[i], labels[near[np.argmax(heights[near])]] if len(near) else n_clusters] += 1
+    return votes
+
+
+def support_votes_reference(points: np.ndarray, labels: np.ndarray, n_clusters: int, up: np.ndarray,
+                            radius: float) -> np.ndarray:
+    """`support_votes` (every cluster's row) by every pair of points (the tests' oracle)."""
+    votes = np.zeros((n_clusters, n_clusters + 1), np.int64)
+    for i in range(len(points)):
+        if labels[i] < 0:
+            continue
+        best, best_height = n_clusters, -np.inf
+        for j in range(len(points)):
+            rise = float((points[i] - points[j]) @ up)
+            horizontal = np.linalg.norm(points[i] - points[j] - rise * up)
+            if labels[j] >= 0 and labels[j] != labels[i] and rise > 0 and horizontal <= radius and \
+                    points[j] @ up > best_height:
+                best, best_height = labels[j], float(points[j] @ up)
+        votes[labels[i], best] += 1
+    return votes
+
+
+def support_links(votes: np.ndarray, floating: list[int], background: int, min_share: float) -> np.ndarray:
+    """[K, K] symmetric: each floating cluster's link to the cluster beneath the largest share of its
+    points (`support_votes`), where that share is at least `min_share`; the background holds nothing up."""
+    n_clusters = len(votes)
+    links = np.zeros((n_clusters, n_clusters))
+    for cluster in floating:
+        shares = votes[cluster, :n_clusters] / max(int(votes[cluster].sum()), 1)
+        if 0 <= background < n_clusters:
+            shares[background] = 0.0
+        below = int(np.argmax(shares))
+        if shares[below] >= min_share and below != cluster:
+            links[cluster, below] = links[below, cluster] = max(links[cluster, below], shares[below])
+    return links
+
+
 def build_cluster_tree(clustering: Clustering, features: Tensor, means: Tensor, opacities: Tensor | None = None,
                        min_opacity: float = 0.1, radius: float = 2.0, min_link: float = 0.05,
                        max_points: int | None = 20_000, seed: int = 0, view_links: np.ndarray | None = None,
-                       min_view_link: float = 0.1) -> ClusterTree:
+                       min_view_link: float = 0.1, up: np.ndarray | None = None, min_support: float = 0.5
+                       ) -> ClusterTree:
     """The hierarchy of a clustering: greedy agglomeration of the clusters by `cluster_links`.
 
     Args:
@@ -239,6 +311,10 @@ def build_cluster_tree(clustering: Clustering, features: Tensor, means: Tensor, 
         view_links: [K, K] `view_group_links`, or None. A pair's link is the larger of the 3D link
             and its view link where that is at least `min_view_link`; a merged group keeps the
             strongest view link of its members (single linkage).
+        up: [3] the scene's up direction (`scene_up`), or None. A cluster that floats (the sum of its
+            3D links under `min_link`) links to the cluster straight beneath the largest share of its
+            points, where that share is at least `min_support` (`support_links`; 0: never); kept
+            through merges like a view link.
 
     Returns:
         The `ClusterTree`; merges in the order they happened, strongest first.
@@ -255,8 +331,8 @@ def build_cluster_tree(clustering: Clustering, features: Tensor, means: Tensor, 
     links_made: list[float] = []
     if len(index) >= 2 and k >= 2:
         points = means.detach().cpu().numpy()[index].astype(np.float64)
-        contacts = cluster_contacts(points, labels[index], k,
-                                    radius * max(neighbour_spacing(points), 1e-12)).astype(np.float64)
+        touch = radius * max(neighbour_spacing(points), 1e-12)
+        contacts = cluster_contacts(points, labels[index], k, touch).astype(np.float64)
         unit = F.normalize(features.detach().float()[torch.as_tensor(index)], dim=-1).cpu().numpy()
         sizes = np.bincount(labels[index], minlength=k).astype(np.float64)
         sums = np.zeros((k, unit.shape[1]))
@@ -265,10 +341,18 @@ def build_cluster_tree(clustering: Clustering, features: Tensor, means: Tensor, 
         alive = sizes > 0
         if 0 <= clustering.background < k:
             alive[clustering.background] = False
+        # Links from other evidence than 3D contact, each above its own floor; a merged group keeps
+        # its members' strongest (single linkage). Flooring first keeps that rule: max commutes with it.
+        other = np.zeros((k, k))
+        if view_links is not None:
+            other = np.where(view_links >= min_view_link, view_links, 0.0)
+        if up is not None and min_support > 0:
+            touching = cluster_links(contacts, sizes, sums).sum(1)  # the background counts: the table holds things up
+            floating = [int(c) for c in np.nonzero(alive & (touching < min_link))[0]]
+            votes = support_votes(points, labels[index], k, np.asarray(up, np.float64), touch, floating)
+            other = np.maximum(other, support_links(votes, floating, clustering.background, min_support))
         while True:
-            links = cluster_links(contacts, sizes, sums)
-            if view_links is not None:
-                links = np.maximum(links, np.where(view_links >= min_view_link, view_links, 0.0))
+            links = np.maximum(cluster_links(contacts, sizes, sums), other)
             links[~alive] = 0.0
             links[:, ~alive] = 0.0
             a, b = np.unravel_index(int(np.argmax(links)), links.shape)
@@ -283,11 +367,9 @@ def build_cluster_tree(clustering: Clustering, features: Tensor, means: Tensor, 
             contacts[b], contacts[:, b] = 0.0, 0.0
             sizes[a] += sizes[b]
             sums[a] += sums[b]
-            if view_links is not None:
-                view_links = view_links.copy()
-                view_links[a] = view_links[:, a] = np.maximum(view_links[a], view_links[b])
-                view_links[a, a] = 0.0
-                view_links[b], view_links[:, b] = 0.0, 0.0
+            other[a] = other[:, a] = np.maximum(other[a], other[b])
+            other[a, a] = 0.0
+            other[b], other[:, b] = 0.0, 0.0
             alive[b] = False
             node[a] = k + len(merges) - 1
     return ClusterTree(np.asarray(clustering.centers, np.float32), np.asarray(merges, np.int64).reshape(-1, 2),

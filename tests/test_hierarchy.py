@@ -193,3 +193,55 @@ def test_view_group_links_render_a_stacked_object_as_one_region_and_a_separate_o
     np.testing.assert_allclose(links, links.T)
     assert links[1, 2] == 1.0  # one region in every view
     assert links[1, 3] == 0.0 and links[2, 3] == 0.0 and links[0].max() == 0.0  # apart; the table in no region
+
+
+def test_support_votes_equal_the_pairwise_reference():
+    from cgc_core.hierarchy import support_votes, support_votes_reference
+
+    rng = np.random.default_rng(3)
+    points = rng.uniform(0, 3, (120, 3))
+    labels = rng.integers(-1, 4, 120)
+    up = np.array([0.3, -0.2, 0.9]) / np.linalg.norm([0.3, -0.2, 0.9])
+    fast = support_votes(points, labels, 4, up, 0.5)
+    np.testing.assert_array_equal(fast, support_votes_reference(points, labels, 4, up, 0.5))
+    assert fast[:, :4].sum() > 0 and fast[:, 4].sum() > 0 and (np.diag(fast) == 0).all()
+    assert fast.sum() == (labels >= 0).sum()  # one vote per labelled point
+    only = support_votes(points, labels, 4, up, 0.5, clusters=[2])
+    np.testing.assert_array_equal(only[2], fast[2])
+    assert only[[0, 1, 3]].sum() == 0
+
+
+def _lamp():
+    """A lamp's base (0) standing on a table (3, the background) and its shade (1) floating over
+    the base (the stem too thin to be there); another object standing on the table beside them
+    (2); a floating cluster over the bare table (4)."""
+    parts = [_grid(0, 6, 0, 6, 1, 3), _grid(-1, 7, -1, 7, 8, 10), _grid(12, 17, 0, 5, 1, 6),
+             _grid(-10, 30, -10, 30, 0, 1), _grid(15, 20, 15, 20, 10, 12)]
+    means = np.concatenate(parts).astype(np.float32)
+    labels = np.concatenate([np.full(len(p), k) for k, p in enumerate(parts)]).astype(np.int64)
+    centers = F.normalize(torch.randn(5, 8, generator=torch.Generator().manual_seed(0)), dim=-1)
+    features = centers[torch.as_tensor(labels)]
+    return Clustering(labels, centers.numpy(), np.bincount(labels), len(labels), background=3), features, torch.as_tensor(means)
+
+
+def test_a_floating_part_joins_what_lies_beneath_it_and_nothing_else_does():
+    clustering, features, means = _lamp()
+    up = np.array([0.0, 0.0, 1.0])
+    assert build_cluster_tree(clustering, features, means).steps(1) == [[1]]  # 3D contact alone: no link
+    tree = build_cluster_tree(clustering, features, means, up=up)
+    assert tree.steps(1) == [[1], [0, 1]] and tree.steps(0) == [[0], [0, 1]]
+    assert tree.links.tolist() == pytest.approx([1.0])  # every point of the shade has the base beneath it
+    assert tree.steps(2) == [[2]] and tree.steps(4) == [[4]]  # stands on the table; floats over the table
+    assert build_cluster_tree(clustering, features, means, up=-up).steps(1) == [[1]]  # upside down: the base floats
+    assert build_cluster_tree(clustering, features, means, up=up, min_support=0.0).steps(1) == [[1]]  # off
+
+
+def test_scene_up_is_the_cameras_mean_up_direction():
+    from cgc_core.hierarchy import scene_up
+    from cgc_core.scene.model import Camera
+    from cgc_core.scene.synthetic import look_at
+
+    K = np.array([[100.0, 0, 50], [0, 100.0, 50], [0, 0, 1]])
+    cameras = [Camera(K, look_at(np.array([np.cos(a), np.sin(a), 0.6]), np.zeros(3)), 100, 100, f"v{a}")
+               for a in np.linspace(0, 2 * np.pi, 8, endpoint=False)]
+    np.testing.assert_allclose(scene_up(cameras), [0.0, 0.0, 1.0], atol=1e-9)
