@@ -221,12 +221,14 @@ def view_group_links(params: dict[str, Tensor], cameras: list[Camera], labels: n
     return together / np.maximum(seen, 1)
 
 
-def scene_up(cameras: Iterable[Camera]) -> np.ndarray:
+def scene_up(cameras: Iterable[Camera]) -> np.ndarray | None:
     """[3] unit vector: the mean of the cameras' up directions (OpenCV: each camera's -y), the
     orientation nerfstudio's `auto_orient_and_center_poses(method="up")` gives a capture; for views
-    taken around a tabletop, the table's normal."""
-    up = -np.sum([camera.camera_to_world[:3, 1] for camera in cameras], axis=0)
-    return up / max(float(np.linalg.norm(up)), 1e-12)
+    taken around a tabletop, the table's normal. None without cameras, or where their ups cancel."""
+    ups = [-camera.camera_to_world[:3, 1] for camera in cameras]
+    up = np.sum(ups, axis=0) if ups else np.zeros(3)
+    norm = float(np.linalg.norm(up))
+    return up / norm if norm > 1e-9 * max(len(ups), 1) else None
 
 
 def support_votes(points: np.ndarray, labels: np.ndarray, n_clusters: int, up: np.ndarray, radius: float,

@@ -245,3 +245,4 @@ def test_scene_up_is_the_cameras_mean_up_direction():
     cameras = [Camera(K, look_at(np.array([np.cos(a), np.sin(a), 0.6]), np.zeros(3)), 100, 100, f"v{a}")
                for a in np.linspace(0, 2 * np.pi, 8, endpoint=False)]
     np.testing.assert_allclose(scene_up(cameras), [0.0, 0.0, 1.0], atol=1e-9)
+    assert scene_up([]) is None  # no direction: the tree goes without support links
