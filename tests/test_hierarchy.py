@@ -25,11 +25,17 @@ def _toy():
     """An object of two parts joined along a 10 × 10 seam (0, 1), an object that touches it at one
     corner (2), and a background slab under all of them (3)."""
     parts = [_grid(0, 5, 0, 10, 1, 11), _grid(5, 10, 0, 10, 1, 11), _grid(10, 15, 10, 15, 11, 16), _grid(-5, 20, -5, 20, 0, 1)]
+    return _clustered(parts, background=3, noise=0.05)
+
+
+def _clustered(parts, background, noise=0.0):
+    """A `Clustering` with one cluster per point set of `parts` (random unit centres, features
+    around them with `noise`), its features and the points."""
     means = np.concatenate(parts).astype(np.float32)
     labels = np.concatenate([np.full(len(p), k) for k, p in enumerate(parts)]).astype(np.int64)
-    centers = F.normalize(torch.randn(4, 8, generator=torch.Generator().manual_seed(0)), dim=-1)
-    features = centers[torch.as_tensor(labels)] + 0.05 * torch.randn(len(labels), 8, generator=torch.Generator().manual_seed(1))
-    clustering = Clustering(labels, centers.numpy(), np.bincount(labels), len(labels), background=3)
+    centers = F.normalize(torch.randn(len(parts), 8, generator=torch.Generator().manual_seed(0)), dim=-1)
+    features = centers[torch.as_tensor(labels)] + noise * torch.randn(len(labels), 8, generator=torch.Generator().manual_seed(1))
+    clustering = Clustering(labels, centers.numpy(), np.bincount(labels), len(labels), background=background)
     return clustering, features, torch.as_tensor(means)
 
 
@@ -217,11 +223,7 @@ def _lamp():
     (2); a floating cluster over the bare table (4)."""
     parts = [_grid(0, 6, 0, 6, 1, 3), _grid(-1, 7, -1, 7, 8, 10), _grid(12, 17, 0, 5, 1, 6),
              _grid(-10, 30, -10, 30, 0, 1), _grid(15, 20, 15, 20, 10, 12)]
-    means = np.concatenate(parts).astype(np.float32)
-    labels = np.concatenate([np.full(len(p), k) for k, p in enumerate(parts)]).astype(np.int64)
-    centers = F.normalize(torch.randn(5, 8, generator=torch.Generator().manual_seed(0)), dim=-1)
-    features = centers[torch.as_tensor(labels)]
-    return Clustering(labels, centers.numpy(), np.bincount(labels), len(labels), background=3), features, torch.as_tensor(means)
+    return _clustered(parts, background=3)
 
 
 def test_a_floating_part_joins_what_lies_beneath_it_and_nothing_else_does():
