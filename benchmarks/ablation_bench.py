@@ -32,8 +32,8 @@ def run_variant(data_dir: str, preset: str, extra: list[str], overrides: list[st
     for stage in ("scene", "calibrate", "masks"):
         run_scene_stage(cfg, "synthetic", stage)
     _, trained = run_scene_stage(cfg, "synthetic", "train")
-    _, evaluated = run_scene_stage(cfg, "synthetic", "evaluate")
     _, clustered = run_scene_stage(cfg, "synthetic", "cluster")
+    _, evaluated = run_scene_stage(cfg, "synthetic", "evaluate")
     summary = evaluated.outputs.summary
     cluster = clustered.outputs.summary
     return {"miou": summary["miou"], "mbiou": summary["mbiou"], "psnr": summary["psnr"], "ari": cluster.get("ari"),

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def train_and_evaluate(source: str, overrides: list[str]) -> tuple[dict, dict, Path]:
     cfg = load_config(None, overrides)
-    for stage in ("scene", "calibrate", "masks", "train", "evaluate"):
+    for stage in ("scene", "calibrate", "masks", "train", "cluster", "evaluate"):
         _, result = run_scene_stage(cfg, source, stage)
         if stage == "train":
             trained = result.outputs

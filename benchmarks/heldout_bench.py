@@ -55,7 +55,7 @@ def run_one(preset: str, seed: int, overrides: list[str], data_dir: str, steps: 
     protocols = ["evaluate.protocol=[click-oracle, click-oracle-steps]"] if steps else []
     cfg = load_config(None, [f"data_dir={folder}", f"synthetic.seed={seed}", f"train.seed={seed}", *protocols,
                              *overrides])
-    for stage in ("scene", "calibrate", "masks", "train", "evaluate", "cluster"):
+    for stage in ("scene", "calibrate", "masks", "train", "cluster", "evaluate"):
         _, result = run_scene_stage(cfg, f"synthetic-{preset}", stage)
         if stage == "train":
             record = result.outputs.record

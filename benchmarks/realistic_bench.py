@@ -47,7 +47,7 @@ def object_cosines(scene, trained: TrainOutputs, backend: str) -> tuple[list[str
 
 def run_scene(source: str, overrides: list[str], data_dir: str) -> dict:
     cfg = load_config(None, [f"data_dir={data_dir}", *overrides])
-    for stage in ("scene", "calibrate", "masks", "train", "evaluate", "cluster"):
+    for stage in ("scene", "calibrate", "masks", "train", "cluster", "evaluate"):
         scene, result = run_scene_stage(cfg, source, stage)
         print(f"[{source}] {stage:<9} {'cached' if result.cached else 'computed'}  {result.stage_dir}", flush=True)
         if stage == "train":

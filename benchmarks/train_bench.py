@@ -30,8 +30,9 @@ def main() -> None:
         calibrated, calibration = calibrate_stage(cfg, scene)
         masks = masks_stage(cfg, calibrated).result
         trained = train_stage(cfg, calibrated, {"masks": masks, "calibrate": calibration}, force=True).result
-        evaluated = evaluate_stage(cfg, calibrated, {"train": trained}, force=True).result
-        ari = cluster_stage(cfg, calibrated, {"train": trained}, force=True).result.manifest.info["ari"]
+        clustered = cluster_stage(cfg, calibrated, {"train": trained}, force=True).result
+        evaluated = evaluate_stage(cfg, calibrated, {"train": trained, "cluster": clustered}, force=True).result
+        ari = clustered.manifest.info["ari"]
         info = trained.manifest.info
         summary = evaluated.outputs.summary
     s_per_iter = info["seconds"] / info["steps"]

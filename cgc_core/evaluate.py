@@ -39,7 +39,6 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from .cluster import model_tree
 from .config import EVALUATION_PROTOCOLS, CgcConfig, EvaluateConfig
 from .hierarchy import ClusterTree
 from .metrics import (MaskScore, MissingPredictionError, average_scores, iou, psnr, read_mask, resize_nearest,
@@ -410,7 +409,8 @@ def evaluate_scene(scene: Scene, render_features: FeatureRenderer, out_dir: str 
     return table, results
 
 
-def evaluate_model(params: dict[str, Tensor], scene: Scene, cfg: CgcConfig, out_dir: str | Path) -> dict:
+def evaluate_model(params: dict[str, Tensor], scene: Scene, cfg: CgcConfig, out_dir: str | Path,
+                   tree: ClusterTree | None = None) -> dict:
     """The evaluate stage's work: every configured protocol on a trained model (`evaluate_scene`),
     plus the test views' PSNR; writes `summary.json` beside the predictions and `results.parquet`.
 
@@ -418,6 +418,8 @@ def evaluate_model(params: dict[str, Tensor], scene: Scene, cfg: CgcConfig, out_
         params: Trained parameters; scene: the calibrated scene with its ground truth.
         cfg: Root config (`evaluate`, `query`, `train.backend` and `train.background`).
         out_dir: The stage's folder.
+        tree: The cluster stage's tree of the model's clusters (`cluster.ClusterOutputs.tree`),
+            which `click-oracle-steps` climbs; that protocol raises ValueError without it.
 
     Returns:
         The summary: the first protocol's mIoU, mBIoU and per-prompt figures at the top, every
@@ -436,8 +438,6 @@ def evaluate_model(params: dict[str, Tensor], scene: Scene, cfg: CgcConfig, out_
 
         protocols = resolve_protocols(cfg.evaluate.protocol, scene.layout, cfg.evaluate.ovs_queries)
         selector = Selector.from_config(cfg)
-        tree = (model_tree(params, scene, selector, cfg.cluster, cfg.train.depth_split, cfg.train.backend)[1]
-                if "click-oracle-steps" in protocols else None)
         table, results = evaluate_scene(
             scene, feature_renderer(params, scene, cfg.train.backend), out_dir, cfg.evaluate, selector,
             grounding_image=(lambda view: (rendered(view).clamp(0, 1).cpu().numpy() * 255 + 0.5).astype("uint8"))

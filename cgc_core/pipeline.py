@@ -24,6 +24,7 @@ from .evaluate import (EvaluateOutputs, check_protocol_weights, evaluate_model, 
                        selection_protocol)
 from .fingerprint import code_fingerprint
 from .gaussians import load_ply
+from .hierarchy import ClusterTree
 from .masks.generators import generate_scene_masks, make_generator
 from .masks.store import MasksOutputs
 from .report import ReportOutputs, build_report
@@ -281,25 +282,23 @@ def evaluate_stage(cfg: CgcConfig, scene: Scene, upstream: Upstream, force: bool
     Writes predictions per protocol (LERF-Mask result layout), every protocol's rows and a summary
     (`evaluate.evaluate_model`, `evaluate.EvaluateOutputs`). A scene without ground truth is
     recorded as skipped. Keyed on the trained model, the ground truth, the query weights, the
-    evaluate and query sections, and under `click-oracle-steps` the cluster section too.
+    evaluate and query sections, and under `click-oracle-steps` the cluster stage's output, whose
+    tree (`upstream["cluster"]`, the one `cgc export` and the viewer walk) the steps climb.
     """
-    trained = upstream["train"]
+    trained, clustered = upstream["train"], upstream["cluster"]
     gt_files = [p for masks in scene.gt_masks.values() for p in masks.values()]
-    inputs = {"train": trained.manifest.key, **{f"gt:{p.parent.name}/{p.name}": hash_file(p) for p in gt_files},
-              **weight_stamps(cfg)}
+    steps = "click-oracle-steps" in resolve_protocols(cfg.evaluate.protocol, scene.layout, cfg.evaluate.ovs_queries)
+    inputs = {"train": trained.manifest.key, **({"cluster": clustered.manifest.key} if steps else {}),
+              **{f"gt:{p.parent.name}/{p.name}": hash_file(p) for p in gt_files}, **weight_stamps(cfg)}
 
     def compute(work: Path) -> dict:
         params = load_ply(trained.outputs.ply) if gt_files else None
-        summary = evaluate_model(params, scene, cfg, work)
+        tree = ClusterTree.from_json(clustered.outputs.tree) if steps and gt_files else None
+        summary = evaluate_model(params, scene, cfg, work, tree)
         return {k: v for k, v in summary.items() if k not in ("prompts", "protocols")}
 
-    # click-oracle-steps walks the clusters' tree, which the cluster section shapes (`cluster.model_tree`;
-    # the train section's depth-cut settings it also reads key the train stage, hence this one);
-    # the same resolution `evaluate_model` uses to decide whether to build it.
-    protocols = resolve_protocols(cfg.evaluate.protocol, scene.layout, cfg.evaluate.ovs_queries)
-    sections = (cfg.evaluate, cfg.query, cfg.cluster) if "click-oracle-steps" in protocols else (cfg.evaluate, cfg.query)
-    return StageRun(scene, run_stage(scene_dir(cfg, scene.name) / "evaluate", "evaluate", inputs, sections, compute,
-                                     force=force, code=stage_code("evaluate")).as_outputs(EvaluateOutputs))
+    return StageRun(scene, run_stage(scene_dir(cfg, scene.name) / "evaluate", "evaluate", inputs, (cfg.evaluate, cfg.query),
+                                     compute, force=force, code=stage_code("evaluate")).as_outputs(EvaluateOutputs))
 
 
 def stage_record(result: StageResult | None, scene: Scene | None = None) -> dict:
@@ -403,7 +402,7 @@ SCENE_SPECS = (
               code=("cgc_core.pipeline:train_stage", "cgc_core.train")),
     StageSpec("cluster", ("train",), cluster_stage, progress_every=10, needs_query_weights=True,
               code=("cgc_core.pipeline:cluster_stage", "cgc_core.cluster", "cgc_core.evaluate", "cgc_core.selection")),
-    StageSpec("evaluate", ("train",), evaluate_stage, needs_query_weights=True,
+    StageSpec("evaluate", ("train", "cluster"), evaluate_stage, needs_query_weights=True,
               code=("cgc_core.pipeline:evaluate_stage", "cgc_core.evaluate")),
 )
 """The per-scene stages in the order they run (each after the stages it reads)."""

@@ -52,7 +52,7 @@ def _run_until(data_dir: Path, stage: str, kill_at: int, *extra: str) -> int:
 
 
 def _stages_up_to(cfg, last: str):
-    for stage in ("scene", "calibrate", "masks", "train", "evaluate"):
+    for stage in ("scene", "calibrate", "masks", "train", "cluster", "evaluate"):
         _, result = run_scene_stage(cfg, "synthetic", stage)
         if stage == last:
             return result
@@ -113,7 +113,7 @@ def test_sigkill_during_training_resumes_and_reports_the_same_numbers(tmp_path, 
     reference = _params(uninterrupted[0])
     for key, value in _params(data_dir).items():
         assert torch.equal(value, reference[key]), key
-    _, evaluated = run_scene_stage(cfg, "synthetic", "evaluate")
+    _, evaluated = run_scene_stage(cfg, "synthetic", "evaluate", run_upstream=True)
     summary = json.loads((evaluated.stage_dir / "summary.json").read_text())
     assert {k: summary[k] for k in ("miou", "mbiou", "psnr")} == {k: uninterrupted[1][k] for k in ("miou", "mbiou", "psnr")}
     assert_nothing_half_written(data_dir)

@@ -118,21 +118,25 @@ def test_each_stage_returns_its_typed_outputs_and_they_name_files_it_wrote(tiny_
     assert isinstance(pipeline.run_scene_stage(cfg, str(tiny_scene_dir), "train")[1].outputs, TrainOutputs)
 
 
-def test_the_steps_protocol_reevaluates_when_the_cluster_tree_settings_change(tiny_scene_dir, tmp_path):
-    # click-oracle-steps walks the tree the cluster section shapes; the one-click protocol does not read it.
-    from cgc_core import pipeline
+def test_the_steps_protocol_climbs_the_cluster_stages_tree_and_follows_its_settings(tiny_scene_dir, tmp_path,
+                                                                                      monkeypatch):
+    # click-oracle-steps walks the cluster stage's tree (built once, there); the one-click protocol does not read it.
+    from cgc_core import cluster, pipeline
     from cgc_core.config import load_config
 
+    built = []
+    monkeypatch.setattr(cluster, "model_tree", lambda *a, real=cluster.model_tree, **k: built.append(1) or real(*a, **k))
     base = [f"data_dir={tmp_path}", "calibrate.mode=known_poses", "train.iterations=6", "train.checkpoint_every=0",
             "train.health.views=1", "cluster.min_cluster_size=20"]
 
     def evaluated(*overrides: str):
         cfg = load_config(None, [*base, *overrides])
-        for stage in ("scene", "calibrate", "masks", "train"):
+        for stage in ("scene", "calibrate", "masks", "train", "cluster"):
             pipeline.run_scene_stage(cfg, str(tiny_scene_dir), stage)
         return pipeline.run_scene_stage(cfg, str(tiny_scene_dir), "evaluate")[1]
 
     steps = "evaluate.protocol=[click-oracle, click-oracle-steps]"
     assert not evaluated(steps).cached and evaluated(steps).cached
+    assert len(built) == 1  # by the cluster stage; evaluate read its tree.json
     assert not evaluated(steps, "cluster.tree_radius=3").cached
     assert not evaluated().cached and evaluated("cluster.tree_radius=4").cached
