@@ -25,6 +25,7 @@ from torch import Tensor
 from .config import ClusterConfig, DepthSplitConfig
 from .gaussians import save_ply, subset_params
 from .hierarchy import ClusterTree, build_cluster_tree, scene_up, view_group_links
+from .masks.depth_split import dominant_plane
 from .masks.store import coco_segment
 from .metrics import scores_3d
 from .scene.model import Camera
@@ -59,8 +60,8 @@ class Clustering:
         centers: [K, D] unit mean feature of each cluster.
         sizes: [K] Gaussians per cluster (all Gaussians, not only the fitted ones).
         n_fitted: How many Gaussians HDBSCAN was fitted on.
-        background: The cluster the spread-out clusters and those beyond the cameras were merged
-            into (`merge_background`), or -1 when none was.
+        background: The cluster the spread-out clusters, those beyond the cameras and those flat
+            on the support were merged into (`merge_background`), or -1 when none was.
     """
 
     labels: np.ndarray
@@ -84,7 +85,8 @@ def _embedding(features: Tensor, means: Tensor | None, position_weight: float) -
 
 
 def cluster_gaussians(features: Tensor, means: Tensor | None = None, opacities: Tensor | None = None,
-                      cfg: ClusterConfig | None = None, look_at: tuple[np.ndarray, float] | None = None) -> Clustering:
+                      cfg: ClusterConfig | None = None, look_at: tuple[np.ndarray, float] | None = None,
+                      up: np.ndarray | None = None) -> Clustering:
     """Cluster Gaussians into objects by their features.
 
     Args:
@@ -95,7 +97,10 @@ def cluster_gaussians(features: Tensor, means: Tensor | None = None, opacities: 
             not fitted. None: all are fitted.
         cfg: Cluster config (HDBSCAN sizes, sample size, noise rule, background merge, seed).
         look_at: The cameras' look-at point and their median distance from it
-            (`camera_look_at`), for `cfg.background_beyond_cameras`; None: that rule is not applied.
+            (`camera_look_at`), for `cfg.background_beyond_cameras` and `cfg.background_flat`;
+            None: those rules are not applied.
+        up: [3] the cameras' up direction (`hierarchy.scene_up`), for `cfg.background_flat`; None:
+            that rule is not applied.
 
     Returns:
         `Clustering`: labels for every Gaussian, unit cluster centres and sizes. When HDBSCAN
@@ -137,7 +142,7 @@ def cluster_gaussians(features: Tensor, means: Tensor | None = None, opacities: 
     clustering = Clustering(labels, centers.cpu().numpy(), sizes, len(candidates))
     if means is not None:  # merge_background applies each rule only where it is on (and has cameras)
         clustering = merge_background(clustering, unit, means, candidates, cfg.background_spread, look_at,
-                                      cfg.background_beyond_cameras)
+                                      cfg.background_beyond_cameras, up, cfg.background_flat)
     return clustering
 
 
@@ -204,16 +209,45 @@ def cluster_distances(labels: np.ndarray, n_clusters: int, means: Tensor | np.nd
                      else 0.0 for k in range(n_clusters)])
 
 
+def support_plane(means: Tensor | np.ndarray, considered: np.ndarray, look_at: tuple[np.ndarray, float],
+                  up: np.ndarray, tolerance: float, max_tilt: float = 30.0,
+                  seed: int = 0) -> tuple[np.ndarray, np.ndarray] | None:
+    """The plane the captured objects stand on: the dominant plane (`masks.depth_split.dominant_plane`)
+    of the `considered` Gaussians (indices) within half the cameras' distance of the point they look
+    at, its normal within `max_tilt` degrees of `up` and pointing to its side; (point, unit normal),
+    or None. `tolerance`: the inlier distance, in units of the cameras' distance."""
+    points = (means.detach().cpu().numpy() if isinstance(means, Tensor) else np.asarray(means))[considered]
+    points = points[np.isfinite(points).all(axis=1)]
+    point, radius = look_at
+    near = points[np.linalg.norm(points - point, axis=1) < 0.5 * radius]
+    return dominant_plane(near, tolerance * radius, seed, up=up, max_tilt=max_tilt)
+
+
+def cluster_heights(labels: np.ndarray, n_clusters: int, means: Tensor | np.ndarray, considered: np.ndarray,
+                    plane: tuple[np.ndarray, np.ndarray], scale: float, share: float = 0.9) -> np.ndarray:
+    """[n_clusters] how far each cluster's `considered` Gaussians lie from `plane` (point, unit
+    normal): the `share` quantile of their distances from it, divided by `scale`; inf for a cluster
+    with none of them."""
+    points, labels = _finite_considered(labels, means, considered)
+    distance = np.abs((points - plane[0]) @ plane[1]) / scale
+    return np.array([float(np.quantile(distance[labels == k], share)) if (labels == k).any() else np.inf
+                     for k in range(n_clusters)])
+
+
 def merge_background(clustering: Clustering, unit_features: Tensor, means: Tensor, considered: np.ndarray,
-                     spread: float, look_at: tuple[np.ndarray, float] | None = None, beyond: float = 0.0) -> Clustering:
-    """Merge every cluster spread wider than `spread` times the scene's (`cluster_spreads`), and
-    every cluster beyond the ring of cameras, into one background cluster.
+                     spread: float, look_at: tuple[np.ndarray, float] | None = None, beyond: float = 0.0,
+                     up: np.ndarray | None = None, flat: float = 0.0) -> Clustering:
+    """Merge every cluster spread wider than `spread` times the scene's (`cluster_spreads`), every
+    cluster beyond the ring of cameras, and every cluster lying flat on the support plane, into one
+    background cluster.
 
     Features separate surfaces that the masks separate, so walls, floor, table and sky come out as
     several clusters, each spread over much of the scene, while objects are compact. A user asking
     for objects wants those as one background (the ground truth of LERF-Mask-style scenes and of the
     synthetic scenes has one id for them). What lies outside the cameras' ring (a picture on the
-    wall behind them) is compact too, but it is the surroundings of an object-centric capture.
+    wall behind them) is compact too, but it is the surroundings of an object-centric capture. A
+    patch of the table that the masks cut apart (a shadow, a reflection) is compact and near, but
+    it lies in the table's plane, where nothing that stands on the table does.
     Labels stay 0..K-1 (clusters keep their order, the background takes the place of the first
     merged one); its centre is the mean of its Gaussians' unit features. Noise labels (-1) are
     left as they are.
@@ -229,6 +263,10 @@ def merge_background(clustering: Clustering, unit_features: Tensor, means: Tenso
         beyond: With `look_at`: a cluster whose median position is farther from the point than
             `beyond` times the cameras' distance merges too (`ClusterConfig.background_beyond_cameras`);
             0: none does.
+        up: [3] the cameras' up direction (`hierarchy.scene_up`), or None.
+        flat: With `look_at` and `up`: a cluster 90 % of whose Gaussians lie within `flat` times the
+            cameras' distance of the support plane (`support_plane`, `cluster_heights`) merges too
+            (`ClusterConfig.background_flat`); 0: none does.
 
     Returns:
         The merged `Clustering` with `background` set; the input (with `background` the one
@@ -243,6 +281,10 @@ def merge_background(clustering: Clustering, unit_features: Tensor, means: Tenso
     if look_at is not None and beyond > 0:
         point, radius = look_at
         merging |= cluster_distances(labels, clustering.n_clusters, means, considered, point) > beyond * radius
+    if look_at is not None and up is not None and flat > 0:
+        plane = support_plane(means, considered, look_at, up, tolerance=flat / 2)
+        if plane is not None:
+            merging |= cluster_heights(labels, clustering.n_clusters, means, considered, plane, look_at[1]) < flat
     wide = np.flatnonzero(merging)
     if len(wide) < 2:  # nothing to merge
         return replace(clustering, background=int(wide[0]) if len(wide) else NOISE)
@@ -393,7 +435,7 @@ def model_tree(params: dict[str, Tensor], scene, selector, cfg: ClusterConfig, g
     floating cluster links to what lies beneath it along the cameras' up (`cfg.tree_support`)."""
     features, opacities = selector.restrict(params["features"]), torch.sigmoid(params["opacities"])
     clustering = cluster_gaussians(features, params["means"], opacities, cfg,
-                                   look_at=camera_look_at(scene.cameras.values()))
+                                   look_at=camera_look_at(scene.cameras.values()), up=scene_up(scene.cameras.values()))
     view_links = None
     if geometry is not None and cfg.tree_view_groups > 0 and clustering.n_clusters >= 2:
         view_links = view_group_links(params, [scene.cameras[n] for n in scene.train_names], clustering.labels,

@@ -521,6 +521,13 @@ class ClusterConfig:
     outside the ring of cameras of an object-centric capture (walls, pictures, furniture) is the
     surroundings, however compact (`cluster.camera_look_at`). 0 turns it off; it does nothing
     where the cameras' axes do not meet (a forward-facing capture). RESULTS.md, "Outside the ring of cameras"."""
+    background_flat: float = 0.01
+    """Clusters 90 % of whose Gaussians lie within this many times the cameras' distance of the plane
+    the objects stand on merge into the background too: patches of the table or floor that the masks
+    cut apart (shadows, reflections), flat as nothing standing on the table is (an object flatter than
+    this, a napkin, merges with them). The plane: the dominant one near the point the cameras look at,
+    within 30° of their up direction (`cluster.support_plane`). 0 turns it off; it does nothing
+    without that point. RESULTS.md, "Flat on the table"."""
     noise: Literal["nearest", "keep"] = "nearest"
     """HDBSCAN noise: give it the nearest cluster by feature, or keep it unlabelled (-1)."""
     outlier_neighbours: int = 10
@@ -855,6 +862,7 @@ _RULES: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
     ("cluster", "min_cluster_size"): (lambda v: v >= 2, ">= 2"),
     ("cluster", "tree_view_groups"): (lambda v: 0 <= v <= 1, "in [0, 1]"),
     ("cluster", "tree_support"): (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("cluster", "background_flat"): (lambda v: v >= 0, ">= 0"),
     ("cluster", "max_fit_points"): (lambda v: v is None or v >= 2, ">= 2 or null"),
     ("stage", "retries"): (lambda v: v >= 0, ">= 0"),
     ("stage", "retry_delay_seconds"): (lambda v: v >= 0, ">= 0"),

@@ -89,6 +89,56 @@ def test_compact_clusters_beyond_the_cameras_merge_into_the_background():
     assert alone.n_clusters == 4 and (alone.labels[1600 + 600:] == alone.background).all()
 
 
+def test_a_patch_flat_on_the_table_merges_into_the_background_and_what_stands_on_it_stays():
+    # A floor, two objects standing on it, and a patch of the floor the masks cut apart (a shadow:
+    # its own features, compact, within the ring of cameras, 2 mm thick): four feature groups,
+    # three things a user asks for.
+    from cgc_core.hierarchy import scene_up
+
+    g = torch.Generator().manual_seed(0)
+    directions = torch.nn.functional.normalize(torch.randn(4, 16, generator=g), dim=-1)
+    floor = torch.rand(1600, 3, generator=g) * torch.tensor([10.0, 10.0, 0.0]) - torch.tensor([5.0, 5.0, 0.0])
+    objects = [torch.rand(300, 3, generator=g) * torch.tensor([0.3, 0.3, 0.4]) + torch.tensor(c)
+               for c in ([0.3, 0.2, 0.0], [-0.6, -0.3, 0.0])]
+    patch = torch.rand(300, 3, generator=g) * torch.tensor([0.3, 0.3, 0.002]) + torch.tensor([0.0, -0.6, -0.001])
+    means = torch.cat([floor, *objects, patch])
+    group = torch.cat([torch.full((n,), k) for k, n in enumerate((1600, 300, 300, 300))])
+    features = directions[group] + 0.05 * torch.randn(len(group), 16, generator=g)
+    truth = np.where(group.numpy() == 3, 0, group.numpy())  # the patch is the floor's
+    cameras = _ring_cameras(radius=2.0, height=1.0)
+    look_at, up = camera_look_at(cameras), scene_up(cameras)
+    np.testing.assert_allclose(up, [0.0, 0.0, 1.0], atol=1e-9)
+    cfg = ClusterConfig(min_cluster_size=50)
+    merged = cluster_gaussians(features, means, cfg=cfg, look_at=look_at, up=up)
+    assert merged.n_clusters == 3 and adjusted_rand_score(truth, merged.labels) == pytest.approx(1.0)
+    assert (merged.labels[-300:] == merged.background).all()
+    kept = cluster_gaussians(features, means, cfg=ClusterConfig(min_cluster_size=50, background_flat=0.0),
+                             look_at=look_at, up=up)
+    assert kept.n_clusters == 4 and adjusted_rand_score(truth, kept.labels) < 0.95
+    # Without the cameras' up direction there is no table to lie on: the patch stays.
+    assert cluster_gaussians(features, means, cfg=cfg, look_at=look_at).n_clusters == 4
+
+
+def test_the_dominant_plane_is_the_most_populated_one_or_the_most_populated_upright_one():
+    from cgc_core.masks.depth_split import dominant_plane
+
+    rng = np.random.default_rng(0)
+    table = np.c_[rng.uniform(-1, 1, (1000, 2)), rng.normal(0, 1e-3, 1000)] @ _rotation_x(10).T
+    wall = np.c_[np.full(2000, 2.0) + rng.normal(0, 1e-3, 2000), rng.uniform(-1, 1, (2000, 2))]
+    clutter = rng.uniform(-1, 1, (300, 3))
+    points = np.concatenate([table, wall, clutter])
+    centre, normal = dominant_plane(points, tolerance=0.01)
+    assert abs(normal @ [1.0, 0.0, 0.0]) > 0.999 and centre[0] == pytest.approx(2.0, abs=0.01)
+    centre, normal = dominant_plane(points, tolerance=0.01, up=np.array([0.0, 0.0, 1.0]), max_tilt=30)
+    np.testing.assert_allclose(normal, _rotation_x(10) @ [0.0, 0.0, 1.0], atol=1e-3)  # towards up
+    assert dominant_plane(points[:2], tolerance=0.01) is None
+
+
+def _rotation_x(degrees: float) -> np.ndarray:
+    a = np.radians(degrees)
+    return np.array([[1.0, 0.0, 0.0], [0.0, np.cos(a), -np.sin(a)], [0.0, np.sin(a), np.cos(a)]])
+
+
 @pytest.mark.parametrize("max_fit_points", [None, 1500])
 def test_clustering_recovers_known_groups(max_fit_points):
     features, means, truth = _feature_cloud()

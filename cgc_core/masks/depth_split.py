@@ -169,17 +169,65 @@ def cut_at_depth_edges(labels: np.ndarray, depth: np.ndarray, cfg: DepthSplitCon
     return np.stack(cut) if labels.ndim == 3 else cut[0]
 
 
+def dominant_plane(points: np.ndarray, tolerance: float, seed: int = 0, trials: int = 200, max_points: int = 4000,
+                   up: np.ndarray | None = None, max_tilt: float = 90.0) -> tuple[np.ndarray, np.ndarray] | None:
+    """The plane that holds the most of `points`: a point on it and its unit normal, or None.
+
+    RANSAC: of `trials` planes through three points drawn at random, the one with the most points
+    within `tolerance` (perpendicular distance), refitted to those points by least squares (SVD).
+    By hand, because scikit-learn's `RANSACRegressor` and scikit-image's `ransac` have no plane
+    model that measures the perpendicular distance: a regression of one coordinate on the others
+    measures along an axis, which favours planes facing it (a wall facing the camera) over a table
+    seen at a grazing angle.
+
+    Args:
+        points: [N, 3].
+        tolerance: A point within this distance of a candidate plane is one of its inliers.
+        seed: The random draws' seed (the fit is repeatable).
+        trials: Candidate planes.
+        max_points: The fit reads at most this many points, drawn at random.
+        up: [3] unit vector, or None. With it, only candidate planes whose normal lies within
+            `max_tilt` degrees of it (either sign) count (a table under a capture, not a wall),
+            and the normal returned points to its side.
+        max_tilt: Degrees; see `up`.
+
+    Returns:
+        (centre, normal): the inliers' mean and the plane's unit normal; None when fewer than three
+        points are given or no candidate qualifies.
+    """
+    points = np.asarray(points, dtype=np.float64)
+    if len(points) < 3:
+        return None
+    rng = np.random.default_rng(seed)
+    sample = points[rng.choice(len(points), min(len(points), max_points), replace=False)]
+    a, b, c = (sample[rng.integers(0, len(sample), trials)] for _ in range(3))
+    normals = np.cross(b - a, c - a)
+    scale = float(np.abs(sample - sample.mean(0)).max()) or 1.0
+    usable = np.linalg.norm(normals, axis=1) > 1e-12 * scale ** 2
+    normals = normals[usable] / np.maximum(np.linalg.norm(normals[usable], axis=1, keepdims=True), 1e-300)
+    if up is not None:
+        upright = np.abs(normals @ up) >= np.cos(np.radians(max_tilt)) - 1e-12
+        normals, a = normals[upright], a[usable][upright]
+    else:
+        a = a[usable]
+    if len(normals) == 0:
+        return None
+    offsets = -(normals * a).sum(1)
+    inliers = np.abs(sample @ normals.T + offsets) < tolerance  # [points, planes]
+    best = inliers[:, inliers.sum(0).argmax()]
+    if best.sum() < 3:
+        return None
+    centre = sample[best].mean(0)
+    normal = np.linalg.svd(sample[best] - centre, full_matrices=False)[2][-1]
+    if up is not None and normal @ up < 0:
+        normal = -normal
+    return centre, normal
+
+
 def plane_heights(depth: np.ndarray, intrinsics: np.ndarray, tolerance: float, seed: int = 0,
                   trials: int = 200, max_points: int = 4000) -> np.ndarray:
-    """[H, W] height of each pixel's point over the depth map's dominant plane, positive on the
-    camera's side, in units of the median depth (0 where there is no depth).
-
-    The plane is found by RANSAC: of `trials` planes through three points drawn at random, the one
-    with the most points within `tolerance` (perpendicular distance), refitted to those points by
-    least squares (SVD). By hand, because scikit-learn's `RANSACRegressor` and scikit-image's
-    `ransac` have no plane model that measures the perpendicular distance: a regression of depth
-    or inverse depth measures along the ray, which favours planes facing the camera (a wall) over
-    a table seen at a grazing angle.
+    """[H, W] height of each pixel's point over the depth map's dominant plane (`dominant_plane`),
+    positive on the camera's side, in units of the median depth (0 where there is no depth).
 
     Args:
         depth: [H, W] camera z (0 where nothing is rendered).
@@ -197,19 +245,10 @@ def plane_heights(depth: np.ndarray, intrinsics: np.ndarray, tolerance: float, s
         return heights
     points = camera_points(depth, intrinsics)
     scale = float(np.median(depth[valid]))
-    rng = np.random.default_rng(seed)
-    sample = points[valid][rng.choice(int(valid.sum()), min(int(valid.sum()), max_points), replace=False)]
-    a, b, c = (sample[rng.integers(0, len(sample), trials)] for _ in range(3))
-    normals = np.cross(b - a, c - a)
-    usable = np.linalg.norm(normals, axis=1) > 1e-12 * scale ** 2
-    if not usable.any():
+    plane = dominant_plane(points[valid], tolerance * scale, seed, trials, max_points)
+    if plane is None:
         return heights
-    normals = normals[usable] / np.linalg.norm(normals[usable], axis=1, keepdims=True)
-    offsets = -(normals * a[usable]).sum(1)
-    inliers = np.abs(sample @ normals.T + offsets) < tolerance * scale  # [points, planes]
-    best = inliers[:, inliers.sum(0).argmax()]
-    centre = sample[best].mean(0)
-    normal = np.linalg.svd(sample[best] - centre, full_matrices=False)[2][-1]
+    centre, normal = plane
     if normal @ centre > 0:  # the camera (the origin) on the positive side
         normal = -normal
     heights[valid] = (points[valid] - centre) @ normal / scale
