@@ -247,10 +247,12 @@ def merge_background(clustering: Clustering, unit_features: Tensor, means: Tenso
     synthetic scenes has one id for them). What lies outside the cameras' ring (a picture on the
     wall behind them) is compact too, but it is the surroundings of an object-centric capture. A
     patch of the table that the masks cut apart (a shadow, a reflection) is compact and near, but
-    it lies in the table's plane, where nothing that stands on the table does.
+    it lies in the table's plane, where nothing that stands on the table does; so does the floor
+    beneath and around an object that the masks gave to the object's segment (its contact shadow),
+    whose Gaussians join the background one by one.
     Labels stay 0..K-1 (clusters keep their order, the background takes the place of the first
-    merged one); its centre is the mean of its Gaussians' unit features. Noise labels (-1) are
-    left as they are.
+    merged one, clusters left empty go); its centre is the mean of its Gaussians' unit features.
+    Noise labels (-1) are left as they are.
 
     Args:
         clustering: The clusters to merge (`cluster_gaussians` without the merge).
@@ -265,12 +267,13 @@ def merge_background(clustering: Clustering, unit_features: Tensor, means: Tenso
             0: none does.
         up: [3] the cameras' up direction (`hierarchy.scene_up`), or None.
         flat: With `look_at` and `up`: a cluster 90 % of whose Gaussians lie within `flat` times the
-            cameras' distance of the support plane (`support_plane`, `cluster_heights`) merges too
+            cameras' distance of the support plane (`support_plane`, `cluster_heights`) merges too,
+            and where a background cluster exists every Gaussian that close to the plane joins it
             (`ClusterConfig.background_flat`); 0: none does.
 
     Returns:
-        The merged `Clustering` with `background` set; the input (with `background` the one
-        merging cluster, or -1) when fewer than two clusters merge.
+        The merged `Clustering` with `background` set; the input (with `background` -1) when no
+        cluster merges.
     """
     labels = clustering.labels
     if clustering.n_clusters == 0:
@@ -281,23 +284,30 @@ def merge_background(clustering: Clustering, unit_features: Tensor, means: Tenso
     if look_at is not None and beyond > 0:
         point, radius = look_at
         merging |= cluster_distances(labels, clustering.n_clusters, means, considered, point) > beyond * radius
+    low = None  # [N] the Gaussians that lie in the support plane
     if look_at is not None and up is not None and flat > 0:
         plane = support_plane(means, considered, look_at, up, tolerance=flat / 2)
         if plane is not None:
             merging |= cluster_heights(labels, clustering.n_clusters, means, considered, plane, look_at[1]) < flat
+            points = means.detach().cpu().numpy() if isinstance(means, Tensor) else np.asarray(means)
+            low = np.abs((points - plane[0]) @ plane[1]) < flat * look_at[1]  # NaN (diverged): False
     wide = np.flatnonzero(merging)
-    if len(wide) < 2:  # nothing to merge
-        return replace(clustering, background=int(wide[0]) if len(wide) else NOISE)
-    keep = np.ones(clustering.n_clusters, dtype=bool)
-    keep[wide[1:]] = False
-    new_id = np.cumsum(keep) - 1
-    new_id[wide] = new_id[wide[0]]
-    merged = np.where(labels >= 0, new_id[np.maximum(labels, 0)], labels)
-    centers = clustering.centers[keep].copy()
-    members = torch.from_numpy(merged == new_id[wide[0]])
-    centers[new_id[wide[0]]] = F.normalize(unit_features[members].mean(0), dim=-1).cpu().numpy()
-    sizes = np.bincount(merged[merged >= 0], minlength=int(keep.sum()))
-    return Clustering(merged, centers, sizes, clustering.n_fitted, int(new_id[wide[0]]))
+    if len(wide) == 0:
+        return replace(clustering, background=NOISE)
+    background = int(wide[0])
+    merged = np.where(np.isin(labels, wide), background, labels)
+    if low is not None:  # and every Gaussian lying in the table's plane
+        merged = np.where(low & (merged >= 0), background, merged)
+    present = np.bincount(merged[merged >= 0], minlength=clustering.n_clusters) > 0
+    present[background] = True
+    new_id = np.cumsum(present) - 1  # emptied clusters go, the rest keep their order
+    merged = np.where(merged >= 0, new_id[np.maximum(merged, 0)], merged)
+    centers = clustering.centers[present].copy()
+    if len(wide) > 1 or low is not None:
+        members = torch.from_numpy(merged == new_id[background])
+        centers[new_id[background]] = F.normalize(unit_features[members].mean(0), dim=-1).cpu().numpy()
+    sizes = np.bincount(merged[merged >= 0], minlength=int(present.sum()))
+    return Clustering(merged, centers, sizes, clustering.n_fitted, int(new_id[background]))
 
 
 def export_selection(params: dict[str, Tensor], keep: np.ndarray, path: str | Path) -> Path:

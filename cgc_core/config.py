@@ -525,7 +525,9 @@ class ClusterConfig:
     """Clusters 90 % of whose Gaussians lie within this many times the cameras' distance of the plane
     the objects stand on merge into the background too: patches of the table or floor that the masks
     cut apart (shadows, reflections), flat as nothing standing on the table is (an object flatter than
-    this, a napkin, merges with them). The plane: the dominant one near the point the cameras look at,
+    this, a napkin, merges with them); and every Gaussian of another cluster that close to the plane
+    joins the background (the floor beneath an object, which the masks gave to the object's segment).
+    The plane: the dominant one near the point the cameras look at,
     within 30° of their up direction (`cluster.support_plane`). 0 turns it off; it does nothing
     without that point. RESULTS.md, "Flat on the table"."""
     noise: Literal["nearest", "keep"] = "nearest"

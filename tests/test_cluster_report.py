@@ -99,22 +99,26 @@ def test_a_patch_flat_on_the_table_merges_into_the_background_and_what_stands_on
     directions = torch.nn.functional.normalize(torch.randn(4, 16, generator=g), dim=-1)
     floor = torch.rand(1600, 3, generator=g) * torch.tensor([10.0, 10.0, 0.0]) - torch.tensor([5.0, 5.0, 0.0])
     objects = [torch.rand(300, 3, generator=g) * torch.tensor([0.3, 0.3, 0.4]) + torch.tensor(c)
-               for c in ([0.3, 0.2, 0.0], [-0.6, -0.3, 0.0])]
+               for c in ([0.3, 0.2, 0.05], [-0.6, -0.3, 0.05])]
     patch = torch.rand(300, 3, generator=g) * torch.tensor([0.3, 0.3, 0.002]) + torch.tensor([0.0, -0.6, -0.001])
-    means = torch.cat([floor, *objects, patch])
-    group = torch.cat([torch.full((n,), k) for k, n in enumerate((1600, 300, 300, 300))])
+    # The floor around the first object's foot, trained to its feature (the masks gave it its contact shadow).
+    shadow = torch.rand(60, 3, generator=g) * torch.tensor([0.5, 0.5, 0.002]) + torch.tensor([0.2, 0.1, -0.001])
+    means = torch.cat([floor, *objects, patch, shadow])
+    group = torch.cat([torch.full((n,), k) for k, n in enumerate((1600, 300, 300, 300))] + [torch.full((60,), 1)])
     features = directions[group] + 0.05 * torch.randn(len(group), 16, generator=g)
     truth = np.where(group.numpy() == 3, 0, group.numpy())  # the patch is the floor's
+    truth[-60:] = 0  # and so is the shadow
     cameras = _ring_cameras(radius=2.0, height=1.0)
     look_at, up = camera_look_at(cameras), scene_up(cameras)
     np.testing.assert_allclose(up, [0.0, 0.0, 1.0], atol=1e-9)
     cfg = ClusterConfig(min_cluster_size=50)
     merged = cluster_gaussians(features, means, cfg=cfg, look_at=look_at, up=up)
     assert merged.n_clusters == 3 and adjusted_rand_score(truth, merged.labels) == pytest.approx(1.0)
-    assert (merged.labels[-300:] == merged.background).all()
+    assert (merged.labels[-360:] == merged.background).all() and sorted(merged.sizes.tolist()) == [300, 300, 1960]
     kept = cluster_gaussians(features, means, cfg=ClusterConfig(min_cluster_size=50, background_flat=0.0),
                              look_at=look_at, up=up)
     assert kept.n_clusters == 4 and adjusted_rand_score(truth, kept.labels) < 0.95
+    assert (kept.labels[-60:] == kept.labels[1600]).all()  # without the rule the shadow is the object's
     # Without the cameras' up direction there is no table to lie on: the patch stays.
     assert cluster_gaussians(features, means, cfg=cfg, look_at=look_at).n_clusters == 4
 
