@@ -418,11 +418,10 @@ class TrainConfig:
 
     schedule: Literal["auto", "paper", "cpu-short"] = "auto"
     """The preset applied before the YAML file and the overrides (`PRESETS`), so a value the user
-    writes always wins. `paper`: the released code's 30k iterations; `cpu-short` (the defaults): 3,000
+    writes always wins. `paper`: the released code's 30k iterations; `cpu-short` (the defaults): 1,500
     iterations that train the demo on 2 CPU cores; `auto`: paper on CUDA, cpu-short on CPU."""
-    iterations: int = 3000
-    """Paper: 30k. The CPU schedule's 3,000 against 1,500: +0.031 on the realistic family's development
-    seeds over three training seeds, every pair (RESULTS.md, "Flat on the table")."""
+    iterations: int = 1500
+    """Paper: 30k."""
     sh_degree: int = 3
     sh_degree_every: int = 375
     """The SH degree in use rises by one every this many iterations (3DGS: 1000)."""
