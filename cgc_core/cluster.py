@@ -175,12 +175,16 @@ def camera_look_at(cameras: Iterable[Camera], min_spread: float = 1e-3) -> tuple
     return point, float(np.median(np.linalg.norm(np.asarray(centres) - point, axis=1)))
 
 
+def _positions(means: Tensor | np.ndarray) -> np.ndarray:
+    """[N, 3] positions as a NumPy array."""
+    return means.detach().cpu().numpy() if isinstance(means, Tensor) else np.asarray(means)
+
+
 def _finite_considered(labels: np.ndarray, means: Tensor | np.ndarray,
                        considered: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Positions and labels of the `considered` Gaussians whose position is finite (a diverged
     Gaussian's is not, and would make every median NaN)."""
-    points = means.detach().cpu().numpy() if isinstance(means, Tensor) else np.asarray(means)
-    points, labels = points[considered], labels[considered]
+    points, labels = _positions(means)[considered], labels[considered]
     finite = np.isfinite(points).all(axis=1)
     return points[finite], labels[finite]
 
@@ -216,7 +220,7 @@ def support_plane(means: Tensor | np.ndarray, considered: np.ndarray, look_at: t
     of the `considered` Gaussians (indices) within half the cameras' distance of the point they look
     at, its normal within `max_tilt` degrees of `up` and pointing to its side; (point, unit normal),
     or None. `tolerance`: the inlier distance, in units of the cameras' distance."""
-    points = (means.detach().cpu().numpy() if isinstance(means, Tensor) else np.asarray(means))[considered]
+    points = _positions(means)[considered]
     points = points[np.isfinite(points).all(axis=1)]
     point, radius = look_at
     near = points[np.linalg.norm(points - point, axis=1) < 0.5 * radius]
@@ -289,8 +293,7 @@ def merge_background(clustering: Clustering, unit_features: Tensor, means: Tenso
         plane = support_plane(means, considered, look_at, up, tolerance=flat / 2)
         if plane is not None:
             merging |= cluster_heights(labels, clustering.n_clusters, means, considered, plane, look_at[1]) < flat
-            points = means.detach().cpu().numpy() if isinstance(means, Tensor) else np.asarray(means)
-            low = np.abs((points - plane[0]) @ plane[1]) < flat * look_at[1]  # NaN (diverged): False
+            low = np.abs((_positions(means) - plane[0]) @ plane[1]) < flat * look_at[1]  # NaN (diverged): False
     wide = np.flatnonzero(merging)
     if len(wide) == 0:
         return replace(clustering, background=NOISE)

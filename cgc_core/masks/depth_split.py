@@ -204,12 +204,10 @@ def dominant_plane(points: np.ndarray, tolerance: float, seed: int = 0, trials: 
     normals = np.cross(b - a, c - a)
     scale = float(np.abs(sample - sample.mean(0)).max()) or 1.0
     usable = np.linalg.norm(normals, axis=1) > 1e-12 * scale ** 2
-    normals = normals[usable] / np.maximum(np.linalg.norm(normals[usable], axis=1, keepdims=True), 1e-300)
+    normals, a = normals[usable] / np.linalg.norm(normals[usable], axis=1, keepdims=True), a[usable]
     if up is not None:
         upright = np.abs(normals @ up) >= np.cos(np.radians(max_tilt)) - 1e-12
-        normals, a = normals[upright], a[usable][upright]
-    else:
-        a = a[usable]
+        normals, a = normals[upright], a[upright]
     if len(normals) == 0:
         return None
     offsets = -(normals * a).sum(1)
