@@ -20,10 +20,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from scipy.spatial import cKDTree
 from torch import Tensor
 
 from .config import ClusterConfig, DepthSplitConfig
-from .gaussians import save_ply, subset_params
+from .gaussians import neighbour_spacing, save_ply, subset_params
 from .hierarchy import ClusterTree, build_cluster_tree, scene_up, view_group_links
 from .masks.depth_split import dominant_plane
 from .masks.store import coco_segment
@@ -140,6 +143,10 @@ def cluster_gaussians(features: Tensor, means: Tensor | None = None, opacities: 
         labels[candidates] = np.where(fitted_labels >= 0, fitted_labels, labels[candidates])
     sizes = np.bincount(labels[labels >= 0], minlength=len(found))
     clustering = Clustering(labels, centers.cpu().numpy(), sizes, len(candidates))
+    if means is not None and cfg.split_gap > 0:  # each piece of a cluster meets the background rules alone
+        points = _positions(means)[candidates]
+        gap = cfg.split_gap * neighbour_spacing(points[np.isfinite(points).all(axis=1)])
+        clustering = split_apart(clustering, unit, means, candidates, gap, max(cfg.min_cluster_size // 2, 2))
     if means is not None:  # merge_background applies each rule only where it is on (and has cameras)
         clustering = merge_background(clustering, unit, means, candidates, cfg.background_spread, look_at,
                                       cfg.background_beyond_cameras, up, cfg.background_flat)
@@ -236,6 +243,82 @@ def cluster_heights(labels: np.ndarray, n_clusters: int, means: Tensor | np.ndar
     distance = np.abs((points - plane[0]) @ plane[1]) / scale
     return np.array([float(np.quantile(distance[labels == k], share)) if (labels == k).any() else np.inf
                      for k in range(n_clusters)])
+
+
+def split_apart(clustering: Clustering, unit_features: Tensor, means: Tensor | np.ndarray, considered: np.ndarray,
+                gap: float, min_part: int) -> Clustering:
+    """Every cluster split into the pieces of it that lie apart in space.
+
+    The features hold together what the masks never parted, and two things of one feature far
+    apart (a lamp's yellow shade and a yellow picture across the room) can share a cluster; then
+    the background rules (`merge_background`) judge both as one, and the shade goes with the
+    picture into the background. Split first, each piece is judged on its own.
+
+    Args:
+        clustering: HDBSCAN's clusters (`cluster_gaussians` before the background merge).
+        unit_features: [N, D] the Gaussians' unit features (the new pieces' centres).
+        means: [N, 3] positions.
+        considered: Indices of the Gaussians the pieces are made of (the fitted ones).
+        gap: Two considered Gaussians of a cluster closer than this are in one piece (the
+            connected components of that graph).
+        min_part: Pieces with fewer considered Gaussians are crumbs, not clusters.
+
+    Returns:
+        The clusters with every piece of at least `min_part` as its own: the largest keeps the
+        cluster's id, the others are new clusters after the last; every other Gaussian of the
+        cluster (crumbs, unfitted) joins the piece of its nearest considered Gaussian where that is
+        closer than `gap`, else the largest piece. Centres: the mean unit feature of each piece's
+        considered Gaussians. The input itself where nothing splits.
+    """
+    labels, points = clustering.labels.copy(), _positions(means)
+    fitted = np.zeros(len(labels), dtype=bool)
+    fitted[considered] = True
+    fitted &= np.isfinite(points).all(axis=1)
+    centers = list(clustering.centers)
+    for cluster in range(clustering.n_clusters):
+        members = np.nonzero(fitted & (labels == cluster))[0]
+        piece = _pieces(points[members], gap)
+        sizes = np.bincount(piece) if len(piece) else np.zeros(0, np.int64)
+        kept = [int(p) for p in np.argsort(-sizes, kind="stable") if sizes[p] >= min_part]
+        if len(kept) < 2:
+            continue
+        whole = np.isin(piece, kept)
+        everyone = np.nonzero(labels == cluster)[0]
+        distance, nearest = cKDTree(points[members[whole]]).query(np.nan_to_num(points[everyone]))
+        belongs = np.where(distance < gap, piece[whole][nearest], kept[0])
+        for new in kept[1:]:
+            labels[everyone[belongs == new]] = len(centers)
+            centers.append(F.normalize(unit_features[members[piece == new]].mean(0), dim=-1).cpu().numpy())
+        centers[cluster] = F.normalize(unit_features[members[piece == kept[0]]].mean(0), dim=-1).cpu().numpy()
+    if len(centers) == clustering.n_clusters:
+        return clustering
+    return Clustering(labels, np.stack(centers).astype(clustering.centers.dtype),
+                      np.bincount(labels[labels >= 0], minlength=len(centers)), clustering.n_fitted,
+                      clustering.background)
+
+
+def _pieces(points: np.ndarray, gap: float) -> np.ndarray:
+    """[M] the connected component of each point, two points joined when closer than `gap`."""
+    pairs = cKDTree(points).query_pairs(gap, output_type="ndarray")
+    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(len(points), len(points)))
+    return connected_components(graph, directed=False)[1]
+
+
+def pieces_reference(points: np.ndarray, gap: float) -> np.ndarray:
+    """`_pieces` by a flood over every pair's distance (the tests' oracle): the same partition,
+    components numbered in the order of their first point."""
+    piece = np.full(len(points), -1, np.int64)
+    for start in range(len(points)):
+        if piece[start] >= 0:
+            continue
+        piece[start], todo = piece.max() + 1, [start]
+        while todo:
+            i = todo.pop()
+            for j in range(len(points)):
+                if piece[j] < 0 and np.linalg.norm(points[i] - points[j]) < gap:
+                    piece[j] = piece[start]
+                    todo.append(j)
+    return piece
 
 
 def merge_background(clustering: Clustering, unit_features: Tensor, means: Tensor, considered: np.ndarray,

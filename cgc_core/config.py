@@ -511,6 +511,12 @@ class ClusterConfig:
     position_weight: float = 0.0
     """> 0 joins positions (centred, divided by the scene's spread) to the unit features with
     this weight, so far-apart objects of one colour of feature split."""
+    split_gap: float = 10.0
+    """Before the background rules, each cluster splits into the pieces of it that lie apart: its
+    fitted Gaussians farther than this many times the median distance between nearest Gaussians
+    from the rest (`cluster.split_apart`); pieces of at least half `min_cluster_size` become
+    clusters, so a lamp's shade that shares its feature with a picture across the room is judged
+    apart from it. 0: no split. RESULTS.md, "Pieces apart"."""
     background_spread: float = 0.2
     """Clusters spread wider than this many times the scene's spread (median distance from the
     median, of the opaque Gaussians) merge into one background cluster (`cluster.merge_background`);
@@ -553,10 +559,11 @@ class ClusterConfig:
     less its jumps, with `train.depth_split`'s plane and jump settings), where that share is at least
     this; 0: 3D contact alone. RESULTS.md, "Coarser steps from the views' object regions"."""
     tree_support: float = 0.5
-    """A cluster that touches nothing in 3D (the sum of its links under `tree_min_link`: a lamp's shade
-    on a stem too thin for the model) also links to the cluster straight beneath the largest share of
-    its Gaussians (along the cameras' mean up direction; `hierarchy.support_links`), where that share
-    is at least this; 0: off. RESULTS.md, "What holds a floating part up"."""
+    """A cluster that touches nothing but the background in 3D (the sum of its links to the others
+    under `tree_min_link`: a lamp's shade on a stem too thin for the model) also links to the cluster
+    straight beneath the largest share of its Gaussians (along the cameras' mean up direction;
+    `hierarchy.support_links`), where that share is at least this; 0: off. RESULTS.md, "What holds
+    a floating part up" and "Pieces apart"."""
     seed: int = 0
 
 
@@ -865,6 +872,7 @@ _RULES: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
     ("cluster", "tree_view_groups"): (lambda v: 0 <= v <= 1, "in [0, 1]"),
     ("cluster", "tree_support"): (lambda v: 0 <= v <= 1, "in [0, 1]"),
     ("cluster", "background_flat"): (lambda v: v >= 0, ">= 0"),
+    ("cluster", "split_gap"): (lambda v: v >= 0, ">= 0"),
     ("cluster", "max_fit_points"): (lambda v: v is None or v >= 2, ">= 2 or null"),
     ("stage", "retries"): (lambda v: v >= 0, ">= 0"),
     ("stage", "retry_delay_seconds"): (lambda v: v >= 0, ">= 0"),

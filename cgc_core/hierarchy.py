@@ -8,7 +8,7 @@ much of the smaller group and their features are alike. Parts of one object are 
 seam; different objects mostly touch at a point, or rest on a surface that is the background. A
 part joined to the rest by too thin a piece to touch in 3D (a lamp's shade on its stem) is linked
 by the views instead: in many of them the model's depth shows one region standing on the table
-that holds both (`view_group_links`), or by what holds it up: a part that touches nothing floats,
+that holds both (`view_group_links`), or by what holds it up: a part that touches nothing but the background floats,
 and joins what lies straight beneath it (`support_votes`). A coarser step from a click adds the
 clusters of the next enclosing group; a finer step goes back. Measured in `benchmarks/RESULTS.md`,
 "Coarser steps", "Coarser steps from the views' object regions" and "What holds a floating part up".
@@ -313,10 +313,10 @@ def build_cluster_tree(clustering: Clustering, features: Tensor, means: Tensor, 
         view_links: [K, K] `view_group_links`, or None. A pair's link is the larger of the 3D link
             and its view link where that is at least `min_view_link`; a merged group keeps the
             strongest view link of its members (single linkage).
-        up: [3] the scene's up direction (`scene_up`), or None. A cluster that floats (the sum of its
-            3D links under `min_link`) links to the cluster straight beneath the largest share of its
-            points, where that share is at least `min_support` (`support_links`; 0: never); kept
-            through merges like a view link.
+        up: [3] the scene's up direction (`scene_up`), or None. A cluster that floats (the sum of
+            its 3D links to clusters other than the background under `min_link`) links to the
+            cluster straight beneath the largest share of its points, where that share is at least
+            `min_support` (`support_links`; 0: never); kept through merges like a view link.
 
     Returns:
         The `ClusterTree`; merges in the order they happened, strongest first.
@@ -349,7 +349,10 @@ def build_cluster_tree(clustering: Clustering, features: Tensor, means: Tensor, 
         if view_links is not None:
             other = np.where(view_links >= min_view_link, view_links, 0.0)
         if up is not None and min_support > 0:
-            touching = cluster_links(contacts, sizes, sums).sum(1)  # the background counts: the table holds things up
+            touching = cluster_links(contacts, sizes, sums)
+            if 0 <= clustering.background < k:  # what else it touches: a part's own crumbs in the background do not hold it
+                touching[:, clustering.background] = 0.0
+            touching = touching.sum(1)
             floating = [int(c) for c in np.nonzero(alive & (touching < min_link))[0]]
             votes = support_votes(points, labels[index], k, np.asarray(up, np.float64), touch, floating)
             other = np.maximum(other, support_links(votes, floating, clustering.background, min_support))

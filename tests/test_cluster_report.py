@@ -123,6 +123,61 @@ def test_a_patch_flat_on_the_table_merges_into_the_background_and_what_stands_on
     assert cluster_gaussians(features, means, cfg=cfg, look_at=look_at).n_clusters == 4
 
 
+def test_a_cluster_split_apart_keeps_its_compact_piece_when_the_far_one_merges_into_the_background():
+    # A lamp's shade at the centre of a ring of cameras (radius 2) shares its feature with a wide
+    # picture on a wall 4 away; a second object has its own feature, and a floor.
+    g = torch.Generator().manual_seed(0)
+    directions = torch.nn.functional.normalize(torch.randn(3, 16, generator=g), dim=-1)
+    floor = torch.rand(1600, 3, generator=g) * torch.tensor([10.0, 10.0, 0.0]) - torch.tensor([5.0, 5.0, 0.0])
+    shade = torch.randn(200, 3, generator=g) * 0.05 + torch.tensor([0.3, 0.0, 0.5])
+    picture = torch.rand(600, 3, generator=g) * torch.tensor([0.0, 3.0, 2.0]) + torch.tensor([4.0, -1.5, 0.5])
+    other = torch.randn(300, 3, generator=g) * 0.05 + torch.tensor([-0.4, -0.2, 0.3])
+    means = torch.cat([floor, shade, picture, other])
+    group = torch.cat([torch.full((n,), k) for k, n in ((0, 1600), (1, 200), (1, 600), (2, 300))])
+    features = directions[group] + 0.05 * torch.randn(len(group), 16, generator=g)
+    truth = np.r_[np.zeros(1600), np.ones(200), np.zeros(600), np.full(300, 2)]
+    look_at = camera_look_at(_ring_cameras(radius=2.0, height=1.0))
+    split = cluster_gaussians(features, means, cfg=ClusterConfig(min_cluster_size=50), look_at=look_at)
+    whole = cluster_gaussians(features, means, cfg=ClusterConfig(min_cluster_size=50, split_gap=0.0), look_at=look_at)
+    assert split.n_clusters == 3 and adjusted_rand_score(truth, split.labels) == pytest.approx(1.0)
+    assert len(set(split.labels[1600:1800])) == 1 and split.labels[1600] != split.background
+    assert whole.n_clusters == 2 and (whole.labels[1600:1800] == whole.background).all()  # the shade went with it
+
+
+def test_split_apart_gives_crumbs_to_the_nearest_piece_and_numbers_new_pieces_after_the_last():
+    from cgc_core.cluster import Clustering, split_apart
+
+    rng = np.random.default_rng(0)
+    near, far = rng.normal(0, 0.05, (100, 3)), rng.normal(0, 0.05, (60, 3)) + [5.0, 0, 0]
+    crumb, lone = rng.normal(0, 0.01, (5, 3)) + [5.4, 0, 0], np.array([[2.5, 0.0, 0.0]])
+    points = np.r_[near, far, crumb, lone, rng.normal(0, 0.05, (40, 3)) + [0, 3.0, 0]]
+    labels = np.r_[np.zeros(166, np.int64), np.ones(40, np.int64)]
+    unit = torch.nn.functional.normalize(torch.randn(len(points), 4, generator=torch.Generator().manual_seed(0)), dim=-1)
+    clustering = Clustering(labels, np.eye(2, 4, dtype=np.float32), np.bincount(labels), len(points))
+    fitted = np.r_[0:160, 166:206]  # the crumb and the lone point were not fitted
+    out = split_apart(clustering, unit, torch.as_tensor(points), fitted, gap=0.5, min_part=30)
+    assert out.n_clusters == 3 and out.sizes.tolist() == [101, 40, 65]
+    assert (out.labels[:100] == 0).all() and (out.labels[100:165] == 2).all()  # the crumb joins the far piece
+    assert out.labels[165] == 0  # nothing within the gap: the largest piece's
+    np.testing.assert_allclose(out.centers[2], torch.nn.functional.normalize(unit[100:160].mean(0), dim=0).numpy(),
+                               rtol=1e-5)
+    assert split_apart(clustering, unit, torch.as_tensor(points), fitted, gap=0.5, min_part=61) is clustering
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_pieces_equal_their_pairwise_reference(seed):
+    from cgc_core.cluster import _pieces, pieces_reference
+
+    rng = np.random.default_rng(seed)
+    points = np.r_[rng.uniform(0, 4, (60, 3)), rng.normal(0, 0.1, (20, 3)) + 8]
+    for gap in (0.3, 0.8, 2.0):
+        fast, slow = _pieces(points, gap), pieces_reference(points, gap)
+        first = {p: np.flatnonzero(fast == p)[0] for p in np.unique(fast)}  # renumber in first-point order
+        order = {p: k for k, p in enumerate(sorted(first, key=first.get))}
+        assert [order[p] for p in fast] == slow.tolist()
+        assert len(np.unique(fast)) > 1
+
+
 def test_the_dominant_plane_is_the_most_populated_one_or_the_most_populated_upright_one():
     from cgc_core.masks.depth_split import dominant_plane
 

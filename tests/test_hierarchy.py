@@ -234,7 +234,10 @@ def test_a_floating_part_joins_what_lies_beneath_it_and_nothing_else_does():
     assert tree.steps(1) == [[1], [0, 1]] and tree.steps(0) == [[0], [0, 1]]
     assert tree.links.tolist() == pytest.approx([1.0])  # every point of the shade has the base beneath it
     assert tree.steps(2) == [[2]] and tree.steps(4) == [[4]]  # stands on the table; floats over the table
-    assert build_cluster_tree(clustering, features, means, up=-up).steps(1) == [[1]]  # upside down: the base floats
+    # Upside down the base hangs from the table and the shade lies beneath it: the base floats (the
+    # background it touches holds nothing up) and joins the shade; the shade has nothing beneath.
+    assert build_cluster_tree(clustering, features, means, up=-up).steps(1) == [[1], [0, 1]]
+    assert build_cluster_tree(clustering, features, means, up=-up).steps(2) == [[2]]
     assert build_cluster_tree(clustering, features, means, up=up, min_support=0.0).steps(1) == [[1]]  # off
 
 
