@@ -277,8 +277,10 @@ def split_apart(clustering: Clustering, unit_features: Tensor, means: Tensor | n
     centers = list(clustering.centers)
     for cluster in range(clustering.n_clusters):
         members = np.nonzero(fitted & (labels == cluster))[0]
+        if len(members) < 2 * min_part:  # too few for two pieces
+            continue
         piece = _pieces(points[members], gap)
-        sizes = np.bincount(piece) if len(piece) else np.zeros(0, np.int64)
+        sizes = np.bincount(piece)
         kept = [int(p) for p in np.argsort(-sizes, kind="stable") if sizes[p] >= min_part]
         if len(kept) < 2:
             continue

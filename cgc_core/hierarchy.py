@@ -8,9 +8,9 @@ much of the smaller group and their features are alike. Parts of one object are 
 seam; different objects mostly touch at a point, or rest on a surface that is the background. A
 part joined to the rest by too thin a piece to touch in 3D (a lamp's shade on its stem) is linked
 by the views instead: in many of them the model's depth shows one region standing on the table
-that holds both (`view_group_links`), or by what holds it up: a part that touches nothing but the background floats,
-and joins what lies straight beneath it (`support_votes`). A coarser step from a click adds the
-clusters of the next enclosing group; a finer step goes back. Measured in `benchmarks/RESULTS.md`,
+that holds both (`view_group_links`), or by what holds it up: a part that touches nothing but the
+background floats, and joins what lies straight beneath it (`support_votes`). A coarser step from
+a click adds the clusters of the next enclosing group; a finer step goes back. Measured in `benchmarks/RESULTS.md`,
 "Coarser steps", "Coarser steps from the views' object regions" and "What holds a floating part up".
 """
 
@@ -350,7 +350,7 @@ def build_cluster_tree(clustering: Clustering, features: Tensor, means: Tensor, 
             other = np.where(view_links >= min_view_link, view_links, 0.0)
         if up is not None and min_support > 0:
             touching = cluster_links(contacts, sizes, sums)
-            if 0 <= clustering.background < k:  # what else it touches: a part's own crumbs in the background do not hold it
+            if 0 <= clustering.background < k:  # a part's own stray Gaussians in the background do not hold it up
                 touching[:, clustering.background] = 0.0
             touching = touching.sum(1)
             floating = [int(c) for c in np.nonzero(alive & (touching < min_link))[0]]
