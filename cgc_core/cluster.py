@@ -144,8 +144,7 @@ def cluster_gaussians(features: Tensor, means: Tensor | None = None, opacities: 
     sizes = np.bincount(labels[labels >= 0], minlength=len(found))
     clustering = Clustering(labels, centers.cpu().numpy(), sizes, len(candidates))
     if means is not None and cfg.split_gap > 0:  # each piece of a cluster meets the background rules alone
-        points = _positions(means)[candidates]
-        gap = cfg.split_gap * neighbour_spacing(points[np.isfinite(points).all(axis=1)])
+        gap = cfg.split_gap * neighbour_spacing(_finite_considered(labels, means, candidates)[0])
         clustering = split_apart(clustering, unit, means, candidates, gap, max(cfg.min_cluster_size // 2, 2))
     if means is not None:  # merge_background applies each rule only where it is on (and has cameras)
         clustering = merge_background(clustering, unit, means, candidates, cfg.background_spread, look_at,
