@@ -65,6 +65,8 @@ class Clustering:
         n_fitted: How many Gaussians HDBSCAN was fitted on.
         background: The cluster the spread-out clusters, those beyond the cameras and those flat
             on the support were merged into (`merge_background`), or -1 when none was.
+        support: The plane the objects stand on (point, unit normal; `support_plane`) and the height
+            over it within which every Gaussian went to the background, where `merge_background` found one.
     """
 
     labels: np.ndarray
@@ -72,6 +74,7 @@ class Clustering:
     sizes: np.ndarray
     n_fitted: int
     background: int = NOISE
+    support: tuple[np.ndarray, np.ndarray, float] | None = None
 
     @property
     def n_clusters(self) -> int:
@@ -372,15 +375,16 @@ def merge_background(clustering: Clustering, unit_features: Tensor, means: Tenso
     if look_at is not None and beyond > 0:
         point, radius = look_at
         merging |= cluster_distances(labels, clustering.n_clusters, means, considered, point) > beyond * radius
-    low = None  # [N] the Gaussians that lie in the support plane
+    low, support = None, None  # [N] the Gaussians that lie in the support plane; the plane
     if look_at is not None and up is not None and flat > 0:
         plane = support_plane(means, considered, look_at, up, tolerance=flat / 2)
         if plane is not None:
             merging |= cluster_heights(labels, clustering.n_clusters, means, considered, plane, look_at[1]) < flat
             low = np.abs((_positions(means) - plane[0]) @ plane[1]) < flat * look_at[1]  # NaN (diverged): False
+            support = (*plane, flat * look_at[1])
     wide = np.flatnonzero(merging)
     if len(wide) == 0:
-        return replace(clustering, background=NOISE)
+        return replace(clustering, background=NOISE, support=support)
     background = int(wide[0])
     merged = np.where(np.isin(labels, wide), background, labels)
     if low is not None:  # and every Gaussian lying in the table's plane
@@ -394,7 +398,7 @@ def merge_background(clustering: Clustering, unit_features: Tensor, means: Tenso
         members = torch.from_numpy(merged == new_id[background])
         centers[new_id[background]] = F.normalize(unit_features[members].mean(0), dim=-1).cpu().numpy()
     sizes = np.bincount(merged[merged >= 0], minlength=int(present.sum()))
-    return Clustering(merged, centers, sizes, clustering.n_fitted, int(new_id[background]))
+    return Clustering(merged, centers, sizes, clustering.n_fitted, int(new_id[background]), support)
 
 
 def export_selection(params: dict[str, Tensor], keep: np.ndarray, path: str | Path) -> Path:
@@ -531,16 +535,16 @@ def model_tree(params: dict[str, Tensor], scene, selector, cfg: ClusterConfig, g
     training views' object regions (`hierarchy.view_group_links`, rendered with `backend`); a
     floating cluster links to what lies beneath it along the cameras' up (`cfg.tree_support`)."""
     features, opacities = selector.restrict(params["features"]), torch.sigmoid(params["opacities"])
-    clustering = cluster_gaussians(features, params["means"], opacities, cfg,
-                                   look_at=camera_look_at(scene.cameras.values()), up=scene_up(scene.cameras.values()))
+    look_at, up = camera_look_at(scene.cameras.values()), scene_up(scene.cameras.values())
+    clustering = cluster_gaussians(features, params["means"], opacities, cfg, look_at=look_at, up=up)
     view_links = None
     if geometry is not None and cfg.tree_view_groups > 0 and clustering.n_clusters >= 2:
         view_links = view_group_links(params, [scene.cameras[n] for n in scene.train_names], clustering.labels,
                                       clustering.n_clusters, geometry, backend, cfg.seed)
     return clustering, build_cluster_tree(clustering, features, params["means"], opacities, cfg.min_opacity,
                                           cfg.tree_radius, cfg.tree_min_link, cfg.max_fit_points, cfg.seed,
-                                          view_links, cfg.tree_view_groups, scene_up(scene.cameras.values()),
-                                          cfg.tree_support)
+                                          view_links, cfg.tree_view_groups, up, cfg.tree_support,
+                                          clustering.support)
 
 
 def cluster_scene(params: dict[str, Tensor], scene, selector, queries: dict, query_protocol: str | None,

@@ -9,9 +9,12 @@ seam; different objects mostly touch at a point, or rest on a surface that is th
 part joined to the rest by too thin a piece to touch in 3D (a lamp's shade on its stem) is linked
 by the views instead: in many of them the model's depth shows one region standing on the table
 that holds both (`view_group_links`), or by what holds it up: a part that touches nothing but the
-background floats, and joins what lies straight beneath it (`support_votes`). A coarser step from
-a click adds the clusters of the next enclosing group; a finer step goes back. Measured in `benchmarks/RESULTS.md`,
-"Coarser steps", "Coarser steps from the views' object regions" and "What holds a floating part up".
+background floats, and joins what lies straight beneath it (`support_votes`). Two things that each
+stand on the table (`standing_clusters`) never join, however long their seam or however often one
+region of the views holds both: side by side, they are two objects. A coarser step from a click
+adds the clusters of the next enclosing group; a finer step goes back. Measured in
+`benchmarks/RESULTS.md`, "Coarser steps", "Coarser steps from the views' object regions", "What
+holds a floating part up" and "Side by side on the table".
 """
 
 from __future__ import annotations
@@ -39,6 +42,9 @@ REGION_MIN_PIXELS = 50
 """Object regions of a view smaller than this are passed over (`view_group_links`)."""
 CLUSTER_MIN_PIXELS = 20
 """A cluster is seen in a view, or in a region, where it is the dominant cluster of this many pixels."""
+FOOTING_QUANTILE = 0.02
+"""A cluster's foot: this quantile of its Gaussians' heights above the support plane (`standing_clusters`);
+a quantile, so that a few stray Gaussians do not set it."""
 
 
 @dataclass
@@ -293,11 +299,38 @@ def support_links(votes: np.ndarray, floating: list[int], background: int, min_s
     return links
 
 
+def standing_clusters(points: np.ndarray, labels: np.ndarray, n_clusters: int, plane: tuple[np.ndarray, np.ndarray],
+                      height: float, radius: float, background: int = -1) -> np.ndarray:
+    """[K] bool: the clusters that stand on `plane` (point, unit normal pointing to the objects).
+
+    A cluster stands there when its foot (the `FOOTING_QUANTILE` quantile of the heights of its
+    points above the plane) is under `height`, and at least half of its points have nothing but the
+    `background` beneath them (`support_votes` along the normal, within `radius`): a lamp's stem
+    whose cluster took a little of the base stands on the base, not on the table. Points at or under
+    the plane (a glossy object's reflections, which the model places beneath the table) take no part.
+
+    Args:
+        points: [N, 3]; labels: [N] cluster of each point (-1: none); n_clusters: K.
+    """
+    heights = (points - plane[0]) @ plane[1]
+    standing = np.zeros(n_clusters, bool)
+    for cluster in range(n_clusters):
+        above = heights[(labels == cluster) & (heights > 0)]
+        standing[cluster] = len(above) > 0 and float(np.quantile(above, FOOTING_QUANTILE)) < height
+    over_plane = np.where(heights > 0, labels, -1)
+    votes = support_votes(points, over_plane, n_clusters, plane[1], radius, [int(c) for c in np.flatnonzero(standing)])
+    on_table = votes[:, n_clusters] + (votes[:, background] if 0 <= background < n_clusters else 0)
+    standing &= on_table >= 0.5 * votes.sum(1)
+    if 0 <= background < n_clusters:
+        standing[background] = False  # it is what the others stand on
+    return standing
+
+
 def build_cluster_tree(clustering: Clustering, features: Tensor, means: Tensor, opacities: Tensor | None = None,
                        min_opacity: float = 0.1, radius: float = 2.0, min_link: float = 0.05,
                        max_points: int | None = 20_000, seed: int = 0, view_links: np.ndarray | None = None,
-                       min_view_link: float = 0.1, up: np.ndarray | None = None, min_support: float = 0.5
-                       ) -> ClusterTree:
+                       min_view_link: float = 0.1, up: np.ndarray | None = None, min_support: float = 0.5,
+                       support: tuple[np.ndarray, np.ndarray, float] | None = None) -> ClusterTree:
     """The hierarchy of a clustering: greedy agglomeration of the clusters by `cluster_links`.
 
     Args:
@@ -317,6 +350,12 @@ def build_cluster_tree(clustering: Clustering, features: Tensor, means: Tensor, 
             its 3D links to clusters other than the background under `min_link`) links to the
             cluster straight beneath the largest share of its points, where that share is at least
             `min_support` (`support_links`; 0: never); kept through merges like a view link.
+        support: (point, unit normal, band): the plane the objects stand on (`cluster.support_plane`)
+            and the height over it within which the cluster stage gave every Gaussian to the
+            background. A cluster whose foot lies within `radius` Gaussian spacings above that band
+            stands on the plane (`standing_clusters`), and two groups that each hold a standing
+            cluster never join: side by side on the table they are two objects, however much they
+            touch or share one region in the views. None: no such rule.
 
     Returns:
         The `ClusterTree`; merges in the order they happened, strongest first.
@@ -356,8 +395,13 @@ def build_cluster_tree(clustering: Clustering, features: Tensor, means: Tensor, 
             floating = [int(c) for c in np.nonzero(alive & (touching < min_link))[0]]
             votes = support_votes(points, labels[index], k, np.asarray(up, np.float64), touch, floating)
             other = np.maximum(other, support_links(votes, floating, clustering.background, min_support))
+        standing = np.zeros(k, bool)
+        if support is not None:
+            standing = standing_clusters(points, labels[index], k, support[:2], support[2] + touch, touch,
+                                         clustering.background)
         while True:
             links = np.maximum(cluster_links(contacts, sizes, sums), other)
+            links[np.outer(standing, standing)] = 0.0  # two objects side by side on the table
             links[~alive] = 0.0
             links[:, ~alive] = 0.0
             a, b = np.unravel_index(int(np.argmax(links)), links.shape)
@@ -377,5 +421,6 @@ def build_cluster_tree(clustering: Clustering, features: Tensor, means: Tensor, 
             other[b], other[:, b] = 0.0, 0.0
             alive[b] = False
             node[a] = k + len(merges) - 1
+            standing[a] |= standing[b]
     return ClusterTree(np.asarray(clustering.centers, np.float32), np.asarray(merges, np.int64).reshape(-1, 2),
                        np.asarray(links_made, np.float64), int(clustering.background))

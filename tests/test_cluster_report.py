@@ -115,6 +115,8 @@ def test_a_patch_flat_on_the_table_merges_into_the_background_and_what_stands_on
     merged = cluster_gaussians(features, means, cfg=cfg, look_at=look_at, up=up)
     assert merged.n_clusters == 3 and adjusted_rand_score(truth, merged.labels) == pytest.approx(1.0)
     assert (merged.labels[-360:] == merged.background).all() and sorted(merged.sizes.tolist()) == [300, 300, 1960]
+    point, normal, band = merged.support  # the floor's plane, kept for the cluster tree
+    assert abs(point[2]) < 0.01 and abs(normal[2]) == pytest.approx(1.0, abs=1e-3) and band == pytest.approx(0.01 * look_at[1])
     kept = cluster_gaussians(features, means, cfg=ClusterConfig(min_cluster_size=50, background_flat=0.0),
                              look_at=look_at, up=up)
     assert kept.n_clusters == 4 and adjusted_rand_score(truth, kept.labels) < 0.95

@@ -251,3 +251,34 @@ def test_scene_up_is_the_cameras_mean_up_direction():
                for a in np.linspace(0, 2 * np.pi, 8, endpoint=False)]
     np.testing.assert_allclose(scene_up(cameras), [0.0, 0.0, 1.0], atol=1e-9)
     assert scene_up([]) is None  # no direction: the tree goes without support links
+
+
+def test_standing_clusters_read_the_foot_above_the_plane_and_what_lies_beneath():
+    from cgc_core.hierarchy import standing_clusters
+
+    base = _grid(0, 10, 0, 10, 1, 3)
+    parts = [np.concatenate([base, base * [1, 1, -1]]),  # a lamp's base and its reflection beneath the table
+             np.concatenate([_grid(4, 6, 4, 6, 3, 12), _grid(0, 2, 0, 2, 1, 2)]),  # its stem, with a bit of the base
+             _grid(20, 25, 0, 5, 1, 6),  # a box beside it
+             np.concatenate([_grid(0, 10, 0, 10, 12, 14), [[30, 30, 1]]]),  # a shade over the stem; one stray low
+             _grid(-5, 30, -5, 30, 0, 1) + [0, 0, 0.5]]  # the table, just over the plane
+    points = np.concatenate(parts).astype(float)
+    labels = np.concatenate([np.full(len(p), k) for k, p in enumerate(parts)])
+    plane = (np.zeros(3), np.array([0.0, 0.0, 1.0]))
+    np.testing.assert_array_equal(standing_clusters(points, labels, 5, plane, 2.5, 2.0, background=4),
+                                  [True, False, True, False, False])
+    # The table is what lies beneath the base and the box: without it as the background they rest on
+    # a cluster, and only the table stands.
+    np.testing.assert_array_equal(standing_clusters(points, labels, 5, plane, 2.5, 2.0), [False] * 4 + [True])
+
+
+def test_two_groups_standing_side_by_side_on_the_support_never_join():
+    clustering, features, means = _toy()  # 0 and 1 side by side on the slab along a seam; 2 above them
+    support = (np.zeros(3), np.array([0.0, 0.0, 1.0]), 0.5)
+    assert sorted(build_cluster_tree(clustering, features, means, min_link=0.0).leaves(5)) == [0, 1, 2]
+    tree = build_cluster_tree(clustering, features, means, min_link=0.0, support=support)
+    assert tree.merges.tolist() == [[1, 2]]  # the part resting on 1 joins it; 0 stays apart however long the seam
+    assert tree.steps(2) == [[2], [1, 2]] and tree.steps(0) == [[0]]
+    clustering, features, means = _lamp()  # a floating shade still joins the base it rests on
+    assert build_cluster_tree(clustering, features, means, up=np.array([0.0, 0.0, 1.0]), support=support).steps(1) == \
+        [[1], [0, 1]]
