@@ -552,7 +552,9 @@ class ClusterConfig:
     Gaussians touch within this many times the median distance between nearest Gaussians."""
     tree_min_link: float = 0.05
     """Groups of clusters whose strongest link (touching pairs per Gaussian of the smaller, times
-    the agreement of their features) is weaker stay apart. RESULTS.md, "Coarser steps"."""
+    the agreement of their features) is weaker stay apart. RESULTS.md, "Coarser steps". Whatever
+    links them, two groups that each hold a cluster standing on the table (the plane of
+    `background_flat`; `hierarchy.standing_clusters`) stay apart: RESULTS.md, "Side by side on the table"."""
     tree_view_groups: float = 0.1
     """Two clusters also link by the share of the training views showing both in which one object
     region holds both (`hierarchy.view_group_links`: the model's depth standing on the table's plane,

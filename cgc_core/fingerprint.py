@@ -7,8 +7,8 @@ the C++ sources a module compiles. A change to training changes the train stage'
 through the keys that hold the train stage's key, every stage after it); a change to the report
 changes only the report's.
 
-A module is hashed as its syntax tree without docstrings, so an edited comment or docstring
-recomputes nothing, while any change to what runs does. Like Prefect's `TASK_SOURCE` cache policy,
+A module is hashed as its syntax tree without docstrings (a config field's too), so an edited
+comment or docstring recomputes nothing, while any change to what runs does. Like Prefect's `TASK_SOURCE` cache policy,
 but it follows the imports instead of stopping at the task function's own text.
 """
 
@@ -131,14 +131,17 @@ def _parse(path: Path, mtime_ns: int, size: int) -> ast.Module:
 
 
 def _without_docstrings(tree: ast.AST) -> ast.AST:
-    """The tree with every module, class and function docstring dropped (a copy)."""
+    """The tree without its docstrings (a copy): every statement that is a bare string, which Python
+    evaluates and drops: a module's, class's or function's docstring, and the attribute docstrings
+    under a config field."""
     tree = copy.deepcopy(tree)  # the parsed tree is memoised: never edit it in place
     for node in ast.walk(tree):
-        body = getattr(node, "body", None)
-        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body
-                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
-                and isinstance(body[0].value.value, str)):
-            node.body = body[1:] or [ast.Pass()]
+        for field in ("body", "orelse", "finalbody"):
+            body = getattr(node, field, None)
+            if isinstance(body, list) and body and isinstance(body[0], ast.stmt):
+                kept = [s for s in body if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant)
+                                                and isinstance(s.value.value, str))]
+                setattr(node, field, kept or [ast.Pass()])
     return tree
 
 

@@ -62,6 +62,12 @@ def test_editing_an_unrelated_module_or_a_docstring_changes_nothing_it_does_not_
     text = (package_copy / "train.py").read_text()
     (package_copy / "train.py").write_text(text.replace('"""', '"""Edited. ', 1) + "\n# a trailing comment\n")
     assert code_fingerprint(*TRAIN_ROOTS, package_dir=package_copy) == train
+    # a config field's docstring neither, while its default is what runs
+    _edit(package_copy / "config.py", '    """Code: 1e-6."""\n', '    """Code: 1e-6; edited."""\n')
+    assert code_fingerprint(*TRAIN_ROOTS, package_dir=package_copy) == train
+    _edit(package_copy / "config.py", "    weight: float = 1e-6\n", "    weight: float = 2e-6\n")
+    assert changed_files(train, code_fingerprint(*TRAIN_ROOTS, package_dir=package_copy)) == ["cgc_core/config.py"]
+    _edit(package_copy / "config.py", "    weight: float = 2e-6\n", "    weight: float = 1e-6\n")
     # the stage function itself and the C++ sources count
     cpp = package_copy / "render" / "csrc" / "rasterize.cpp"
     cpp.write_text(cpp.read_text() + "\n// edited\n")
