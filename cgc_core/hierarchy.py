@@ -355,7 +355,8 @@ def build_cluster_tree(clustering: Clustering, features: Tensor, means: Tensor, 
             background. A cluster whose foot lies within `radius` Gaussian spacings above that band
             stands on the plane (`standing_clusters`), and two groups that each hold a standing
             cluster never join: side by side on the table they are two objects, however much they
-            touch or share one region in the views. None: no such rule.
+            touch or share one region in the views; a cluster with most of its points under the
+            plane (a reflection in a glossy table) joins nothing. None: no such rule.
 
     Returns:
         The `ClusterTree`; merges in the order they happened, strongest first.
@@ -399,6 +400,10 @@ def build_cluster_tree(clustering: Clustering, features: Tensor, means: Tensor, 
         if support is not None:
             standing = standing_clusters(points, labels[index], k, support[:2], support[2] + touch, touch,
                                          clustering.background)
+            # Mostly under the table: the mirror image of what stands on a glossy table. Neither an
+            # object nor a part, it joins nothing (in the views it shows as one region with anything).
+            under = (points - support[0]) @ support[1] <= 0
+            alive &= np.bincount(labels[index], weights=under.astype(float), minlength=k) < 0.5 * sizes
         while True:
             links = np.maximum(cluster_links(contacts, sizes, sums), other)
             links[np.outer(standing, standing)] = 0.0  # two objects side by side on the table

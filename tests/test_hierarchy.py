@@ -282,3 +282,14 @@ def test_two_groups_standing_side_by_side_on_the_support_never_join():
     clustering, features, means = _lamp()  # a floating shade still joins the base it rests on
     assert build_cluster_tree(clustering, features, means, up=np.array([0.0, 0.0, 1.0]), support=support).steps(1) == \
         [[1], [0, 1]]
+
+
+def test_a_reflection_under_the_table_joins_nothing():
+    # An object on a glossy table (0), its mirror image under the table (1), a part resting on the
+    # object (2), and the table (3, the background).
+    parts = [_grid(0, 6, 0, 6, 1, 6), _grid(0, 6, 0, 6, -5, 0), _grid(0, 6, 0, 6, 6, 9), _grid(-10, 16, -10, 16, 0, 1)]
+    clustering, features, means = _clustered(parts, background=3)
+    support = (np.array([0.0, 0.0, 0.5]), np.array([0.0, 0.0, 1.0]), 0.5)
+    assert sorted(build_cluster_tree(clustering, features, means, min_link=0.0).leaves(5)) == [0, 1, 2]
+    tree = build_cluster_tree(clustering, features, means, min_link=0.0, support=support)
+    assert tree.merges.tolist() == [[0, 2]] and tree.steps(1) == [[1]]
