@@ -227,13 +227,25 @@ def support_plane(means: Tensor | np.ndarray, considered: np.ndarray, look_at: t
                   seed: int = 0) -> tuple[np.ndarray, np.ndarray] | None:
     """The plane the captured objects stand on: the dominant plane (`masks.depth_split.dominant_plane`)
     of the `considered` Gaussians (indices) within half the cameras' distance of the point they look
-    at, its normal within `max_tilt` degrees of `up` and pointing to its side; (point, unit normal),
-    or None. `tolerance`: the inlier distance, in units of the cameras' distance."""
+    at, its normal within `max_tilt` degrees of `up` and pointing to its side; then, while the points
+    under it hold a plane of at least half as many inliers, that lower one (a large textured top, a
+    box's or a tray's, can hold more Gaussians than the plain table beneath it); (point, unit
+    normal), or None. `tolerance`: the inlier distance, in units of the cameras' distance."""
     points = _positions(means)[considered]
     points = points[np.isfinite(points).all(axis=1)]
     point, radius = look_at
     near = points[np.linalg.norm(points - point, axis=1) < 0.5 * radius]
-    return dominant_plane(near, tolerance * radius, seed, up=up, max_tilt=max_tilt)
+    tolerance = tolerance * radius
+    plane = dominant_plane(near, tolerance, seed, up=up, max_tilt=max_tilt)
+    while plane is not None:
+        heights = (near - plane[0]) @ plane[1]
+        under = near[heights < -tolerance]
+        lower = dominant_plane(under, tolerance, seed, up=up, max_tilt=max_tilt)
+        if lower is None or (np.abs((under - lower[0]) @ lower[1]) < tolerance).sum() < \
+                0.5 * (np.abs(heights) < tolerance).sum():
+            return plane
+        plane, near = lower, under
+    return plane
 
 
 def cluster_heights(labels: np.ndarray, n_clusters: int, means: Tensor | np.ndarray, considered: np.ndarray,
