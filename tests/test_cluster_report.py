@@ -525,3 +525,21 @@ def test_report_shows_training_health_and_the_collapse_warning(tmp_path, tiny_sc
     assert "| synthetic | 8 | 0.95 | 0.60 | 40.0 | " + warning in md
     assert "synthetic: training health (loss terms; feature separation)" in md
     assert "training health" in files.html.read_text()
+
+
+def test_the_support_plane_is_the_table_under_a_box_top_that_holds_more_gaussians():
+    from cgc_core.cluster import support_plane
+    from cgc_core.hierarchy import scene_up
+
+    rng = np.random.default_rng(0)
+    table = np.c_[rng.uniform(-0.5, 0.5, (600, 2)), np.zeros(600)]
+    top = np.c_[rng.uniform(-0.2, 0.2, (900, 2)), np.full(900, 0.1)]  # a finely textured box top: more Gaussians
+    sides = np.c_[rng.uniform(-0.2, 0.2, (200, 1)), np.full((200, 1), 0.2), rng.uniform(0, 0.1, (200, 1))]
+    means = np.concatenate([table, top, sides])
+    cameras = _ring_cameras(radius=2.0, height=1.0)
+    look_at, up = camera_look_at(cameras), scene_up(cameras)
+    point, normal = support_plane(means, np.arange(len(means)), look_at, up, tolerance=0.005)
+    assert abs(point[2]) < 0.01 and normal[2] == pytest.approx(1.0, abs=1e-3)
+    # Without the table the box top is the plane.
+    point, _ = support_plane(means[600:], np.arange(1100), look_at, up, tolerance=0.005)
+    assert point[2] == pytest.approx(0.1, abs=0.01)
