@@ -8,8 +8,9 @@ through the keys that hold the train stage's key, every stage after it); a chang
 changes only the report's.
 
 A module is hashed as its syntax tree without docstrings (a config field's too), so an edited
-comment or docstring recomputes nothing, while any change to what runs does. Like Prefect's `TASK_SOURCE` cache policy,
-but it follows the imports instead of stopping at the task function's own text.
+comment or docstring recomputes nothing, while any change to what runs does. Like Prefect's
+`TASK_SOURCE` cache policy, but it follows the imports instead of stopping at the task function's own
+text.
 """
 
 from __future__ import annotations
