@@ -555,8 +555,7 @@ def model_tree(params: dict[str, Tensor], scene, selector, cfg: ClusterConfig, g
                                       clustering.n_clusters, geometry, backend, cfg.seed)
     return clustering, build_cluster_tree(clustering, features, params["means"], opacities, cfg.min_opacity,
                                           cfg.tree_radius, cfg.tree_min_link, cfg.max_fit_points, cfg.seed,
-                                          view_links, cfg.tree_view_groups, up, cfg.tree_support,
-                                          clustering.support)
+                                          view_links, cfg.tree_view_groups, up, cfg.tree_support)
 
 
 def cluster_scene(params: dict[str, Tensor], scene, selector, queries: dict, query_protocol: str | None,

@@ -329,12 +329,18 @@ def standing_clusters(points: np.ndarray, labels: np.ndarray, n_clusters: int, p
 def build_cluster_tree(clustering: Clustering, features: Tensor, means: Tensor, opacities: Tensor | None = None,
                        min_opacity: float = 0.1, radius: float = 2.0, min_link: float = 0.05,
                        max_points: int | None = 20_000, seed: int = 0, view_links: np.ndarray | None = None,
-                       min_view_link: float = 0.1, up: np.ndarray | None = None, min_support: float = 0.5,
-                       support: tuple[np.ndarray, np.ndarray, float] | None = None) -> ClusterTree:
+                       min_view_link: float = 0.1, up: np.ndarray | None = None, min_support: float = 0.5
+                       ) -> ClusterTree:
     """The hierarchy of a clustering: greedy agglomeration of the clusters by `cluster_links`.
 
     Args:
-        clustering: The cluster stage's clusters (leaves); its background cluster never merges.
+        clustering: The cluster stage's clusters (leaves); its background cluster never merges. With
+            its `support` (the plane the objects stand on, `cluster.support_plane`, and the band over
+            it that went to the background), a cluster whose foot lies within `radius` Gaussian
+            spacings above that band stands on the plane (`standing_clusters`), and two groups that
+            each hold a standing cluster never join: side by side on the table they are two objects,
+            however much they touch or share one region in the views; a cluster with most of its
+            points under the plane (a reflection in a glossy table) joins nothing.
         features: [N, D] Gaussian features, in the channels the clusters were made of.
         means: [N, 3] positions.
         opacities: [N] in [0, 1]; Gaussians below `min_opacity` take no part (None: all do).
@@ -350,13 +356,6 @@ def build_cluster_tree(clustering: Clustering, features: Tensor, means: Tensor, 
             its 3D links to clusters other than the background under `min_link`) links to the
             cluster straight beneath the largest share of its points, where that share is at least
             `min_support` (`support_links`; 0: never); kept through merges like a view link.
-        support: (point, unit normal, band): the plane the objects stand on (`cluster.support_plane`)
-            and the height over it within which the cluster stage gave every Gaussian to the
-            background. A cluster whose foot lies within `radius` Gaussian spacings above that band
-            stands on the plane (`standing_clusters`), and two groups that each hold a standing
-            cluster never join: side by side on the table they are two objects, however much they
-            touch or share one region in the views; a cluster with most of its points under the
-            plane (a reflection in a glossy table) joins nothing. None: no such rule.
 
     Returns:
         The `ClusterTree`; merges in the order they happened, strongest first.
@@ -397,6 +396,7 @@ def build_cluster_tree(clustering: Clustering, features: Tensor, means: Tensor, 
             votes = support_votes(points, labels[index], k, np.asarray(up, np.float64), touch, floating)
             other = np.maximum(other, support_links(votes, floating, clustering.background, min_support))
         standing = np.zeros(k, bool)
+        support = clustering.support
         if support is not None:
             standing = standing_clusters(points, labels[index], k, support[:2], support[2] + touch, touch,
                                          clustering.background)

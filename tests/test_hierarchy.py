@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -276,11 +277,12 @@ def test_two_groups_standing_side_by_side_on_the_support_never_join():
     clustering, features, means = _toy()  # 0 and 1 side by side on the slab along a seam; 2 above them
     support = (np.zeros(3), np.array([0.0, 0.0, 1.0]), 0.5)
     assert sorted(build_cluster_tree(clustering, features, means, min_link=0.0).leaves(5)) == [0, 1, 2]
-    tree = build_cluster_tree(clustering, features, means, min_link=0.0, support=support)
+    tree = build_cluster_tree(replace(clustering, support=support), features, means, min_link=0.0)
     assert tree.merges.tolist() == [[1, 2]]  # the part resting on 1 joins it; 0 stays apart however long the seam
     assert tree.steps(2) == [[2], [1, 2]] and tree.steps(0) == [[0]]
     clustering, features, means = _lamp()  # a floating shade still joins the base it rests on
-    assert build_cluster_tree(clustering, features, means, up=np.array([0.0, 0.0, 1.0]), support=support).steps(1) == \
+    on_table = replace(clustering, support=support)
+    assert build_cluster_tree(on_table, features, means, up=np.array([0.0, 0.0, 1.0])).steps(1) == \
         [[1], [0, 1]]
 
 
@@ -291,5 +293,5 @@ def test_a_reflection_under_the_table_joins_nothing():
     clustering, features, means = _clustered(parts, background=3)
     support = (np.array([0.0, 0.0, 0.5]), np.array([0.0, 0.0, 1.0]), 0.5)
     assert sorted(build_cluster_tree(clustering, features, means, min_link=0.0).leaves(5)) == [0, 1, 2]
-    tree = build_cluster_tree(clustering, features, means, min_link=0.0, support=support)
+    tree = build_cluster_tree(replace(clustering, support=support), features, means, min_link=0.0)
     assert tree.merges.tolist() == [[0, 2]] and tree.steps(1) == [[1]]
