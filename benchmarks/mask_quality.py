@@ -22,8 +22,8 @@ segment's IoU. Figures:
   are its levels and the same levels cut at that depth's edges (nested: a cut piece lies inside
   its segment), and every figure of the RESULT line is of those levels (`generator=<name>+depth`;
   the baseline gets the same geometry); s_per_image includes the cut. With
-  `--set train.depth_split.groups=<share>` (> 0), each cut level's object groups
-  (`masks.depth_split.object_groups`: segments standing on the table joined) are levels too.
+  `--groups`, each cut level's object groups (`masks.depth_split.object_groups`: segments
+  standing on the table joined) are levels too.
 
 Settings are chosen on the development seeds only (`FAMILY_DEV_SEEDS`); `--seeds` can name the
 held-out ones for a report.
@@ -90,7 +90,7 @@ def resized(values: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def evaluate(generator, views: list[tuple[str, np.ndarray, np.ndarray, np.ndarray, Camera]], min_pixels: int,
-             cut: DepthSplitConfig, model_depth: dict[str, np.ndarray] | None = None) -> dict:
+             cut: DepthSplitConfig, model_depth: dict[str, np.ndarray] | None = None, groups: bool = False) -> dict:
     """Recall per level and overall, straddle share and seconds per image over rendered views,
     and recall50 and straddle after the depth cut `cut` with the true depth; with `model_depth`
     (view name -> the trained model's depth), the levels are the generator's and their cut at it."""
@@ -103,7 +103,7 @@ def evaluate(generator, views: list[tuple[str, np.ndarray, np.ndarray, np.ndarra
         if model_depth is not None:
             view_depth = resized(model_depth[name], height, width)
             levels = np.concatenate([own, cut_levels(own, view_depth, cut, intrinsics)])
-            if cut.groups > 0:  # and each cut level's object groups
+            if groups:  # and each cut level's object groups
                 levels = np.concatenate([levels, [object_groups(level, view_depth, intrinsics, cut)
                                                   for level in levels[len(own):]]])
         seconds.append(time.perf_counter() - start)
@@ -183,13 +183,14 @@ def main() -> None:
                         "(train.depth_split.FIELD=VALUE: the depth cut's settings)")
     parser.add_argument("--depth-from", type=Path, help="the data folder of heldout_bench.py --family realistic "
                         "runs of these seeds: cut the levels at the trained model's depth (see above)")
+    parser.add_argument("--groups", action="store_true", help="with --depth-from: object groups as levels too")
     args = parser.parse_args()
     config = load_config(None, [item if item.startswith("train.") else f"masks.{item}" for item in args.overrides])
     masks, cut = config.masks, config.train.depth_split
     views = render_views(args.seeds, args.views)
     depths = model_depths(args.depth_from, views, cut) if args.depth_from else None
     candidate, baseline = TextureGenerator(masks.texture), ClassicalGenerator(masks.classical)
-    results = {gen.name: evaluate(gen, views, args.min_pixels, cut, depths) for gen in (baseline, candidate)}
+    results = {gen.name: evaluate(gen, views, args.min_pixels, cut, depths, args.groups) for gen in (baseline, candidate)}
     print(f"{len(views)} views of seeds {args.seeds}; objects >= {args.min_pixels} px")
     print(f"{'generator':<10} {'pairs':>5} {'recall50':>8} {'recall75':>8} {'best IoU':>8} {'straddle':>8} "
           f"{'s/image':>7} {'loss r50':>8} {'cut r50':>7} {'cut str':>7}  recall50 per level")

@@ -81,15 +81,6 @@ class Clustering:
         return len(self.centers)
 
 
-def _embedding(features: Tensor, means: Tensor | None, position_weight: float) -> np.ndarray:
-    unit = F.normalize(features.detach().float(), dim=-1)
-    if position_weight <= 0 or means is None:
-        return unit.cpu().numpy()
-    centred = means.detach().float() - means.detach().float().mean(0)
-    spread = centred.norm(dim=-1).median().clamp_min(1e-9)  # robust to floaters
-    return torch.cat([unit, position_weight * centred / spread], dim=1).cpu().numpy()
-
-
 def cluster_gaussians(features: Tensor, means: Tensor | None = None, opacities: Tensor | None = None,
                       cfg: ClusterConfig | None = None, look_at: tuple[np.ndarray, float] | None = None,
                       up: np.ndarray | None = None) -> Clustering:
@@ -97,8 +88,8 @@ def cluster_gaussians(features: Tensor, means: Tensor | None = None, opacities: 
 
     Args:
         features: [N, D] raw Gaussian features (normalised here).
-        means: [N, 3] positions; used when `cfg.position_weight > 0`, and for the background
-            merge (`merge_background`).
+        means: [N, 3] positions, for splitting clusters into pieces that lie apart and for the
+            background merge (`merge_background`).
         opacities: [N] opacities in [0, 1] (not logits); Gaussians below `cfg.min_opacity` are
             not fitted. None: all are fitted.
         cfg: Cluster config (HDBSCAN sizes, sample size, noise rule, background merge, seed).
@@ -126,14 +117,13 @@ def cluster_gaussians(features: Tensor, means: Tensor | None = None, opacities: 
     if cfg.max_fit_points is not None and len(candidates) > cfg.max_fit_points:
         rng = np.random.default_rng(cfg.seed)
         candidates = np.sort(rng.choice(candidates, cfg.max_fit_points, replace=False))
-    x = _embedding(features, means, cfg.position_weight)
+    unit = F.normalize(features.detach().float(), dim=-1)
     fitted = HDBSCAN(min_cluster_size=min(cfg.min_cluster_size, len(candidates)), min_samples=cfg.min_samples,
-                     copy=True).fit_predict(x[candidates])
+                     copy=True).fit_predict(unit.cpu().numpy()[candidates])
     found = np.unique(fitted[fitted >= 0])
     if len(found) == 0:
         return Clustering(np.full(n, NOISE, dtype=np.int64), np.zeros((0, features.shape[1]), np.float32),
                           np.zeros(0, np.int64), len(candidates))
-    unit = F.normalize(features.detach().float(), dim=-1)
     centers = F.normalize(torch.stack([unit[candidates[fitted == k]].mean(0) for k in found]), dim=-1)
     # Every Gaussian takes the most similar centre; the fitted ones keep HDBSCAN's own label.
     labels = (unit @ centers.T).argmax(1).cpu().numpy().astype(np.int64)

@@ -285,11 +285,6 @@ class ContrastiveConfig:
     others buys the same probability however many segments the view holds
     (`losses.contrastive_clustering_loss`). 20, about the segments of the demo's views: RESULTS.md,
     "A temperature that does not flatten" and "Texture masks with the count-normalised temperature"."""
-    balance: float = 0.0
-    """Each segment's pixels weigh (mean segment size / its size)^balance
-    (`losses.contrastive_clustering_loss`). Paper/code: 0 (a 100-pixel object counts for its pixels
-    beside a table's thousands); 1: every segment as the mean segment, at the pixel sum's scale.
-    0.5 is a lead on the family, not a choice (RESULTS.md, "Small segments weigh more")."""
     mask_levels: int = 1
     """1 (paper and code): one term on the finest masks. L > 1: one term per nesting level, level l
     on the first `level_dims[l]` channels, so a selection steps between parts and whole objects by
@@ -353,14 +348,6 @@ class DepthSplitConfig:
     rendered depth and the camera's intrinsics) fold inwards by more than this many degrees: a mug
     standing on a table (`masks.depth_split.concave_creases`). 0: no crease cut; 60 lifted the
     family's development mean by 0.015, under the spread between seeds (RESULTS.md, "Creases")."""
-    groups: float = 0.0
-    """Share of the training views whose coarsest label map the loss reads (the finest one with
-    `contrastive.mask_levels=1`) becomes, at the cut, the finest one's object groups
-    (`masks.depth_split.object_groups`: the segments standing on the table joined where they
-    connect without a depth jump, so an object of several colours is one segment), drawn per view
-    from `train.seed` and the image name, as SAM gives an object whole in some views and in parts in
-    others. 0: none; 0.5 lost 0.018 on the family's development seeds (RESULTS.md, "Object groups
-    from the model's depth")."""
     group_height: float = 0.006
     """A pixel stands on the table when its point is higher than this over the table's plane (in
     units of the view's median depth)."""
@@ -508,9 +495,6 @@ class ClusterConfig:
     min_opacity: float = 0.1
     """Only Gaussians at least this opaque are fitted and scored (faint ones carry little signal);
     every Gaussian still gets a label."""
-    position_weight: float = 0.0
-    """> 0 joins positions (centred, divided by the scene's spread) to the unit features with
-    this weight, so far-apart objects of one colour of feature split."""
     split_gap: float = 10.0
     """Before the background rules, each cluster splits into the pieces of it that lie apart: its
     fitted Gaussians farther than this many times the median distance between nearest Gaussians
@@ -712,6 +696,9 @@ REMOVED_KEYS: dict[str, str] = {
     **dict.fromkeys(["train.contrastive.reduction", "train.cc_reduction", "train.regularizer.far", "train.reg_far",
                      "train.regularizer.near_pairs", "train.reg_near_pairs", "train.feature_init"], _COLLAPSE),
     **dict.fromkeys(["train.contrastive.zoom", "train.contrastive.zoom_share"], _ZOOM),
+    "train.contrastive.balance": "Small segments weigh more",
+    "train.depth_split.groups": "Object groups from the model's depth",
+    "cluster.position_weight": "Pieces apart: a lamp's shade that shares its feature with a picture",
 }
 """Ablation options measured, not chosen and removed -> the RESULTS.md section that measured them
 (the code that ran them is in that commit's history)."""
@@ -851,10 +838,8 @@ _RULES: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
     ("train.regularizer", "lambda_near"): (lambda v: v >= 0, ">= 0"),
     ("train.regularizer", "lambda_far"): (lambda v: v >= 0, ">= 0"),
     ("train.depth_split", "crease_angle"): (lambda v: 0 <= v < 180, "in [0, 180) degrees"),
-    ("train.depth_split", "groups"): (lambda v: 0 <= v <= 1, "in [0, 1]"),
     ("train.depth_split", "group_height"): (lambda v: v > 0, "> 0"),
     ("train.depth_split", "plane_tolerance"): (lambda v: v > 0, "> 0"),
-    ("train.contrastive", "balance"): (lambda v: 0 <= v <= 1, "between 0 and 1"),
     ("train.contrastive", "reference_segments"): (lambda v: v is None or v >= 2, "null or >= 2"),
     ("train", "sh_degree"): (lambda v: 0 <= v <= 3, "between 0 and 3"),
     ("train", "init_opacity"): (lambda v: 0 < v < 1, "in (0, 1)"),

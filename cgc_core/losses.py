@@ -88,7 +88,7 @@ def segment_pixels(features: Tensor, labels: Tensor, min_pixels: int) -> tuple[T
 
 def contrastive_clustering_loss(features: Tensor, labels: Tensor, min_pixels: int = 100, eps: float = 100.0,
                                 temperature_scale: float = 10.0, temperature_clip: tuple[float, float] | None = (0.1, 1.0),
-                                detach_temperature: bool = True, balance: float = 0.0,
+                                detach_temperature: bool = True,
                                 reference_segments: int | None = None) -> Tensor:
     """Contrastive clustering of rendered features by (view-inconsistent) 2D segments.
 
@@ -111,10 +111,6 @@ def contrastive_clustering_loss(features: Tensor, labels: Tensor, min_pixels: in
         temperature_scale: Factor on φ (code: 10; paper: 1).
         temperature_clip: (low, high) clip of φ after scaling, or None.
         detach_temperature: Stop gradients through φ (code: yes).
-        balance: Each segment's pixel terms are weighed by (n̄ / N_p)^balance, n̄ the mean segment
-            size in the view: 0 is the paper's sum over pixels (a table outweighs a small object),
-            1 weighs every segment as n̄ pixels; between, a small object counts for more than its
-            pixels without the field learning every crumb alike.
         reference_segments: None (paper and code): φ as above. K₀ ≥ 2: φ also times log K₀ / log K,
             K the view's segments (sharper in views with more segments than K₀, softer with fewer).
 
@@ -136,16 +132,13 @@ def contrastive_clustering_loss(features: Tensor, labels: Tensor, min_pixels: in
     if detach_temperature:
         phi = phi.detach()
     logits = (f @ centroids.T) / phi[None, :]
-    if balance == 0:
-        return F.cross_entropy(logits, seg, reduction="sum") / k
-    weights = (n_p.mean() / n_p) ** balance
-    return (F.cross_entropy(logits, seg, reduction="none") * weights[seg]).sum() / k
+    return F.cross_entropy(logits, seg, reduction="sum") / k
 
 
 def contrastive_clustering_loss_reference(features: Tensor, labels: Tensor, min_pixels: int = 100, eps: float = 100.0,
                                           temperature_scale: float = 10.0,
                                           temperature_clip: tuple[float, float] | None = (0.1, 1.0),
-                                          detach_temperature: bool = True, balance: float = 0.0,
+                                          detach_temperature: bool = True,
                                           reference_segments: int | None = None) -> Tensor:
     """Eq. 3 with explicit loops over segments and pixels (slow; the tests' oracle)."""
     segments = []
@@ -167,13 +160,10 @@ def contrastive_clustering_loss_reference(features: Tensor, labels: Tensor, min_
             phi = phi.clamp(*temperature_clip)
         phis.append(phi.detach() if detach_temperature else phi)
     total = features.sum() * 0.0
-    mean_size = sum(s.shape[0] for s in segments) / len(segments)
     for p, s in enumerate(segments):
-        segment_total = features.sum() * 0.0
         for q in range(s.shape[0]):
             scores = torch.stack([(s[q] @ centroids[j]) / phis[j] for j in range(len(segments))])
-            segment_total = segment_total - (scores[p] - torch.logsumexp(scores, 0))
-        total = total + segment_total * (mean_size / s.shape[0]) ** balance
+            total = total - (scores[p] - torch.logsumexp(scores, 0))
     return total / per
 
 
@@ -191,7 +181,7 @@ def multilevel_contrastive_loss(features: Tensor, level_labels: Tensor, level_di
         features: [H, W, D] rendered features.
         level_labels: [L, H, W] int label maps, finest first (`MaskStore.read_label_maps`).
         level_dims: Channels of each level, at least L of them; D or fewer.
-        **options: `contrastive_clustering_loss`'s (min_pixels, eps, temperature..., balance).
+        **options: `contrastive_clustering_loss`'s (min_pixels, eps, temperature...).
     """
     levels = level_labels.shape[0]
     if len(level_dims) < levels:

@@ -31,8 +31,7 @@ from .config import ContrastiveConfig, DensifyConfig, RegularizerConfig, TrainCo
 from .gaussians import init_features, init_params, load_ply, save_ply
 from .health import collapse_warning, feature_separation, mean_separation
 from .losses import multilevel_contrastive_loss, photometric_loss, sample_neighbours, spatial_regularization
-from .masks.depth_split import cut_at_depth_edges, object_groups
-from .masks.generators import image_rng
+from .masks.depth_split import cut_at_depth_edges
 from .masks.store import MaskStore
 from .render import FrozenViews, Gaussians, render, resolve_backend
 from .scene.model import Camera, Scene
@@ -216,8 +215,7 @@ class ContrastiveTerm:
         self.cfg = cfg
         self.options = {"min_pixels": cfg.min_pixels, "temperature_scale": cfg.temperature_scale,
                         "temperature_clip": tuple(cfg.temperature_clip) if cfg.temperature_clip is not None else None,
-                        "detach_temperature": cfg.detach_temperature, "balance": cfg.balance,
-                        "reference_segments": cfg.reference_segments}
+                        "detach_temperature": cfg.detach_temperature, "reference_segments": cfg.reference_segments}
 
     def due(self, step: int) -> bool:
         return self.cfg.enabled and step % self.cfg.every == 0
@@ -558,10 +556,8 @@ def describe_depth_split(record: dict) -> str:
 def depth_split_labels(params: dict[str, Tensor], views: dict[str, tuple[Camera, Tensor]],
                        labels: dict[str, Tensor], cfg: TrainConfig, path: Path) -> tuple[dict[str, Tensor], dict]:
     """Every view's label maps cut where the depth of the current Gaussians jumps (each level on its
-    own, or only the finest with `cfg.depth_split.levels=finest`; `cut_at_depth_edges`), in a share
-    `cfg.depth_split.groups` of the views the coarsest level read then replaced by the finest one's
-    object groups (`object_groups`), and a record of the mean number of segments per view before
-    and after. Read from `path` when it is there (a resumed run), else computed and written there
+    own, or only the finest with `cfg.depth_split.levels=finest`; `cut_at_depth_edges`), and a
+    record of the mean number of segments per view before and after. Read from `path` when it is there (a resumed run), else computed and written there
     atomically."""
     cut = {}
     if path.is_file():
@@ -577,10 +573,7 @@ def depth_split_labels(params: dict[str, Tensor], views: dict[str, tuple[Camera,
                 depth = render(gaussians, camera, sh_degree=0, backend=cfg.backend).depth.cpu().numpy()
                 levels = labels[name].numpy()
                 cut_levels = cut_at_depth_edges(levels[:n_cut], depth, cfg.depth_split, camera.K)
-                view_levels = np.concatenate([cut_levels, levels[len(cut_levels):]])
-                if grouped_view(name, cfg):  # the coarsest level read becomes the finest one's groups
-                    view_levels[-1] = object_groups(view_levels[0], depth, camera.K, cfg.depth_split, cfg.seed)
-                cut[name] = torch.as_tensor(view_levels)
+                cut[name] = torch.as_tensor(np.concatenate([cut_levels, levels[len(cut_levels):]]))
         path.parent.mkdir(parents=True, exist_ok=True)  # before the first checkpoint it may not exist yet
         tmp = path.with_suffix(".tmp.npz")
         np.savez_compressed(tmp, **{n: v.numpy().astype(np.int32) for n, v in cut.items()})
@@ -598,15 +591,7 @@ def depth_split_labels(params: dict[str, Tensor], views: dict[str, tuple[Camera,
         return float(np.mean(shares))
 
     return cut, {"segments_per_view_before": segments_per_view(labels), "segments_per_view_after": segments_per_view(cut),
-                 "supervised_share_before": supervised_share(labels), "supervised_share_after": supervised_share(cut),
-                 "grouped_views": sum(grouped_view(name, cfg) for name in labels)}
-
-
-def grouped_view(name: str, cfg: TrainConfig) -> bool:
-    """Whether the depth cut gives this view's coarsest label map read as object groups (a share
-    `cfg.depth_split.groups` of the views, drawn from the seed and the image name)."""
-    share = cfg.depth_split.groups
-    return share > 0 and image_rng(cfg.seed, name).random() < share
+                 "supervised_share_before": supervised_share(labels), "supervised_share_after": supervised_share(cut)}
 
 
 def final_feature_health(params: dict[str, Tensor], views: dict[str, tuple[Camera, Tensor]],

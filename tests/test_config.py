@@ -79,9 +79,10 @@ def test_old_flat_train_keys_still_work_with_one_line_naming_the_new_key(tmp_pat
     with pytest.raises(ConfigError, match="train.contrastive.every: expected int"):
         load_config(None, ["train.cc_every=often"])  # the new key is named in errors too
     # An ablation option that was removed points at its measurement, under its old name too.
-    for removed in ("train.contrastive.zoom=2", "train.cc_reduction=segments"):
+    for removed in ("train.contrastive.zoom=2", "train.cc_reduction=segments", "train.contrastive.balance=0.5",
+                    "cluster.position_weight=0.2"):
         with pytest.raises(ConfigError, match=rf"{removed.split('=')[0]}: removed, measured and not chosen "
-                                              r"\(benchmarks/RESULTS.md, \"(Zoomed windows|The realistic)"):
+                                              r"\(benchmarks/RESULTS.md, \"(Zoomed windows|The realistic|Small|Pieces)"):
             load_config(None, [removed])
 
 

@@ -25,17 +25,16 @@ def _labels(h=14, w=16):
     return labels
 
 
-@pytest.mark.parametrize("clip, detach, scale, balance, reference", [
-    ((0.1, 1.0), True, 10.0, 0.0, None), (None, False, 1.0, 0.0, None), ((0.1, 1.0), True, 10.0, 0.5, None),
-    ((0.1, 1.0), True, 10.0, 1.0, None), (None, True, 10.0, 0.0, 20)])
-def test_contrastive_loss_equals_loop_reference(clip, detach, scale, balance, reference):
+@pytest.mark.parametrize("clip, detach, scale, reference", [
+    ((0.1, 1.0), True, 10.0, None), (None, False, 1.0, None), (None, True, 10.0, 20)])
+def test_contrastive_loss_equals_loop_reference(clip, detach, scale, reference):
     torch.manual_seed(0)
     labels = _labels()
     labels[12:, 14:] = 9  # a 4-pixel segment: below min_pixels, left out
     a = torch.randn(14, 16, 5, dtype=torch.float64, requires_grad=True)
     b = a.detach().clone().requires_grad_()
     kwargs = dict(min_pixels=10, temperature_clip=clip, detach_temperature=detach, temperature_scale=scale,
-                  balance=balance, reference_segments=reference)
+                  reference_segments=reference)
     fast = contrastive_clustering_loss(a, labels, **kwargs)
     slow = contrastive_clustering_loss_reference(b, labels, **kwargs)
     fast.backward()
@@ -59,27 +58,6 @@ def test_reference_segments_sharpens_the_temperature_by_the_log_of_the_segment_c
     assert load_config(None, ["train.contrastive.reference_segments=20"]).train.contrastive.reference_segments == 20
     with pytest.raises(ConfigError, match="train.contrastive.reference_segments must be null or >= 2, got 1"):
         load_config(None, ["train.contrastive.reference_segments=1"])
-
-
-def test_balance_runs_from_the_pixel_sum_to_equal_segments_at_the_pixel_sums_scale():
-    from cgc_core.config import ConfigError, load_config
-
-    labels = torch.zeros(20, 20, dtype=torch.int64)
-    labels[:, :18] = 1  # 360 pixels
-    labels[:, 18:] = 2  # 40 pixels
-    torch.manual_seed(0)
-    features = torch.randn(20, 20, 4, dtype=torch.float64)
-    pixels = contrastive_clustering_loss(features, labels, min_pixels=10)
-    assert contrastive_clustering_loss(features, labels, min_pixels=10, balance=0.0) == pixels
-    # Each segment's pixel sum S_p weighs (200 / N_p)^balance (mean size 200): the sums found from
-    # balance 0 and 1 predict the loss at 0.5.
-    loss = {b: float(contrastive_clustering_loss(features, labels, min_pixels=10, balance=b)) for b in (0.0, 0.5, 1.0)}
-    sums = torch.linalg.solve(torch.tensor([[1.0, 1.0], [200 / 360, 5.0]], dtype=torch.float64),
-                              torch.tensor([2 * loss[0.0], 2 * loss[1.0]], dtype=torch.float64))
-    assert bool((sums > 0).all())
-    assert loss[0.5] == pytest.approx(float((200 / 360) ** 0.5 * sums[0] + 5 ** 0.5 * sums[1]) / 2, rel=1e-9)
-    with pytest.raises(ConfigError, match="balance"):
-        load_config(None, ["train.contrastive.balance=2"])
 
 
 def test_contrastive_loss_with_fewer_than_two_segments_is_zero():

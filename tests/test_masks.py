@@ -509,37 +509,6 @@ def test_group_segments_equal_their_loop_reference(seed, n_pieces):
     np.testing.assert_array_equal(group_segments(labels, pieces), group_segments_reference(labels, pieces))
 
 
-def test_the_depth_cut_groups_the_chosen_share_of_views(monkeypatch, tmp_path):
-    """`train.depth_split.groups`: that share of the views (drawn per image name) reads its finest
-    label map as object groups at the cut; the others only as cut; the record counts them."""
-    import cgc_core.train as train_module
-    from cgc_core.config import ConfigError, TrainConfig, load_config
-    from cgc_core.scene.model import Camera
-
-    depth, labels, intrinsics = _two_boxes_on_floor()
-
-    class Rendered:
-        def __init__(self):
-            self.depth = torch.as_tensor(depth)
-
-    monkeypatch.setattr(train_module, "render", lambda *args, **kwargs: Rendered())
-    monkeypatch.setattr(train_module.Gaussians, "from_params", staticmethod(lambda params: None))
-    camera = Camera(K=intrinsics, world_to_camera=np.eye(4), width=128, height=128, image_name="c")
-    names = [f"view_{i:03d}.png" for i in range(40)]
-    views = {n: (camera, None) for n in names}
-    maps = {n: torch.as_tensor(labels[None]) for n in names}
-    cfg = TrainConfig()
-    cfg.depth_split.groups, cfg.depth_split.sharpness = 0.5, 2.0  # 2: the box's convex edge is no jump
-    cut, record = train_module.depth_split_labels({}, views, maps, cfg, tmp_path / "split.npz")
-    grouped = [n for n in names if len(np.unique(cut[n][0][torch.as_tensor((labels == 1) | (labels == 2))])) == 1]
-    assert grouped == [n for n in names if train_module.grouped_view(n, cfg)]
-    assert 10 <= len(grouped) <= 30 and record["grouped_views"] == len(grouped)
-    cfg.depth_split.groups = 0.0
-    assert not any(train_module.grouped_view(n, cfg) for n in names)
-    with pytest.raises(ConfigError, match="train.depth_split.groups"):
-        load_config(None, ["train.depth_split.groups=1.5"])
-
-
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), spacing=st.sampled_from([1, 2]), min_pixels=st.sampled_from([0, 4]),
        sharpness=st.sampled_from([0.0, 2.0]), fill_distance=st.sampled_from([0.0, 3.0]))
