@@ -286,6 +286,19 @@ def test_two_groups_standing_side_by_side_on_the_support_never_join():
         [[1], [0, 1]]
 
 
+def test_a_ball_whose_underside_is_missing_still_stands_while_an_arm_above_the_table_does_not():
+    # A box on the table (0); a ball beside it whose cluster starts 1.5 contact distances (touch = 2
+    # spacings) over the flat band, its underside missing as a mirror ball's is (1); a lamp's arm on
+    # the box's other side starting 2.2 over it (2); the table (3). `FOOT_ALLOWANCE` lies between.
+    parts = [_grid(0, 6, 0, 6, 1, 6), _grid(6, 10, 0, 6, 0, 3) + [0, 0, 3.5], _grid(-3, 0, 0, 6, 0, 4) + [0, 0, 4.9],
+             _grid(-10, 20, -10, 20, 0, 1)]
+    clustering, features, means = _clustered(parts, background=3)
+    support = (np.zeros(3), np.array([0.0, 0.0, 1.0]), 0.5)
+    assert sorted(build_cluster_tree(clustering, features, means, min_link=0.0).leaves(5)) == [0, 1, 2]
+    tree = build_cluster_tree(replace(clustering, support=support), features, means, min_link=0.0)
+    assert tree.merges.tolist() == [[0, 2]] and tree.steps(1) == [[1]]
+
+
 def test_a_reflection_under_the_table_joins_nothing():
     # An object on a glossy table (0), its mirror image under the table (1), a part resting on the
     # object (2), and the table (3, the background).
