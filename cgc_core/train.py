@@ -557,8 +557,8 @@ def depth_split_labels(params: dict[str, Tensor], views: dict[str, tuple[Camera,
                        labels: dict[str, Tensor], cfg: TrainConfig, path: Path) -> tuple[dict[str, Tensor], dict]:
     """Every view's label maps cut where the depth of the current Gaussians jumps (each level on its
     own, or only the finest with `cfg.depth_split.levels=finest`; `cut_at_depth_edges`), and a
-    record of the mean number of segments per view before and after. Read from `path` when it is there (a resumed run), else computed and written there
-    atomically."""
+    record of the mean number of segments per view before and after. Read from `path` when it is
+    there (a resumed run), else computed and written there atomically."""
     cut = {}
     if path.is_file():
         with np.load(path) as stored:

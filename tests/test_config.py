@@ -80,9 +80,9 @@ def test_old_flat_train_keys_still_work_with_one_line_naming_the_new_key(tmp_pat
         load_config(None, ["train.cc_every=often"])  # the new key is named in errors too
     # An ablation option that was removed points at its measurement, under its old name too.
     for removed in ("train.contrastive.zoom=2", "train.cc_reduction=segments", "train.contrastive.balance=0.5",
-                    "cluster.position_weight=0.2"):
+                    "train.depth_split.groups=0.5", "cluster.position_weight=0.2"):
         with pytest.raises(ConfigError, match=rf"{removed.split('=')[0]}: removed, measured and not chosen "
-                                              r"\(benchmarks/RESULTS.md, \"(Zoomed windows|The realistic|Small|Pieces)"):
+                                              r"\(benchmarks/RESULTS.md, \"(Zoomed windows|The realistic|Small|Object|Pieces)"):
             load_config(None, [removed])
 
 
