@@ -226,14 +226,16 @@ def support_plane(means: Tensor | np.ndarray, considered: np.ndarray, look_at: t
     point, radius = look_at
     near = points[np.linalg.norm(points - point, axis=1) < 0.5 * radius]
     tolerance = tolerance * radius
+
+    def inliers(on: np.ndarray, plane: tuple[np.ndarray, np.ndarray]) -> int:
+        return int((np.abs((on - plane[0]) @ plane[1]) < tolerance).sum())
+
     plane = dominant_plane(near, tolerance, seed, up=up, max_tilt=max_tilt)
     while plane is not None:
-        heights = (near - plane[0]) @ plane[1]
-        under = near[heights < -tolerance]
+        under = near[(near - plane[0]) @ plane[1] < -tolerance]
         lower = dominant_plane(under, tolerance, seed, up=up, max_tilt=max_tilt)
-        if lower is None or (np.abs((under - lower[0]) @ lower[1]) < tolerance).sum() < \
-                0.5 * (np.abs(heights) < tolerance).sum():
-            return plane
+        if lower is None or inliers(under, lower) < 0.5 * inliers(near, plane):
+            break
         plane, near = lower, under
     return plane
 
