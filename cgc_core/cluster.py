@@ -273,32 +273,43 @@ def split_apart(clustering: Clustering, unit_features: Tensor, means: Tensor | n
         The clusters with every piece of at least `min_part` as its own: the largest keeps the
         cluster's id, the others are new clusters after the last; every other Gaussian of the
         cluster (crumbs, unfitted) joins the piece of its nearest considered Gaussian where that is
-        closer than `gap`, else the largest piece. Centres: the mean unit feature of each piece's
-        considered Gaussians. The input itself where nothing splits.
+        closer than `gap`. Strays, those of a cluster no closer than `gap` to any of its pieces
+        (a shade of too few Gaussians to be a piece, in one cluster with the room), take the
+        cluster of their nearest considered Gaussian that is not a stray: they belong with what
+        they lie against (the lamp's stem), not with a feature's far-away majority. Centres: the
+        mean unit feature of each piece's considered Gaussians where a cluster split, HDBSCAN's
+        where it did not. The input itself where nothing changes.
     """
     labels, points = clustering.labels.copy(), _positions(means)
     fitted = np.zeros(len(labels), dtype=bool)
     fitted[considered] = True
     fitted &= np.isfinite(points).all(axis=1)
+    stray = np.zeros(len(labels), dtype=bool)
     centers = list(clustering.centers)
     for cluster in range(clustering.n_clusters):
         members = np.nonzero(fitted & (labels == cluster))[0]
-        if len(members) < 2 * min_part:  # too few for two pieces
+        if len(members) < min_part:
             continue
         piece = _pieces(points[members], gap)
         sizes = np.bincount(piece)
         kept = [int(p) for p in np.argsort(-sizes, kind="stable") if sizes[p] >= min_part]
-        if len(kept) < 2:
+        if not kept:
             continue
         whole = np.isin(piece, kept)
         everyone = np.nonzero(labels == cluster)[0]
         distance, nearest = cKDTree(points[members[whole]]).query(np.nan_to_num(points[everyone]))
+        stray[everyone[distance >= gap]] = True
         belongs = np.where(distance < gap, piece[whole][nearest], kept[0])
         for new in kept[1:]:
             labels[everyone[belongs == new]] = len(centers)
             centers.append(F.normalize(unit_features[members[piece == new]].mean(0), dim=-1).cpu().numpy())
-        centers[cluster] = F.normalize(unit_features[members[piece == kept[0]]].mean(0), dim=-1).cpu().numpy()
-    if len(centers) == clustering.n_clusters:
+        if len(kept) > 1:
+            centers[cluster] = F.normalize(unit_features[members[piece == kept[0]]].mean(0), dim=-1).cpu().numpy()
+    core = np.nonzero(fitted & ~stray & (labels >= 0))[0]
+    strays = np.nonzero(stray)[0]
+    if len(strays) and len(core):
+        labels[strays] = labels[core][cKDTree(points[core]).query(np.nan_to_num(points[strays]))[1]]
+    if len(centers) == clustering.n_clusters and np.array_equal(labels, clustering.labels):
         return clustering
     return Clustering(labels, np.stack(centers).astype(clustering.centers.dtype),
                       np.bincount(labels[labels >= 0], minlength=len(centers)), clustering.n_fitted,

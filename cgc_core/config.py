@@ -500,7 +500,9 @@ class ClusterConfig:
     fitted Gaussians farther than this many times the median distance between nearest Gaussians
     from the rest (`cluster.split_apart`); pieces of at least half `min_cluster_size` become
     clusters, so a lamp's shade that shares its feature with a picture across the room is judged
-    apart from it. 0: no split. RESULTS.md, "Pieces apart"."""
+    apart from it; Gaussians of a cluster this far from all of its pieces (strays) go with the
+    cluster of the nearest Gaussian that is not a stray, i.e. with what they lie against. 0: no
+    split. RESULTS.md, "Pieces apart" and "Strays go with what they lie against"."""
     background_spread: float = 0.2
     """Clusters spread wider than this many times the scene's spread (median distance from the
     median, of the opaque Gaussians) merge into one background cluster (`cluster.merge_background`);

@@ -146,24 +146,31 @@ def test_a_cluster_split_apart_keeps_its_compact_piece_when_the_far_one_merges_i
     assert whole.n_clusters == 2 and (whole.labels[1600:1800] == whole.background).all()  # the shade went with it
 
 
-def test_split_apart_gives_crumbs_to_the_nearest_piece_and_numbers_new_pieces_after_the_last():
+def test_split_apart_gives_crumbs_to_the_nearest_piece_and_strays_to_what_they_lie_against():
     from cgc_core.cluster import Clustering, split_apart
 
     rng = np.random.default_rng(0)
     near, far = rng.normal(0, 0.05, (100, 3)), rng.normal(0, 0.05, (60, 3)) + [5.0, 0, 0]
-    crumb, lone = rng.normal(0, 0.01, (5, 3)) + [5.4, 0, 0], np.array([[2.5, 0.0, 0.0]])
-    points = np.r_[near, far, crumb, lone, rng.normal(0, 0.05, (40, 3)) + [0, 3.0, 0]]
+    # A crumb beside the far piece; a stray of cluster 0 (a lamp's shade of one feature with a far
+    # majority) lying against cluster 1, nearer it than any piece of its own.
+    crumb, stray = rng.normal(0, 0.01, (5, 3)) + [5.4, 0, 0], np.array([[0.0, 2.2, 0.0]])
+    points = np.r_[near, far, crumb, stray, rng.normal(0, 0.05, (40, 3)) + [0, 3.0, 0]]
     labels = np.r_[np.zeros(166, np.int64), np.ones(40, np.int64)]
     unit = torch.nn.functional.normalize(torch.randn(len(points), 4, generator=torch.Generator().manual_seed(0)), dim=-1)
     clustering = Clustering(labels, np.eye(2, 4, dtype=np.float32), np.bincount(labels), len(points))
-    fitted = np.r_[0:160, 166:206]  # the crumb and the lone point were not fitted
+    fitted = np.r_[0:160, 166:206]  # the crumb and the stray were not fitted
     out = split_apart(clustering, unit, torch.as_tensor(points), fitted, gap=0.5, min_part=30)
-    assert out.n_clusters == 3 and out.sizes.tolist() == [101, 40, 65]
+    assert out.n_clusters == 3 and out.sizes.tolist() == [100, 41, 65]
     assert (out.labels[:100] == 0).all() and (out.labels[100:165] == 2).all()  # the crumb joins the far piece
-    assert out.labels[165] == 0  # nothing within the gap: the largest piece's
+    assert out.labels[165] == 1  # nothing of its own within the gap: it goes with cluster 1, which it lies against
     np.testing.assert_allclose(out.centers[2], torch.nn.functional.normalize(unit[100:160].mean(0), dim=0).numpy(),
                                rtol=1e-5)
-    assert split_apart(clustering, unit, torch.as_tensor(points), fitted, gap=0.5, min_part=61) is clustering
+    # The far piece too small to be a cluster: it and its crumb are strays whose nearest Gaussian
+    # not a stray is still cluster 0's (5 away; cluster 1's 5.8), and the one against cluster 1 moves.
+    small = split_apart(clustering, unit, torch.as_tensor(points), fitted, gap=0.5, min_part=61)
+    assert small.n_clusters == 2 and (small.labels[:165] == 0).all() and small.labels[165] == 1
+    np.testing.assert_array_equal(small.centers, clustering.centers)  # no cluster split: HDBSCAN's centres
+    assert split_apart(clustering, unit, torch.as_tensor(points), fitted, gap=6.0, min_part=30) is clustering
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
