@@ -24,6 +24,12 @@ segment's IoU. Figures:
   the baseline gets the same geometry); s_per_image includes the cut. With
   `--groups`, each cut level's object groups (`masks.depth_split.object_groups`: segments
   standing on the table joined) are levels too.
+- `--finer`: the texture generator's whole hierarchy, its finer levels (`FINER_THRESHOLDS`) before
+  the stored ones (`masks.texture.thresholds`). Training stores only the coarser three, since its
+  loss reads each pixel's finest stored mask (`loss r50`; RESULTS.md, "Which levels to store").
+
+Issue 39's measurement of the generator (fine regions, merged regions, object-like groups):
+    mask_quality.py --depth-from D --finer --groups
 
 Settings are chosen on the development seeds only (`FAMILY_DEV_SEEDS`); `--seeds` can name the
 held-out ones for a report.
@@ -52,6 +58,11 @@ from cgc_core.masks.store import nesting_label_maps
 from cgc_core.render import Gaussians, render
 from cgc_core.scene import Camera, load_scene
 from cgc_core.scene.synthetic import FAMILY_DEV_SEEDS, build_scene, render_view
+
+
+FINER_THRESHOLDS = (0.03, 0.05, 0.08)
+"""The texture generator's finer merge levels, below its stored thresholds (RESULTS.md, "Weights-free
+masks on patterned cloths": six levels find more objects, and split them into parts at the finest)."""
 
 
 def object_scores(levels: np.ndarray, ids: np.ndarray, min_pixels: int) -> tuple[dict[int, list[float]], list[bool]]:
@@ -184,8 +195,12 @@ def main() -> None:
     parser.add_argument("--depth-from", type=Path, help="the data folder of heldout_bench.py --family realistic "
                         "runs of these seeds: cut the levels at the trained model's depth (see above)")
     parser.add_argument("--groups", action="store_true", help="with --depth-from: object groups as levels too")
+    parser.add_argument("--finer", action="store_true", help="the texture generator's finer levels "
+                        f"{FINER_THRESHOLDS} too, before its stored thresholds")
     args = parser.parse_args()
     config = load_config(None, [item if item.startswith("train.") else f"masks.{item}" for item in args.overrides])
+    if args.finer:
+        config.masks.texture.thresholds = sorted({*FINER_THRESHOLDS, *config.masks.texture.thresholds})
     masks, cut = config.masks, config.train.depth_split
     views = render_views(args.seeds, args.views)
     depths = model_depths(args.depth_from, views, cut) if args.depth_from else None
@@ -199,7 +214,8 @@ def main() -> None:
               f"{r['straddle']:>8.3f} {r['s_per_image']:>7.3f} {r['loss_recall50']:>8.3f} {r['cut_recall50']:>7.3f} {r['cut_straddle']:>7.3f}  "
               f"{' '.join(f'{v:.3f}' for v in r['level_recall50'])}")
     r, b = results[candidate.name], results[baseline.name]
-    print(f"RESULT generator={candidate.name}{'+depth' if depths else ''} recall50={r['recall50']:.4f} recall75={r['recall75']:.4f} "
+    name = f"{candidate.name}{'+finer' if args.finer else ''}{'+depth' if depths else ''}{'+groups' if depths and args.groups else ''}"
+    print(f"RESULT generator={name} recall50={r['recall50']:.4f} recall75={r['recall75']:.4f} "
           f"straddle={r['straddle']:.4f} baseline_recall50={b['recall50']:.4f} s_per_image={r['s_per_image']:.3f}")
 
 
