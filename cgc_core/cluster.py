@@ -298,16 +298,16 @@ def split_apart(clustering: Clustering, unit_features: Tensor, means: Tensor | n
         whole = np.isin(piece, kept)
         everyone = np.nonzero(labels == cluster)[0]
         distance, nearest = cKDTree(points[members[whole]]).query(np.nan_to_num(points[everyone]))
-        stray[everyone[distance >= gap]] = True
-        belongs = np.where(distance < gap, piece[whole][nearest], kept[0])
+        stray[everyone[distance >= gap]] = True  # relabelled below, whatever piece they are given here
+        belongs = piece[whole][nearest]
         for new in kept[1:]:
             labels[everyone[belongs == new]] = len(centers)
             centers.append(F.normalize(unit_features[members[piece == new]].mean(0), dim=-1).cpu().numpy())
         if len(kept) > 1:
             centers[cluster] = F.normalize(unit_features[members[piece == kept[0]]].mean(0), dim=-1).cpu().numpy()
-    core = np.nonzero(fitted & ~stray & (labels >= 0))[0]
     strays = np.nonzero(stray)[0]
-    if len(strays) and len(core):
+    if len(strays):  # a cluster with strays has a piece, whose Gaussians are never strays
+        core = np.nonzero(fitted & ~stray & (labels >= 0))[0]
         labels[strays] = labels[core][cKDTree(points[core]).query(np.nan_to_num(points[strays]))[1]]
     if len(centers) == clustering.n_clusters and np.array_equal(labels, clustering.labels):
         return clustering
