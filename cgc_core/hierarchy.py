@@ -244,7 +244,7 @@ def scene_up(cameras: Iterable[Camera]) -> np.ndarray | None:
 
 
 def support_votes(points: np.ndarray, labels: np.ndarray, n_clusters: int, up: np.ndarray, radius: float,
-                  clusters: list[int] | None = None) -> np.ndarray:
+                  clusters: list[int] | None = None, over_only: bool = False) -> np.ndarray:
     """What lies straight beneath each cluster's points.
 
     Args:
@@ -252,6 +252,8 @@ def support_votes(points: np.ndarray, labels: np.ndarray, n_clusters: int, up: n
         up: [3] unit vector (`scene_up`).
         radius: A point is beneath another within this horizontal distance (perpendicular to `up`).
         clusters: The clusters whose rows are wanted (None: all); the other rows stay 0.
+        over_only: A cluster that also rises higher than the point within `radius` is not beneath
+            it: the point lies beside that cluster's side, not over it (a ball beside a lower box).
 
     Returns:
         [K, K + 1] votes: row A, column B counts the points of A whose highest point beneath, of any
@@ -267,24 +269,33 @@ def support_votes(points: np.ndarray, labels: np.ndarray, n_clusters: int, up: n
         return votes
     for i, near in zip(wanted, cKDTree(flat).query_ball_point(flat[wanted], radius)):
         near = np.asarray(near, np.int64)
-        near = near[(labels[near] >= 0) & (labels[near] != labels[i]) & (heights[near] < heights[i])]
+        near = near[(labels[near] >= 0) & (labels[near] != labels[i])]
+        below = heights[near] < heights[i]
+        if over_only:
+            below &= ~np.isin(labels[near], labels[near[heights[near] > heights[i]]])
+        near = near[below]
         votes[labels[i], labels[near[np.argmax(heights[near])]] if len(near) else n_clusters] += 1
     return votes
 
 
 def support_votes_reference(points: np.ndarray, labels: np.ndarray, n_clusters: int, up: np.ndarray,
-                            radius: float) -> np.ndarray:
+                            radius: float, over_only: bool = False) -> np.ndarray:
     """`support_votes` (every cluster's row) by every pair of points (the tests' oracle)."""
     votes = np.zeros((n_clusters, n_clusters + 1), np.int64)
     for i in range(len(points)):
         if labels[i] < 0:
             continue
+        beside = set()  # clusters with a point within the radius higher than point i
+        for j in range(len(points)):
+            rise = float((points[i] - points[j]) @ up)
+            if over_only and labels[j] >= 0 and rise < 0 and np.linalg.norm(points[i] - points[j] - rise * up) <= radius:
+                beside.add(int(labels[j]))
         best, best_height = n_clusters, -np.inf
         for j in range(len(points)):
             rise = float((points[i] - points[j]) @ up)
             horizontal = np.linalg.norm(points[i] - points[j] - rise * up)
-            if labels[j] >= 0 and labels[j] != labels[i] and rise > 0 and horizontal <= radius and \
-                    points[j] @ up > best_height:
+            if labels[j] >= 0 and labels[j] != labels[i] and int(labels[j]) not in beside and rise > 0 and \
+                    horizontal <= radius and points[j] @ up > best_height:
                 best, best_height = labels[j], float(points[j] @ up)
         votes[labels[i], best] += 1
     return votes
@@ -311,8 +322,10 @@ def standing_clusters(points: np.ndarray, labels: np.ndarray, n_clusters: int, p
 
     A cluster stands there when its foot (the `FOOTING_QUANTILE` quantile of the heights of its
     points above the plane) is under `height`, and at least half of its points have nothing but the
-    `background` beneath them (`support_votes` along the normal, within `radius`): a lamp's stem
-    whose cluster took a little of the base stands on the base, not on the table. Points at or under
+    `background` beneath them (`support_votes` along the normal, within `radius`, `over_only`): a
+    lamp's stem whose cluster took a little of the base stands on the base, not on the table, while
+    a ball beside a lower box stands on the table, its points along the box's side not over the box
+    (RESULTS.md, "Beside, not over"). Points at or under
     the plane (a glossy object's reflections, which the model places beneath the table) take no part.
 
     Args:
@@ -324,7 +337,8 @@ def standing_clusters(points: np.ndarray, labels: np.ndarray, n_clusters: int, p
         above = heights[(labels == cluster) & (heights > 0)]
         standing[cluster] = len(above) > 0 and float(np.quantile(above, FOOTING_QUANTILE)) < height
     over_plane = np.where(heights > 0, labels, -1)
-    votes = support_votes(points, over_plane, n_clusters, plane[1], radius, [int(c) for c in np.flatnonzero(standing)])
+    votes = support_votes(points, over_plane, n_clusters, plane[1], radius, [int(c) for c in np.flatnonzero(standing)],
+                          over_only=True)
     on_table = votes[:, n_clusters] + (votes[:, background] if 0 <= background < n_clusters else 0)
     standing &= on_table >= 0.5 * votes.sum(1)
     if 0 <= background < n_clusters:

@@ -308,3 +308,45 @@ def test_a_reflection_under_the_table_joins_nothing():
     assert sorted(build_cluster_tree(clustering, features, means, min_link=0.0).leaves(5)) == [0, 1, 2]
     tree = build_cluster_tree(replace(clustering, support=support), features, means, min_link=0.0)
     assert tree.merges.tolist() == [[0, 2]] and tree.steps(1) == [[1]]
+
+
+def test_support_votes_over_only_skip_a_cluster_whose_side_rises_beside_the_point():
+    from cgc_core.hierarchy import support_votes, support_votes_reference
+
+    rng = np.random.default_rng(5)
+    points = rng.uniform(0, 3, (120, 3))
+    labels = rng.integers(-1, 4, 120)
+    up = np.array([0.2, 0.1, 0.95]) / np.linalg.norm([0.2, 0.1, 0.95])
+    over = support_votes(points, labels, 4, up, 0.6, over_only=True)
+    np.testing.assert_array_equal(over, support_votes_reference(points, labels, 4, up, 0.6, over_only=True))
+    assert over[:, 4].sum() > support_votes(points, labels, 4, up, 0.6)[:, 4].sum()  # fewer points over something
+    # A point beside a wall (the wall rises higher within the radius) is not over it; one over its top is.
+    wall = np.array([[0.0, 0, z] for z in range(5)])
+    beside, above = np.array([[0.5, 0, 2.0]]), np.array([[0.5, 0, 6.0]])
+    points = np.concatenate([wall, beside, above])
+    labels = np.array([0] * 5 + [1, 2])
+    votes = support_votes(points, labels, 3, np.array([0.0, 0, 1]), 1.0, over_only=True)
+    assert votes[1].tolist() == [0, 0, 0, 1] and votes[2].tolist() == [1, 0, 0, 0]
+
+
+def test_a_ball_beside_a_lower_box_that_it_overhangs_stands_on_the_table():
+    # A box on the table (0); a ball (1) standing on the table beside it, its upper half reaching over
+    # the box's top (as the realistic preset's chrome ball over its checker box); a lamp's arm (2) over
+    # the box's other side, resting on its top; the table (3). Counted over every point beneath, the
+    # box lies beneath most of the ball, and the ball would join it.
+    box = _grid(0, 8, 0, 6, 1, 5)
+    ball = np.concatenate([_grid(8, 13, 0, 6, 1, 5), _grid(4, 12, 0, 6, 5, 8)])
+    arm = _grid(-1, 2, 0, 6, 5, 9)
+    parts = [box, ball, arm, _grid(-10, 20, -10, 20, 0, 1)]
+    points = np.concatenate(parts).astype(float)
+    labels = np.concatenate([np.full(len(p), k) for k, p in enumerate(parts)])
+    plane, up = (np.zeros(3), np.array([0.0, 0.0, 1.0])), np.array([0.0, 0.0, 1.0])
+    from cgc_core.hierarchy import standing_clusters, support_votes
+
+    everything_beneath = support_votes(points, labels, 4, up, 2.0)
+    assert everything_beneath[1, 0] > 0.5 * len(ball)  # the box "beneath" most of the ball's points
+    np.testing.assert_array_equal(standing_clusters(points, labels, 4, plane, 4.0, 2.0, background=3),
+                                  [True, True, False, False])
+    clustering, features, means = _clustered(parts, background=3)
+    tree = build_cluster_tree(replace(clustering, support=(np.zeros(3), up, 0.5)), features, means, min_link=0.0)
+    assert tree.steps(1) == [[1]] and tree.steps(2) == [[2], [0, 2]]
